@@ -1,0 +1,109 @@
+#include "common/config.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace concert {
+namespace {
+
+using ::testing::HasSubstr;
+
+Settings Make(std::vector<const char*> args, std::map<std::string, std::string> env = {}) {
+  args.insert(args.begin(), "prog");
+  return Settings("prog", static_cast<int>(args.size()), args.data(),
+                  [env = std::move(env)](const char* name) -> const char* {
+                    static thread_local std::string value;
+                    auto it = env.find(name);
+                    if (it == env.end()) return nullptr;
+                    value = it->second;
+                    return value.c_str();
+                  });
+}
+
+TEST(SettingsTest, FlagWinsOverEnvironmentWhichWinsOverDefault) {
+  Settings s = Make({"--pool-size=9"}, {{"POOL_SIZE", "7"}, {"HOLD", "2m"}});
+  EXPECT_EQ(s.Int("POOL_SIZE", 4, 1, 100, "pool"), 9);
+  EXPECT_EQ(s.Duration("HOLD", absl::Minutes(5), "hold"), absl::Minutes(2));
+  EXPECT_EQ(s.String("NAME", "dflt", "name"), "dflt");
+  EXPECT_TRUE(s.Validate().ok());
+}
+
+TEST(SettingsTest, FlagWithSeparateValueAndPositionalArguments) {
+  Settings s = Make({"mint-token", "--user-id", "42"});
+  EXPECT_EQ(s.Int("USER_ID", 0, 1, 1000, "user"), 42);
+  EXPECT_THAT(s.positional(), ::testing::ElementsAre("mint-token"));
+}
+
+TEST(SettingsTest, UnparsableKafkaServersNamesTheSetting) {
+  Settings s = Make({}, {{"KAFKA_BOOTSTRAP_SERVERS", "localhost"}});
+  s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "brokers");
+  absl::Status status = s.Validate();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(status.message(), HasSubstr("KAFKA_BOOTSTRAP_SERVERS"));
+  EXPECT_THAT(status.message(), HasSubstr("'localhost' is not host:port"));
+}
+
+TEST(SettingsTest, KafkaServerListAcceptsSeveralHosts) {
+  Settings s = Make({}, {{"KAFKA_BOOTSTRAP_SERVERS", "a:1,b.example:9092, [::1]:9093"}});
+  s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", "", "brokers");
+  EXPECT_TRUE(s.Validate().ok()) << s.Validate();
+}
+
+TEST(SettingsTest, MissingRequiredSettingIsAnError) {
+  Settings s = Make({});
+  s.RequiredString("DATABASE_URL", "db");
+  EXPECT_THAT(s.Validate().message(), HasSubstr("invalid setting DATABASE_URL"));
+  EXPECT_THAT(s.Validate().message(), HasSubstr("required"));
+}
+
+TEST(SettingsTest, BadValuesAreRejected) {
+  EXPECT_FALSE([] {
+    Settings s = Make({"--pool-size=zero"});
+    s.Int("POOL_SIZE", 4, 1, 100, "");
+    return s.Validate().ok();
+  }());
+  EXPECT_THAT([] {
+    Settings s = Make({"--pool-size=1000"});
+    s.Int("POOL_SIZE", 4, 1, 100, "");
+    return std::string(s.Validate().message());
+  }(), HasSubstr("outside [1, 100]"));
+  EXPECT_FALSE([] {
+    Settings s = Make({"--interval=soon"});
+    s.Duration("INTERVAL", absl::Seconds(1), "");
+    return s.Validate().ok();
+  }());
+  EXPECT_FALSE([] {
+    Settings s = Make({"--verbose=perhaps"});
+    s.Bool("VERBOSE", false, "");
+    return s.Validate().ok();
+  }());
+  EXPECT_FALSE([] {
+    Settings s = Make({"--listen=nowhere"});
+    s.ListenAddress("LISTEN", "127.0.0.1:0", "");
+    return s.Validate().ok();
+  }());
+}
+
+TEST(SettingsTest, PlainNumbersAreSecondsAndBooleansHaveSynonyms) {
+  Settings s = Make({"--interval=1.5", "--verbose=yes"});
+  EXPECT_EQ(s.Duration("INTERVAL", absl::Seconds(1), ""), absl::Milliseconds(1500));
+  EXPECT_TRUE(s.Bool("VERBOSE", false, ""));
+}
+
+TEST(SettingsTest, UnknownFlagIsAnError) {
+  Settings s = Make({"--databse-url=x"});
+  s.String("DATABASE_URL", "", "db");
+  EXPECT_THAT(s.Validate().message(), HasSubstr("unknown flag --databse-url"));
+}
+
+TEST(SettingsTest, HelpListsEverySettingWithItsDefault) {
+  Settings s = Make({"--help"});
+  s.String("TELEGRAM_API_BASE", "https://api.telegram.org", "Bot API base");
+  s.Int("POOL_SIZE", 8, 1, 64, "connections");
+  EXPECT_TRUE(s.help_requested());
+  EXPECT_THAT(s.Help(), HasSubstr("TELEGRAM_API_BASE  --telegram-api-base  [default: https://api.telegram.org]"));
+  EXPECT_THAT(s.Help(), HasSubstr("POOL_SIZE  --pool-size  [default: 8]"));
+}
+
+}  // namespace
+}  // namespace concert

@@ -1,0 +1,35 @@
+// Starting a gRPC server the way every service here does: the given services, server reflection
+// (so grpcurl needs no .proto files) and the standard grpc.health.v1.Health service, which
+// Kubernetes probes natively.
+//
+//   ASSIGN_OR_RETURN(auto server, StartGrpcServer("127.0.0.1:50051", {&payments}));
+//   SetServing(*server, true);
+//   ... StopRequested().WaitForNotification();
+//   SetServing(*server, false);                         // probes see NOT_SERVING
+//   server->Shutdown(Deadline(absl::Seconds(10)));     // finishes in-flight calls
+#ifndef CONCERT_COMMON_GRPC_SERVER_H_
+#define CONCERT_COMMON_GRPC_SERVER_H_
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace concert {
+
+// `port` receives the bound port (useful with "127.0.0.1:0"); may be null.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr);
+
+// Sets the overall health ("" service) and every named service to SERVING or NOT_SERVING.
+void SetServing(grpc::Server& server, bool serving);
+
+std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
+
+}  // namespace concert
+
+#endif  // CONCERT_COMMON_GRPC_SERVER_H_

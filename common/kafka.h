@@ -1,0 +1,120 @@
+// Kafka helpers on librdkafka 2.0.2: configuration with our defaults, topic creation, an
+// asynchronous producer with delivery callbacks, header access, and the dead-letter header
+// names that the notifier writes and the retry-worker reads.
+//
+//   ASSIGN_OR_RETURN(auto producer, Producer::Create(ProducerConfig(servers, "outbox-relay")));
+//   producer->Produce({.topic = "t", .key = "7", .value = bytes},
+//                     [](const absl::Status& acked) { ... });  // on the producer's poll thread
+//
+// librdkafka reports errors as codes; they become absl::Status here, once.
+#ifndef CONCERT_COMMON_KAFKA_H_
+#define CONCERT_COMMON_KAFKA_H_
+
+#include <atomic>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <librdkafka/rdkafkacpp.h>
+
+#include "absl/strings/string_view.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace concert::kafka {
+
+using Config = std::map<std::string, std::string>;
+using Headers = std::vector<std::pair<std::string, std::string>>;
+
+// Idempotent (exactly-once per partition), acks=all, ordered, lightly batched.
+Config ProducerConfig(const std::string& bootstrap_servers, const std::string& client_id);
+// Manual commits only, eager "range" assignor (librdkafka 2.0.2's cooperative-sticky has bugs),
+// start at the earliest offset when the group has none.
+Config ConsumerConfig(const std::string& bootstrap_servers, const std::string& group_id,
+                      const std::string& client_id);
+
+absl::StatusOr<std::unique_ptr<RdKafka::Conf>> MakeConf(const Config& config);
+
+absl::Status StatusFromError(RdKafka::ErrorCode code, absl::string_view context);
+
+struct TopicSpec {
+  std::string name;
+  int partitions = 1;
+  int replication_factor = 1;
+};
+
+// Creates the topics that do not exist yet; existing ones are left as they are.
+absl::Status EnsureTopics(const std::string& bootstrap_servers, const std::vector<TopicSpec>& topics,
+                          absl::Duration timeout = absl::Seconds(30));
+
+// The value of the last header named `name`, if any.
+std::optional<std::string> HeaderValue(const RdKafka::Message& message, absl::string_view name);
+Headers AllHeaders(const RdKafka::Message& message);
+
+struct Record {
+  std::string topic;
+  int32_t partition = RdKafka::Topic::PARTITION_UA;
+  std::string key;
+  std::string value;
+  Headers headers;
+};
+
+class Producer {
+ public:
+  // OK once Kafka acknowledged the record (all in-sync replicas), or the delivery error.
+  using Callback = std::function<void(const absl::Status&)>;
+
+  static absl::StatusOr<std::unique_ptr<Producer>> Create(const Config& config);
+  ~Producer();  // flushes for up to 10 s, then stops the poll thread
+
+  // Queues the record; `done` runs later on the poll thread. Waits while the local queue is
+  // full; fails at once on a fatal producer error (the producer must then be recreated).
+  absl::Status Produce(Record record, Callback done);
+  // Produce() and wait for the acknowledgement.
+  absl::Status ProduceAndWait(Record record, absl::Duration timeout);
+  // Waits until everything queued is acknowledged or failed.
+  absl::Status Flush(absl::Duration timeout);
+  // A fatal error (e.g. the idempotent producer lost its sequence); OK when none.
+  absl::Status FatalError();
+
+ private:
+  explicit Producer(std::unique_ptr<RdKafka::Producer> producer);
+  class DeliveryReporter;
+
+  std::unique_ptr<DeliveryReporter> reporter_;
+  std::unique_ptr<RdKafka::Producer> producer_;
+  std::atomic<bool> stop_{false};
+  std::thread poller_;
+};
+
+// Headers on records of payment-completed-topic.
+inline constexpr char kEventIdHeader[] = "event_id";
+inline constexpr char kEventTypeHeader[] = "event_type";
+inline constexpr char kContentTypeHeader[] = "content-type";
+inline constexpr char kTraceparentHeader[] = "traceparent";
+
+// Dead-letter headers, after Spring Kafka's kafka_dlt-* names that operators know.
+namespace dlq {
+inline constexpr char kOriginalTopic[] = "kafka_dlt-original-topic";
+inline constexpr char kOriginalPartition[] = "kafka_dlt-original-partition";
+inline constexpr char kOriginalOffset[] = "kafka_dlt-original-offset";
+inline constexpr char kOriginalTimestamp[] = "kafka_dlt-original-timestamp";
+inline constexpr char kOriginalTimestampType[] = "kafka_dlt-original-timestamp-type";
+inline constexpr char kOriginalConsumerGroup[] = "kafka_dlt-original-consumer-group";
+// A short machine-readable class: "poison", "telegram_4xx", "telegram_5xx", "timeout", ...
+inline constexpr char kErrorClass[] = "kafka_dlt-exception-fqcn";
+inline constexpr char kErrorMessage[] = "kafka_dlt-exception-message";
+// The delivery attempt that failed, counted across the notifier -> DLQ -> retry loop, from 1.
+// The retry-worker re-publishes with the next number; the notifier carries it into the DLQ.
+inline constexpr char kAttempt[] = "retry_topic-attempts";
+}  // namespace dlq
+
+}  // namespace concert::kafka
+
+#endif  // CONCERT_COMMON_KAFKA_H_

@@ -1,0 +1,217 @@
+#include "common/testing/environment.h"
+
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <pqxx/pqxx>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
+#include "absl/time/clock.h"
+
+namespace concert::testing {
+namespace {
+
+std::string EnvOr(const char* name, const char* fallback) {
+  const char* value = std::getenv(name);
+  return value != nullptr && *value != '\0' ? value : fallback;
+}
+
+}  // namespace
+
+std::string AdminDatabaseUrl() {
+  return EnvOr("CONCERT_TEST_DATABASE_URL", "postgresql://concert:concert@127.0.0.1:55432/concert");
+}
+
+std::string KafkaBootstrap() { return EnvOr("CONCERT_TEST_KAFKA", "127.0.0.1:9092"); }
+
+std::string UniqueName(const std::string& prefix) {
+  static std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()));
+  static std::mutex mu;
+  std::lock_guard lock(mu);
+  std::ostringstream out;
+  out << prefix << "_" << std::hex << (rng() & 0xffffffffffULL);
+  return out.str();
+}
+
+std::string BinaryPath(const std::string& name) { return absl::StrCat(CONCERT_BIN_DIR, "/", name); }
+
+std::string SourceRoot() { return CONCERT_SOURCE_DIR; }
+
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::Duration poll) {
+  absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    if (done()) return true;
+    if (absl::Now() >= deadline) return false;
+    absl::SleepFor(poll);
+  }
+}
+
+ScratchDatabase::ScratchDatabase(const std::string& prefix) : name_(UniqueName("test_" + prefix)) {
+  std::string admin = AdminDatabaseUrl();
+  pqxx::connection conn(admin);
+  pqxx::nontransaction tx(conn);
+  tx.exec(absl::StrCat("CREATE DATABASE ", name_));
+  std::string base = conn.dbname();
+  size_t at = admin.rfind("/" + base);
+  url_ = at == std::string::npos ? absl::StrCat(admin, " dbname=", name_)
+                                 : absl::StrCat(admin.substr(0, at + 1), name_,
+                                                admin.substr(at + 1 + base.size()));
+}
+
+ScratchDatabase::~ScratchDatabase() {
+  try {
+    pqxx::connection conn(AdminDatabaseUrl());
+    pqxx::nontransaction tx(conn);
+    // Slots pin a database; tests that make one drop it themselves, but be sure.
+    tx.exec_params(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+        "WHERE database = $1 AND NOT active",
+        name_);
+    tx.exec(absl::StrCat("DROP DATABASE IF EXISTS ", name_, " WITH (FORCE)"));
+  } catch (const std::exception&) {
+    // The server may be down at the end of a fault test; the name is unique, so a leftover
+    // database harms no other test.
+  }
+}
+
+ChildProcess::ChildProcess(const std::string& path, const std::vector<std::string>& args,
+                           const std::map<std::string, std::string>& env) {
+  std::string base = path.substr(path.rfind('/') + 1);
+  log_path_ = absl::StrCat(CONCERT_BIN_DIR, "/../test-logs/", UniqueName(base), ".log");
+  RunCommand(absl::StrCat("mkdir -p ", CONCERT_BIN_DIR, "/../test-logs"));
+  pid_ = fork();
+  if (pid_ == 0) {
+    // Signals blocked by the test harness must not stay blocked in the child.
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    FILE* log = std::fopen(log_path_.c_str(), "w");
+    if (log != nullptr) {
+      dup2(fileno(log), STDOUT_FILENO);
+      dup2(fileno(log), STDERR_FILENO);
+    }
+    for (const auto& [name, value] : env) setenv(name.c_str(), value.c_str(), 1);
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(path.c_str()));
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(path.c_str(), argv.data());
+    std::perror("execv");
+    _exit(127);
+  }
+}
+
+ChildProcess::~ChildProcess() {
+  if (running() && Stop(SIGTERM) == -1) Stop(SIGKILL);
+}
+
+bool ChildProcess::running() {
+  if (pid_ <= 0 || status_ != -1) return false;
+  int status = 0;
+  if (waitpid(pid_, &status, WNOHANG) == pid_) {
+    status_ = status;
+    return false;
+  }
+  return true;
+}
+
+int ChildProcess::Stop(int signal, absl::Duration timeout) {
+  if (!running()) return status_;
+  kill(pid_, signal);
+  WaitUntil([&] { return !running(); }, timeout, absl::Milliseconds(20));
+  return status_;
+}
+
+std::string ChildProcess::ReadLog() const {
+  std::ifstream in(log_path_);
+  std::stringstream out;
+  out << in.rdbuf();
+  return out.str();
+}
+
+int RunCommand(const std::string& command) {
+  int status = std::system(command.c_str());
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+}  // namespace concert::testing
+
+namespace concert::testing {
+
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  addr.sin_port = 0;
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+namespace {
+std::string StateDir(const std::string& prefix) {
+  return absl::StrCat(CONCERT_BIN_DIR, "/../test-state/", UniqueName(prefix));
+}
+}  // namespace
+
+PrivatePostgres::PrivatePostgres() : port_(FreePort()), dir_(StateDir("postgres")) {
+  if (!Start()) ADD_FAILURE() << "private Postgres did not start; see " << dir_ << "/server.log";
+}
+
+PrivatePostgres::~PrivatePostgres() {
+  Stop(/*immediate=*/true);
+  RunCommand("rm -rf " + dir_);
+}
+
+std::string PrivatePostgres::url() const {
+  return absl::StrCat("postgresql://concert:concert@127.0.0.1:", port_, "/concert");
+}
+
+std::string PrivatePostgres::Script(const std::string& verb) const {
+  return absl::StrCat("PG_PORT=", port_, " PG_DIR=", dir_, " ", SourceRoot(),
+                      "/scripts/postgres.sh ", verb, " >/dev/null 2>&1");
+}
+
+bool PrivatePostgres::Start() { return RunCommand(Script("start")) == 0; }
+
+bool PrivatePostgres::Stop(bool immediate) {
+  return RunCommand(Script(immediate ? "stop immediate" : "stop")) == 0;
+}
+
+PrivateKafka::PrivateKafka()
+    : port_(FreePort()), controller_port_(FreePort()), dir_(StateDir("kafka")) {
+  if (!Start()) ADD_FAILURE() << "private Kafka did not start; see " << dir_;
+}
+
+PrivateKafka::~PrivateKafka() {
+  Kill();
+  RunCommand("rm -rf " + dir_);
+}
+
+std::string PrivateKafka::bootstrap() const { return absl::StrCat("127.0.0.1:", port_); }
+
+std::string PrivateKafka::Script(const std::string& verb) const {
+  return absl::StrCat("KAFKA_PORT=", port_, " KAFKA_CONTROLLER_PORT=", controller_port_,
+                      " KAFKA_DIR=", dir_, " ", SourceRoot(), "/scripts/kafka.sh ", verb,
+                      " >/dev/null 2>&1");
+}
+
+bool PrivateKafka::Start() { return RunCommand(Script("start")) == 0; }
+bool PrivateKafka::Stop() { return RunCommand(Script("stop")) == 0; }
+bool PrivateKafka::Kill() { return RunCommand(Script("kill")) == 0; }
+
+}  // namespace concert::testing

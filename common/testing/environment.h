@@ -1,0 +1,125 @@
+// What integration tests share: the real local Postgres and Kafka that `make test` starts
+// (scripts/postgres.sh, scripts/kafka.sh), a scratch database per test, unique topic names,
+// child processes of our binaries, and bounded waiting.
+//
+//   ScratchDatabase db("notifier");           // CREATE DATABASE test_notifier_<random>
+//   std::string topic = UniqueName("events"); // a topic no other test uses
+//   ChildProcess relay(BinaryPath("outbox-relay"), {}, {{"DATABASE_URL", db.url()}});
+//   ASSERT_TRUE(WaitUntil([&] { return CountRows(...) == 10; }, absl::Seconds(30)));
+//
+// Override the endpoints with CONCERT_TEST_DATABASE_URL (an admin URL; scratch databases are
+// created beside its database) and CONCERT_TEST_KAFKA.
+#ifndef CONCERT_COMMON_TESTING_ENVIRONMENT_H_
+#define CONCERT_COMMON_TESTING_ENVIRONMENT_H_
+
+#include <sys/types.h>
+
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+
+namespace concert::testing {
+
+std::string AdminDatabaseUrl();
+std::string KafkaBootstrap();
+
+// "<prefix>_<random hex>", safe as a database, topic or group name.
+std::string UniqueName(const std::string& prefix);
+
+// Where the built binaries are (build/bin of the build tree that built this test).
+std::string BinaryPath(const std::string& name);
+// The source tree's root (scripts/ lives there).
+std::string SourceRoot();
+
+// Polls `done` every `poll` until it returns true or `timeout` passes.
+bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
+               absl::Duration poll = absl::Milliseconds(100));
+
+// A database of its own for one test, dropped (with its connections) at destruction.
+class ScratchDatabase {
+ public:
+  explicit ScratchDatabase(const std::string& prefix);
+  ~ScratchDatabase();
+  ScratchDatabase(const ScratchDatabase&) = delete;
+  ScratchDatabase& operator=(const ScratchDatabase&) = delete;
+
+  const std::string& name() const { return name_; }
+  // A libpq URL for it, same credentials as the admin URL.
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string name_;
+  std::string url_;
+};
+
+// A child process of ours; stdout and stderr go to a log file under the build tree. The
+// destructor sends SIGTERM, waits up to 10 s, then SIGKILLs: no process outlives a test.
+class ChildProcess {
+ public:
+  ChildProcess(const std::string& path, const std::vector<std::string>& args,
+               const std::map<std::string, std::string>& env);
+  ~ChildProcess();
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  // Sends `signal` and waits up to `timeout` for the exit; returns the exit status as from
+  // waitpid (use WIFEXITED etc.), or -1 if it did not exit in time.
+  int Stop(int signal, absl::Duration timeout = absl::Seconds(10));
+  const std::string& log_path() const { return log_path_; }
+  std::string ReadLog() const;
+
+ private:
+  pid_t pid_ = -1;
+  int status_ = -1;
+  std::string log_path_;
+};
+
+// A Postgres or Kafka of one test's own, on free ports, with its state under the build tree:
+// for tests that stop, kill or restart it without disturbing the shared instances. Started by
+// the constructor; the destructor stops it and deletes its state.
+class PrivatePostgres {
+ public:
+  PrivatePostgres();
+  ~PrivatePostgres();
+  // postgresql://concert:concert@127.0.0.1:<port>/concert
+  std::string url() const;
+  int port() const { return port_; }
+  bool Start();
+  // `immediate` is a crash as far as the WAL is concerned (pg_ctl -m immediate).
+  bool Stop(bool immediate = false);
+
+ private:
+  std::string Script(const std::string& verb) const;
+  int port_;
+  std::string dir_;
+};
+
+class PrivateKafka {
+ public:
+  PrivateKafka();
+  ~PrivateKafka();
+  std::string bootstrap() const;
+  bool Start();
+  bool Stop();  // clean shutdown
+  bool Kill();  // SIGKILL
+
+ private:
+  std::string Script(const std::string& verb) const;
+  int port_, controller_port_;
+  std::string dir_;
+};
+
+// A TCP port on 127.0.0.1 that nothing listens on right now.
+int FreePort();
+
+// Runs a shell command (for scripts/kafka.sh and scripts/postgres.sh); returns its exit code.
+int RunCommand(const std::string& command);
+
+}  // namespace concert::testing
+
+#endif  // CONCERT_COMMON_TESTING_ENVIRONMENT_H_

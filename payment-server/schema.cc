@@ -1,0 +1,84 @@
+#include "payment-server/schema.h"
+
+namespace concert::payment {
+
+const std::vector<Migration>& Migrations() {
+  static const std::vector<Migration>* migrations = new std::vector<Migration>{
+      {1, "domain", R"sql(
+CREATE TABLE payment.users (
+  id           bigserial PRIMARY KEY,
+  name         text NOT NULL,
+  mail         text NOT NULL,
+  balance_won  bigint NOT NULL CHECK (balance_won >= 0),
+  created_at   timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE payment.concerts (
+  id     bigserial PRIMARY KEY,
+  title  text NOT NULL
+);
+
+CREATE TABLE payment.schedules (
+  id          bigserial PRIMARY KEY,
+  concert_id  bigint NOT NULL REFERENCES payment.concerts (id),
+  starts_at   timestamptz NOT NULL
+);
+
+CREATE TABLE payment.seats (
+  id           bigserial PRIMARY KEY,
+  schedule_id  bigint NOT NULL REFERENCES payment.schedules (id),
+  seat_number  int NOT NULL,
+  price_won    bigint NOT NULL CHECK (price_won > 0),
+  UNIQUE (schedule_id, seat_number)
+);
+
+CREATE TABLE payment.reservations (
+  id          bigserial PRIMARY KEY,
+  user_id     bigint NOT NULL REFERENCES payment.users (id),
+  seat_id     bigint NOT NULL REFERENCES payment.seats (id),
+  amount_won  bigint NOT NULL CHECK (amount_won > 0),
+  status      text NOT NULL CHECK (status IN ('HELD', 'PAID', 'EXPIRED')),
+  expires_at  timestamptz NOT NULL,
+  created_at  timestamptz NOT NULL DEFAULT now(),
+  updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- A seat has at most one live (held or sold) reservation.
+CREATE UNIQUE INDEX reservations_one_live_per_seat
+  ON payment.reservations (seat_id) WHERE status IN ('HELD', 'PAID');
+CREATE INDEX reservations_by_user ON payment.reservations (user_id);
+
+CREATE TABLE payment.payments (
+  id              bigserial PRIMARY KEY,
+  -- A reservation is paid at most once, whatever the application does.
+  reservation_id  bigint NOT NULL UNIQUE REFERENCES payment.reservations (id),
+  user_id         bigint NOT NULL REFERENCES payment.users (id),
+  amount_won      bigint NOT NULL CHECK (amount_won > 0),
+  event_id        uuid NOT NULL,
+  paid_at         timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX payments_by_user ON payment.payments (user_id);
+)sql"},
+      {2, "outbox", R"sql(
+-- The transactional outbox: written in the payment's transaction, streamed to Kafka by
+-- outbox-relay from the WAL (logical replication, inserts only), deleted by the relay once
+-- Kafka acknowledged the event.
+CREATE TABLE payment.outbox_events (
+  id              bigserial PRIMARY KEY,
+  event_id        uuid NOT NULL UNIQUE,
+  aggregate_type  text NOT NULL,
+  aggregate_id    text NOT NULL,          -- the Kafka record key (reservation id)
+  event_type      text NOT NULL,          -- maps to a topic: PaymentCompleted
+  payload         bytea NOT NULL,         -- protobuf, copied unchanged into the record value
+  headers         jsonb NOT NULL DEFAULT '{}'::jsonb,  -- e.g. {"traceparent": "00-..."}
+  created_at      timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
+  };
+  return *migrations;
+}
+
+absl::Status MigrateSchema(const std::string& database_url) {
+  return Migrate(database_url, kSchema, Migrations());
+}
+
+}  // namespace concert::payment
