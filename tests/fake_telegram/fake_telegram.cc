@@ -1,0 +1,323 @@
+#include "tests/fake_telegram/fake_telegram.h"
+
+#include <fstream>
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+
+namespace concert::testing {
+namespace {
+
+using nlohmann::json;
+
+int HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string DecodeFormComponent(absl::string_view in) {
+  std::string out;
+  for (size_t i = 0; i < in.size(); ++i) {
+    if (in[i] == '+') {
+      out.push_back(' ');
+    } else if (in[i] == '%' && i + 2 < in.size() && HexValue(in[i + 1]) >= 0 &&
+               HexValue(in[i + 2]) >= 0) {
+      out.push_back(static_cast<char>(HexValue(in[i + 1]) * 16 + HexValue(in[i + 2])));
+      i += 2;
+    } else {
+      out.push_back(in[i]);
+    }
+  }
+  return out;
+}
+
+std::map<std::string, std::string> ParseForm(absl::string_view body) {
+  std::map<std::string, std::string> out;
+  for (absl::string_view pair : absl::StrSplit(body, '&', absl::SkipEmpty())) {
+    std::pair<absl::string_view, absl::string_view> kv = absl::StrSplit(pair, absl::MaxSplits('=', 1));
+    out[DecodeFormComponent(kv.first)] = DecodeFormComponent(kv.second);
+  }
+  return out;
+}
+
+json ToJson(const TelegramMessage& m) {
+  return json{{"chat_id", m.chat_id},
+              {"text", m.text},
+              {"token", m.token},
+              {"received_at_ms", absl::ToUnixMillis(m.received_at)}};
+}
+
+void Reply(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(body.dump(), "application/json");
+}
+
+void ReplyError(httplib::Response& res, int status, const std::string& description,
+                const json& parameters = nullptr) {
+  json body{{"ok", false}, {"error_code", status}, {"description", description}};
+  if (!parameters.is_null()) body["parameters"] = parameters;
+  Reply(res, status, body);
+}
+
+}  // namespace
+
+bool ParseFaultMode(const std::string& name, FaultMode* mode) {
+  static const std::map<std::string, FaultMode> kModes = {{"off", FaultMode::kOff},
+                                                         {"5xx", FaultMode::k5xx},
+                                                         {"429", FaultMode::k429},
+                                                         {"400", FaultMode::k400},
+                                                         {"stall", FaultMode::kStall}};
+  auto it = kModes.find(name);
+  if (it == kModes.end()) return false;
+  *mode = it->second;
+  return true;
+}
+
+FakeTelegram::FakeTelegram(Options options)
+    : options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {}
+
+FakeTelegram::~FakeTelegram() { Stop(); }
+
+std::string FakeTelegram::base_url() const {
+  return absl::StrCat("http://", options_.host, ":", port_);
+}
+
+absl::Status FakeTelegram::Start() {
+  server_->Post(R"(/bot([^/]*)/sendMessage)",
+                [this](const httplib::Request& req, httplib::Response& res) { HandleSend(req, res); });
+  server_->Post("/control/fail",
+                [this](const httplib::Request& req, httplib::Response& res) { HandleFail(req, res); });
+  server_->Get("/control/messages", [this](const httplib::Request&, httplib::Response& res) {
+    json all = json::array();
+    for (const TelegramMessage& m : messages()) all.push_back(ToJson(m));
+    Reply(res, 200, all);
+  });
+  server_->Get("/control/stats", [this](const httplib::Request&, httplib::Response& res) {
+    std::lock_guard lock(mu_);
+    Reply(res, 200,
+          json{{"requests", requests_}, {"accepted", messages_.size()}, {"faulted", faulted_}});
+  });
+  server_->Post("/control/reset", [this](const httplib::Request&, httplib::Response& res) {
+    Reset();
+    Reply(res, 200, json{{"ok", true}});
+  });
+
+  if (options_.port == 0) {
+    port_ = server_->bind_to_any_port(options_.host);
+    if (port_ <= 0) return absl::UnavailableError("fake telegram: cannot bind a port");
+  } else {
+    if (!server_->bind_to_port(options_.host, options_.port)) {
+      return absl::UnavailableError(absl::StrCat("fake telegram: cannot bind port ", options_.port));
+    }
+    port_ = options_.port;
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  // listen_after_bind() marks the server running from its thread; wait for it (bounded).
+  for (int i = 0; i < 500 && !server_->is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return absl::OkStatus();
+}
+
+void FakeTelegram::Stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  stop_cv_.notify_all();
+  server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void FakeTelegram::SetFault(const Fault& fault) {
+  std::lock_guard lock(mu_);
+  if (fault.chat_id.empty()) {
+    if (fault.mode == FaultMode::kOff) {
+      any_chat_fault_.reset();
+      chat_faults_.clear();
+    } else {
+      any_chat_fault_ = fault;
+    }
+  } else if (fault.mode == FaultMode::kOff) {
+    chat_faults_.erase(fault.chat_id);
+  } else {
+    chat_faults_[fault.chat_id] = fault;
+  }
+}
+
+void FakeTelegram::ClearFaults() {
+  std::lock_guard lock(mu_);
+  any_chat_fault_.reset();
+  chat_faults_.clear();
+}
+
+void FakeTelegram::Reset() {
+  std::lock_guard lock(mu_);
+  any_chat_fault_.reset();
+  chat_faults_.clear();
+  messages_.clear();
+  requests_ = 0;
+  faulted_ = 0;
+}
+
+std::vector<TelegramMessage> FakeTelegram::messages() const {
+  std::lock_guard lock(mu_);
+  return messages_;
+}
+
+int FakeTelegram::requests() const {
+  std::lock_guard lock(mu_);
+  return requests_;
+}
+
+int FakeTelegram::faulted() const {
+  std::lock_guard lock(mu_);
+  return faulted_;
+}
+
+std::optional<Fault> FakeTelegram::TakeFault(const std::string& chat_id) {
+  std::lock_guard lock(mu_);
+  auto take = [&](Fault& f) -> std::optional<Fault> {
+    Fault copy = f;
+    if (f.count > 0 && --f.count == 0) f.mode = FaultMode::kOff;  // used up
+    return copy;
+  };
+  auto it = chat_faults_.find(chat_id);
+  if (it != chat_faults_.end() && it->second.mode != FaultMode::kOff) return take(it->second);
+  if (any_chat_fault_ && any_chat_fault_->mode != FaultMode::kOff) return take(*any_chat_fault_);
+  return std::nullopt;
+}
+
+void FakeTelegram::Stall(absl::Duration d) {
+  std::unique_lock lock(mu_);
+  stop_cv_.wait_for(lock, absl::ToChronoMilliseconds(d), [&] { return stopping_; });
+}
+
+void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& res) {
+  std::string token = req.matches.size() > 1 ? std::string(req.matches[1]) : "";
+  {
+    std::lock_guard lock(mu_);
+    ++requests_;
+  }
+  std::string chat_id, text;
+  bool have_chat = false, have_text = false;
+  std::string content_type = req.get_header_value("Content-Type");
+  if (absl::StartsWith(content_type, "application/x-www-form-urlencoded")) {
+    auto form = ParseForm(req.body);
+    if (auto it = form.find("chat_id"); it != form.end()) chat_id = it->second, have_chat = true;
+    if (auto it = form.find("text"); it != form.end()) text = it->second, have_text = true;
+  } else {
+    json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (body.is_discarded() || !body.is_object()) {
+      ReplyError(res, 400, "Bad Request: can't parse JSON body");
+      return;
+    }
+    if (body.contains("chat_id")) {
+      const json& c = body["chat_id"];
+      if (c.is_string()) chat_id = c.get<std::string>(), have_chat = true;
+      if (c.is_number_integer()) chat_id = std::to_string(c.get<int64_t>()), have_chat = true;
+    }
+    if (body.contains("text") && body["text"].is_string()) {
+      text = body["text"].get<std::string>();
+      have_text = true;
+    }
+  }
+  if (!options_.token.empty() && token != options_.token) {
+    ReplyError(res, 401, "Unauthorized");
+    return;
+  }
+  if (!have_chat || chat_id.empty()) {
+    ReplyError(res, 400, "Bad Request: chat_id is empty");
+    return;
+  }
+  if (!have_text || text.empty()) {
+    ReplyError(res, 400, "Bad Request: message text is empty");
+    return;
+  }
+
+  if (std::optional<Fault> fault = TakeFault(chat_id)) {
+    if (fault->mode != FaultMode::kStall) {
+      std::lock_guard lock(mu_);
+      ++faulted_;
+    }
+    switch (fault->mode) {
+      case FaultMode::k5xx:
+        ReplyError(res, fault->status, "Internal Server Error (injected)");
+        return;
+      case FaultMode::k429:
+        ReplyError(res, 429,
+                   absl::StrCat("Too Many Requests: retry after ", fault->retry_after_seconds),
+                   json{{"retry_after", fault->retry_after_seconds}});
+        return;
+      case FaultMode::k400:
+        ReplyError(res, 400, "Bad Request: chat not found (injected)");
+        return;
+      case FaultMode::kStall:
+        Stall(fault->stall);
+        break;  // then answer normally: the caller may have given up by now
+      case FaultMode::kOff:
+        break;
+    }
+  }
+
+  TelegramMessage message{chat_id, text, token, absl::Now()};
+  int64_t message_id;
+  {
+    std::lock_guard lock(mu_);
+    if (stopping_) {
+      ReplyError(res, 503, "Service Unavailable: stopping");
+      return;
+    }
+    message_id = next_message_id_++;
+    messages_.push_back(message);
+    if (!options_.record_path.empty()) {
+      std::ofstream out(options_.record_path, std::ios::app);
+      out << ToJson(message).dump() << "\n";
+      out.flush();
+    }
+  }
+  json chat_json = chat_id;
+  int64_t numeric_chat;
+  if (absl::SimpleAtoi(chat_id, &numeric_chat)) chat_json = numeric_chat;
+  Reply(res, 200,
+        json{{"ok", true},
+             {"result",
+              {{"message_id", message_id},
+               {"date", absl::ToUnixSeconds(message.received_at)},
+               {"chat", {{"id", chat_json}}},
+               {"text", text}}}});
+}
+
+void FakeTelegram::HandleFail(const httplib::Request& req, httplib::Response& res) {
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded() || !body.is_object() || !body.contains("mode") ||
+      !body["mode"].is_string()) {
+    Reply(res, 400, json{{"ok", false}, {"description", "want {\"mode\": \"5xx|429|400|stall|off\"}"}});
+    return;
+  }
+  Fault fault;
+  if (!ParseFaultMode(body["mode"].get<std::string>(), &fault.mode)) {
+    Reply(res, 400, json{{"ok", false}, {"description", "unknown mode"}});
+    return;
+  }
+  fault.count = body.value("count", 0);
+  fault.status = body.value("status", 500);
+  fault.retry_after_seconds = body.value("retry_after", 1);
+  fault.stall = absl::Milliseconds(body.value("stall_ms", 5000));
+  if (body.contains("chat_id")) {
+    const json& c = body["chat_id"];
+    fault.chat_id = c.is_string() ? c.get<std::string>() : c.dump();
+  }
+  SetFault(fault);
+  Reply(res, 200, json{{"ok", true}});
+}
+
+}  // namespace concert::testing

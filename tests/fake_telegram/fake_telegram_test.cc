@@ -1,0 +1,129 @@
+// The fake Telegram server over real HTTP: accepted messages, injected faults, control API.
+#include "tests/fake_telegram/fake_telegram.h"
+
+#include <httplib.h>
+#include <nlohmann/json.hpp>
+
+#include "gtest/gtest.h"
+
+namespace concert::testing {
+namespace {
+
+using nlohmann::json;
+
+// httplib::Client needs the port at construction, so the tests build their own client.
+httplib::Client ClientFor(const FakeTelegram& fake) { return httplib::Client("127.0.0.1", fake.port()); }
+
+TEST(FakeTelegram, AcceptsJsonAndFormAndRecordsThem) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  auto r1 = client.Post("/botABC/sendMessage", json{{"chat_id", 42}, {"text", "hi 🎫"}}.dump(),
+                        "application/json");
+  ASSERT_TRUE(r1);
+  EXPECT_EQ(r1->status, 200);
+  EXPECT_TRUE(json::parse(r1->body)["ok"].get<bool>());
+  auto r2 = client.Post("/botABC/sendMessage", "chat_id=%40chan&text=a+b%21",
+                        "application/x-www-form-urlencoded");
+  ASSERT_TRUE(r2);
+  EXPECT_EQ(r2->status, 200);
+
+  auto messages = fake.messages();
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_EQ(messages[0].chat_id, "42");
+  EXPECT_EQ(messages[0].text, "hi 🎫");
+  EXPECT_EQ(messages[0].token, "ABC");
+  EXPECT_EQ(messages[1].chat_id, "@chan");
+  EXPECT_EQ(messages[1].text, "a b!");
+
+  auto listed = client.Get("/control/messages");
+  ASSERT_TRUE(listed);
+  EXPECT_EQ(json::parse(listed->body).size(), 2u);
+}
+
+TEST(FakeTelegram, RejectsMissingFields) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  auto r = client.Post("/botT/sendMessage", json{{"chat_id", 1}}.dump(), "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 400);
+  EXPECT_TRUE(fake.messages().empty());
+}
+
+TEST(FakeTelegram, CountedFaultsThenSuccess) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  fake.SetFault({.mode = FaultMode::k5xx, .count = 2, .status = 503});
+  std::string body = json{{"chat_id", "1"}, {"text", "x"}}.dump();
+  EXPECT_EQ(client.Post("/botT/sendMessage", body, "application/json")->status, 503);
+  EXPECT_EQ(client.Post("/botT/sendMessage", body, "application/json")->status, 503);
+  EXPECT_EQ(client.Post("/botT/sendMessage", body, "application/json")->status, 200);
+  EXPECT_EQ(fake.messages().size(), 1u);
+  EXPECT_EQ(fake.faulted(), 2);
+
+  fake.SetFault({.mode = FaultMode::k429, .count = 1, .retry_after_seconds = 7});
+  auto r = client.Post("/botT/sendMessage", body, "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 429);
+  EXPECT_EQ(json::parse(r->body)["parameters"]["retry_after"].get<int>(), 7);
+}
+
+TEST(FakeTelegram, PerChatRuleAndAlwaysMode) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  fake.SetFault({.mode = FaultMode::k400, .chat_id = "13"});  // count 0: always
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(client.Post("/botT/sendMessage", json{{"chat_id", 13}, {"text", "x"}}.dump(),
+                          "application/json")->status,
+              400);
+    EXPECT_EQ(client.Post("/botT/sendMessage", json{{"chat_id", 14}, {"text", "y"}}.dump(),
+                          "application/json")->status,
+              200);
+  }
+  ASSERT_EQ(fake.messages().size(), 3u);
+  for (const auto& m : fake.messages()) EXPECT_EQ(m.chat_id, "14");
+}
+
+TEST(FakeTelegram, ControlApiSetsFaultsAndStall) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  auto set = client.Post("/control/fail", R"({"mode":"stall","count":1,"stall_ms":300})",
+                         "application/json");
+  ASSERT_TRUE(set);
+  EXPECT_EQ(set->status, 200);
+  absl::Time start = absl::Now();
+  auto r = client.Post("/botT/sendMessage", json{{"chat_id", 1}, {"text", "slow"}}.dump(),
+                       "application/json");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 200);  // a stall answers normally in the end
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(250));
+
+  ASSERT_EQ(client.Post("/control/fail", R"({"mode":"5xx"})", "application/json")->status, 200);
+  EXPECT_EQ(client.Post("/botT/sendMessage", json{{"chat_id", 1}, {"text", "x"}}.dump(),
+                        "application/json")->status,
+            500);
+  ASSERT_EQ(client.Post("/control/fail", R"({"mode":"off"})", "application/json")->status, 200);
+  EXPECT_EQ(client.Post("/botT/sendMessage", json{{"chat_id", 1}, {"text", "x"}}.dump(),
+                        "application/json")->status,
+            200);
+  auto stats = json::parse(client.Get("/control/stats")->body);
+  EXPECT_EQ(stats["accepted"].get<int>(), 2);
+  EXPECT_EQ(stats["faulted"].get<int>(), 1);
+  EXPECT_EQ(client.Post("/control/fail", R"({"mode":"nope"})", "application/json")->status, 400);
+}
+
+TEST(FakeTelegram, WrongTokenIsUnauthorizedWhenTokenSet) {
+  FakeTelegram fake({.token = "right"});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  std::string body = json{{"chat_id", 1}, {"text", "x"}}.dump();
+  EXPECT_EQ(client.Post("/botwrong/sendMessage", body, "application/json")->status, 401);
+  EXPECT_EQ(client.Post("/botright/sendMessage", body, "application/json")->status, 200);
+}
+
+}  // namespace
+}  // namespace concert::testing
