@@ -8,13 +8,15 @@
 namespace concert {
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int* port) {
+    const std::string& address, const std::vector<grpc::Service*>& services, int* port,
+    const std::function<void(grpc::ServerBuilder&)>& configure) {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound = 0;
   builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound);
   for (grpc::Service* service : services) builder.RegisterService(service);
+  if (configure) configure(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", address));

@@ -10,6 +10,7 @@
 #ifndef CONCERT_COMMON_GRPC_SERVER_H_
 #define CONCERT_COMMON_GRPC_SERVER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -21,9 +22,11 @@
 
 namespace concert {
 
-// `port` receives the bound port (useful with "127.0.0.1:0"); may be null.
+// `port` receives the bound port (useful with "127.0.0.1:0"); may be null. `configure`, when
+// set, adjusts the builder before the server starts (resource quota, thread limits).
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
-    const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr);
+    const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr,
+    const std::function<void(grpc::ServerBuilder&)>& configure = nullptr);
 
 // Sets the overall health ("" service) and every named service to SERVING or NOT_SERVING.
 void SetServing(grpc::Server& server, bool serving);

@@ -1,0 +1,253 @@
+#include "payment-server/payments.h"
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "concert/events/v1/payment_events.pb.h"
+
+namespace concert::payment {
+namespace {
+
+// Timestamps travel as microseconds since the epoch so that no text parsing is involved.
+#define CONCERT_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
+
+constexpr char kLockReservation[] = "payment_lock_reservation";
+constexpr char kPaymentByReservation[] = "payment_by_reservation";
+constexpr char kPaymentById[] = "payment_by_id";
+constexpr char kDebit[] = "payment_debit";
+constexpr char kMarkPaid[] = "payment_mark_paid";
+constexpr char kInsertPayment[] = "payment_insert_payment";
+constexpr char kInsertOutbox[] = "payment_insert_outbox";
+constexpr char kUserExists[] = "payment_user_exists";
+constexpr char kSeatInfo[] = "payment_seat_info";
+constexpr char kExpireStaleHolds[] = "payment_expire_stale_holds";
+constexpr char kInsertReservation[] = "payment_insert_reservation";
+
+constexpr size_t kMaxTraceparentLength = 256;
+
+google::protobuf::Timestamp TimestampFromMicros(int64_t micros) {
+  google::protobuf::Timestamp t;
+  int64_t seconds = micros / 1000000;
+  int64_t rest = micros % 1000000;
+  if (rest < 0) {
+    rest += 1000000;
+    --seconds;
+  }
+  t.set_seconds(seconds);
+  t.set_nanos(static_cast<int32_t>(rest * 1000));
+  return t;
+}
+
+// Columns: id, reservation_id, user_id, amount_won, paid_at micros, event_id, balance_won.
+v1::Payment PaymentFromRow(const pqxx::row& row) {
+  v1::Payment p;
+  p.set_payment_id(row[0].as<int64_t>());
+  p.set_reservation_id(row[1].as<int64_t>());
+  p.set_user_id(row[2].as<int64_t>());
+  p.set_amount_won(row[3].as<int64_t>());
+  *p.mutable_paid_at() = TimestampFromMicros(row[4].as<int64_t>());
+  p.set_event_id(row[5].as<std::string>());
+  p.set_balance_won(row[6].as<int64_t>());
+  return p;
+}
+
+}  // namespace
+
+Payments::Payments(PgPool& pool, PaymentsOptions options)
+    : pool_(pool), options_(std::move(options)) {}
+
+void Payments::Prepare(pqxx::connection& conn) {
+  // FOR UPDATE OF r: only the reservation is locked; concurrent PayConcert calls for it queue
+  // here and, under read committed, see the winner's PAID status once it commits.
+  conn.prepare(kLockReservation,
+               "SELECT r.user_id, r.seat_id, r.amount_won, r.status, r.expires_at <= now(), "
+               "u.mail, c.title, " CONCERT_MICROS("sch.starts_at") " "
+               "FROM payment.reservations r "
+               "JOIN payment.users u ON u.id = r.user_id "
+               "JOIN payment.seats s ON s.id = r.seat_id "
+               "JOIN payment.schedules sch ON sch.id = s.schedule_id "
+               "JOIN payment.concerts c ON c.id = sch.concert_id "
+               "WHERE r.id = $1 FOR UPDATE OF r");
+  const char* payment_columns =
+      "SELECT p.id, p.reservation_id, p.user_id, p.amount_won, " CONCERT_MICROS("p.paid_at")
+      ", p.event_id::text, u.balance_won "
+      "FROM payment.payments p JOIN payment.users u ON u.id = p.user_id ";
+  conn.prepare(kPaymentByReservation, absl::StrCat(payment_columns, "WHERE p.reservation_id = $1"));
+  conn.prepare(kPaymentById, absl::StrCat(payment_columns, "WHERE p.id = $1"));
+  // The balance check and the debit are one statement: concurrent payments of one user queue on
+  // the user's row and each re-checks the balance it finds, so it never goes below zero.
+  conn.prepare(kDebit,
+               "UPDATE payment.users SET balance_won = balance_won - $2 "
+               "WHERE id = $1 AND balance_won >= $2 RETURNING balance_won");
+  conn.prepare(kMarkPaid,
+               "UPDATE payment.reservations SET status = 'PAID', updated_at = now() WHERE id = $1");
+  conn.prepare(kInsertPayment,
+               "INSERT INTO payment.payments (reservation_id, user_id, amount_won, event_id) "
+               "VALUES ($1, $2, $3, gen_random_uuid()) "
+               "RETURNING id, event_id::text, " CONCERT_MICROS("paid_at"));
+  conn.prepare(kInsertOutbox,
+               "INSERT INTO payment.outbox_events "
+               "(event_id, aggregate_type, aggregate_id, event_type, payload, headers) "
+               "VALUES ($1::uuid, 'reservation', $2, 'PaymentCompleted', decode($3, 'hex'), "
+               "$4::jsonb)");
+  conn.prepare(kUserExists, "SELECT 1 FROM payment.users WHERE id = $1");
+  conn.prepare(kSeatInfo,
+               "SELECT s.price_won, c.title, " CONCERT_MICROS("sch.starts_at") " "
+               "FROM payment.seats s "
+               "JOIN payment.schedules sch ON sch.id = s.schedule_id "
+               "JOIN payment.concerts c ON c.id = sch.concert_id WHERE s.id = $1");
+  conn.prepare(kExpireStaleHolds,
+               "UPDATE payment.reservations SET status = 'EXPIRED', updated_at = now() "
+               "WHERE seat_id = $1 AND status = 'HELD' AND expires_at <= now()");
+  // The partial unique index (one HELD or PAID reservation per seat) decides races between
+  // two callers holding the same seat: the loser inserts nothing.
+  conn.prepare(kInsertReservation,
+               "INSERT INTO payment.reservations (user_id, seat_id, amount_won, status, expires_at) "
+               "VALUES ($1, $2, $3, 'HELD', now() + $4 * interval '1 millisecond') "
+               "ON CONFLICT (seat_id) WHERE status IN ('HELD', 'PAID') DO NOTHING "
+               "RETURNING id, " CONCERT_MICROS("expires_at"));
+}
+
+absl::StatusOr<v1::Reservation> Payments::ReserveSeat(int64_t user_id, int64_t seat_id) {
+  if (seat_id <= 0) return absl::InvalidArgumentError("seat_id must be positive");
+  v1::Reservation reservation;
+  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    if (tx.exec_prepared(kUserExists, user_id).empty()) {
+      return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist"));
+    }
+    pqxx::result seat = tx.exec_prepared(kSeatInfo, seat_id);
+    if (seat.empty()) return absl::NotFoundError(absl::StrCat("seat ", seat_id, " does not exist"));
+    tx.exec_prepared(kExpireStaleHolds, seat_id);
+    int64_t price = seat[0][0].as<int64_t>();
+    pqxx::result inserted = tx.exec_prepared(kInsertReservation, user_id, seat_id, price,
+                                             absl::ToInt64Milliseconds(options_.reservation_hold));
+    if (inserted.empty()) {
+      return absl::AlreadyExistsError(absl::StrCat("seat ", seat_id, " is already held or sold"));
+    }
+    reservation.Clear();
+    reservation.set_reservation_id(inserted[0][0].as<int64_t>());
+    reservation.set_user_id(user_id);
+    reservation.set_seat_id(seat_id);
+    reservation.set_concert_title(seat[0][1].as<std::string>());
+    *reservation.mutable_concert_start() = TimestampFromMicros(seat[0][2].as<int64_t>());
+    reservation.set_amount_won(price);
+    reservation.set_status(v1::RESERVATION_STATUS_HELD);
+    *reservation.mutable_expires_at() = TimestampFromMicros(inserted[0][1].as<int64_t>());
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(status);
+  log::Info("seat held", {{"reservation_id", reservation.reservation_id()},
+                          {"user_id", user_id},
+                          {"seat_id", seat_id}});
+  return reservation;
+}
+
+absl::StatusOr<v1::Payment> Payments::PayConcert(int64_t user_id, int64_t reservation_id,
+                                                 absl::string_view traceparent) {
+  if (reservation_id <= 0) return absl::InvalidArgumentError("reservation_id must be positive");
+  std::string headers = "{}";
+  if (!traceparent.empty() && traceparent.size() <= kMaxTraceparentLength) {
+    headers = nlohmann::json{{"traceparent", std::string(traceparent)}}.dump();
+  }
+  v1::Payment payment;
+  bool replayed = false;
+  // Transact may run the body again after a serialization failure or a broken connection; each
+  // run starts from a rolled-back state, so the outputs are reset at its top.
+  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    payment.Clear();
+    replayed = false;
+    pqxx::result locked = tx.exec_prepared(kLockReservation, reservation_id);
+    if (locked.empty()) {
+      return absl::NotFoundError(absl::StrCat("reservation ", reservation_id, " does not exist"));
+    }
+    const pqxx::row& r = locked[0];
+    if (r[0].as<int64_t>() != user_id) {
+      return absl::PermissionDeniedError(
+          absl::StrCat("reservation ", reservation_id, " belongs to another user"));
+    }
+    std::string state = r[3].as<std::string>();
+    if (state == "PAID") {
+      // A retry of a payment that went through: answer with the original, write nothing.
+      pqxx::result original = tx.exec_prepared(kPaymentByReservation, reservation_id);
+      if (original.empty()) {
+        return absl::InternalError(
+            absl::StrCat("reservation ", reservation_id, " is PAID but has no payment"));
+      }
+      payment = PaymentFromRow(original[0]);
+      replayed = true;
+      return absl::OkStatus();
+    }
+    if (state != "HELD" || r[4].as<bool>()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("reservation hold expired (reservation ", reservation_id,
+                       "); reserve the seat again"));
+    }
+    int64_t seat_id = r[1].as<int64_t>();
+    int64_t amount = r[2].as<int64_t>();
+    pqxx::result debited = tx.exec_prepared(kDebit, user_id, amount);
+    if (debited.empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("insufficient balance: the reservation costs ", amount, " won"));
+    }
+    tx.exec_prepared(kMarkPaid, reservation_id);
+    pqxx::row inserted = tx.exec_prepared(kInsertPayment, reservation_id, user_id, amount)[0];
+    payment.set_payment_id(inserted[0].as<int64_t>());
+    payment.set_reservation_id(reservation_id);
+    payment.set_user_id(user_id);
+    payment.set_amount_won(amount);
+    *payment.mutable_paid_at() = TimestampFromMicros(inserted[2].as<int64_t>());
+    payment.set_event_id(inserted[1].as<std::string>());
+    payment.set_balance_won(debited[0][0].as<int64_t>());
+
+    events::v1::PaymentCompleted event;
+    event.set_event_id(payment.event_id());
+    event.set_payment_id(payment.payment_id());
+    event.set_reservation_id(reservation_id);
+    event.set_user_id(user_id);
+    event.set_user_mail(r[5].as<std::string>());
+    event.set_concert_title(r[6].as<std::string>());
+    *event.mutable_concert_start() = TimestampFromMicros(r[7].as<int64_t>());
+    *event.mutable_paid_at() = payment.paid_at();
+    event.set_amount_won(amount);
+    event.set_seat_id(seat_id);
+    tx.exec_prepared(kInsertOutbox, payment.event_id(), absl::StrCat(reservation_id),
+                     absl::BytesToHexString(event.SerializeAsString()), headers);
+    if (options_.before_commit_for_test) {
+      RETURN_IF_ERROR(options_.before_commit_for_test(payment.payment_id()));
+    }
+    return absl::OkStatus();
+  });
+  if (!status.ok()) return status;
+  if (replayed) {
+    log::Info("payment replayed", {{"payment_id", payment.payment_id()},
+                                   {"reservation_id", reservation_id},
+                                   {"event_id", payment.event_id()}});
+  } else {
+    log::Info("payment completed", {{"payment_id", payment.payment_id()},
+                                    {"reservation_id", reservation_id},
+                                    {"user_id", user_id},
+                                    {"amount_won", payment.amount_won()},
+                                    {"event_id", payment.event_id()}});
+  }
+  return payment;
+}
+
+absl::StatusOr<v1::Payment> Payments::GetPayment(int64_t user_id, int64_t payment_id) {
+  if (payment_id <= 0) return absl::InvalidArgumentError("payment_id must be positive");
+  v1::Payment payment;
+  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    pqxx::result rows = tx.exec_prepared(kPaymentById, payment_id);
+    if (rows.empty() || rows[0][2].as<int64_t>() != user_id) {
+      return absl::NotFoundError(absl::StrCat("payment ", payment_id, " not found"));
+    }
+    payment = PaymentFromRow(rows[0]);
+    return absl::OkStatus();
+  });
+  RETURN_IF_ERROR(status);
+  return payment;
+}
+
+}  // namespace concert::payment

@@ -1,0 +1,68 @@
+// The domain of payment-server: holding seats and paying for them, over a PgPool. PayConcert
+// debits the caller, marks the reservation PAID, inserts the payment and its PaymentCompleted
+// outbox event in ONE transaction, so the event exists if and only if the payment committed.
+//
+//   PgPool pool({.url = url, .size = 8, .prepare = &Payments::Prepare});
+//   Payments payments(pool, {.reservation_hold = absl::Minutes(5)});
+//   absl::StatusOr<v1::Reservation> r = payments.ReserveSeat(user_id, seat_id);
+//   absl::StatusOr<v1::Payment> p = payments.PayConcert(user_id, r->reservation_id(), "");
+//
+// Errors are absl::Status with the codes of the API (see concert/v1/payment.proto); every
+// error leaves the database as it was. Thread-safe: every call blocks on the database, so call
+// it from the gRPC synchronous API's threads, never from a callback reactor.
+#ifndef CONCERT_PAYMENT_SERVER_PAYMENTS_H_
+#define CONCERT_PAYMENT_SERVER_PAYMENTS_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "common/postgres.h"
+#include "concert/v1/payment.pb.h"
+#include "concert/v1/reservation.pb.h"
+
+namespace concert::payment {
+
+struct PaymentsOptions {
+  // How long ReserveSeat holds a seat before PayConcert refuses it (RESERVATION_HOLD).
+  absl::Duration reservation_hold = absl::Minutes(5);
+  // Test seam, never set in production: runs inside PayConcert's transaction after the payment
+  // and its outbox row were inserted, just before commit. An error aborts the transaction and
+  // is returned to the caller, which is how tests prove that a failure there leaves nothing.
+  std::function<absl::Status(int64_t payment_id)> before_commit_for_test;
+};
+
+class Payments {
+ public:
+  Payments(PgPool& pool, PaymentsOptions options);
+
+  // Prepares this class's statements on a new pool connection (PgPool::Options::prepare).
+  static void Prepare(pqxx::connection& conn);
+
+  // Holds `seat_id` for `user_id` for reservation_hold. An expired hold on the seat is marked
+  // EXPIRED and no longer blocks it. INVALID_ARGUMENT (id not positive), NOT_FOUND (seat or
+  // user), ALREADY_EXISTS (held or sold).
+  absl::StatusOr<v1::Reservation> ReserveSeat(int64_t user_id, int64_t seat_id);
+
+  // See concert.v1.PaymentService.PayConcert. `traceparent` ("" when the caller sent none) is
+  // stored in the outbox row's headers so the trace continues through Kafka.
+  absl::StatusOr<v1::Payment> PayConcert(int64_t user_id, int64_t reservation_id,
+                                         absl::string_view traceparent);
+
+  // One of the caller's payments; NOT_FOUND for another user's payment (its existence is not
+  // revealed).
+  absl::StatusOr<v1::Payment> GetPayment(int64_t user_id, int64_t payment_id);
+
+  PgPool& pool() { return pool_; }
+
+ private:
+  PgPool& pool_;
+  PaymentsOptions options_;
+};
+
+}  // namespace concert::payment
+
+#endif  // CONCERT_PAYMENT_SERVER_PAYMENTS_H_

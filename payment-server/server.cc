@@ -1,0 +1,277 @@
+#include "payment-server/server.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_server.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "payment-server/schema.h"
+#include "payment-server/token.h"
+
+namespace concert::payment {
+namespace {
+
+constexpr absl::Duration kFirstBackoff = absl::Milliseconds(250);
+constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
+// While the database stays down, repeat the warning at most this often.
+constexpr absl::Duration kDownLogEvery = absl::Seconds(30);
+
+// What both gRPC services need: the domain, the token secret, readiness and metrics.
+struct ApiContext {
+  Payments* payments;
+  std::string secret;
+  const std::atomic<bool>* ready;
+  metrics::Registry* registry;
+
+  absl::StatusOr<int64_t> Caller(const grpc::ServerContext& context) const {
+    const auto& metadata = context.client_metadata();
+    auto it = metadata.find("authorization");
+    absl::string_view header;
+    if (it != metadata.end()) header = absl::string_view(it->second.data(), it->second.size());
+    return VerifyAuthorizationHeader(secret, header, absl::Now());
+  }
+
+  absl::Status CheckReady() const {
+    if (ready->load()) return absl::OkStatus();
+    return absl::UnavailableError("database not ready yet (starting); retry shortly");
+  }
+
+  // Runs one call, counts it by method and code, and times it.
+  grpc::Status Observe(const char* method, const std::function<absl::Status()>& call) const {
+    absl::Time start = absl::Now();
+    absl::Status status = call();
+    double seconds = absl::ToDoubleSeconds(absl::Now() - start);
+    registry
+        ->GetCounter("payment_grpc_requests_total", "gRPC requests by method and status code",
+                     {{"method", method}, {"code", absl::StatusCodeToString(status.code())}})
+        .Increment();
+    registry
+        ->GetHistogram("payment_grpc_request_duration_seconds", "gRPC request latency by method",
+                       metrics::LatencyBuckets(), {{"method", method}})
+        .Observe(seconds);
+    switch (status.code()) {
+      case absl::StatusCode::kUnavailable:
+      case absl::StatusCode::kInternal:
+      case absl::StatusCode::kUnknown:
+      case absl::StatusCode::kResourceExhausted:
+        log::Warn("request failed", {{"method", method},
+                                     {"code", absl::StatusCodeToString(status.code())},
+                                     {"error", std::string(status.message())}});
+        break;
+      default:
+        break;
+    }
+    return ToGrpcStatus(status);
+  }
+};
+
+}  // namespace
+
+class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
+ public:
+  explicit PaymentApi(ApiContext context) : c_(std::move(context)) {}
+
+  grpc::Status PayConcert(grpc::ServerContext* context, const v1::PayConcertRequest* request,
+                          v1::Payment* response) override {
+    return c_.Observe("PayConcert", [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
+      RETURN_IF_ERROR(c_.CheckReady());
+      std::string traceparent;
+      const auto& metadata = context->client_metadata();
+      if (auto it = metadata.find("traceparent"); it != metadata.end()) {
+        traceparent.assign(it->second.data(), it->second.size());
+      }
+      ASSIGN_OR_RETURN(*response,
+                       c_.payments->PayConcert(user_id, request->reservation_id(), traceparent));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status GetPayment(grpc::ServerContext* context, const v1::GetPaymentRequest* request,
+                          v1::Payment* response) override {
+    return c_.Observe("GetPayment", [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
+      RETURN_IF_ERROR(c_.CheckReady());
+      ASSIGN_OR_RETURN(*response, c_.payments->GetPayment(user_id, request->payment_id()));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ApiContext c_;
+};
+
+class PaymentServer::ReservationApi final : public v1::ReservationService::Service {
+ public:
+  explicit ReservationApi(ApiContext context) : c_(std::move(context)) {}
+
+  grpc::Status ReserveSeat(grpc::ServerContext* context, const v1::ReserveSeatRequest* request,
+                           v1::Reservation* response) override {
+    return c_.Observe("ReserveSeat", [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
+      RETURN_IF_ERROR(c_.CheckReady());
+      ASSIGN_OR_RETURN(*response, c_.payments->ReserveSeat(user_id, request->seat_id()));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ApiContext c_;
+};
+
+ServerOptions ReadServerOptions(Settings& s) {
+  ServerOptions o;
+  o.database_url = s.String("DATABASE_URL", "",
+                            "Postgres URL (required by serve, migrate and seed-demo)");
+  o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "gRPC listen address");
+  o.metrics_address =
+      s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
+  o.auth_token_secret = s.String(
+      "AUTH_TOKEN_SECRET", "", "HMAC key of bearer tokens (required by serve and mint-token)");
+  o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold,
+                                  "how long ReserveSeat holds a seat for payment");
+  o.db_pool_size = static_cast<int>(
+      s.Int("DB_POOL_SIZE", o.db_pool_size, 1, 1000, "Postgres connections at most"));
+  o.db_acquire_timeout = s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout,
+                                    "how long a call waits for a free Postgres connection");
+  o.db_max_attempts = static_cast<int>(
+      s.Int("DB_MAX_ATTEMPTS", o.db_max_attempts, 1, 20,
+            "tries of a transaction on serialization failure, deadlock or broken connection"));
+  o.grpc_max_threads = static_cast<int>(s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
+                                              "threads of the synchronous gRPC server at most"));
+  o.health_check_interval =
+      s.Duration("HEALTH_CHECK_INTERVAL", o.health_check_interval,
+                 "how often the database is probed for grpc.health.v1 while healthy");
+  o.shutdown_grace = s.Duration("SHUTDOWN_GRACE", o.shutdown_grace,
+                                "how long in-flight calls may take to finish on SIGTERM");
+  return o;
+}
+
+PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options)) {
+  if (options_.registry == nullptr) {
+    own_registry_ = std::make_unique<metrics::Registry>();
+    registry_ = own_registry_.get();
+  } else {
+    registry_ = options_.registry;
+  }
+  pool_ = std::make_unique<PgPool>(PgPool::Options{.url = options_.database_url,
+                                                   .size = options_.db_pool_size,
+                                                   .acquire_timeout = options_.db_acquire_timeout,
+                                                   .prepare = &Payments::Prepare,
+                                                   .max_attempts = options_.db_max_attempts});
+  payments_ = std::make_unique<Payments>(
+      *pool_, PaymentsOptions{.reservation_hold = options_.reservation_hold,
+                              .before_commit_for_test = options_.before_commit_for_test});
+  ApiContext context{payments_.get(), options_.auth_token_secret, &ready_, registry_};
+  payment_api_ = std::make_unique<PaymentApi>(context);
+  reservation_api_ = std::make_unique<ReservationApi>(context);
+
+  metrics::Gauge& in_use =
+      registry_->GetGauge("payment_db_pool_in_use", "Postgres connections in use");
+  metrics::Gauge& waiting =
+      registry_->GetGauge("payment_db_pool_waiting", "calls waiting for a Postgres connection");
+  metrics::Gauge& size = registry_->GetGauge("payment_db_pool_size", "Postgres connections at most");
+  registry_->GetGauge("payment_db_up", "1 when the last database probe succeeded");
+  PgPool* pool = pool_.get();
+  registry_->OnCollect([pool, &in_use, &waiting, &size] {
+    in_use.Set(pool->in_use());
+    waiting.Set(pool->waiting());
+    size.Set(pool->size());
+  });
+}
+
+PaymentServer::~PaymentServer() { Stop(); }
+
+absl::Status PaymentServer::Start() {
+  int max_threads = options_.grpc_max_threads;
+  ASSIGN_OR_RETURN(server_,
+                   StartGrpcServer(options_.grpc_address,
+                                   {payment_api_.get(), reservation_api_.get()}, &port_,
+                                   [max_threads](grpc::ServerBuilder& builder) {
+                                     grpc::ResourceQuota quota("payment-server");
+                                     quota.SetMaxThreads(max_threads);
+                                     builder.SetResourceQuota(quota);
+                                   }));
+  log::Info("grpc listening", {{"address", options_.grpc_address}, {"port", port_}});
+  watcher_ = std::thread([this] { WatchDatabase(); });
+  return absl::OkStatus();
+}
+
+void PaymentServer::WatchDatabase() {
+  metrics::Gauge& up = registry_->GetGauge("payment_db_up", "1 when the last database probe succeeded");
+  absl::Duration backoff = kFirstBackoff;
+  bool first = true;
+  bool serving = false;
+  absl::Time last_down_log = absl::InfinitePast();
+  while (!stop_.HasBeenNotified()) {
+    absl::Status status;
+    if (!ready_.load()) {
+      status = MigrateSchema(options_.database_url);
+      if (status.ok()) {
+        ready_.store(true);
+        log::Info("schema ready", {{"schema", kSchema}});
+      }
+    } else {
+      status = pool_->Transact([](pqxx::work& tx) {
+        tx.exec("SELECT 1");
+        return absl::OkStatus();
+      });
+    }
+    bool healthy = status.ok();
+    up.Set(healthy ? 1 : 0);
+    if (healthy != serving || first) {
+      std::lock_guard lock(health_mu_);
+      if (!stopping_) SetServing(*server_, healthy);
+    }
+    if (healthy) {
+      if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
+      backoff = kFirstBackoff;
+    } else if (serving || first || absl::Now() - last_down_log >= kDownLogEvery) {
+      log::Warn("database unavailable; NOT_SERVING, retrying with backoff",
+                {{"error", std::string(status.message())}});
+      last_down_log = absl::Now();
+    }
+    serving = healthy;
+    first = false;
+    absl::Duration wait = healthy ? options_.health_check_interval : backoff;
+    if (!healthy) backoff = std::min(backoff * 2, kMaxBackoff);
+    stop_.WaitForNotificationWithTimeout(wait);
+  }
+}
+
+void PaymentServer::Stop() {
+  if (stopped_ || server_ == nullptr) return;
+  stopped_ = true;
+  {
+    std::lock_guard lock(health_mu_);
+    stopping_ = true;
+    SetServing(*server_, false);
+  }
+  stop_.Notify();
+  log::Info("stopping: NOT_SERVING, finishing in-flight calls",
+            {{"grace_ms", absl::ToInt64Milliseconds(options_.shutdown_grace)}});
+  server_->Shutdown(Deadline(options_.shutdown_grace));
+  if (watcher_.joinable()) watcher_.join();
+  log::Info("stopped");
+}
+
+absl::Status Serve(const ServerOptions& options, const absl::Notification& stop) {
+  ServerOptions with_registry = options;
+  if (with_registry.registry == nullptr) with_registry.registry = &metrics::Default();
+  PaymentServer server(with_registry);
+  RETURN_IF_ERROR(server.Start());
+  metrics::HttpServer metrics_http(*with_registry.registry);
+  if (absl::Status s = metrics_http.Start(options.metrics_address); !s.ok()) {
+    server.Stop();
+    return s;
+  }
+  log::Info("metrics listening", {{"address", options.metrics_address}});
+  stop.WaitForNotification();
+  server.Stop();
+  metrics_http.Stop();
+  return absl::OkStatus();
+}
+
+}  // namespace concert::payment

@@ -1,0 +1,118 @@
+// payment-server as a whole: its options (read from Settings), the gRPC services over Payments
+// (synchronous API: blocking database work runs on gRPC's own bounded thread pool), the
+// start-up that keeps retrying migrations while Postgres is down, health that follows the
+// database, request metrics, and the graceful stop.
+//
+//   PaymentServer server(options);
+//   RETURN_IF_ERROR(server.Start());        // listens at once; NOT_SERVING until migrated
+//   ... stop.WaitForNotification();
+//   server.Stop();                          // NOT_SERVING, in-flight calls finish, then down
+//
+// Start and Stop are called from one thread; everything else is thread-safe.
+#ifndef CONCERT_PAYMENT_SERVER_SERVER_H_
+#define CONCERT_PAYMENT_SERVER_SERVER_H_
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/config.h"
+#include "common/metrics.h"
+#include "common/postgres.h"
+#include "concert/v1/payment.grpc.pb.h"
+#include "concert/v1/reservation.grpc.pb.h"
+#include "payment-server/payments.h"
+
+namespace concert::payment {
+
+struct ServerOptions {
+  // DATABASE_URL: required by serve, migrate and seed-demo.
+  std::string database_url;
+  // GRPC_ADDRESS: port 0 picks a free one (see PaymentServer::port()).
+  std::string grpc_address = "127.0.0.1:50051";
+  // METRICS_ADDRESS: Prometheus /metrics (Serve only).
+  std::string metrics_address = "127.0.0.1:9101";
+  // AUTH_TOKEN_SECRET: the HMAC key of bearer tokens; required by serve and mint-token.
+  std::string auth_token_secret;
+  // RESERVATION_HOLD.
+  absl::Duration reservation_hold = absl::Minutes(5);
+  // DB_POOL_SIZE: connections at most; more concurrent calls wait for one.
+  int db_pool_size = 8;
+  // DB_ACQUIRE_TIMEOUT: how long a call waits for a free connection (then RESOURCE_EXHAUSTED).
+  absl::Duration db_acquire_timeout = absl::Seconds(5);
+  // DB_MAX_ATTEMPTS: tries of one transaction on serialization failure, deadlock or a broken
+  // connection.
+  int db_max_attempts = 3;
+  // GRPC_MAX_THREADS: the synchronous server's thread limit (its resource quota). Calls beyond
+  // the pool size only wait, so a few times DB_POOL_SIZE is plenty.
+  int grpc_max_threads = 32;
+  // HEALTH_CHECK_INTERVAL: how often the database is probed while healthy. While it is down
+  // (or the schema not yet migrated) the probe backs off from 250 ms up to 10 s.
+  absl::Duration health_check_interval = absl::Seconds(5);
+  // SHUTDOWN_GRACE: how long in-flight calls may take to finish on SIGTERM.
+  absl::Duration shutdown_grace = absl::Seconds(10);
+  // Metrics go here; null gives the server a registry of its own (tests run several servers).
+  metrics::Registry* registry = nullptr;
+  // Test seam, see PaymentsOptions::before_commit_for_test.
+  std::function<absl::Status(int64_t payment_id)> before_commit_for_test;
+};
+
+// Reads every payment-server setting (so --help lists them all). Requirements that depend on
+// the subcommand (DATABASE_URL, AUTH_TOKEN_SECRET) are checked by the caller.
+ServerOptions ReadServerOptions(Settings& settings);
+
+class PaymentServer {
+ public:
+  explicit PaymentServer(ServerOptions options);
+  ~PaymentServer();  // Stop()s
+  PaymentServer(const PaymentServer&) = delete;
+  PaymentServer& operator=(const PaymentServer&) = delete;
+
+  // Listens and returns; migrations and health run in the background. Fails only when the
+  // address cannot be bound.
+  absl::Status Start();
+  // NOT_SERVING, then waits up to shutdown_grace for in-flight calls. Idempotent.
+  void Stop();
+
+  int port() const { return port_; }
+  grpc::Server& grpc_server() { return *server_; }
+  // True once the schema is migrated (requests before that get UNAVAILABLE).
+  bool ready() const { return ready_.load(); }
+  metrics::Registry& registry() { return *registry_; }
+  PgPool& pool() { return *pool_; }
+
+ private:
+  class PaymentApi;
+  class ReservationApi;
+  void WatchDatabase();
+
+  ServerOptions options_;
+  std::unique_ptr<metrics::Registry> own_registry_;
+  metrics::Registry* registry_;
+  std::unique_ptr<PgPool> pool_;
+  std::unique_ptr<Payments> payments_;
+  std::unique_ptr<PaymentApi> payment_api_;
+  std::unique_ptr<ReservationApi> reservation_api_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::atomic<bool> ready_{false};
+  absl::Notification stop_;
+  std::mutex health_mu_;  // orders SetServing calls against Stop()
+  bool stopping_ = false;
+  std::thread watcher_;
+  bool stopped_ = false;
+};
+
+// `payment-server` with no subcommand: PaymentServer plus the /metrics endpoint until `stop`.
+absl::Status Serve(const ServerOptions& options, const absl::Notification& stop);
+
+}  // namespace concert::payment
+
+#endif  // CONCERT_PAYMENT_SERVER_SERVER_H_
