@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# scripts/kafka.sh — a single-node Apache Kafka (KRaft, combined broker+controller) run from
+# the jars that scripts/install-deps.sh put in .local/kafka/libs, on 127.0.0.1 only.
+#
+#   scripts/kafka.sh start                 format storage on first use, start, wait until it
+#                                          answers a metadata request (idempotent)
+#   scripts/kafka.sh stop                  SIGTERM, clean shutdown (SIGKILL after KAFKA_STOP_TIMEOUT)
+#   scripts/kafka.sh kill                  SIGKILL (fault tests)
+#   scripts/kafka.sh status                exit 0 iff running
+#   scripts/kafka.sh topic-create NAME PARTITIONS   (no-op when the topic exists)
+#   scripts/kafka.sh topic-list
+#   scripts/kafka.sh run-class CLASS [ARGS...]      any Kafka tool, e.g.
+#                                          org.apache.kafka.tools.ProducerPerformance
+#                                          org.apache.kafka.tools.consumer.group.ConsumerGroupCommand
+#
+# Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DIR (data, config, logs
+# and pid file; default .local/kafka-data), KAFKA_START_TIMEOUT (60 s), KAFKA_STOP_TIMEOUT (30 s),
+# KAFKA_TOOL_OPTS (JVM options of the tool commands), JAVA_HOME.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "$0")/lib.sh"
+
+KAFKA_PORT=${KAFKA_PORT:-9092}
+KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
+KAFKA_DIR=$(realpath -m "${KAFKA_DIR:-$LOCAL/kafka-data}")
+KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-60}
+KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
+LIBS="$LOCAL/kafka/libs"
+BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
+PID_FILE="$KAFKA_DIR/kafka.pid"
+LOG="$KAFKA_DIR/server.log"
+
+[[ -f "$LIBS/.complete" ]] || die "Kafka jars missing in $LIBS: run scripts/install-deps.sh kafka"
+
+# Java 17 or newer: JAVA_HOME if set, else Debian's OpenJDK 17, else java on PATH.
+JAVA=java
+if [[ -n "${JAVA_HOME:-}" ]]; then JAVA="$JAVA_HOME/bin/java"
+else for j in /usr/lib/jvm/java-17-openjdk-*/bin/java; do [[ -x "$j" ]] && JAVA=$j; done; fi
+
+# TOOL: java with the Kafka classpath, for the tools (they log WARN+ to stderr).
+# KAFKA_TOOL_OPTS replaces the JVM options tuned for quick start (e.g. '-Xmx1g' for benchmarks).
+read -r -a tool_opts <<<"${KAFKA_TOOL_OPTS:--Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1}"
+TOOL_LOG4J="$LOCAL/kafka/tools-log4j2.xml"
+TOOL=("$JAVA" "${tool_opts[@]}" -Dlog4j2.configurationFile="$TOOL_LOG4J" -cp "$LIBS/*")
+if [[ ! -f "$TOOL_LOG4J" ]]; then
+  cat >"$TOOL_LOG4J.$$" <<'EOF'
+<Configuration status="warn">
+  <Appenders><Console name="stderr" target="SYSTEM_ERR"><PatternLayout pattern="[%d] %p %m (%c)%n"/></Console></Appenders>
+  <Loggers><Root level="WARN"><AppenderRef ref="stderr"/></Root></Loggers>
+</Configuration>
+EOF
+  mv "$TOOL_LOG4J.$$" "$TOOL_LOG4J"
+fi
+
+# Our broker's pid, or nothing; checks the pid really is a kafka.Kafka with our config.
+broker_pid() {
+  local pid
+  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
+  [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+    grep -qF "kafka.Kafka $KAFKA_DIR/server.properties" && echo "$pid"
+}
+running() { broker_pid >/dev/null; }
+# exited: PID is gone or a zombie (its sockets are closed by then; PID 1 reaps it later).
+exited() { local s; s=$(ps -o stat= -p "$1") || return 0; [[ "$s" == Z* ]]; }
+
+write_config() {
+  mkdir -p "$KAFKA_DIR/logs"
+  cat >"$KAFKA_DIR/server.properties" <<EOF
+# Written by scripts/kafka.sh at every start; edits here are lost.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DIR/logs
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+EOF
+  # Broker: INFO and up to server.log (rolled at 50 MB, 3 kept); nothing on stdout.
+  cat >"$KAFKA_DIR/log4j2.xml" <<EOF
+<Configuration status="warn">
+  <Appenders>
+    <RollingFile name="file" fileName="$LOG" filePattern="$LOG.%i">
+      <PatternLayout pattern="[%d] %p %m (%c)%n"/>
+      <SizeBasedTriggeringPolicy size="50 MB"/>
+      <DefaultRolloverStrategy max="3"/>
+    </RollingFile>
+  </Appenders>
+  <Loggers>
+    <Root level="INFO"><AppenderRef ref="file"/></Root>
+    <Logger name="kafka.request.logger" level="WARN"/>
+    <Logger name="org.apache.kafka.clients" level="WARN"/>
+  </Loggers>
+</Configuration>
+EOF
+}
+
+# Format the storage once (static single-voter quorum, so the ports may change later).
+format_once() {
+  [[ -f "$KAFKA_DIR/logs/meta.properties" ]] && return
+  local id
+  id=$("${TOOL[@]}" kafka.tools.StorageTool random-uuid)
+  say "formatting storage in $KAFKA_DIR/logs (cluster id $id)"
+  "${TOOL[@]}" kafka.tools.StorageTool format -t "$id" -c "$KAFKA_DIR/server.properties" >/dev/null
+}
+
+# One real metadata round trip, bounded in time.
+answers() { timeout 20 "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1; }
+
+start() {
+  if running; then
+    say "already running on $BOOTSTRAP (pid $(broker_pid), dir $KAFKA_DIR)"
+    echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+    return 0
+  fi
+  local p
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+    ! port_open 127.0.0.1 "$p" || die "port 127.0.0.1:$p is taken by another process"
+  done
+  write_config
+  format_once
+  say "starting on $BOOTSTRAP (controller :$KAFKA_CONTROLLER_PORT, dir $KAFKA_DIR, log $LOG)"
+  # setsid + nohup: own session, survives this shell and a Ctrl-C in its terminal.
+  setsid nohup "$JAVA" -Xms256m -Xmx512m -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExitOnOutOfMemoryError \
+    -Djava.awt.headless=true -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.xml" \
+    -cp "$LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
+  echo $! >"$PID_FILE"
+  local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+  until port_open 127.0.0.1 "$KAFKA_PORT" && answers; do
+    if ! running || ((SECONDS >= deadline)); then
+      tail -n 20 "$LOG" "$KAFKA_DIR/stdout.log" >&2 2>/dev/null || true
+      running && stop
+      die "Kafka did not come up within ${KAFKA_START_TIMEOUT}s (logs above, in $KAFKA_DIR)"
+    fi
+    sleep 1
+  done
+  say "ready on $BOOTSTRAP (pid $(broker_pid), up in ${SECONDS}s)"
+  echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
+}
+
+# stop_with SIGNAL TIMEOUT: signal the broker, wait until it is gone; SIGKILL after TIMEOUT.
+stop_with() {
+  local pid
+  if ! pid=$(broker_pid); then
+    say "not running"
+    rm -f "$PID_FILE"
+    return 0
+  fi
+  say "stopping pid $pid (SIG$1)"
+  kill -"$1" "$pid"
+  if ! wait_until "$2" exited "$pid"; then
+    say "still running after ${2}s: SIGKILL"
+    kill -KILL "$pid"
+    wait_until 10 exited "$pid" || die "pid $pid survived SIGKILL"
+  fi
+  rm -f "$PID_FILE"
+}
+stop() { stop_with TERM "$KAFKA_STOP_TIMEOUT"; }
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  kill) stop_with KILL 10 ;;
+  status)
+    if running; then say "running on $BOOTSTRAP (pid $(broker_pid))"; else say "not running"; exit 1; fi ;;
+  topic-create)
+    [[ $# -eq 3 ]] || die "usage: $0 topic-create NAME PARTITIONS"
+    "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --create \
+      --if-not-exists --topic "$2" --partitions "$3" --replication-factor 1 ;;
+  topic-list) "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list ;;
+  run-class) shift; [[ $# -ge 1 ]] || die "usage: $0 run-class CLASS [ARGS...]"; "${TOOL[@]}" "$@" ;;
+  *) die "usage: $0 start|stop|kill|status|topic-create NAME PARTITIONS|topic-list|run-class CLASS [ARGS...]" ;;
+esac
