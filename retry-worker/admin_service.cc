@@ -1,0 +1,141 @@
+#include "retry-worker/admin_service.h"
+
+#include <google/protobuf/util/time_util.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/strip.h"
+#include "absl/strings/str_cat.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace concert::retry {
+namespace {
+
+using ops::v1::FailedMessageStatus;
+
+// Same time whatever the first differing byte, so the token cannot be guessed byte by byte.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  size_t n = std::max(a.size(), b.size());
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < a.size() ? a[i] : 0;
+    unsigned char y = i < b.size() ? b[i] : 0;
+    diff |= x ^ y;
+  }
+  return diff == 0;
+}
+
+void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
+  *out = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
+}
+
+FailedMessageStatus StatusValue(const std::string& name) {
+  if (name == kPending) return ops::v1::FAILED_MESSAGE_STATUS_PENDING;
+  if (name == kProcessed) return ops::v1::FAILED_MESSAGE_STATUS_PROCESSED;
+  if (name == kFailed) return ops::v1::FAILED_MESSAGE_STATUS_FAILED;
+  if (name == kDiscarded) return ops::v1::FAILED_MESSAGE_STATUS_DISCARDED;
+  return ops::v1::FAILED_MESSAGE_STATUS_UNSPECIFIED;
+}
+
+}  // namespace
+
+std::string StatusName(FailedMessageStatus status) {
+  switch (status) {
+    case ops::v1::FAILED_MESSAGE_STATUS_PENDING: return kPending;
+    case ops::v1::FAILED_MESSAGE_STATUS_PROCESSED: return kProcessed;
+    case ops::v1::FAILED_MESSAGE_STATUS_FAILED: return kFailed;
+    case ops::v1::FAILED_MESSAGE_STATUS_DISCARDED: return kDiscarded;
+    default: return "";
+  }
+}
+
+void ToProto(const FailedMessage& m, ops::v1::FailedMessage* out) {
+  out->set_id(m.id);
+  out->set_event_id(m.event_id);
+  out->set_original_topic(m.original_topic);
+  out->set_key(m.key);
+  out->set_payload(m.payload);
+  for (const auto& [name, value] : m.headers) (*out->mutable_headers())[name] = value;
+  out->set_error_class(m.error_class);
+  out->set_error_message(m.error_message);
+  out->set_attempts(m.attempts);
+  out->set_status(StatusValue(m.status));
+  SetTime(m.next_attempt_at, out->mutable_next_attempt_at());
+  if (m.last_retry_at) SetTime(*m.last_retry_at, out->mutable_last_retry_at());
+  SetTime(m.created_at, out->mutable_created_at());
+  SetTime(m.updated_at, out->mutable_updated_at());
+  out->set_operator_note(m.operator_note);
+}
+
+AdminService::AdminService(FailedMessageStore& store, std::string admin_token)
+    : store_(store), admin_token_(std::move(admin_token)) {}
+
+grpc::Status AdminService::Authenticate(const grpc::ServerContext& context) const {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
+                        "missing metadata authorization: Bearer <ADMIN_TOKEN>");
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  if (!absl::ConsumePrefix(&value, "Bearer ") || !ConstantTimeEquals(value, admin_token_)) {
+    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid admin token");
+  }
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::List(grpc::ServerContext* context,
+                                const ops::v1::ListFailedMessagesRequest* request,
+                                ops::v1::ListFailedMessagesResponse* response) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
+  if (request->page_size() < 0) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "page_size must not be negative");
+  }
+  if (!ops::v1::FailedMessageStatus_IsValid(request->status())) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown status");
+  }
+  int page_size = request->page_size() == 0 ? kDefaultPageSize
+                                            : std::min(request->page_size(), kMaxPageSize);
+  absl::StatusOr<FailedMessageStore::Page> page =
+      store_.List(StatusName(request->status()), page_size, request->page_token());
+  if (!page.ok()) return ToGrpcStatus(page.status());
+  for (const FailedMessage& m : page->messages) ToProto(m, response->add_messages());
+  response->set_next_page_token(page->next_page_token);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::Get(grpc::ServerContext* context,
+                               const ops::v1::GetFailedMessageRequest* request,
+                               ops::v1::FailedMessage* response) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
+  absl::StatusOr<FailedMessage> m = store_.Get(request->id());
+  if (!m.ok()) return ToGrpcStatus(m.status());
+  ToProto(*m, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::Retry(grpc::ServerContext* context,
+                                 const ops::v1::RetryFailedMessageRequest* request,
+                                 ops::v1::FailedMessage* response) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
+  absl::StatusOr<FailedMessage> m = store_.OperatorRetry(request->id(), request->reason());
+  if (!m.ok()) return ToGrpcStatus(m.status());
+  log::Info("operator re-armed a parked message",
+            {{"id", m->id}, {"event_id", m->event_id}, {"reason", request->reason()}});
+  ToProto(*m, response);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::Discard(grpc::ServerContext* context,
+                                   const ops::v1::DiscardFailedMessageRequest* request,
+                                   ops::v1::FailedMessage* response) {
+  if (grpc::Status auth = Authenticate(*context); !auth.ok()) return auth;
+  absl::StatusOr<FailedMessage> m = store_.Discard(request->id(), request->reason());
+  if (!m.ok()) return ToGrpcStatus(m.status());
+  log::Info("operator discarded a message",
+            {{"id", m->id}, {"event_id", m->event_id}, {"reason", request->reason()}});
+  ToProto(*m, response);
+  return grpc::Status::OK;
+}
+
+}  // namespace concert::retry

@@ -1,0 +1,59 @@
+// retry-worker: drains the notification DLQ into retry.failed_messages, re-publishes with
+// bounded attempts and backoff, parks what keeps failing, and serves the operators' admin API.
+//
+//   retry-worker            run until SIGTERM
+//   retry-worker migrate    apply schema `retry` and exit
+#include <cstdlib>
+#include <iostream>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "common/shutdown.h"
+#include "retry-worker/options.h"
+#include "retry-worker/schema.h"
+#include "retry-worker/worker.h"
+
+int main(int argc, char** argv) {
+  concert::InstallStopHandler();
+  concert::Settings settings("retry-worker", argc, argv);
+  concert::retry::Options options = concert::retry::ReadOptions(settings);
+  settings.ExitIfInvalid();
+  concert::log::Level level;
+  if (!concert::log::ParseLevel(options.log_level, &level)) {
+    std::cerr << "retry-worker: LOG_LEVEL must be debug, info, warn or error\n";
+    return 2;
+  }
+  concert::log::Init("retry-worker", level);
+
+  const auto& positional = settings.positional();
+  if (!positional.empty() && positional[0] == "migrate") {
+    absl::Status s = concert::retry::MigrateSchema(options.database_url);
+    if (!s.ok()) {
+      concert::log::Error("migration failed", {{"error", std::string(s.message())}});
+      return 1;
+    }
+    return 0;
+  }
+  if (!positional.empty()) {
+    std::cerr << "retry-worker: unknown command " << positional[0] << " (known: migrate)\n";
+    return 2;
+  }
+
+  // Postgres or Kafka not there yet (e.g. starting together): keep trying with backoff.
+  absl::Duration backoff = absl::Seconds(1);
+  while (true) {
+    auto worker = std::make_unique<concert::retry::RetryWorker>(options);
+    absl::Status s = worker->Start();
+    if (s.ok()) {
+      concert::StopRequested().WaitForNotification();
+      concert::log::Info("stop requested");
+      worker->Stop();
+      return 0;
+    }
+    concert::log::Error("cannot start; retrying", {{"error", std::string(s.message())},
+                                                   {"retry_in_s", absl::ToDoubleSeconds(backoff)}});
+    if (s.code() == absl::StatusCode::kInvalidArgument) return 1;  // configuration: no use
+    if (concert::StopRequested().WaitForNotificationWithTimeout(backoff)) return 0;
+    backoff = std::min(backoff * 2, absl::Seconds(30));
+  }
+}

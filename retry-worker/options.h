@@ -1,0 +1,59 @@
+// The retry-worker's settings, one field per setting, read from the environment or flags through
+// common Settings (so `retry-worker --help` lists them all with their defaults).
+//
+//   Settings settings("retry-worker", argc, argv);
+//   retry::Options options = retry::ReadOptions(settings);
+//   settings.ExitIfInvalid();
+#ifndef CONCERT_RETRY_WORKER_OPTIONS_H_
+#define CONCERT_RETRY_WORKER_OPTIONS_H_
+
+#include <string>
+
+#include "absl/time/time.h"
+#include "common/config.h"
+
+namespace concert::retry {
+
+struct Options {
+  // DATABASE_URL (required): the Postgres holding schema `retry`.
+  std::string database_url;
+  // KAFKA_BOOTSTRAP_SERVERS: brokers for the DLQ consumer and the re-publishing producer.
+  std::string kafka_bootstrap_servers = "127.0.0.1:9092";
+  // KAFKA_GROUP_ID: the consumer group reading the DLQ.
+  std::string group_id = "retry-group";
+  // DLQ_TOPIC: where the notifier dead-letters what it could not deliver.
+  std::string dlq_topic = "payment-notification-dlq";
+  // ADMIN_TOKEN (required): the bearer token the admin API demands.
+  std::string admin_token;
+  // RETRY_INTERVAL: how often the scheduler looks for due rows.
+  absl::Duration interval = absl::Seconds(30);
+  // RETRY_MAX_ATTEMPTS: delivery attempts in total (the original one included) before a
+  // message is parked as FAILED.
+  int max_attempts = 3;
+  // RETRY_BACKOFF_BASE / RETRY_BACKOFF_CAP: the wait before re-publishing after failed attempt N
+  // is at most min(cap, base * 2^(N-1)).
+  absl::Duration backoff_base = absl::Seconds(30);
+  absl::Duration backoff_cap = absl::Minutes(10);
+  // RETRY_BACKOFF_JITTER_PERCENT: how much of that wait is randomised (100 = "full jitter",
+  // uniform in [0, wait]; 0 = exactly the wait). Jitter spreads a burst of failures apart.
+  int backoff_jitter_percent = 100;
+  // RETRY_BATCH: rows claimed (and locked) per scheduler pass.
+  int batch = 100;
+  // RETRY_PUBLISH_TIMEOUT: how long a re-publish may wait for Kafka's acknowledgement. The
+  // claimed rows stay locked meanwhile, so this bounds how long a lock is held.
+  absl::Duration publish_timeout = absl::Seconds(10);
+  // GRPC_ADDRESS: admin API, reflection and health. Port 0 picks a free port.
+  std::string grpc_address = "127.0.0.1:50052";
+  // METRICS_ADDRESS: Prometheus /metrics. Port 0 picks a free port.
+  std::string metrics_address = "127.0.0.1:9104";
+  // LOG_LEVEL: debug, info, warn or error.
+  std::string log_level = "info";
+};
+
+// Reads every setting (unconditionally, so --help lists them all); problems are reported by
+// settings.Validate() / ExitIfInvalid().
+Options ReadOptions(Settings& settings);
+
+}  // namespace concert::retry
+
+#endif  // CONCERT_RETRY_WORKER_OPTIONS_H_

@@ -1,0 +1,123 @@
+#include "retry-worker/scheduler.h"
+
+#include <mutex>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/blocking_counter.h"
+#include "common/log.h"
+#include "common/status.h"
+
+namespace concert::retry {
+
+absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Options options,
+                                                             FailedMessageStore& store,
+                                                             metrics::Registry& registry) {
+  std::unique_ptr<Scheduler> scheduler(new Scheduler(std::move(options), store, registry));
+  RETURN_IF_ERROR(scheduler->EnsureProducer());
+  return scheduler;
+}
+
+Scheduler::Scheduler(Options options, FailedMessageStore& store, metrics::Registry& registry)
+    : options_(std::move(options)),
+      store_(store),
+      republished_(registry.GetCounter("retry_republished_total",
+                                       "Messages re-published to their original topic")),
+      publish_errors_(registry.GetCounter(
+          "retry_publish_errors_total", "Re-publishes Kafka did not acknowledge (row stays PENDING)")) {}
+
+absl::Status Scheduler::EnsureProducer() {
+  if (producer_ != nullptr) {
+    if (producer_->FatalError().ok()) return absl::OkStatus();
+    log::Warn("recreating producer after a fatal error",
+              {{"error", std::string(producer_->FatalError().message())}});
+    producer_.reset();
+  }
+  kafka::Config config = kafka::ProducerConfig(options_.bootstrap_servers, options_.client_id);
+  // librdkafka must settle each record within our wait (see the header).
+  config["message.timeout.ms"] =
+      std::to_string(std::max<int64_t>(1000, absl::ToInt64Milliseconds(options_.publish_timeout)));
+  ASSIGN_OR_RETURN(producer_, kafka::Producer::Create(config));
+  return absl::OkStatus();
+}
+
+std::vector<absl::Status> Scheduler::Publish(const std::vector<FailedMessage>& rows) {
+  std::vector<absl::Status> results(rows.size(),
+                                    absl::DeadlineExceededError("no acknowledgement from Kafka"));
+  if (absl::Status s = EnsureProducer(); !s.ok()) {
+    std::fill(results.begin(), results.end(), s);
+    return results;
+  }
+  std::mutex mu;
+  auto pending = std::make_shared<absl::BlockingCounter>(static_cast<int>(rows.size()));
+  // The callbacks may outlive this call only if the wait below times out, which the producer's
+  // message timeout rules out; `results` and `mu` are still guarded by keeping the wait bounded
+  // and generous.
+  for (size_t i = 0; i < rows.size(); ++i) {
+    const FailedMessage& row = rows[i];
+    kafka::Record record{.topic = row.original_topic, .key = row.key, .value = row.payload};
+    for (const auto& [name, value] : row.headers) record.headers.emplace_back(name, value);
+    record.headers.emplace_back(kafka::dlq::kAttempt, std::to_string(row.attempts + 1));
+    absl::Status queued = producer_->Produce(std::move(record), [&, i, pending](const absl::Status& s) {
+      {
+        std::lock_guard lock(mu);
+        results[i] = s;
+      }
+      pending->DecrementCount();
+    });
+    if (!queued.ok()) {
+      std::lock_guard lock(mu);
+      results[i] = queued;
+      pending->DecrementCount();
+    }
+  }
+  // BlockingCounter has no timed wait; flush bounds it instead (every record is settled after
+  // the message timeout), then Wait() returns at once.
+  absl::Status flushed = producer_->Flush(options_.publish_timeout + absl::Seconds(5));
+  if (flushed.ok()) {
+    pending->Wait();
+  } else {
+    log::Error("producer did not settle the re-published records in time",
+               {{"error", std::string(flushed.message())}});
+    // Unreachable in practice; wait anyway rather than let callbacks touch freed memory.
+    pending->Wait();
+  }
+  std::lock_guard lock(mu);
+  return results;
+}
+
+absl::StatusOr<FailedMessageStore::PassResult> Scheduler::RunOnce() {
+  absl::StatusOr<FailedMessageStore::PassResult> pass =
+      store_.RepublishDue(options_.batch, [&](const std::vector<FailedMessage>& rows) {
+        std::vector<absl::Status> results = Publish(rows);
+        for (size_t i = 0; i < rows.size(); ++i) {
+          nlohmann::json fields = {{"id", rows[i].id}, {"event_id", rows[i].event_id},
+                                   {"topic", rows[i].original_topic},
+                                   {"attempt", rows[i].attempts + 1}};
+          if (results[i].ok()) {
+            republished_.Increment();
+            log::Info("re-published", fields);
+          } else {
+            publish_errors_.Increment();
+            fields["error"] = std::string(results[i].message());
+            log::Warn("re-publish not acknowledged; stays PENDING", fields);
+          }
+        }
+        return results;
+      });
+  if (options_.on_pass) options_.on_pass(pass.status());
+  return pass;
+}
+
+void Scheduler::Run(const absl::Notification& stop) {
+  while (!stop.HasBeenNotified()) {
+    absl::StatusOr<FailedMessageStore::PassResult> pass = RunOnce();
+    if (!pass.ok()) {
+      log::Warn("re-publish pass failed", {{"error", std::string(pass.status().message())}});
+    } else if (pass->claimed == options_.batch && pass->failed == 0) {
+      continue;  // more may be due right now
+    }
+    stop.WaitForNotificationWithTimeout(options_.interval);
+  }
+}
+
+}  // namespace concert::retry

@@ -1,0 +1,60 @@
+#include "retry-worker/schema.h"
+
+namespace concert::retry {
+
+const std::vector<Migration>& Migrations() {
+  static const std::vector<Migration>* migrations = new std::vector<Migration>{
+      {1, "failed_messages", R"sql(
+CREATE TABLE retry.failed_messages (
+  id                     bigserial PRIMARY KEY,
+  -- The event's id; a poison record without one gets "poison:<topic>:<partition>:<offset>".
+  event_id               text NOT NULL UNIQUE,
+  original_topic         text NOT NULL,
+  original_partition     int NOT NULL DEFAULT -1,
+  original_offset        bigint NOT NULL DEFAULT -1,
+  original_timestamp_ms  bigint NOT NULL DEFAULT -1,
+  consumer_group         text NOT NULL DEFAULT '',
+  key                    bytea NOT NULL,
+  payload                bytea NOT NULL,
+  -- The original record's headers (event_id, event_type, content-type, traceparent, ...),
+  -- never the dead-letter ones: exactly what is re-published.
+  headers                jsonb NOT NULL DEFAULT '{}',
+  error_class            text NOT NULL DEFAULT '',
+  error_message          text NOT NULL DEFAULT '',
+  -- The highest delivery attempt known to have failed, counted from 1 across the whole loop.
+  attempts               int NOT NULL CHECK (attempts >= 1),
+  -- Set by an operator's Retry: the attempt number at which the row parks again (instead of
+  -- RETRY_MAX_ATTEMPTS), so that attempts stays the true count.
+  attempt_limit          int,
+  status                 text NOT NULL
+                         CHECK (status IN ('PENDING', 'PROCESSED', 'FAILED', 'DISCARDED')),
+  next_attempt_at        timestamptz NOT NULL DEFAULT now(),
+  last_retry_at          timestamptz,
+  operator_note          text NOT NULL DEFAULT '',
+  created_at             timestamptz NOT NULL DEFAULT now(),
+  updated_at             timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX failed_messages_due ON retry.failed_messages (next_attempt_at)
+  WHERE status = 'PENDING';
+CREATE INDEX failed_messages_by_status ON retry.failed_messages (status, id DESC);
+
+CREATE TABLE retry.operator_actions (
+  id                bigserial PRIMARY KEY,
+  message_id        bigint NOT NULL REFERENCES retry.failed_messages (id),
+  action            text NOT NULL CHECK (action IN ('RETRY', 'DISCARD')),
+  reason            text NOT NULL DEFAULT '',
+  status_before     text NOT NULL,
+  attempts_before   int NOT NULL,
+  at                timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX operator_actions_by_message ON retry.operator_actions (message_id, id);
+)sql"},
+  };
+  return *migrations;
+}
+
+absl::Status MigrateSchema(const std::string& database_url) {
+  return Migrate(database_url, kSchema, Migrations());
+}
+
+}  // namespace concert::retry

@@ -1,0 +1,97 @@
+#include "retry-worker/worker.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_server.h"
+#include "common/kafka.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "retry-worker/schema.h"
+
+namespace concert::retry {
+
+RetryWorker::RetryWorker(Options options) : options_(std::move(options)) {}
+
+RetryWorker::~RetryWorker() { Stop(); }
+
+absl::Status RetryWorker::Start() {
+  RETURN_IF_ERROR(MigrateSchema(options_.database_url));
+  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka_bootstrap_servers, {{options_.dlq_topic, 1}}));
+
+  // Scheduler (1, holding its rows during a pass) + consumer (1) + admin calls + metrics.
+  pool_ = std::make_unique<PgPool>(PgPool::Options{.url = options_.database_url, .size = 6});
+  store_ = std::make_unique<FailedMessageStore>(
+      *pool_, FailedMessageStore::Options{
+                  .max_attempts = options_.max_attempts,
+                  .backoff = {.base = options_.backoff_base,
+                              .cap = options_.backoff_cap,
+                              .jitter_percent = options_.backoff_jitter_percent}});
+
+  std::map<std::string, metrics::Gauge*> gauges;
+  for (const char* s : {kPending, kProcessed, kFailed, kDiscarded}) {
+    gauges[s] = &registry_.GetGauge("retry_messages", "failed_messages rows by status",
+                                    {{"status", s}});
+  }
+  metrics::Gauge& oldest = registry_.GetGauge(
+      "retry_oldest_pending_age_seconds", "Age of the oldest PENDING row (0 when none)");
+  metrics::Gauge& db_up = registry_.GetGauge("retry_database_up", "1 when Postgres answered");
+  registry_.OnCollect([this, gauges, &oldest, &db_up] {
+    absl::StatusOr<StatusCounts> counts = store_->Counts();
+    db_up.Set(counts.ok() ? 1 : 0);
+    if (!counts.ok()) return;
+    for (const auto& [status, gauge] : gauges) gauge->Set(counts->by_status[status]);
+    oldest.Set(counts->oldest_pending_age_seconds);
+  });
+
+  kafka::Config consumer_config = kafka::ConsumerConfig(
+      options_.kafka_bootstrap_servers, options_.group_id, "retry-worker");
+  ASSIGN_OR_RETURN(consumer_, DlqConsumer::Create(consumer_config, options_.dlq_topic, *store_,
+                                                  registry_));
+  ASSIGN_OR_RETURN(
+      scheduler_,
+      Scheduler::Create({.bootstrap_servers = options_.kafka_bootstrap_servers,
+                         .interval = options_.interval,
+                         .batch = options_.batch,
+                         .publish_timeout = options_.publish_timeout,
+                         .on_pass =
+                             [this](const absl::Status& s) {
+                               // Postgres lost: probes see it. Kafka trouble shows per row in
+                               // retry_publish_errors_total and leaves the pass OK.
+                               if (server_) SetServing(*server_, s.ok());
+                             }},
+                        *store_, registry_));
+
+  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
+  ASSIGN_OR_RETURN(server_, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_));
+  metrics_server_ = std::make_unique<metrics::HttpServer>(registry_);
+  if (absl::Status s = metrics_server_->Start(options_.metrics_address); !s.ok()) {
+    server_->Shutdown(Deadline(absl::Seconds(1)));
+    server_.reset();
+    return s;
+  }
+
+  consumer_thread_ = std::thread([this] { consumer_->Run(stop_); });
+  scheduler_thread_ = std::thread([this] { scheduler_->Run(stop_); });
+  SetServing(*server_, true);
+  started_ = true;
+  log::Info("retry-worker started", {{"grpc_port", grpc_port_},
+                                     {"metrics_port", metrics_server_->port()},
+                                     {"dlq_topic", options_.dlq_topic},
+                                     {"group_id", options_.group_id}});
+  return absl::OkStatus();
+}
+
+void RetryWorker::Stop() {
+  if (!started_) return;
+  started_ = false;
+  SetServing(*server_, false);
+  stop_.Notify();
+  scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
+  consumer_thread_.join();
+  consumer_.reset();  // leaves the group
+  server_->Shutdown(Deadline(absl::Seconds(5)));
+  metrics_server_->Stop();
+  scheduler_.reset();
+  log::Info("retry-worker stopped");
+}
+
+}  // namespace concert::retry

@@ -1,0 +1,67 @@
+// The whole retry-worker wired together: schema migration, the DLQ consumer thread, the
+// scheduler thread, the admin gRPC server (with reflection and health) and /metrics. main()
+// is Start(), wait for SIGTERM, Stop(); tests run one or two of these in-process.
+//
+//   RetryWorker worker(options);
+//   RETURN_IF_ERROR(worker.Start());
+//   StopRequested().WaitForNotification();
+//   worker.Stop();  // health NOT_SERVING, finishes the pass in flight, leaves the group
+//
+// Start() and Stop() from one thread. Each worker has its own metrics registry.
+#ifndef CONCERT_RETRY_WORKER_WORKER_H_
+#define CONCERT_RETRY_WORKER_WORKER_H_
+
+#include <memory>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/status.h"
+#include "absl/synchronization/notification.h"
+#include "common/metrics.h"
+#include "common/postgres.h"
+#include "retry-worker/admin_service.h"
+#include "retry-worker/dlq_consumer.h"
+#include "retry-worker/options.h"
+#include "retry-worker/scheduler.h"
+#include "retry-worker/store.h"
+
+namespace concert::retry {
+
+class RetryWorker {
+ public:
+  explicit RetryWorker(Options options);
+  ~RetryWorker();  // Stop()
+  RetryWorker(const RetryWorker&) = delete;
+  RetryWorker& operator=(const RetryWorker&) = delete;
+
+  // Applies the schema, creates the DLQ topic if missing, starts everything. Fails (with nothing
+  // left running) when Postgres or Kafka cannot be reached or an address cannot be bound.
+  absl::Status Start();
+  void Stop();
+
+  int grpc_port() const { return grpc_port_; }
+  int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
+  metrics::Registry& registry() { return registry_; }
+  FailedMessageStore& store() { return *store_; }
+
+ private:
+  Options options_;
+  metrics::Registry registry_;
+  std::unique_ptr<PgPool> pool_;
+  std::unique_ptr<FailedMessageStore> store_;
+  std::unique_ptr<AdminService> admin_;
+  std::unique_ptr<DlqConsumer> consumer_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<metrics::HttpServer> metrics_server_;
+  int grpc_port_ = 0;
+  absl::Notification stop_;
+  std::thread consumer_thread_;
+  std::thread scheduler_thread_;
+  bool started_ = false;
+};
+
+}  // namespace concert::retry
+
+#endif  // CONCERT_RETRY_WORKER_WORKER_H_
