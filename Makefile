@@ -26,6 +26,10 @@ down:
 run: build
 	scripts/system.sh run
 
+# The README's grpcurl session against `make up`: token, seat, payment, notification.
+demo:
+	scripts/demo.sh
+
 # Every test, against a private Postgres and Kafka that this target starts and stops.
 test: build
 	scripts/test.sh
