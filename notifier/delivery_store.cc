@@ -1,0 +1,125 @@
+#include "notifier/delivery_store.h"
+
+#include <cctype>
+
+#include "common/status.h"
+
+namespace concert::notifier {
+
+const std::vector<Migration>& Migrations() {
+  static const std::vector<Migration> kMigrations = {
+      {1, "deliveries", R"sql(
+CREATE TABLE notification.deliveries (
+  event_id      uuid PRIMARY KEY,
+  state         text NOT NULL CHECK (state IN ('SENDING', 'SENT', 'FAILED')),
+  attempts      int NOT NULL DEFAULT 1,
+  -- Set once an event was found SENDING on arrival (a crash or unknown outcome mid-send).
+  uncertain     boolean NOT NULL DEFAULT false,
+  first_seen_at timestamptz NOT NULL DEFAULT now(),
+  sent_at       timestamptz,
+  updated_at    timestamptz NOT NULL DEFAULT now(),
+  last_error    text
+);
+CREATE INDEX deliveries_unfinished ON notification.deliveries (state) WHERE state <> 'SENT';
+)sql"},
+  };
+  return kMigrations;
+}
+
+absl::Status MigrateSchema(const std::string& database_url) {
+  return Migrate(database_url, kSchema, Migrations());
+}
+
+bool ParseUncertainPolicy(const std::string& name, UncertainPolicy* policy) {
+  if (name == "resend") {
+    *policy = UncertainPolicy::kResend;
+    return true;
+  }
+  if (name == "skip") {
+    *policy = UncertainPolicy::kSkip;
+    return true;
+  }
+  return false;
+}
+
+bool IsUuid(const std::string& text) {
+  if (text.size() != 36) return false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    bool dash = i == 8 || i == 13 || i == 18 || i == 23;
+    if (dash ? text[i] != '-' : !std::isxdigit(static_cast<unsigned char>(text[i]))) return false;
+  }
+  return true;
+}
+
+absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
+                                                 UncertainPolicy policy) {
+  BeginResult result;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    result = BeginResult();
+    pqxx::result inserted = tx.exec_params(
+        "INSERT INTO notification.deliveries (event_id, state, attempts) "
+        "VALUES ($1::uuid, 'SENDING', 1) ON CONFLICT (event_id) DO NOTHING RETURNING attempts",
+        event_id);
+    if (!inserted.empty()) return absl::OkStatus();  // first sight: send
+
+    // Seen before. The row lock orders us after any other instance working on it.
+    pqxx::row row = tx.exec_params1(
+        "SELECT state, attempts FROM notification.deliveries WHERE event_id = $1::uuid FOR UPDATE",
+        event_id);
+    std::string state = row[0].as<std::string>();
+    int attempts = row[1].as<int>();
+    if (state == "SENT") {
+      result.action = BeginResult::Action::kDuplicate;
+      result.attempts = attempts;
+      return absl::OkStatus();
+    }
+    result.uncertain = state == "SENDING";
+    result.retry = state == "FAILED";
+    if (result.uncertain && policy == UncertainPolicy::kSkip) {
+      result.action = BeginResult::Action::kSkip;
+      result.attempts = attempts;
+      tx.exec_params(
+          "UPDATE notification.deliveries SET state = 'SENT', uncertain = true, sent_at = now(), "
+          "updated_at = now(), last_error = 'uncertain: not resent (UNCERTAIN_POLICY=skip)' "
+          "WHERE event_id = $1::uuid",
+          event_id);
+      return absl::OkStatus();
+    }
+    result.attempts = attempts + 1;
+    tx.exec_params(
+        "UPDATE notification.deliveries SET state = 'SENDING', attempts = attempts + 1, "
+        "uncertain = uncertain OR $2, updated_at = now() WHERE event_id = $1::uuid",
+        event_id, result.uncertain);
+    return absl::OkStatus();
+  }));
+  return result;
+}
+
+absl::Status DeliveryStore::MarkSent(const std::string& event_id) {
+  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    tx.exec_params(
+        "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), updated_at = now() "
+        "WHERE event_id = $1::uuid",
+        event_id);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::string& error) {
+  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    tx.exec_params(
+        "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, updated_at = now() "
+        "WHERE event_id = $1::uuid",
+        event_id, error);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status DeliveryStore::Ping() {
+  return pool_.Transact([](pqxx::work& tx) -> absl::Status {
+    tx.exec("SELECT 1");
+    return absl::OkStatus();
+  });
+}
+
+}  // namespace concert::notifier

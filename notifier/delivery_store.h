@@ -1,0 +1,79 @@
+// The `notification` schema and the delivery record that makes one message per payment out of
+// Kafka's at-least-once delivery. A record per event id moves
+//
+//   (none) --Begin--> SENDING --MarkSent--> SENT
+//                        |  \--MarkFailed--> FAILED --Begin (a retry)--> SENDING
+//                        \--Begin again (found SENDING: we died mid-send, or its outcome is
+//                           unknown) --> "uncertain": resend (SENDING, attempts+1) or, with
+//                           the skip policy, SENT without sending.
+//
+// Begin commits SENDING *before* the send, so a crash between sending and MarkSent leaves
+// evidence: the redelivered record finds SENDING and the notifier counts it as uncertain
+// instead of silently sending twice (or silently dropping).
+//
+// Thread-safe (PgPool is); every call blocks on Postgres.
+#ifndef CONCERT_NOTIFIER_DELIVERY_STORE_H_
+#define CONCERT_NOTIFIER_DELIVERY_STORE_H_
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/postgres.h"
+
+namespace concert::notifier {
+
+inline constexpr char kSchema[] = "notification";
+
+const std::vector<Migration>& Migrations();
+// Migrate(url, "notification", Migrations()).
+absl::Status MigrateSchema(const std::string& database_url);
+
+// What to do with an event found SENDING when it arrives.
+enum class UncertainPolicy {
+  // Send again: a possible duplicate message, never a lost one (default).
+  kResend,
+  // Mark it SENT without sending: never a duplicate, but a lost message if the first send
+  // did not reach Telegram.
+  kSkip,
+};
+// "resend" or "skip".
+bool ParseUncertainPolicy(const std::string& name, UncertainPolicy* policy);
+
+struct BeginResult {
+  enum class Action {
+    kSend,       // SENDING is committed: send now, then MarkSent / MarkFailed
+    kDuplicate,  // already SENT: skip
+    kSkip,       // uncertain and the policy is skip: now SENT, do not send
+  };
+  Action action = Action::kSend;
+  // Found SENDING on arrival.
+  bool uncertain = false;
+  // Found FAILED (a retry of an earlier failure).
+  bool retry = false;
+  // Send attempts including this one.
+  int attempts = 1;
+};
+
+class DeliveryStore {
+ public:
+  explicit DeliveryStore(PgPool& pool) : pool_(pool) {}
+
+  // `event_id` must be a UUID (the caller validates it).
+  absl::StatusOr<BeginResult> Begin(const std::string& event_id, UncertainPolicy policy);
+  absl::Status MarkSent(const std::string& event_id);
+  absl::Status MarkFailed(const std::string& event_id, const std::string& error);
+  // SELECT 1, for health.
+  absl::Status Ping();
+
+ private:
+  PgPool& pool_;
+};
+
+// True for the canonical 8-4-4-4-12 hex form.
+bool IsUuid(const std::string& text);
+
+}  // namespace concert::notifier
+
+#endif  // CONCERT_NOTIFIER_DELIVERY_STORE_H_

@@ -1,0 +1,175 @@
+// notifier: one Telegram message per completed payment. Reads payment-completed-topic, keeps
+// the delivery record in Postgres, sends failures to the DLQ. See notifier.h for the flow and
+// `notifier --help` for every setting.
+//
+//   notifier            run (applies the `notification` schema's migrations first)
+//   notifier migrate    apply the migrations and exit
+#include <cstdio>
+#include <memory>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/config.h"
+#include "common/grpc_server.h"
+#include "common/kafka.h"
+#include "common/log.h"
+#include "common/metrics.h"
+#include "common/postgres.h"
+#include "common/shutdown.h"
+#include "notifier/delivery_store.h"
+#include "notifier/log_sender.h"
+#include "notifier/notifier.h"
+#include "notifier/telegram_sender.h"
+
+namespace {
+
+using namespace concert;  // NOLINT: main only
+
+struct Options {
+  std::string database_url;
+  notifier::NotifierOptions notifier;
+  int topic_partitions = 3;
+  int dlq_partitions = 1;
+  notifier::TelegramOptions telegram;
+  std::string time_zone;
+  std::string notifications_file;
+  std::string uncertain_policy;
+  std::string grpc_address;
+  std::string metrics_address;
+  std::string log_level;
+};
+
+[[noreturn]] void Die(const std::string& message, int code) {
+  std::fprintf(stderr, "notifier: %s\n", message.c_str());
+  std::exit(code);
+}
+
+// Retries `step` with backoff until it succeeds or a stop is requested.
+bool RetryUntilOk(const std::string& what, const std::function<absl::Status()>& step) {
+  absl::Duration backoff = absl::Milliseconds(200);
+  while (true) {
+    absl::Status s = step();
+    if (s.ok()) return true;
+    log::Warn(absl::StrCat(what, " failed; retrying"), {{"error", std::string(s.message())}});
+    if (StopRequested().WaitForNotificationWithTimeout(backoff)) return false;
+    backoff = std::min(backoff * 2, absl::Seconds(5));
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  InstallStopHandler();
+  Settings s("notifier", argc, argv);
+  Options o;
+  o.database_url = s.RequiredString("DATABASE_URL", "Postgres URL (schema `notification`)");
+  o.notifier.bootstrap_servers =
+      s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka brokers");
+  o.notifier.group_id = s.String("KAFKA_GROUP_ID", "notification-group", "Consumer group");
+  o.notifier.topic = s.String("PAYMENT_COMPLETED_TOPIC", "payment-completed-topic",
+                              "Topic of PaymentCompleted events");
+  o.topic_partitions = static_cast<int>(s.Int("PAYMENT_COMPLETED_PARTITIONS", 3, 1, 1000,
+                                              "Partitions when the notifier creates the topic"));
+  o.notifier.dlq_topic = s.String("DLQ_TOPIC", "payment-notification-dlq", "Dead-letter topic");
+  o.dlq_partitions = static_cast<int>(
+      s.Int("DLQ_PARTITIONS", 1, 1, 1000, "Partitions when the notifier creates the DLQ topic"));
+  o.telegram.api_base = s.String("TELEGRAM_API_BASE", "https://api.telegram.org",
+                                 "Telegram Bot API base URL (tests point it at a fake)");
+  o.telegram.token = s.String("TELEGRAM_BOT_TOKEN", "",
+                              "Bot token; empty: the log sender writes NOTIFICATIONS_FILE instead");
+  o.telegram.chat_id = s.String("TELEGRAM_CHAT_ID", "", "Chat to notify; required with a token");
+  o.telegram.connect_timeout =
+      s.Duration("TELEGRAM_CONNECT_TIMEOUT", absl::Seconds(3), "Telegram connect timeout");
+  o.telegram.total_timeout =
+      s.Duration("TELEGRAM_TIMEOUT", absl::Seconds(10), "Telegram whole-request timeout");
+  o.telegram.retries = static_cast<int>(s.Int(
+      "TELEGRAM_RETRIES", 3, 0, 20, "In-process retries after a 5xx, timeout or connection error"));
+  o.telegram.retry_backoff = s.Duration("TELEGRAM_RETRY_BACKOFF", absl::Milliseconds(500),
+                                        "First backoff between those retries (doubles)");
+  o.telegram.max_retry_after = s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30),
+                                          "Longest 429 retry_after honoured before retrying");
+  o.time_zone = s.String("NOTIFY_TIME_ZONE", "Asia/Seoul", "Time zone of times in the message");
+  o.notifications_file = s.String("NOTIFICATIONS_FILE", ".local/notifications.jsonl",
+                                  "Log sender's output (JSON lines)");
+  o.uncertain_policy = s.String("UNCERTAIN_POLICY", "resend",
+                                "Event found in flight after a crash: resend (maybe a duplicate) "
+                                "or skip (maybe lost)");
+  o.notifier.commit_interval = s.Duration("COMMIT_INTERVAL", absl::Milliseconds(200),
+                                          "How often finished offsets are committed");
+  o.grpc_address = s.ListenAddress("GRPC_ADDRESS", "127.0.0.1:50054", "Health gRPC address");
+  o.metrics_address = s.ListenAddress("METRICS_ADDRESS", "127.0.0.1:9103", "Prometheus /metrics");
+  o.log_level = s.String("LOG_LEVEL", "info", "debug, info, warn or error");
+  s.ExitIfInvalid();
+
+  log::Level level;
+  if (!log::ParseLevel(o.log_level, &level)) Die("LOG_LEVEL: want debug, info, warn or error", 2);
+  if (!absl::LoadTimeZone(o.time_zone, &o.notifier.time_zone)) {
+    Die(absl::StrCat("NOTIFY_TIME_ZONE: unknown time zone \"", o.time_zone, "\""), 2);
+  }
+  if (!notifier::ParseUncertainPolicy(o.uncertain_policy, &o.notifier.uncertain_policy)) {
+    Die("UNCERTAIN_POLICY: want resend or skip", 2);
+  }
+  if (!o.telegram.token.empty() && o.telegram.chat_id.empty()) {
+    Die("TELEGRAM_CHAT_ID: required when TELEGRAM_BOT_TOKEN is set", 2);
+  }
+  log::Init("notifier", level);
+
+  const std::vector<std::string>& args = s.positional();
+  if (!args.empty()) {
+    if (args.size() == 1 && args[0] == "migrate") {
+      absl::Status m = notifier::MigrateSchema(o.database_url);
+      if (!m.ok()) Die(std::string(m.message()), 1);
+      log::Info("migrations applied");
+      return 0;
+    }
+    Die(absl::StrCat("unknown subcommand \"", args[0], "\" (want: migrate)"), 2);
+  }
+
+  // Health first, NOT_SERVING until consuming, so probes see us while we wait for dependencies.
+  absl::StatusOr<std::unique_ptr<grpc::Server>> grpc = StartGrpcServer(o.grpc_address, {});
+  if (!grpc.ok()) Die(absl::StrCat("GRPC_ADDRESS: ", grpc.status().message()), 1);
+  SetServing(**grpc, false);
+  metrics::HttpServer metrics_server(metrics::Default());
+  if (absl::Status m = metrics_server.Start(o.metrics_address); !m.ok()) {
+    Die(absl::StrCat("METRICS_ADDRESS: ", m.message()), 1);
+  }
+
+  bool ready =
+      RetryUntilOk("applying migrations", [&] { return notifier::MigrateSchema(o.database_url); }) &&
+      RetryUntilOk("creating topics", [&] {
+        return kafka::EnsureTopics(o.notifier.bootstrap_servers,
+                                   {{o.notifier.topic, o.topic_partitions},
+                                    {o.notifier.dlq_topic, o.dlq_partitions}});
+      });
+  int code = 0;
+  if (ready) {
+    absl::StatusOr<std::unique_ptr<kafka::Producer>> dlq =
+        kafka::Producer::Create(kafka::ProducerConfig(o.notifier.bootstrap_servers, "notifier-dlq"));
+    if (!dlq.ok()) Die(std::string(dlq.status().message()), 1);
+    PgPool pool({.url = o.database_url, .size = 2});
+    notifier::DeliveryStore store(pool);
+    std::unique_ptr<notifier::Sender> sender;
+    if (o.telegram.token.empty()) {
+      sender = std::make_unique<notifier::LogSender>(o.notifications_file);
+      log::Info("no TELEGRAM_BOT_TOKEN: notifications go to the log sender",
+                {{"file", o.notifications_file}});
+    } else {
+      log::Info("sending through Telegram",
+                {{"api_base", notifier::RedactToken(o.telegram.api_base, o.telegram.token)}});
+      sender = std::make_unique<notifier::TelegramSender>(o.telegram);
+    }
+    notifier::Notifier worker(o.notifier, store, *sender, **dlq, metrics::Default());
+    grpc::Server& server = **grpc;
+    absl::Status run =
+        worker.Run(StopRequested(), [&server](bool healthy) { SetServing(server, healthy); });
+    if (!run.ok()) {
+      log::Error("notifier stopped", {{"error", std::string(run.message())}});
+      code = 1;
+    }
+  }
+  SetServing(**grpc, false);
+  (*grpc)->Shutdown(Deadline(absl::Seconds(5)));
+  metrics_server.Stop();
+  log::Info("stopped");
+  return code;
+}

@@ -1,0 +1,63 @@
+// The one small interface behind which a notification leaves the process, and what a send
+// attempt can end as. Two implementations: TelegramSender (the Bot API over HTTPS) and
+// LogSender (a JSON line to a file and to the log, the default without a bot token).
+//
+//   SendResult r = sender.Send({.event_id = id, .reservation_id = "7", .text = text});
+//   if (!r.ok()) dlq(r.error_class, r.status.message());
+//
+// Implementations are thread-safe.
+#ifndef CONCERT_NOTIFIER_SENDER_H_
+#define CONCERT_NOTIFIER_SENDER_H_
+
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace concert::notifier {
+
+struct Notification {
+  std::string event_id;
+  std::string reservation_id;
+  std::string text;
+};
+
+// The outcome of Send(), after any in-process retries the sender makes itself.
+struct SendResult {
+  enum class Kind {
+    kSent,
+    // Retrying the same request will fail again (4xx other than 429): DLQ at once.
+    kPermanent,
+    // Failed for now (5xx, timeout, connection, rate limit beyond the bound): DLQ, and the
+    // retry-worker will try again later.
+    kTransient,
+  };
+  Kind kind = Kind::kSent;
+  // For the DLQ's error-class header and the dlq metric: "telegram_4xx", "telegram_5xx",
+  // "timeout", "connection", "telegram_429", "io". Empty when sent.
+  std::string error_class;
+  // Never contains the bot token.
+  std::string message;
+
+  bool ok() const { return kind == Kind::kSent; }
+  static SendResult Sent() { return {}; }
+  static SendResult Permanent(std::string error_class, std::string message) {
+    return {Kind::kPermanent, std::move(error_class), std::move(message)};
+  }
+  static SendResult Transient(std::string error_class, std::string message) {
+    return {Kind::kTransient, std::move(error_class), std::move(message)};
+  }
+};
+
+class Sender {
+ public:
+  virtual ~Sender() = default;
+  // Blocks until the notification is delivered or given up on (bounded by the sender's
+  // timeouts and retries).
+  virtual SendResult Send(const Notification& notification) = 0;
+  // "telegram" or "log", for logs.
+  virtual std::string name() const = 0;
+};
+
+}  // namespace concert::notifier
+
+#endif  // CONCERT_NOTIFIER_SENDER_H_

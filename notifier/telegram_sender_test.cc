@@ -1,0 +1,141 @@
+// TelegramSender against the fake Telegram server over real HTTP: what each answer becomes.
+#include "notifier/telegram_sender.h"
+
+#include "absl/strings/match.h"
+#include "absl/time/clock.h"
+#include "common/testing/environment.h"
+#include "gtest/gtest.h"
+#include "tests/fake_telegram/fake_telegram.h"
+
+namespace concert::notifier {
+namespace {
+
+using concert::testing::FakeTelegram;
+using concert::testing::FaultMode;
+
+constexpr char kToken[] = "123456:SECRET-token";
+
+class TelegramSenderTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(fake_.Start().ok()); }
+
+  TelegramOptions Options() {
+    TelegramOptions o;
+    o.api_base = fake_.base_url() + "/";  // a trailing slash is tolerated
+    o.token = kToken;
+    o.chat_id = "4242";
+    o.retries = 2;
+    o.retry_backoff = absl::Milliseconds(20);
+    o.total_timeout = absl::Seconds(2);
+    return o;
+  }
+
+  Notification Note() { return {"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "hello 🎫\nline 2"}; }
+
+  FakeTelegram fake_{{}};
+};
+
+TEST_F(TelegramSenderTest, SendsChatAndText) {
+  TelegramSender sender(Options());
+  SendResult r = sender.Send(Note());
+  ASSERT_TRUE(r.ok()) << r.message;
+  auto messages = fake_.messages();
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_EQ(messages[0].chat_id, "4242");
+  EXPECT_EQ(messages[0].text, "hello 🎫\nline 2");
+  EXPECT_EQ(messages[0].token, kToken);
+}
+
+TEST_F(TelegramSenderTest, ServerErrorsThenSuccessIsOneMessage) {
+  fake_.SetFault({.mode = FaultMode::k5xx, .count = 2, .status = 502});
+  TelegramSender sender(Options());
+  SendResult r = sender.Send(Note());
+  EXPECT_TRUE(r.ok()) << r.message;
+  EXPECT_EQ(fake_.requests(), 3);
+  EXPECT_EQ(fake_.messages().size(), 1u);
+}
+
+TEST_F(TelegramSenderTest, PersistentServerErrorIsTransientAfterRetries) {
+  fake_.SetFault({.mode = FaultMode::k5xx});
+  TelegramSender sender(Options());
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "telegram_5xx");
+  EXPECT_EQ(fake_.requests(), 3);  // 1 + retries
+  EXPECT_TRUE(fake_.messages().empty());
+}
+
+TEST_F(TelegramSenderTest, BadRequestIsPermanentAtOnce) {
+  fake_.SetFault({.mode = FaultMode::k400});
+  TelegramSender sender(Options());
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kPermanent);
+  EXPECT_EQ(r.error_class, "telegram_4xx");
+  EXPECT_TRUE(absl::StrContains(r.message, "400")) << r.message;
+  EXPECT_EQ(fake_.requests(), 1);
+}
+
+TEST_F(TelegramSenderTest, RateLimitWaitsRetryAfterThenSends) {
+  fake_.SetFault({.mode = FaultMode::k429, .count = 1, .retry_after_seconds = 1});
+  TelegramSender sender(Options());
+  absl::Time start = absl::Now();
+  SendResult r = sender.Send(Note());
+  EXPECT_TRUE(r.ok()) << r.message;
+  auto messages = fake_.messages();
+  ASSERT_EQ(messages.size(), 1u);
+  EXPECT_GE(messages[0].received_at - start, absl::Milliseconds(950));
+}
+
+TEST_F(TelegramSenderTest, RateLimitWaitIsBounded) {
+  fake_.SetFault({.mode = FaultMode::k429, .count = 1, .retry_after_seconds = 3600});
+  TelegramOptions o = Options();
+  o.max_retry_after = absl::Milliseconds(100);
+  TelegramSender sender(o);
+  absl::Time start = absl::Now();
+  EXPECT_TRUE(sender.Send(Note()).ok());
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(TelegramSenderTest, EndlessRateLimitGivesUpAsTransient) {
+  fake_.SetFault({.mode = FaultMode::k429, .retry_after_seconds = 1});
+  TelegramOptions o = Options();
+  o.max_retry_after = absl::Milliseconds(10);
+  o.max_rate_limit_waits = 2;
+  TelegramSender sender(o);
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "telegram_429");
+  EXPECT_EQ(fake_.requests(), 3);
+}
+
+TEST_F(TelegramSenderTest, StallBeyondTimeoutIsTimeout) {
+  fake_.SetFault({.mode = FaultMode::kStall, .stall = absl::Seconds(3)});
+  TelegramOptions o = Options();
+  o.total_timeout = absl::Milliseconds(300);
+  o.retries = 1;
+  TelegramSender sender(o);
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "timeout");
+  EXPECT_FALSE(absl::StrContains(r.message, "SECRET")) << r.message;
+}
+
+TEST_F(TelegramSenderTest, NobodyListeningIsConnectionErrorWithoutToken) {
+  TelegramOptions o = Options();
+  o.api_base = "http://127.0.0.1:" + std::to_string(concert::testing::FreePort());
+  o.retries = 1;
+  TelegramSender sender(o);
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "connection");
+  EXPECT_FALSE(absl::StrContains(r.message, "SECRET")) << r.message;
+}
+
+TEST(RedactToken, ReplacesEveryOccurrence) {
+  EXPECT_EQ(RedactToken("https://x/botT0K/sendMessage T0K", "T0K"),
+            "https://x/bot<redacted>/sendMessage <redacted>");
+  EXPECT_EQ(RedactToken("nothing", ""), "nothing");
+}
+
+}  // namespace
+}  // namespace concert::notifier
