@@ -1,0 +1,176 @@
+// The built payment-server binary as an operator runs it: configuration errors, seed-demo,
+// mint-token tokens accepted by `serve`, /metrics, and SIGTERM.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <cstdio>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/testing/environment.h"
+#include "concert/v1/payment.grpc.pb.h"
+#include "concert/v1/reservation.grpc.pb.h"
+#include "payment-server/test_util.h"
+
+namespace concert::payment {
+namespace {
+
+using ::concert::testing::BinaryPath;
+using ::concert::testing::ChildProcess;
+using ::concert::testing::FreePort;
+using ::concert::testing::ScratchDatabase;
+using ::concert::testing::WaitUntil;
+
+constexpr char kSecret[] = "process-test-secret";
+
+struct RunResult {
+  int exit_code = -1;
+  std::string out;
+};
+
+// Runs `payment-server <args>` through the shell with only the given environment (plus PATH).
+RunResult RunBinary(const std::string& env, const std::string& args, bool merge_stderr) {
+  std::string command = absl::StrCat("env -i PATH=/usr/bin:/bin ", env, " ",
+                                     BinaryPath("payment-server"), " ", args,
+                                     merge_stderr ? " 2>&1" : " 2>/dev/null");
+  RunResult run;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return run;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
+  int status = pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return run;
+}
+
+TEST(PaymentServerProcessTest, MissingDatabaseUrlExitsTwoNamingIt) {
+  RunResult run = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "", true);
+  EXPECT_EQ(run.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(run.out, "DATABASE_URL")) << run.out;
+  EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)
+      << "expected one line: " << run.out;
+}
+
+TEST(PaymentServerProcessTest, BadSettingsExitTwoNamingThem) {
+  struct Case {
+    std::string env, setting;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"DB_POOL_SIZE=0", "DB_POOL_SIZE"},
+           {"GRPC_ADDRESS=not-an-address", "GRPC_ADDRESS"},
+           {"RESERVATION_HOLD=soon", "RESERVATION_HOLD"},
+           {"LOG_LEVEL=chatty", "LOG_LEVEL"},
+           {"AUTH_TOKEN_SECRET=", "AUTH_TOKEN_SECRET"},
+       }) {
+    RunResult run = RunBinary(absl::StrCat("DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=",
+                                     kSecret, " ", c.env),
+                        "", true);
+    EXPECT_EQ(run.exit_code, 2) << c.env << ": " << run.out;
+    EXPECT_TRUE(absl::StrContains(run.out, c.setting)) << run.out;
+    EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)
+        << run.out;
+  }
+  RunResult unknown = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=1 --bogus=1", true);
+  EXPECT_EQ(unknown.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(unknown.out, "bogus")) << unknown.out;
+  RunResult no_user = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token", true);
+  EXPECT_EQ(no_user.exit_code, 2);
+  EXPECT_TRUE(absl::StrContains(no_user.out, "USER_ID")) << no_user.out;
+}
+
+TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
+  ScratchDatabase db("payment_process");
+  std::string db_env = absl::StrCat("DATABASE_URL='", db.url(), "'");
+
+  RunResult seeded = RunBinary(db_env, "seed-demo", false);
+  ASSERT_EQ(seeded.exit_code, 0) << seeded.out;
+  EXPECT_TRUE(absl::StrContains(seeded.out, "seats ")) << seeded.out;
+  EXPECT_TRUE(absl::StrContains(seeded.out, "user 1 <user1@example.com> balance 1000000 won"))
+      << seeded.out;
+  RunResult again = RunBinary(db_env, "seed-demo", false);
+  EXPECT_EQ(again.exit_code, 0);
+  EXPECT_EQ(again.out, seeded.out);  // idempotent
+  EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.seats"), 50);
+  EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.users"), 3);
+  EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.concerts"), 1);
+  int64_t seat = testing::QueryInt(db.url(), "SELECT min(id) FROM payment.seats");
+
+  RunResult token = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h",
+                        false);
+  ASSERT_EQ(token.exit_code, 0);
+  std::string bearer(absl::StripAsciiWhitespace(token.out));
+  ASSERT_TRUE(absl::StartsWith(bearer, "v1.2.")) << token.out;
+  EXPECT_EQ(bearer.find('\n'), std::string::npos);
+
+  int grpc_port = FreePort();
+  int metrics_port = FreePort();
+  ChildProcess server(BinaryPath("payment-server"), {},
+                      {{"DATABASE_URL", db.url()},
+                       {"AUTH_TOKEN_SECRET", kSecret},
+                       {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", grpc_port)},
+                       {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", metrics_port)}});
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port),
+                                     grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitUntil([&] { return testing::HealthStatus(channel) == 1; }, absl::Seconds(30)))
+      << server.ReadLog();
+
+  auto reservations = v1::ReservationService::NewStub(channel);
+  auto payments = v1::PaymentService::NewStub(channel);
+  v1::Reservation reservation;
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + bearer);
+    v1::ReserveSeatRequest request;
+    request.set_seat_id(seat);
+    grpc::Status s = reservations->ReserveSeat(&context, request, &reservation);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  v1::Payment payment;
+  {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + bearer);
+    v1::PayConcertRequest request;
+    request.set_reservation_id(reservation.reservation_id());
+    grpc::Status s = payments->PayConcert(&context, request, &payment);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+  }
+  EXPECT_EQ(payment.user_id(), 2);
+  EXPECT_EQ(payment.balance_won(), 950000);
+  {
+    // A token minted with another secret is refused by this server.
+    grpc::ClientContext context;
+    RunResult other = RunBinary("AUTH_TOKEN_SECRET=other", "mint-token --user-id=2", false);
+    context.AddMetadata("authorization",
+                        "Bearer " + std::string(absl::StripAsciiWhitespace(other.out)));
+    v1::GetPaymentRequest request;
+    request.set_payment_id(payment.payment_id());
+    v1::Payment ignored;
+    EXPECT_EQ(payments->GetPayment(&context, request, &ignored).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+
+  httplib::Client http("127.0.0.1", metrics_port);
+  auto response = http.Get("/metrics");
+  ASSERT_TRUE(response) << "no /metrics answer";
+  EXPECT_TRUE(absl::StrContains(
+      response->body, "payment_grpc_requests_total{method=\"PayConcert\",code=\"OK\"} 1"))
+      << response->body;
+  EXPECT_TRUE(absl::StrContains(response->body, "payment_db_pool_in_use"));
+
+  int status = server.Stop(SIGTERM, absl::Seconds(20));
+  ASSERT_NE(status, -1) << "did not exit after SIGTERM";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  std::string log = server.ReadLog();
+  EXPECT_TRUE(absl::StrContains(log, "\"payment completed\"")) << log;
+  EXPECT_TRUE(absl::StrContains(log, payment.event_id())) << log;
+  EXPECT_TRUE(absl::StrContains(log, "\"stopped\"")) << log;
+}
+
+}  // namespace
+}  // namespace concert::payment
