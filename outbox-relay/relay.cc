@@ -484,7 +484,11 @@ absl::Status Relay::Session::HandleInsert(const Insert& insert) {
           m->commit_to_ack.Observe(absl::ToDoubleSeconds(absl::Now() - commit_time));
         } else {
           m->delivery_errors.Increment();
-          log::Warn("kafka delivery failed", {{"error", std::string(status.message())}});
+          // The first failure of a session is enough to explain the restart.
+          if (tracker->failure().ok()) {
+            log::Warn("kafka delivery failed; the stream will be replayed",
+                      {{"error", std::string(status.message())}});
+          }
         }
         tracker->Acknowledge(tx, row_id, status);
       });
