@@ -1,0 +1,418 @@
+// The notifier binary end to end: real Kafka, real Postgres (a scratch database), the fake
+// Telegram server over real HTTP. Each test has its own topics, group and database.
+#include <csignal>
+#include <random>
+#include <set>
+
+#include <httplib.h>
+#include <librdkafka/rdkafkacpp.h>
+
+#include <pqxx/pqxx>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/kafka.h"
+#include "common/testing/environment.h"
+#include "concert/events/v1/payment_events.pb.h"
+#include "gtest/gtest.h"
+#include "notifier/message.h"
+#include "tests/fake_telegram/fake_telegram.h"
+
+namespace concert::notifier {
+namespace {
+
+using concert::testing::ChildProcess;
+using concert::testing::FakeTelegram;
+using concert::testing::FaultMode;
+using concert::testing::WaitUntil;
+using events::v1::PaymentCompleted;
+
+constexpr char kChat[] = "777";
+
+std::string RandomUuid() {
+  static std::mt19937_64 rng(std::random_device{}());
+  uint64_t a = rng(), b = rng();
+  return absl::StrFormat("%08x-%04x-4%03x-a%03x-%012x", a >> 32, (a >> 16) & 0xffff, a & 0xfff,
+                         b >> 52, b & 0xffffffffffffULL);
+}
+
+absl::TimeZone Seoul() {
+  absl::TimeZone zone;
+  absl::LoadTimeZone("Asia/Seoul", &zone);
+  return zone;
+}
+
+struct DlqRecord {
+  std::string key, value;
+  kafka::Headers headers;
+  std::string Header(const std::string& name) const {
+    std::string out;
+    for (const auto& [n, v] : headers) {
+      if (n == name) out = v;
+    }
+    return out;
+  }
+};
+
+class NotifierTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(kafka::EnsureTopics(bootstrap_, {{topic_, 3}, {dlq_topic_, 1}}).ok());
+    ASSERT_TRUE(fake_.Start().ok());
+    auto producer = kafka::Producer::Create(kafka::ProducerConfig(bootstrap_, "notifier-test"));
+    ASSERT_TRUE(producer.ok());
+    producer_ = std::move(*producer);
+  }
+
+  // Environment of one notifier process; metrics on its own port (see metrics_port).
+  std::map<std::string, std::string> Env(int metrics_port) {
+    return {{"DATABASE_URL", db_.url()},
+            {"KAFKA_BOOTSTRAP_SERVERS", bootstrap_},
+            {"KAFKA_GROUP_ID", group_},
+            {"PAYMENT_COMPLETED_TOPIC", topic_},
+            {"DLQ_TOPIC", dlq_topic_},
+            {"TELEGRAM_API_BASE", fake_.base_url()},
+            {"TELEGRAM_BOT_TOKEN", "42:test-token"},
+            {"TELEGRAM_CHAT_ID", kChat},
+            {"TELEGRAM_RETRY_BACKOFF", "50ms"},
+            {"TELEGRAM_TIMEOUT", "5s"},
+            {"NOTIFY_TIME_ZONE", "Asia/Seoul"},
+            {"UNCERTAIN_POLICY", "resend"},
+            {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", concert::testing::FreePort())},
+            {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", metrics_port)},
+            {"LOG_LEVEL", "info"}};
+  }
+
+  std::unique_ptr<ChildProcess> StartNotifier(int metrics_port) {
+    return std::make_unique<ChildProcess>(concert::testing::BinaryPath("notifier"),
+                                          std::vector<std::string>{}, Env(metrics_port));
+  }
+
+  PaymentCompleted MakeEvent(int i) {
+    PaymentCompleted e;
+    e.set_event_id(RandomUuid());
+    e.set_payment_id(5000 + i);
+    e.set_reservation_id(1000 + i);
+    e.set_user_id(i);
+    e.set_user_mail(absl::StrCat("user", i, "@example.com"));
+    e.set_concert_title(absl::StrCat("Concert #", i % 7));
+    e.mutable_concert_start()->set_seconds(1767261600 + i * 60);
+    e.mutable_paid_at()->set_seconds(1764064800 + i);
+    e.set_amount_won(50000 + i * 1000);
+    e.set_seat_id(i);
+    return e;
+  }
+
+  kafka::Record RecordFor(const PaymentCompleted& e, int attempt = 0) {
+    kafka::Record r{.topic = topic_,
+                    .key = std::to_string(e.reservation_id()),
+                    .value = e.SerializeAsString(),
+                    .headers = {{kafka::kEventIdHeader, e.event_id()},
+                                {kafka::kEventTypeHeader, "PaymentCompleted"},
+                                {kafka::kContentTypeHeader, "application/x-protobuf"}}};
+    if (attempt > 0) r.headers.emplace_back(kafka::dlq::kAttempt, std::to_string(attempt));
+    return r;
+  }
+
+  void Produce(kafka::Record record) {
+    ASSERT_TRUE(producer_->ProduceAndWait(std::move(record), absl::Seconds(10)).ok());
+  }
+
+  void ProduceAll(const std::vector<PaymentCompleted>& events) {
+    for (const auto& e : events) {
+      ASSERT_TRUE(producer_->Produce(RecordFor(e), [](const absl::Status&) {}).ok());
+    }
+    ASSERT_TRUE(producer_->Flush(absl::Seconds(20)).ok());
+  }
+
+  // How many messages reached the fake for each text.
+  std::map<std::string, int> CountByText() {
+    std::map<std::string, int> counts;
+    for (const auto& m : fake_.messages()) ++counts[m.text];
+    return counts;
+  }
+
+  bool AllDelivered(const std::vector<PaymentCompleted>& events) {
+    auto counts = CountByText();
+    for (const auto& e : events) {
+      if (counts[FormatPaymentMessage(e, Seoul())] == 0) return false;
+    }
+    return true;
+  }
+
+  // A metric's value from the process's /metrics (summed over label sets whose text contains
+  // `label_filter`); -1 when unreachable.
+  double Metric(int port, const std::string& name, const std::string& label_filter = "") {
+    httplib::Client client("127.0.0.1", port);
+    client.set_connection_timeout(1);
+    auto r = client.Get("/metrics");
+    if (!r || r->status != 200) return -1;
+    double total = 0;
+    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+      if (!absl::StartsWith(line, name) || absl::StartsWith(line, "#")) continue;
+      absl::string_view rest = line.substr(name.size());
+      if (!rest.empty() && rest[0] != ' ' && rest[0] != '{') continue;
+      if (!label_filter.empty() && !absl::StrContains(rest, label_filter)) continue;
+      double v = 0;
+      if (absl::SimpleAtod(rest.substr(rest.rfind(' ') + 1), &v)) total += v;
+    }
+    return total;
+  }
+
+  // -1 until the notifier has created the schema.
+  int CountRows(const std::string& where) {
+    try {
+      pqxx::connection conn(db_.url());
+      pqxx::work tx(conn);
+      return tx.exec1("SELECT count(*) FROM notification.deliveries WHERE " + where)[0].as<int>();
+    } catch (const pqxx::sql_error&) {
+      return -1;
+    }
+  }
+
+  // Reads the DLQ topic from the start until `n` records arrived or `timeout` passed.
+  std::vector<DlqRecord> ReadDlq(size_t n, absl::Duration timeout) {
+    std::vector<DlqRecord> out;
+    auto conf = kafka::MakeConf(kafka::ConsumerConfig(
+        bootstrap_, concert::testing::UniqueName("dlqreader"), "dlq-reader"));
+    EXPECT_TRUE(conf.ok());
+    std::string error;
+    std::unique_ptr<RdKafka::KafkaConsumer> consumer(
+        RdKafka::KafkaConsumer::create(conf->get(), error));
+    EXPECT_TRUE(consumer) << error;
+    consumer->subscribe({dlq_topic_});
+    absl::Time deadline = absl::Now() + timeout;
+    while (out.size() < n && absl::Now() < deadline) {
+      std::unique_ptr<RdKafka::Message> m(consumer->consume(200));
+      if (m->err() != RdKafka::ERR_NO_ERROR) continue;
+      DlqRecord r;
+      if (m->key() != nullptr) r.key = *m->key();
+      r.value.assign(static_cast<const char*>(m->payload()), m->len());
+      r.headers = kafka::AllHeaders(*m);
+      out.push_back(std::move(r));
+    }
+    consumer->close();
+    return out;
+  }
+
+  // The group's committed offset for `partition` of the input topic (-1001 when none).
+  int64_t CommittedOffset(int32_t partition) {
+    auto conf = kafka::MakeConf(kafka::ConsumerConfig(bootstrap_, group_, "offset-reader"));
+    std::string error;
+    std::unique_ptr<RdKafka::KafkaConsumer> consumer(
+        RdKafka::KafkaConsumer::create(conf->get(), error));
+    std::vector<RdKafka::TopicPartition*> parts = {
+        RdKafka::TopicPartition::create(topic_, partition)};
+    consumer->committed(parts, 5000);
+    int64_t offset = parts[0]->offset();
+    RdKafka::TopicPartition::destroy(parts);
+    consumer->close();
+    return offset;
+  }
+
+  std::string bootstrap_ = concert::testing::KafkaBootstrap();
+  concert::testing::ScratchDatabase db_{"notifier"};
+  std::string topic_ = concert::testing::UniqueName("paid");
+  std::string dlq_topic_ = concert::testing::UniqueName("dlq");
+  std::string group_ = concert::testing::UniqueName("notification");
+  FakeTelegram fake_{{}};
+  std::unique_ptr<kafka::Producer> producer_;
+};
+
+TEST_F(NotifierTest, EachEventOneMessageAndRedeliveriesAreDuplicates) {
+  constexpr int kEvents = 60;
+  std::vector<PaymentCompleted> events;
+  for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
+  int metrics_port = concert::testing::FreePort();
+  auto notifier = StartNotifier(metrics_port);
+  ProduceAll(events);
+
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() >= kEvents; }, absl::Seconds(60)))
+      << fake_.messages().size() << " messages; log: " << notifier->log_path();
+  auto counts = CountByText();
+  for (const auto& e : events) {
+    EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul())], 1) << e.event_id();
+  }
+  for (const auto& m : fake_.messages()) {
+    EXPECT_EQ(m.chat_id, kChat);
+    EXPECT_EQ(m.token, "42:test-token");
+  }
+
+  // The same events once more: every one is a duplicate, no new message.
+  ProduceAll(events);
+  EXPECT_TRUE(WaitUntil([&] { return Metric(metrics_port, "notifier_duplicates_total") == kEvents; },
+                        absl::Seconds(60)))
+      << Metric(metrics_port, "notifier_duplicates_total");
+  EXPECT_EQ(fake_.messages().size(), static_cast<size_t>(kEvents));
+  EXPECT_EQ(Metric(metrics_port, "notifier_sent_total"), kEvents);
+  EXPECT_EQ(CountRows("state = 'SENT'"), kEvents);
+  EXPECT_EQ(CountRows("true"), kEvents);
+  // Offsets are committed: all 2 x kEvents records over the 3 partitions.
+  EXPECT_TRUE(WaitUntil(
+      [&] { return CommittedOffset(0) + CommittedOffset(1) + CommittedOffset(2) == 2 * kEvents; },
+      absl::Seconds(20)));
+  EXPECT_EQ(notifier->Stop(SIGTERM), 0) << "clean exit on SIGTERM";
+}
+
+TEST_F(NotifierTest, TwoInstancesShareTheWorkWithoutRepeats) {
+  constexpr int kEvents = 200;
+  std::vector<PaymentCompleted> events;
+  for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
+  int port_a = concert::testing::FreePort();
+  auto a = StartNotifier(port_a);
+  ProduceAll({events.begin(), events.begin() + kEvents / 2});
+  int port_b = concert::testing::FreePort();
+  auto b = StartNotifier(port_b);  // joins while A works: a rebalance mid-stream
+  ProduceAll({events.begin() + kEvents / 2, events.end()});
+
+  ASSERT_TRUE(WaitUntil([&] { return AllDelivered(events); }, absl::Seconds(90)))
+      << fake_.messages().size() << " messages; logs: " << a->log_path() << " " << b->log_path();
+  absl::SleepFor(absl::Seconds(2));  // a late repeat would show up by now
+  auto counts = CountByText();
+  for (const auto& e : events) EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul())], 1);
+  EXPECT_EQ(fake_.messages().size(), static_cast<size_t>(kEvents));
+  EXPECT_EQ(Metric(port_a, "notifier_uncertain_total") + Metric(port_b, "notifier_uncertain_total"),
+            0);
+  EXPECT_GT(Metric(port_b, "notifier_sent_total"), 0) << "the second instance got a share";
+}
+
+TEST_F(NotifierTest, KillNineThenRestartLosesNothingAndRepeatsOnlyUncertain) {
+  constexpr int kEvents = 60;
+  std::vector<PaymentCompleted> events;
+  for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
+  // Slow sends, so the kill lands in the middle of one (sent at the fake, not yet recorded).
+  fake_.SetFault({.mode = FaultMode::kStall, .stall = absl::Milliseconds(150)});
+  auto first = StartNotifier(concert::testing::FreePort());
+  ProduceAll(events);
+  ASSERT_TRUE(WaitUntil([&] { return fake_.requests() >= 10; }, absl::Seconds(60)));
+  absl::SleepFor(absl::Milliseconds(75));
+  first->Stop(SIGKILL);
+  absl::SleepFor(absl::Milliseconds(300));  // let the stalled request land at the fake
+  fake_.ClearFaults();
+
+  int port = concert::testing::FreePort();
+  auto second = StartNotifier(port);
+  ASSERT_TRUE(WaitUntil([&] { return AllDelivered(events); }, absl::Seconds(90)))
+      << second->log_path();
+  absl::SleepFor(absl::Seconds(1));
+
+  std::string log = second->ReadLog();
+  int repeats = 0;
+  for (const auto& e : events) {
+    int n = CountByText()[FormatPaymentMessage(e, Seoul())];
+    EXPECT_GE(n, 1);
+    EXPECT_LE(n, 2);
+    if (n > 1) {
+      ++repeats;
+      EXPECT_TRUE(absl::StrContains(log, absl::StrCat("\"event_id\":\"", e.event_id(), "\""))
+                  && absl::StrContains(log, "uncertain delivery"))
+          << "repeated without being counted as uncertain: " << e.event_id();
+    }
+  }
+  EXPECT_GE(Metric(port, "notifier_uncertain_total"), repeats);
+  EXPECT_EQ(CountRows("state = 'SENT'"), kEvents);
+  std::printf("kill -9: %d repeated message(s), %g counted uncertain\n", repeats,
+              Metric(port, "notifier_uncertain_total"));
+}
+
+TEST_F(NotifierTest, ServerErrorsThenSuccessIsOneMessage) {
+  fake_.SetFault({.mode = FaultMode::k5xx, .count = 2, .status = 503});
+  PaymentCompleted e = MakeEvent(1);
+  int port = concert::testing::FreePort();
+  auto notifier = StartNotifier(port);
+  Produce(RecordFor(e));
+  ASSERT_TRUE(WaitUntil([&] { return CountRows("state = 'SENT'") == 1; }, absl::Seconds(60)));
+  EXPECT_EQ(fake_.messages().size(), 1u);
+  EXPECT_EQ(fake_.requests(), 3);
+  EXPECT_EQ(Metric(port, "notifier_dlq_total"), 0);
+}
+
+TEST_F(NotifierTest, RateLimitedSendWaitsRetryAfterThenOneMessage) {
+  fake_.SetFault({.mode = FaultMode::k429, .count = 1, .retry_after_seconds = 2});
+  PaymentCompleted e = MakeEvent(2);
+  auto notifier = StartNotifier(concert::testing::FreePort());
+  absl::Time produced = absl::Now();
+  Produce(RecordFor(e));
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(60)));
+  EXPECT_GE(fake_.messages()[0].received_at - produced, absl::Seconds(2));
+  absl::SleepFor(absl::Milliseconds(500));
+  EXPECT_EQ(fake_.messages().size(), 1u);
+  EXPECT_EQ(fake_.requests(), 2);
+}
+
+TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
+  int port = concert::testing::FreePort();
+  PaymentCompleted rejected = MakeEvent(1), retried_rejected = MakeEvent(2), good = MakeEvent(3);
+  // Everything on partition 0 (same key), in this order.
+  auto on_p0 = [](kafka::Record r) {
+    r.partition = 0;
+    r.key = "1001";
+    return r;
+  };
+  fake_.SetFault({.mode = FaultMode::k400, .count = 2});
+  Produce(on_p0(RecordFor(rejected)));                   // offset 0: telegram_4xx, attempt 1
+  Produce(on_p0(RecordFor(retried_rejected, 3)));        // offset 1: telegram_4xx, attempt 3
+  Produce(on_p0({.topic = topic_, .value = "\xff\xff not a protobuf",
+                 .headers = {{"traceparent", "00-abc-def-01"}}}));  // offset 2: undecodable
+  PaymentCompleted no_id = MakeEvent(4);
+  no_id.clear_event_id();
+  Produce(on_p0({.topic = topic_, .value = no_id.SerializeAsString()}));  // offset 3: no id
+  Produce(on_p0(RecordFor(good)));                                         // offset 4: sent
+  auto notifier = StartNotifier(port);
+
+  std::vector<DlqRecord> dlq = ReadDlq(4, absl::Seconds(60));
+  ASSERT_EQ(dlq.size(), 4u) << notifier->log_path();
+  EXPECT_EQ(dlq[0].value, rejected.SerializeAsString());
+  EXPECT_EQ(dlq[0].key, "1001");
+  EXPECT_EQ(dlq[0].Header(kafka::kEventIdHeader), rejected.event_id());
+  EXPECT_EQ(dlq[0].Header(kafka::kEventTypeHeader), "PaymentCompleted");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalTopic), topic_);
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalPartition), "0");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalOffset), "0");
+  EXPECT_FALSE(dlq[0].Header(kafka::dlq::kOriginalTimestamp).empty());
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalTimestampType), "CREATE_TIME");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalConsumerGroup), group_);
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kErrorClass), "telegram_4xx");
+  EXPECT_TRUE(absl::StrContains(dlq[0].Header(kafka::dlq::kErrorMessage), "400"));
+  EXPECT_FALSE(absl::StrContains(dlq[0].Header(kafka::dlq::kErrorMessage), "test-token"));
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kAttempt), "1");
+
+  EXPECT_EQ(dlq[1].Header(kafka::dlq::kErrorClass), "telegram_4xx");
+  EXPECT_EQ(dlq[1].Header(kafka::dlq::kAttempt), "3") << "attempt carried forward";
+  EXPECT_EQ(dlq[1].Header(kafka::dlq::kOriginalOffset), "1");
+
+  EXPECT_EQ(dlq[2].Header(kafka::dlq::kErrorClass), "poison");
+  EXPECT_EQ(dlq[2].Header(kafka::dlq::kErrorMessage), "undecodable payload");
+  EXPECT_EQ(dlq[2].Header("traceparent"), "00-abc-def-01");
+  EXPECT_EQ(dlq[2].value, "\xff\xff not a protobuf");
+  EXPECT_EQ(dlq[3].Header(kafka::dlq::kErrorClass), "poison");
+  EXPECT_EQ(dlq[3].Header(kafka::dlq::kErrorMessage), "missing event id");
+  EXPECT_EQ(dlq[3].Header(kafka::dlq::kOriginalOffset), "3");
+
+  // The records after them were processed and the offsets moved past all five.
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(30)));
+  EXPECT_EQ(fake_.messages()[0].text, FormatPaymentMessage(good, Seoul()));
+  EXPECT_TRUE(WaitUntil([&] { return CommittedOffset(0) == 5; }, absl::Seconds(20)))
+      << CommittedOffset(0);
+  EXPECT_EQ(Metric(port, "notifier_dlq_total", "reason=\"poison\""), 2);
+  EXPECT_EQ(Metric(port, "notifier_dlq_total", "reason=\"telegram_4xx\""), 2);
+  EXPECT_EQ(CountRows("state = 'FAILED'"), 2);
+
+  // The retry-worker re-publishes: the failed event may be sent now; a re-publish of an event
+  // already sent is a duplicate, not a second message.
+  Produce(on_p0(RecordFor(rejected, 2)));
+  Produce(on_p0(RecordFor(good, 2)));
+  ASSERT_TRUE(WaitUntil([&] { return Metric(port, "notifier_duplicates_total") == 1; },
+                        absl::Seconds(30)));
+  ASSERT_EQ(fake_.messages().size(), 2u);
+  EXPECT_EQ(fake_.messages()[1].text, FormatPaymentMessage(rejected, Seoul()));
+  EXPECT_EQ(CountRows("state = 'SENT'"), 2);
+  EXPECT_EQ(CountRows("state = 'FAILED'"), 1);
+}
+
+}  // namespace
+}  // namespace concert::notifier
