@@ -18,6 +18,9 @@
 # nothing. Exits non-zero on any failure; the last line is "check-k8s: N passed, M failed".
 #
 #   scripts/check-k8s.sh            BUILD_DIR=build-me scripts/check-k8s.sh
+#
+# Environment: BUILD_DIR (default build; where bin/ holds the binaries), K8S_DIR (the manifests,
+# default deploy/k8s), K8S_OUT (rendered output, default .local/k8s/rendered).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -33,8 +36,8 @@ BUILD_DIR=${BUILD_DIR:-build}
 [[ "$BUILD_DIR" == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
 BIN="$LOCAL/bin"
 SCHEMA_DIR="$LOCAL/k8s/schemas/v$K8S_VERSION-local-strict"
-OUT="$LOCAL/k8s/rendered"
-K8S="$ROOT/deploy/k8s"
+OUT=${K8S_OUT:-$LOCAL/k8s/rendered}
+K8S=${K8S_DIR:-$ROOT/deploy/k8s}
 OVERLAYS=(base overlays/dev overlays/prod)
 
 # go_tool NAME MODULE_PATH VERSION: go install into .local/bin unless that exact version is there.
@@ -121,9 +124,11 @@ for f in "${rendered[@]}"; do
   fi
 done
 
-# 3 + 4. lint and env, on the JSON form of each rendering.
+# 3 + 4. lint and env, on the JSON form of each overlay (the base alone has no image and no
+# Secrets: it is rendered and validated above, but only an overlay is something to deploy).
 json_args=()
 for f in "${rendered[@]}"; do
+  [[ "$(basename "$f")" == overlays-* ]] || continue
   "$BIN/yq" eval-all -o=json '[.]' "$f" >"${f%.yaml}.json"
   json_args+=("${f%.yaml}.json")
 done
@@ -134,7 +139,7 @@ if ((${#json_args[@]})); then
       FAIL*) fail "${line#FAIL }" ;;
       *) printf '      %s\n' "$line" ;;
     esac
-  done < <(python3 "$K8S/check_manifests.py" --bin-dir "$BUILD_DIR/bin" "${json_args[@]}" 2>&1 ||
+  done < <(python3 "$ROOT/deploy/k8s/check_manifests.py" --bin-dir "$BUILD_DIR/bin" "${json_args[@]}" 2>&1 ||
     { rc=$?; ((rc == 1)) || echo "FAIL check_manifests.py crashed (status $rc)"; })
 fi
 

@@ -1,0 +1,100 @@
+#!/usr/bin/env bash
+# tests/k8s/check_catches_mistakes.sh — proves that scripts/check-k8s.sh can fail: each case
+# copies deploy/k8s to a scratch folder, makes one mistake a reviewer should catch, and expects
+# the check to exit non-zero with a line naming the mistake. A renamed setting is tested both
+# ways: renamed in the manifests, and renamed in a binary (a wrapper whose --help shows the new
+# name). The unmodified copy must pass first, so a failure here is the mistake's, not the setup's.
+#
+#   BUILD_DIR=build tests/k8s/check_catches_mistakes.sh
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+BUILD_DIR=${BUILD_DIR:-build}
+[[ "$BUILD_DIR" == /* ]] || BUILD_DIR="$ROOT/$BUILD_DIR"
+SCRATCH=$(mktemp -d)
+trap 'rm -rf "$SCRATCH"' EXIT
+
+passed=0 failed=0
+
+# run_case NAME EXPECTED_REGEX [BIN_DIR]: run the check on $SCRATCH/k8s; expect failure + regex.
+run_case() {
+  local name=$1 want=$2 build=${3:-$BUILD_DIR} out rc=0
+  out=$(BUILD_DIR="$build" K8S_DIR="$SCRATCH/k8s" K8S_OUT="$SCRATCH/out" \
+    "$ROOT/scripts/check-k8s.sh" 2>&1) || rc=$?
+  if ((rc != 0)) && grep -Eq -- "$want" <<<"$out"; then
+    passed=$((passed + 1)); echo "PASS  caught: $name"
+  else
+    failed=$((failed + 1)); echo "FAIL  not caught: $name (exit $rc, wanted /$want/)"
+    tail -25 <<<"$out" | sed 's/^/      /'
+  fi
+}
+
+fresh() { rm -rf "$SCRATCH/k8s"; cp -r "$ROOT/deploy/k8s" "$SCRATCH/k8s"; }
+
+fresh
+if BUILD_DIR="$BUILD_DIR" K8S_DIR="$SCRATCH/k8s" K8S_OUT="$SCRATCH/out" \
+  "$ROOT/scripts/check-k8s.sh" >"$SCRATCH/clean.log" 2>&1; then
+  passed=$((passed + 1)); echo "PASS  unmodified manifests pass"
+else
+  echo "FAIL  unmodified manifests fail already; the cases below would prove nothing:"
+  tail -30 "$SCRATCH/clean.log" | sed 's/^/      /'
+  echo "check_catches_mistakes: 0 passed, 1 failed"
+  exit 1
+fi
+
+fresh
+sed -i 's/^  RETRY_INTERVAL:/  RETRY_INTERVAL_SECONDS:/' "$SCRATCH/k8s/base/config.yaml"
+run_case "setting renamed in the manifests" \
+  "RETRY_INTERVAL_SECONDS is set but .retry-worker --help. lists no such setting"
+
+fresh
+mkdir -p "$SCRATCH/bin"
+for b in payment-server outbox-relay notifier retry-worker; do ln -sf "$BUILD_DIR/bin/$b" "$SCRATCH/bin/$b"; done
+rm "$SCRATCH/bin/retry-worker"
+cat >"$SCRATCH/bin/retry-worker" <<WRAP
+#!/bin/sh
+"$BUILD_DIR/bin/retry-worker" "\$@" | sed 's/^  RETRY_MAX_ATTEMPTS  --retry-max-attempts /  RETRY_ATTEMPTS  --retry-attempts /'
+WRAP
+chmod +x "$SCRATCH/bin/retry-worker"
+run_case "setting renamed in the binary" \
+  "RETRY_MAX_ATTEMPTS is set but .retry-worker --help. lists no such setting" "$SCRATCH"
+
+fresh
+sed -i 's/^  GRPC_ADDRESS: "0.0.0.0:50054"/  GRPC_ADDRESS: "127.0.0.1:50054"/' "$SCRATCH/k8s/base/config.yaml"
+run_case "gRPC on loopback in a pod" "GRPC_ADDRESS=127.0.0.1:50054: must listen on all interfaces"
+
+fresh
+sed -i 's/newTag: 0.1.0/newTag: latest/' "$SCRATCH/k8s/overlays/prod/kustomization.yaml"
+run_case "image tag latest" "image '[^']*:latest' is not pinned"
+
+fresh
+python3 - "$SCRATCH/k8s/base/notifier.yaml" <<'PY'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = re.sub(r"          readinessProbe:\n(            .*\n)+?(?=          livenessProbe:)", "", s, count=1)
+open(p, "w").write(s)
+PY
+run_case "readiness probe removed" "container notifier: no readinessProbe"
+
+fresh
+sed -i 's/^  LOG_LEVEL: "info"/  LOG_LEVEL: "info"\n  ADMIN_TOKEN: "hunter2"/' "$SCRATCH/k8s/base/config.yaml"
+run_case "token in a ConfigMap" "key ADMIN_TOKEN looks secret"
+
+fresh
+sed -i 's/            readOnlyRootFilesystem: true/            readOnlyRootFilesystem: false/' "$SCRATCH/k8s/base/retry-worker.yaml"
+run_case "writable root file system" "readOnlyRootFilesystem is not true"
+
+fresh
+sed -i 's/^      terminationGracePeriodSeconds: 60/      terminationGracePeriodSecond: 60/' "$SCRATCH/k8s/base/notifier.yaml"
+run_case "misspelt field (schema)" "FAIL  schema .*"
+
+fresh
+sed -i 's/              memory: 384Mi//' "$SCRATCH/k8s/base/retry-worker.yaml"
+run_case "memory limit removed" "no resources.limits.memory"
+
+fresh
+sed -i 's/^  maxReplicas: 3/  maxReplicas: three/' "$SCRATCH/k8s/base/notifier.yaml"
+run_case "HPA with a wrong type (schema)" "FAIL  schema .*"
+
+echo "check_catches_mistakes: $passed passed, $failed failed"
+((failed == 0))
