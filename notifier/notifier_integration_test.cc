@@ -1,12 +1,17 @@
 // The notifier binary end to end: real Kafka, real Postgres (a scratch database), the fake
 // Telegram server over real HTTP. Each test has its own topics, group and database.
 #include <csignal>
+#include <filesystem>
+#include <fstream>
 #include <random>
 #include <set>
 
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/impl/codegen/client_unary_call.h>
 #include <httplib.h>
 #include <librdkafka/rdkafkacpp.h>
 
+#include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
 #include "absl/strings/match.h"
@@ -58,6 +63,30 @@ struct DlqRecord {
   }
 };
 
+// grpc.health.v1.Health/Check for the overall status, without generated code (Debian ships no
+// health.proto): the request is empty; the response is field 1 (enum), SERVING = 1.
+std::string HealthStatus(const std::string& address) {
+  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  grpc::ByteBuffer request, response;
+  grpc::Slice empty("", 0);
+  request = grpc::ByteBuffer(&empty, 1);
+  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      channel.get(),
+      grpc::internal::RpcMethod("/grpc.health.v1.Health/Check",
+                                grpc::internal::RpcMethod::NORMAL_RPC),
+      &ctx, request, &response);
+  if (!status.ok()) return "UNREACHABLE";
+  std::vector<grpc::Slice> slices;
+  response.Dump(&slices);
+  std::string bytes;
+  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+  if (bytes == std::string("\x08\x01", 2)) return "SERVING";
+  if (bytes == std::string("\x08\x02", 2)) return "NOT_SERVING";
+  return "UNKNOWN";
+}
+
 class NotifierTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -82,7 +111,7 @@ class NotifierTest : public ::testing::Test {
             {"TELEGRAM_TIMEOUT", "5s"},
             {"NOTIFY_TIME_ZONE", "Asia/Seoul"},
             {"UNCERTAIN_POLICY", "resend"},
-            {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", concert::testing::FreePort())},
+            {"GRPC_ADDRESS", grpc_address_},
             {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", metrics_port)},
             {"LOG_LEVEL", "info"}};
   }
@@ -221,6 +250,8 @@ class NotifierTest : public ::testing::Test {
   std::string group_ = concert::testing::UniqueName("notification");
   FakeTelegram fake_{{}};
   std::unique_ptr<kafka::Producer> producer_;
+  // Shared by the test's notifiers; a test running two uses Env(...) and overrides it.
+  std::string grpc_address_ = absl::StrCat("127.0.0.1:", concert::testing::FreePort());
 };
 
 TEST_F(NotifierTest, EachEventOneMessageAndRedeliveriesAreDuplicates) {
@@ -229,6 +260,8 @@ TEST_F(NotifierTest, EachEventOneMessageAndRedeliveriesAreDuplicates) {
   for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
   int metrics_port = concert::testing::FreePort();
   auto notifier = StartNotifier(metrics_port);
+  EXPECT_TRUE(WaitUntil([&] { return HealthStatus(grpc_address_) == "SERVING"; },
+                        absl::Seconds(30)));
   ProduceAll(events);
 
   ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() >= kEvents; }, absl::Seconds(60)))
@@ -266,6 +299,7 @@ TEST_F(NotifierTest, TwoInstancesShareTheWorkWithoutRepeats) {
   auto a = StartNotifier(port_a);
   ProduceAll({events.begin(), events.begin() + kEvents / 2});
   int port_b = concert::testing::FreePort();
+  grpc_address_ = absl::StrCat("127.0.0.1:", concert::testing::FreePort());
   auto b = StartNotifier(port_b);  // joins while A works: a rebalance mid-stream
   ProduceAll({events.begin() + kEvents / 2, events.end()});
 
@@ -412,6 +446,46 @@ TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
   EXPECT_EQ(fake_.messages()[1].text, FormatPaymentMessage(rejected, Seoul()));
   EXPECT_EQ(CountRows("state = 'SENT'"), 2);
   EXPECT_EQ(CountRows("state = 'FAILED'"), 1);
+}
+
+TEST_F(NotifierTest, WithoutTokenTheLogSenderWritesJsonLines) {
+  std::string file = (std::filesystem::temp_directory_path() /
+                      concert::testing::UniqueName("notifications") / "out.jsonl")
+                         .string();
+  auto env = Env(concert::testing::FreePort());
+  env["TELEGRAM_BOT_TOKEN"] = "";
+  env["TELEGRAM_CHAT_ID"] = "";
+  env["NOTIFICATIONS_FILE"] = file;
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  PaymentCompleted e = MakeEvent(9);
+  Produce(RecordFor(e));
+  std::vector<std::string> lines;
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        std::ifstream in(file);
+        lines.clear();
+        for (std::string line; std::getline(in, line);) lines.push_back(line);
+        return lines.size() == 1;
+      },
+      absl::Seconds(30)))
+      << notifier.log_path();
+  auto json = nlohmann::json::parse(lines[0]);
+  EXPECT_EQ(json["event_id"], e.event_id());
+  EXPECT_EQ(json["text"], FormatPaymentMessage(e, Seoul()));
+  EXPECT_TRUE(fake_.messages().empty());
+  EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), "notification (log sender)"));
+  std::filesystem::remove_all(std::filesystem::path(file).parent_path());
+}
+
+TEST_F(NotifierTest, BadConfigurationStopsAtStartNamingTheSetting) {
+  auto env = Env(concert::testing::FreePort());
+  env["TELEGRAM_CHAT_ID"] = "";
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  ASSERT_TRUE(WaitUntil([&] { return !notifier.running(); }, absl::Seconds(10)));
+  int status = notifier.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2);
+  EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), "TELEGRAM_CHAT_ID"));
+  EXPECT_FALSE(absl::StrContains(notifier.ReadLog(), "test-token"));
 }
 
 }  // namespace

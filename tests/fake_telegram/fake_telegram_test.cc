@@ -4,6 +4,12 @@
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "common/testing/environment.h"
 #include "gtest/gtest.h"
 
 namespace concert::testing {
@@ -123,6 +129,39 @@ TEST(FakeTelegram, WrongTokenIsUnauthorizedWhenTokenSet) {
   std::string body = json{{"chat_id", 1}, {"text", "x"}}.dump();
   EXPECT_EQ(client.Post("/botwrong/sendMessage", body, "application/json")->status, 401);
   EXPECT_EQ(client.Post("/botright/sendMessage", body, "application/json")->status, 200);
+}
+
+TEST(FakeTelegramBinary, RecordsToFileAndServesControlApi) {
+  int port = FreePort();
+  std::string record = (std::filesystem::temp_directory_path() / (UniqueName("fake_tg") + ".jsonl"))
+                           .string();
+  ChildProcess fake(BinaryPath("fake-telegram"),
+                    {absl::StrCat("--port=", port), "--record=" + record}, {});
+  httplib::Client client("127.0.0.1", port);
+  ASSERT_TRUE(WaitUntil([&] { return static_cast<bool>(client.Get("/control/stats")); },
+                        absl::Seconds(10)))
+      << fake.ReadLog();
+  ASSERT_EQ(client.Post("/control/fail", R"({"mode":"429","count":1,"retry_after":3})",
+                        "application/json")->status,
+            200);
+  std::string body = json{{"chat_id", 5}, {"text", "one"}}.dump();
+  auto limited = client.Post("/botT/sendMessage", body, "application/json");
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429);
+  EXPECT_EQ(json::parse(limited->body)["parameters"]["retry_after"].get<int>(), 3);
+  EXPECT_EQ(client.Post("/botT/sendMessage", body, "application/json")->status, 200);
+
+  std::ifstream in(record);
+  std::string line;
+  ASSERT_TRUE(std::getline(in, line));
+  EXPECT_EQ(json::parse(line)["text"], "one");
+  EXPECT_EQ(json::parse(line)["chat_id"], "5");
+  EXPECT_FALSE(std::getline(in, line)) << "only the accepted message is recorded";
+  EXPECT_EQ(json::parse(client.Get("/control/messages")->body).size(), 1u);
+
+  int status = fake.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  std::filesystem::remove(record);
 }
 
 }  // namespace

@@ -1,0 +1,102 @@
+// The delivery record's state machine against a real Postgres (a scratch database).
+#include "notifier/delivery_store.h"
+
+#include <pqxx/pqxx>
+
+#include "common/testing/environment.h"
+#include "gtest/gtest.h"
+
+namespace concert::notifier {
+namespace {
+
+constexpr char kId[] = "0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11";
+
+class DeliveryStoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(MigrateSchema(db_.url()).ok()); }
+
+  std::string State() {
+    pqxx::connection conn(db_.url());
+    pqxx::work tx(conn);
+    pqxx::row r = tx.exec_params1(
+        "SELECT state || '/' || attempts || '/' || uncertain FROM notification.deliveries "
+        "WHERE event_id = $1::uuid",
+        std::string(kId));
+    return r[0].as<std::string>();
+  }
+
+  concert::testing::ScratchDatabase db_{"notifier_store"};
+  PgPool pool_{{.url = db_.url(), .size = 2}};
+  DeliveryStore store_{pool_};
+};
+
+TEST_F(DeliveryStoreTest, MigrationsAreIdempotent) {
+  EXPECT_TRUE(MigrateSchema(db_.url()).ok());
+}
+
+TEST_F(DeliveryStoreTest, FirstSightSendsThenDuplicate) {
+  auto first = store_.Begin(kId, UncertainPolicy::kResend);
+  ASSERT_TRUE(first.ok());
+  EXPECT_EQ(first->action, BeginResult::Action::kSend);
+  EXPECT_FALSE(first->uncertain);
+  EXPECT_EQ(State(), "SENDING/1/false");
+  ASSERT_TRUE(store_.MarkSent(kId).ok());
+  EXPECT_EQ(State(), "SENT/1/false");
+
+  auto again = store_.Begin(kId, UncertainPolicy::kResend);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->action, BeginResult::Action::kDuplicate);
+  EXPECT_EQ(State(), "SENT/1/false");
+}
+
+TEST_F(DeliveryStoreTest, InFlightOnArrivalIsUncertainAndResent) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());  // then "crash"
+  auto again = store_.Begin(kId, UncertainPolicy::kResend);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->action, BeginResult::Action::kSend);
+  EXPECT_TRUE(again->uncertain);
+  EXPECT_EQ(again->attempts, 2);
+  EXPECT_EQ(State(), "SENDING/2/true");
+}
+
+TEST_F(DeliveryStoreTest, InFlightWithSkipPolicyBecomesSentWithoutSending) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kSkip).ok());
+  auto again = store_.Begin(kId, UncertainPolicy::kSkip);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->action, BeginResult::Action::kSkip);
+  EXPECT_TRUE(again->uncertain);
+  EXPECT_EQ(State(), "SENT/1/true");
+  EXPECT_EQ(store_.Begin(kId, UncertainPolicy::kSkip)->action, BeginResult::Action::kDuplicate);
+}
+
+TEST_F(DeliveryStoreTest, FailedMaySendAgain) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: HTTP 400").ok());
+  EXPECT_EQ(State(), "FAILED/1/false");
+  auto retry = store_.Begin(kId, UncertainPolicy::kResend);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->action, BeginResult::Action::kSend);
+  EXPECT_TRUE(retry->retry);
+  EXPECT_FALSE(retry->uncertain);
+  EXPECT_EQ(State(), "SENDING/2/false");
+}
+
+TEST(IsUuid, CanonicalFormOnly) {
+  EXPECT_TRUE(IsUuid(kId));
+  EXPECT_TRUE(IsUuid("0B5F2A52-6F5B-4C4E-9A53-1B2F7F0F6A11"));
+  EXPECT_FALSE(IsUuid(""));
+  EXPECT_FALSE(IsUuid("0b5f2a52x6f5b-4c4e-9a53-1b2f7f0f6a11"));
+  EXPECT_FALSE(IsUuid("0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a1g"));
+}
+
+TEST(ParseUncertainPolicy, Names) {
+  UncertainPolicy p;
+  EXPECT_TRUE(ParseUncertainPolicy("skip", &p));
+  EXPECT_EQ(p, UncertainPolicy::kSkip);
+  EXPECT_TRUE(ParseUncertainPolicy("resend", &p));
+  EXPECT_EQ(p, UncertainPolicy::kResend);
+  EXPECT_FALSE(ParseUncertainPolicy("maybe", &p));
+}
+
+}  // namespace
+}  // namespace concert::notifier
