@@ -28,7 +28,13 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr,
     const std::function<void(grpc::ServerBuilder&)>& configure = nullptr);
 
-// Sets the overall health ("" service) and every named service to SERVING or NOT_SERVING.
+// Health has two names. "" (what a plain `grpc.health.v1.Health/Check` asks) is readiness:
+// SERVING only while the service can do its work (its dependencies answer), set by SetServing.
+// "liveness" is SERVING from start to stop whatever the dependencies do, so that a Kubernetes
+// liveness probe restarts a hung process but never one that is waiting out a Kafka outage.
+inline constexpr char kLivenessService[] = "liveness";
+
+// Sets readiness ("" service) to SERVING or NOT_SERVING.
 void SetServing(grpc::Server& server, bool serving);
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
