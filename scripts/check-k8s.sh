@@ -2,7 +2,8 @@
 # scripts/check-k8s.sh — checks the Kubernetes manifests under deploy/k8s without a cluster:
 #
 #   1. render   kustomize renders base/ and every overlay (pinned kustomize, not whatever
-#               kubectl happens to embed);
+#               kubectl happens to embed); when kubectl is installed, `kubectl kustomize` must
+#               render each overlay the same way (that is what `kubectl apply -k` uses);
 #   2. schema   kubeconform validates every rendered object, strictly (unknown fields are
 #               errors), against the JSON schemas of Kubernetes $K8S_VERSION; nothing skipped;
 #   3. lint     deploy/k8s/check_manifests.py: probes, resources, non-root and read-only
@@ -111,6 +112,25 @@ for o in "${OVERLAYS[@]}"; do
     fail "render $o: $(cat "$f.err")"
   fi
 done
+
+# 1b. `kubectl apply -k` uses kubectl's own kustomize: when kubectl is installed, it must render
+# each overlay too, to the same objects (compared by kind/namespace/name, so a kubectl embedding
+# another kustomize version that formats differently still passes).
+objects_of() { "$BIN/yq" -N '.kind + "/" + (.metadata.namespace // "") + "/" + .metadata.name' "$1" | sort; }
+if command -v kubectl >/dev/null; then
+  for o in overlays/dev overlays/prod; do
+    f="$OUT/${o//\//-}.yaml"
+    [[ -f "$f" ]] || continue
+    if kubectl kustomize "$K8S/$o" >"$f.kubectl" 2>&1 &&
+      diff <(objects_of "$f.kubectl") <(objects_of "$f") >"$f.kubectl.diff"; then
+      pass "kubectl kustomize $o: same $(grep -c '^kind:' "$f.kubectl") objects"
+    else
+      fail "kubectl kustomize $o differs from kustomize $KUSTOMIZE_VERSION:"$'\n'"$(cat "$f.kubectl.diff" "$f.kubectl" | head -20)"
+    fi
+  done
+else
+  say "kubectl not installed: only the pinned kustomize $KUSTOMIZE_VERSION rendered the overlays"
+fi
 
 # 2. schema: -strict rejects unknown fields; a kind without a schema is an error (no -skip, no
 # -ignore-missing-schemas), so every object, HPA, PDB and StatefulSet included, is validated.
