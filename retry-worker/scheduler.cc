@@ -49,9 +49,8 @@ std::vector<absl::Status> Scheduler::Publish(const std::vector<FailedMessage>& r
   }
   std::mutex mu;
   auto pending = std::make_shared<absl::BlockingCounter>(static_cast<int>(rows.size()));
-  // The callbacks may outlive this call only if the wait below times out, which the producer's
-  // message timeout rules out; `results` and `mu` are still guarded by keeping the wait bounded
-  // and generous.
+  // The callbacks write into `results`; every one of them runs before this function returns
+  // (see the Wait below), so capturing locals by reference is safe.
   for (size_t i = 0; i < rows.size(); ++i) {
     const FailedMessage& row = rows[i];
     kafka::Record record{.topic = row.original_topic, .key = row.key, .value = row.payload};
@@ -70,17 +69,14 @@ std::vector<absl::Status> Scheduler::Publish(const std::vector<FailedMessage>& r
       pending->DecrementCount();
     }
   }
-  // BlockingCounter has no timed wait; flush bounds it instead (every record is settled after
-  // the message timeout), then Wait() returns at once.
+  // BlockingCounter has no timed wait. Flush bounds the wait instead: the producer's message
+  // timeout equals publish_timeout, so every record is settled (acknowledged or failed) by then.
   absl::Status flushed = producer_->Flush(options_.publish_timeout + absl::Seconds(5));
-  if (flushed.ok()) {
-    pending->Wait();
-  } else {
+  if (!flushed.ok()) {
     log::Error("producer did not settle the re-published records in time",
                {{"error", std::string(flushed.message())}});
-    // Unreachable in practice; wait anyway rather than let callbacks touch freed memory.
-    pending->Wait();
   }
+  pending->Wait();  // returns at once after a successful flush
   std::lock_guard lock(mu);
   return results;
 }
