@@ -16,10 +16,10 @@ set -a
 . .local/dev.env
 set +a
 
-# show CMD...: print a command the way a reader would type it, then run it.
-show() {
-  printf '\n$ %s\n' "$*" | sed -E 's/Bearer [^ '"'"']+/Bearer $TOKEN/'
-  "$@"
+# call METHOD JSON: print the grpcurl command as a reader would type it, then run it.
+call() {
+  printf '\n$ grpcurl -plaintext -H "authorization: Bearer $TOKEN" -d '"'%s'"' %s %s\n' "$2" "$SERVER" "$1" >&2
+  "$GRPCURL" -plaintext -H "authorization: Bearer $TOKEN" -d "$2" "$SERVER" "$1"
 }
 
 # The demo users each afford 20 seats; take turns so that the demo can run many times.
@@ -39,15 +39,13 @@ done
 echo "\$ TOKEN=\$(build/bin/payment-server mint-token --user-id=$user)"
 echo "\$ grpcurl -plaintext -H \"authorization: Bearer \$TOKEN\" -d '{\"seat_id\": $seat}' $SERVER concert.v1.ReservationService/ReserveSeat"
 echo "$reservation"
-reservation_id=$(sed -n 's/.*"reservationId": "\([0-9]*\)".*/\1/p' <<<"$reservation")
+reservation_id=$(sed -n -E 's/.*"reservation_?[iI]d": "([0-9]+)".*/\1/p' <<<"$reservation")
 
-payment=$(show "$GRPCURL" -plaintext -H "authorization: Bearer $TOKEN" \
-  -d "{\"reservation_id\": $reservation_id}" "$SERVER" concert.v1.PaymentService/PayConcert)
+payment=$(call concert.v1.PaymentService/PayConcert "{\"reservation_id\": $reservation_id}")
 echo "$payment"
-payment_id=$(sed -n 's/.*"paymentId": "\([0-9]*\)".*/\1/p' <<<"$payment")
+payment_id=$(sed -n -E 's/.*"payment_?[iI]d": "([0-9]+)".*/\1/p' <<<"$payment")
 
-show "$GRPCURL" -plaintext -H "authorization: Bearer $TOKEN" \
-  -d "{\"payment_id\": $payment_id}" "$SERVER" concert.v1.PaymentService/GetPayment
+call concert.v1.PaymentService/GetPayment "{\"payment_id\": $payment_id}"
 
 printf '\n$ grep "#%s" %s    # the notification (log sender; Telegram when TELEGRAM_BOT_TOKEN is set)\n' \
   "$reservation_id" "$NOTIFICATIONS"
