@@ -15,7 +15,8 @@ lint  every workload container: liveness and readiness probes (init containers e
 env   for each of our services, the variable names its pods get (explicit env, plus the keys of
       envFrom ConfigMaps) must all be settings its binary lists in `--help`; settings without a
       default must be set; GRPC_ADDRESS and METRICS_ADDRESS must listen on all interfaces at the
-      ports the container declares and the gRPC probes use; values must have the shape of the
+      ports the container declares; the probes must be gRPC health probes on that port, liveness
+      and startup asking for "liveness", readiness for ""; values must have the shape of the
       default (a number where the default is a number, a duration where it is a duration).
 """
 
@@ -38,9 +39,12 @@ REQUIRED = "(required)"  # what Settings::Help prints as the default of a Requir
 # Every service keeps its state in Postgres, so a pod without this is broken even where the
 # binary declares it with an empty default.
 ALWAYS_SET = ("DATABASE_URL",)
-# A workload annotated with this (and a reason) may probe its gRPC port over TCP instead of
-# grpc.health.v1; the reason is printed with the check.
-TCP_PROBES_ANNOTATION = "concert/tcp-probes-reason"
+# grpc.health.v1 names (common/grpc_server.h): "" is readiness (NOT_SERVING while a dependency
+# is away), "liveness" is SERVING from start to stop. Liveness and startup probes must ask for
+# "liveness" (a dependency outage must not restart pods), readiness for "" unless the workload
+# carries this annotation with a reason (printed with the check).
+LIVENESS_SERVICE = "liveness"
+READINESS_ANNOTATION = "concert/readiness-service-reason"
 
 failures = 0
 
@@ -302,22 +306,31 @@ def env_check(objs, where, bin_dir):
                     if port_name not in ports or ports[port_name] != port:
                         problems.append(f"{setting}={address}: container port {port_name!r} is "
                                         f"{ports.get(port_name)}")
-                tcp_reason = (w["metadata"].get("annotations") or {}).get(TCP_PROBES_ANNOTATION)
-                for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-                    spec_ = c.get(probe) or {}
-                    kind = "grpc" if "grpc" in spec_ else "tcpSocket" if "tcpSocket" in spec_ else None
-                    if kind is None:
+                why = (w["metadata"].get("annotations") or {}).get(READINESS_ANNOTATION)
+                for probe, want in (("startupProbe", LIVENESS_SERVICE),
+                                    ("livenessProbe", LIVENESS_SERVICE), ("readinessProbe", "")):
+                    if probe not in c:
                         if probe != "startupProbe":
-                            problems.append(f"{probe} is not a gRPC health probe")
+                            problems.append(f"{probe} is missing")
                         continue
-                    if kind == "tcpSocket" and not tcp_reason:
-                        problems.append(f"{probe} is TCP: use grpc.health.v1, or annotate the "
-                                        f"workload with {TCP_PROBES_ANNOTATION} and say why")
-                    port = spec_[kind].get("port")
-                    if port not in (ports.get("grpc"), "grpc"):
-                        problems.append(f"{probe} probes port {port}, gRPC is on {ports.get('grpc')}")
-                if tcp_reason:
-                    print(f"  {where} {w['metadata']['name']}: TCP probes, because {tcp_reason}")
+                    grpc = c[probe].get("grpc")
+                    if not grpc:
+                        problems.append(f"{probe} is not a gRPC health probe")
+                        continue
+                    if grpc.get("port") not in (ports.get("grpc"), "grpc"):
+                        problems.append(f"{probe} probes port {grpc.get('port')}, gRPC is on "
+                                        f"{ports.get('grpc')}")
+                    service = grpc.get("service", "")
+                    if probe == "readinessProbe" and why:
+                        continue
+                    if service != want:
+                        problems.append(
+                            f"{probe} asks for health service {service!r}, wants {want!r}"
+                            + (f" (or annotate the workload with {READINESS_ANNOTATION} and say why)"
+                               if probe == "readinessProbe" else ""))
+                if why:
+                    print(f"  {where} {w['metadata']['name']}: readiness on "
+                          f"{c['readinessProbe'].get('grpc', {}).get('service')!r}, because {why}")
             report(not problems, f"{what} ({len(values)} variables, {len(settings)} settings)",
                    problems)
     missing = [s for s in SERVICES if s not in seen]

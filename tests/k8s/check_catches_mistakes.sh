@@ -77,6 +77,18 @@ PY
 run_case "readiness probe removed" "container notifier: no readinessProbe"
 
 fresh
+python3 - "$SCRATCH/k8s/base/notifier.yaml" <<'EDIT'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+i = s.index("          livenessProbe:")
+s = s[:i] + s[i:].replace("              service: liveness\n", "", 1)
+open(p, "w").write(s)
+EDIT
+run_case "liveness probe on readiness (a Kafka outage would restart pods)" \
+  "livenessProbe asks for health service '', wants 'liveness'"
+
+fresh
 sed -i 's/^  LOG_LEVEL: "info"/  LOG_LEVEL: "info"\n  ADMIN_TOKEN: "hunter2"/' "$SCRATCH/k8s/base/config.yaml"
 run_case "token in a ConfigMap" "key ADMIN_TOKEN looks secret"
 
