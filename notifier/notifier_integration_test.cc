@@ -295,12 +295,18 @@ TEST_F(NotifierTest, TwoInstancesShareTheWorkWithoutRepeats) {
   constexpr int kEvents = 200;
   std::vector<PaymentCompleted> events;
   for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
+  // Slow sends, so A is still busy when B joins (a rebalance mid-stream).
+  fake_.SetFault({.mode = FaultMode::kStall, .stall = absl::Milliseconds(15)});
   int port_a = concert::testing::FreePort();
   auto a = StartNotifier(port_a);
   ProduceAll({events.begin(), events.begin() + kEvents / 2});
   int port_b = concert::testing::FreePort();
   grpc_address_ = absl::StrCat("127.0.0.1:", concert::testing::FreePort());
-  auto b = StartNotifier(port_b);  // joins while A works: a rebalance mid-stream
+  auto b = StartNotifier(port_b);
+  // Once B holds partitions, the second half is split between the two.
+  ASSERT_TRUE(WaitUntil([&] { return absl::StrContains(b->ReadLog(), "partitions assigned"); },
+                        absl::Seconds(30)))
+      << b->log_path();
   ProduceAll({events.begin() + kEvents / 2, events.end()});
 
   ASSERT_TRUE(WaitUntil([&] { return AllDelivered(events); }, absl::Seconds(90)))
