@@ -1,0 +1,353 @@
+#!/usr/bin/env python3
+"""Turns the raw measurements bench/run.sh collected into <out>.json, <out>.md and <out>.png.
+
+  analyze.py --raw DIR --out bench/results/2025-01-01   write the three files
+  analyze.py --raw DIR --max-rate                       print the highest payment rate the run
+                                                        found every stage able to carry (x0.8)
+
+Every figure sits beside a reference measured in the same run; ratios are ours / reference.
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+
+def pct(values, p):
+    """Nearest-rank percentile of a list (None when empty)."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, int(round(p / 100.0 * len(v) + 0.5)) - 1))
+    return v[k]
+
+
+def read(raw, name, default=None):
+    path = os.path.join(raw, name)
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return f.read().strip()
+
+
+def lines(raw, name):
+    text = read(raw, name, "")
+    return [l.split() for l in text.splitlines() if l.strip()]
+
+
+def ratio(a, b):
+    return round(a / b, 3) if a and b else None
+
+
+# ---------------------------------------------------------------- 1. PayConcert
+def ghz_summary(path):
+    with open(path) as f:
+        d = json.load(f)
+    dist = {int(x["percentage"]): x["latency"] / 1e6 for x in d.get("latencyDistribution") or []}
+    codes = d.get("statusCodeDistribution") or {}
+    ok = codes.get("OK", 0)
+    lat = [x["latency"] / 1e6 for x in d.get("details") or [] if x.get("status") == "OK"]
+    return {
+        "rps": round(ok / (d["total"] / 1e9), 1) if d.get("total") else None,
+        "calls": d.get("count"),
+        "ok": ok,
+        "errors": d.get("count", 0) - ok,
+        "error_kinds": d.get("errorDistribution") or {},
+        "p50_ms": round(dist.get(50, 0), 2),
+        "p95_ms": round(dist.get(95, 0), 2),
+        "p99_ms": round(dist.get(99, 0), 2),
+    }, lat
+
+
+def pgbench_summary(raw, c):
+    out = read(raw, f"pgbench-c{c}.out", "")
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    lat = [int(l[2]) / 1000.0 for l in lines(raw, f"pgbench-c{c}.txt") if len(l) >= 3]
+    return {
+        "tps": round(float(tps.group(1)), 1) if tps else None,
+        "transactions": len(lat),
+        "failed": int(failed.group(1)) if failed else 0,
+        "p50_ms": round(pct(lat, 50) or 0, 2),
+        "p95_ms": round(pct(lat, 95) or 0, 2),
+        "p99_ms": round(pct(lat, 99) or 0, 2),
+    }, lat
+
+
+def pay_stage(raw, dists):
+    rows = []
+    for c, _phase in lines(raw, "pay-levels.txt"):
+        ours, lat = ghz_summary(os.path.join(raw, f"pay-ghz-c{c}.json"))
+        ref, ref_lat = pgbench_summary(raw, c)
+        dists[f"PayConcert c={c} (ghz)"] = ("pay", lat)
+        dists[f"pgbench c={c}"] = ("pay", ref_lat)
+        rows.append({"concurrency": int(c), "ours": ours, "pgbench": ref,
+                     "ratio": ratio(ours["rps"], ref["tps"])})
+    return rows
+
+
+# ---------------------------------------------------------------- 2. Relay
+def parse_records(raw, name):
+    """Console consumer lines: '<Type>:<ms>\\t<headers>\\t<key>' -> (ts_ms, bench_ts_ms, key)."""
+    recs = []
+    for line in (read(raw, name, "") or "").splitlines():
+        parts = line.split("\t")
+        if len(parts) < 3 or ":" not in parts[0]:
+            continue
+        ts = int(parts[0].split(":", 1)[1])
+        m = re.search(r"bench-ts:(\d+)", parts[1])
+        recs.append((ts, int(m.group(1)) / 1000.0 if m else None, parts[-1]))
+    return recs
+
+
+def producer_perf(raw, name):
+    """The summary line of ProducerPerformance."""
+    text = read(raw, name, "") or ""
+    m = None
+    for line in text.splitlines():
+        mm = re.search(r"(\d+) records sent, ([0-9.]+) records/sec .*?([0-9.]+) ms avg latency, "
+                       r"([0-9.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th", line)
+        if mm:
+            m = mm
+    if not m:
+        return None
+    return {"records": int(m.group(1)), "rps": float(m.group(2)), "avg_ms": float(m.group(3)),
+            "max_ms": float(m.group(4)), "p50_ms": float(m.group(5)), "p95_ms": float(m.group(6)),
+            "p99_ms": float(m.group(7))}
+
+
+def relay_stage(raw, dists):
+    out = {}
+    recs = parse_records(raw, "relay-backlog.txt")
+    start = int(read(raw, "relay-backlog-start-ms", "0"))
+    backlog = [r for r in recs if r[2].startswith("r")]
+    if backlog and start:
+        first = min(r[0] for r in backlog)
+        last = max(r[0] for r in backlog)
+        out["backlog"] = {
+            "rows": len(backlog),
+            "seconds_from_start": round((last - start) / 1000.0, 2),
+            "rps_from_start": round(len(backlog) / max(0.001, (last - start) / 1000.0), 1),
+            "rps_first_to_last": round(len(backlog) / max(0.001, (last - first) / 1000.0), 1),
+        }
+    ref = producer_perf(raw, "ref-max.txt")
+    out["backlog_reference"] = ref
+    if ref and "backlog" in out:
+        out["backlog_ratio"] = ratio(out["backlog"]["rps_from_start"], ref["rps"])
+    allrecs = parse_records(raw, "relay-all.txt")
+    steady = []
+    for rate, before, after in lines(raw, "relay-rates.txt"):
+        lo, hi = int(before), int(after)
+        mine = [r for r in allrecs if r[2].startswith("s") and lo < int(r[2][1:]) <= hi]
+        lat = [r[0] - r[1] for r in mine if r[1] is not None]
+        span = (max(r[0] for r in mine) - min(r[0] for r in mine)) / 1000.0 if mine else 0
+        dists[f"relay {rate}/s"] = ("relay", lat)
+        refr = producer_perf(raw, f"ref-rate{rate}.txt")
+        steady.append({
+            "target_rps": int(rate), "records": len(mine), "expected": hi - lo,
+            "rps": round(len(mine) / span, 1) if span else None,
+            "p50_ms": round(pct(lat, 50) or 0, 1), "p99_ms": round(pct(lat, 99) or 0, 1),
+            "max_ms": round(max(lat), 1) if lat else None,
+            "reference": refr,
+            "ratio_rps": ratio(len(mine) / span if span else None, refr and refr["rps"]),
+        })
+    out["steady"] = steady
+    return out
+
+
+# ---------------------------------------------------------------- 3. End to end
+def telegram(raw):
+    msgs = []
+    path = os.path.join(raw, "telegram.jsonl")
+    if os.path.exists(path):
+        with open(path) as f:
+            for line in f:
+                try:
+                    m = json.loads(line)
+                except ValueError:
+                    continue
+                rid = re.search(r"Reservation: #(\d+)", m.get("text", ""))
+                if rid:
+                    msgs.append((int(rid.group(1)), int(m["received_at_ms"])))
+    return msgs
+
+
+def e2e_stage(raw, dists):
+    msgs = telegram(raw)
+    paid = {int(a): int(b) for a, b in (l[0].split("|") for l in lines(raw, "e2e-paid.txt"))}
+    out = {}
+    n = int(read(raw, "notify-backlog-count", "0") or 0)
+    start = int(read(raw, "notify-backlog-start-ms", "0") or 0)
+    backlog = [t for rid, t in msgs if rid // 100000000 == 50]
+    if backlog and start:
+        out["notifier_backlog"] = {
+            "events": n, "delivered": len(backlog),
+            "duplicates_delivered": len(backlog) - len(set(r for r, _ in msgs if r // 100000000 == 50)),
+            "rps": round(len(backlog) / max(0.001, (max(backlog) - start) / 1000.0), 1),
+        }
+    rs = int(read(raw, "notify-replay-start-ms", "0") or 0)
+    re_ = int(read(raw, "notify-replay-end-ms", "0") or 0)
+    if rs and re_:
+        out["notifier_replay_dedup"] = {
+            "events": n, "resent": int(read(raw, "notify-replay-resent", "0")),
+            "rps": round(n / max(0.001, (re_ - rs) / 1000.0), 1),
+        }
+    rows = []
+    for rate, phase, ok in lines(raw, "e2e-rates.txt"):
+        phase = int(phase)
+        got = [(rid, t) for rid, t in msgs if rid // 100000000 == phase]
+        lat = [t - paid[rid] for rid, t in got if rid in paid]
+        ours, _ = ghz_summary(os.path.join(raw, f"e2e-rate{rate}-ghz.json"))
+        span = (max(t for _, t in got) - min(t for _, t in got)) / 1000.0 if len(got) > 1 else 0
+        dists[f"end to end {rate}/s"] = ("e2e", lat)
+        rows.append({
+            "target_rps": int(rate), "payments_ok": int(ok), "payment_rps": ours["rps"],
+            "payment_errors": ours["errors"], "notified": len(got),
+            "notified_distinct": len(set(r for r, _ in got)),
+            "notifier_rps": round(len(got) / span, 1) if span else None,
+            "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else None,
+        })
+    out["steady"] = rows
+    return out
+
+
+def memory(raw):
+    out = {}
+    for name, phase, rss, hwm in lines(raw, "memory.txt"):
+        svc = out.setdefault(name, {"idle_rss_mb": None, "peak_hwm_mb": 0.0})
+        if "idle" in phase and svc["idle_rss_mb"] is None:
+            svc["idle_rss_mb"] = round(int(rss) / 1024.0, 1)
+        svc["peak_hwm_mb"] = max(svc["peak_hwm_mb"], round(int(hwm) / 1024.0, 1))
+    return out
+
+
+def max_rate(raw):
+    rates = [ghz_summary(os.path.join(raw, f"pay-ghz-c{c}.json"))[0]["rps"] or 0
+             for c, _ in lines(raw, "pay-levels.txt")]
+    r = relay_stage(raw, {})
+    limits = [max(rates) if rates else 0]
+    if "backlog" in r:
+        limits.append(r["backlog"]["rps_first_to_last"])
+    e = e2e_stage(raw, {})
+    if "notifier_backlog" in e:
+        limits.append(e["notifier_backlog"]["rps"])
+    return max(10, int(min(limits) * 0.8 / 10) * 10)
+
+
+# ---------------------------------------------------------------- output
+def fmt(v, unit=""):
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        v = f"{v:,.1f}" if abs(v) >= 10 else f"{v:.2f}"
+    return f"{v}{unit}"
+
+
+def markdown(r):
+    m = [f"# Benchmark {r['started_at']}", "",
+         f"Machine: {r['machine']}. Build: {r['build']}. Mode: {'quick' if r['quick'] else 'full'} "
+         f"({r['config']}). Ratios are ours / reference in the same run.", "",
+         "## 1. PayConcert (ghz) vs the same transaction in pgbench", "",
+         "| concurrency | ours rps | p50 ms | p95 ms | p99 ms | errors | pgbench tps | p50 ms | p95 ms | p99 ms | ours/pgbench |",
+         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["payconcert"]:
+        o, p = x["ours"], x["pgbench"]
+        m.append(f"| {x['concurrency']} | {fmt(o['rps'])} | {fmt(o['p50_ms'])} | {fmt(o['p95_ms'])} | "
+                 f"{fmt(o['p99_ms'])} | {o['errors']} | {fmt(p['tps'])} | {fmt(p['p50_ms'])} | "
+                 f"{fmt(p['p95_ms'])} | {fmt(p['p99_ms'])} | {fmt(x['ratio'])} |")
+    rl = r["relay"]
+    m += ["", "## 2. Relay (outbox row -> acknowledged Kafka record) vs ProducerPerformance", "",
+          "| load | ours rps | commit->Kafka p50 ms | p99 ms | max ms | reference rps | ref p50 ms | ref p99 ms | ours/reference |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    b, br = rl.get("backlog"), rl.get("backlog_reference")
+    if b:
+        m.append(f"| backlog {b['rows']:,} rows (from relay start; first->last {fmt(b['rps_first_to_last'])}/s) | "
+                 f"{fmt(b['rps_from_start'])} | – | – | – | {fmt(br and br['rps'])} | "
+                 f"{fmt(br and br['p50_ms'])} | {fmt(br and br['p99_ms'])} | {fmt(rl.get('backlog_ratio'))} |")
+    for s in rl["steady"]:
+        ref = s["reference"] or {}
+        m.append(f"| steady {s['target_rps']}/s ({s['records']:,} of {s['expected']:,}) | {fmt(s['rps'])} | "
+                 f"{fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | {fmt(s['max_ms'])} | {fmt(ref.get('rps'))} | "
+                 f"{fmt(ref.get('p50_ms'))} | {fmt(ref.get('p99_ms'))} | {fmt(s['ratio_rps'])} |")
+    e = r["end_to_end"]
+    m += ["", "## 3. End to end: payment commit -> message at the fake Telegram", "",
+          "| target payments/s | achieved | errors | notified (distinct) | notifier msgs/s | p50 ms | p99 ms | max ms |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for s in e["steady"]:
+        m.append(f"| {s['target_rps']} | {fmt(s['payment_rps'])} | {s['payment_errors']} | "
+                 f"{s['notified']:,} ({s['notified_distinct']:,}) | {fmt(s['notifier_rps'])} | "
+                 f"{fmt(s['p50_ms'])} | {fmt(s['p99_ms'])} | {fmt(s['max_ms'])} |")
+    nb, nr = e.get("notifier_backlog"), e.get("notifier_replay_dedup")
+    m += [""]
+    if nb:
+        m.append(f"Notifier over a backlog of {nb['events']:,} events (dedup row + send each): "
+                 f"**{fmt(nb['rps'])} msgs/s** from start, {nb['delivered']:,} delivered.")
+    if nr:
+        m.append(f"Notifier replaying the same {nr['events']:,} events (dedup skips all): "
+                 f"**{fmt(nr['rps'])} events/s**, {nr['resent']} re-sent.")
+    m += ["", "## 4. Memory (resident, MiB)", "", "| service | idle RSS | peak (VmHWM) under load |",
+          "|---|---:|---:|"]
+    for name, v in sorted(r["memory"].items()):
+        m.append(f"| {name} | {fmt(v['idle_rss_mb'])} | {fmt(v['peak_hwm_mb'])} |")
+    return "\n".join(m) + "\n"
+
+
+def plot(dists, path, title):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups = [("pay", "PayConcert latency (ghz vs pgbench)"),
+              ("relay", "Relay: outbox insert -> Kafka append"),
+              ("e2e", "End to end: commit -> Telegram")]
+    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
+    for ax, (g, name) in zip(axes, groups):
+        for label, (gg, vals) in dists.items():
+            if gg != g or not vals:
+                continue
+            v = sorted(max(x, 0.01) for x in vals)
+            ax.plot(v, [(i + 1) / len(v) for i in range(len(v))],
+                    label=f"{label} (n={len(v)})", linestyle="--" if label.startswith("pgbench") else "-")
+        ax.set_xscale("log")
+        ax.set_xlabel("latency, ms (log)")
+        ax.set_ylabel("fraction of calls / events")
+        ax.set_title(name)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--raw", required=True)
+    ap.add_argument("--out")
+    ap.add_argument("--max-rate", action="store_true")
+    a = ap.parse_args()
+    if a.max_rate:
+        print(max_rate(a.raw))
+        return
+    dists = {}
+    r = {
+        "started_at": read(a.raw, "started_at"),
+        "machine": ", ".join(l.strip() for l in (read(a.raw, "machine.txt", "") or "").splitlines()),
+        "build": read(a.raw, "build.txt", "CMake"),
+        "quick": "quick=1" in (read(a.raw, "config.txt", "") or ""),
+        "config": read(a.raw, "config.txt", ""),
+        "payload_bytes": int(read(a.raw, "payload_bytes", "0") or 0),
+    }
+    r["payconcert"] = pay_stage(a.raw, dists)
+    r["relay"] = relay_stage(a.raw, dists)
+    r["end_to_end"] = e2e_stage(a.raw, dists)
+    r["memory"] = memory(a.raw)
+    with open(a.out + ".json", "w") as f:
+        json.dump(r, f, indent=2)
+    with open(a.out + ".md", "w") as f:
+        f.write(markdown(r))
+    plot(dists, a.out + ".png", f"concert benchmark {r['started_at']} ({r['machine']})")
+    sys.stdout.write(markdown(r))
+
+
+if __name__ == "__main__":
+    main()
