@@ -34,8 +34,18 @@ demo:
 test: build
 	scripts/test.sh
 
+# The fault test for 10 minutes (`make test` runs it for 2). It starts its own Postgres and
+# Kafka, so nothing needs to be up.
+test-faults: build
+	FAULT_TEST_DURATION=600 $(BUILD_DIR)/tests/fault_test
+
 test-unit: build
 	cd $(BUILD_DIR) && ctest -L unit --output-on-failure
+
+# Benchmarks of every stage beside same-run references (own Postgres/Kafka on free ports);
+# writes bench/results/<date>.{json,md,png}. BENCH_QUICK=1 runs a seconds-long smoke version.
+bench: build
+	BUILD_DIR=$(BUILD_DIR) bench/run.sh
 
 format:
 	clang-format -i $$(git ls-files '*.h' '*.cc')
