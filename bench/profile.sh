@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# bench/profile.sh — profiles the notifier (the slowest stage in bench/run.sh) while it works
+# through a backlog: perf stat (CPU used vs wall time, context switches) and perf record -g
+# (where its CPU time goes). Same private Postgres/Kafka setup as run.sh, stopped at the end.
+#
+#   BUILD_DIR=build bench/profile.sh        output in .local/bench/profile/
+#
+# Environment: BUILD_DIR (default build), PROFILE_EVENTS (payments queued, default 5000).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+# shellcheck source=../scripts/lib.sh
+. scripts/lib.sh
+BIN=$(realpath -m "${BUILD_DIR:-build}")/bin
+N=${PROFILE_EVENTS:-5000}
+OUT="$LOCAL/bench/profile"
+command -v perf >/dev/null && perf stat -e instructions true >/dev/null 2>&1 ||
+  die "perf is not usable here (try valgrind --tool=callgrind on $BIN/notifier instead)"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+export PG_PORT PG_DIR KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_DIR
+PG_PORT=$(free_port) PG_DIR="$LOCAL/bench/pg" KAFKA_PORT=$(free_port)
+KAFKA_CONTROLLER_PORT=$(free_port) KAFKA_DIR="$LOCAL/bench/kafka"
+DB="postgresql://concert:concert@127.0.0.1:$PG_PORT/concert" BOOT="127.0.0.1:$KAFKA_PORT"
+PIDS=()
+cleanup() {
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  sleep 2
+  for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  scripts/kafka.sh stop >/dev/null 2>&1 || true
+  scripts/postgres.sh stop >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+rm -rf "$PG_DIR" "$KAFKA_DIR" "$OUT"; mkdir -p "$OUT"
+scripts/postgres.sh start >/dev/null
+scripts/kafka.sh start >/dev/null
+"$BIN/payment-server" migrate --database-url="$DB" >"$OUT/migrate.log" 2>&1
+/usr/lib/postgresql/15/bin/psql -X -q -v ON_ERROR_STOP=1 "$DB" <<EOF
+INSERT INTO payment.concerts (id, title) VALUES (1, 'Benchmark Live');
+INSERT INTO payment.schedules (id, concert_id, starts_at) VALUES (1, 1, now() + interval '30 days');
+INSERT INTO payment.users (id, name, mail, balance_won) VALUES (1, 'bench', 'bench@example.com', 4000000000000000000);
+INSERT INTO payment.seats (id, schedule_id, seat_number, price_won) SELECT n, 1, n, 50000 FROM generate_series(1, $N) n;
+INSERT INTO payment.reservations (id, user_id, seat_id, amount_won, status, expires_at)
+  SELECT n, 1, n, 50000, 'HELD', now() + interval '1 day' FROM generate_series(1, $N) n;
+EOF
+PAY="127.0.0.1:$(free_port)" SECRET=profile
+"$BIN/payment-server" --database-url="$DB" --grpc-address="$PAY" --metrics-address="127.0.0.1:$(free_port)" \
+  --auth-token-secret="$SECRET" --log-level=warn >"$OUT/payment-server.log" 2>&1 & PIDS+=($!)
+"$BIN/outbox-relay" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" --grpc-address="127.0.0.1:$(free_port)" \
+  --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/relay.log" 2>&1 & PIDS+=($!)
+wait_for_port 127.0.0.1 "${PAY##*:}" 60 || die "payment-server did not listen"
+sleep 3
+TOKEN=$("$BIN/payment-server" mint-token --user-id=1 --auth-token-secret="$SECRET")
+"$LOCAL/bin/ghz" --insecure --call concert.v1.PaymentService/PayConcert \
+  --data '{"reservation_id":"{{.RequestNumber}}"}' --metadata "{\"authorization\":\"Bearer $TOKEN\"}" \
+  -c 8 -n "$N" --skipFirst 0 -O summary "$PAY" >"$OUT/ghz.txt" 2>&1 || true
+sleep 5  # the relay publishes the backlog while the notifier is not running yet
+TG=$(free_port)
+"$BIN/fake-telegram" --port="$TG" --record="$OUT/telegram.jsonl" >"$OUT/fake.log" 2>&1 & PIDS+=($!)
+wait_for_port 127.0.0.1 "$TG" 20
+"$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" --telegram-api-base="http://127.0.0.1:$TG" \
+  --telegram-bot-token=bench --telegram-chat-id=42 --grpc-address="127.0.0.1:$(free_port)" \
+  --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/notifier.log" 2>&1 & NPID=$!; PIDS+=("$NPID")
+wait_until 30 test -s "$OUT/telegram.jsonl" || die "notifier sent nothing"
+# 15 s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.
+perf stat -e task-clock,context-switches,cpu-migrations -p "$NPID" -- sleep 15 2>"$OUT/perf-stat.txt" &
+perf record -F 499 -g -p "$NPID" -o "$OUT/perf.data" -- sleep 15 >/dev/null 2>&1
+wait
+# ...and the Postgres backends' share (the notifier's dedup transactions commit there).
+perf report -i "$OUT/perf.data" --stdio --no-children --percent-limit 1.5 --sort dso,symbol \
+  >"$OUT/perf-report.txt" 2>/dev/null
+say "notified $(wc -l <"$OUT/telegram.jsonl") of $N; see $OUT/perf-stat.txt and $OUT/perf-report.txt"
