@@ -1,7 +1,7 @@
 // End-to-end tests through all four services as real processes, the shared Postgres (a scratch
 // database) and Kafka (topics of their own), and the fake Telegram: what a user of the system
 // sees is one message per payment, whatever Telegram or a poison record does.
-#include <librdkafka/rdkafkacpp.h>
+#include <stdio.h>
 
 #include <map>
 #include <set>
@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/kafka.h"
 #include "tests/e2e/system.h"
@@ -207,27 +208,25 @@ TEST_F(EndToEndTest, PermanentTelegramFailureIsParkedVisibleAndRetryable) {
   ExpectEachExactlyOnce(*system_, paid);
 }
 
-// Reads every record of `topic` from the beginning (a group of its own) for up to `timeout`.
-std::vector<std::unique_ptr<RdKafka::Message>> ReadTopic(const std::string& topic,
-                                                         absl::Duration timeout) {
-  kafka::Config config = kafka::ConsumerConfig(KafkaBootstrap(), testing::UniqueName("e2e_reader"),
-                                               "e2e-reader");
-  auto conf = kafka::MakeConf(config);
-  EXPECT_TRUE(conf.ok()) << conf.status();
-  std::string error;
-  std::unique_ptr<RdKafka::KafkaConsumer> consumer(
-      RdKafka::KafkaConsumer::create(conf->get(), error));
-  EXPECT_NE(consumer, nullptr) << error;
-  std::vector<std::unique_ptr<RdKafka::Message>> records;
-  if (consumer == nullptr) return records;
-  consumer->subscribe({topic});
-  absl::Time deadline = absl::Now() + timeout;
-  while (absl::Now() < deadline) {
-    std::unique_ptr<RdKafka::Message> m(consumer->consume(200));
-    if (m->err() == RdKafka::ERR_NO_ERROR) records.push_back(std::move(m));
-  }
-  consumer->close();
-  return records;
+// The DLQ's records as Kafka's console consumer prints them (key, headers, value per line),
+// read from the beginning, at most `max` records, bounded in time. Kafka's own tool rather than
+// a librdkafka consumer: destroying a short-lived librdkafka 2.0.2 consumer here sometimes hung
+// (joining its broker thread), and a test must not hang.
+std::string ReadTopicWithConsoleConsumer(const std::string& topic, int max) {
+  std::string command = absl::StrCat(
+      "timeout -s KILL 90 ", testing::SourceRoot(),
+      "/scripts/kafka.sh run-class org.apache.kafka.tools.consumer.ConsoleConsumer"
+      " --bootstrap-server ", KafkaBootstrap(), " --topic ", topic,
+      " --from-beginning --max-messages ", max, " --timeout-ms 30000",
+      " --property print.key=true --property print.headers=true 2>/dev/null");
+  std::string out;
+  FILE* pipe = popen(command.c_str(), "r");
+  if (pipe == nullptr) return out;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) out.append(buffer, n);
+  pclose(pipe);
+  return out;
 }
 
 TEST_F(EndToEndTest, PoisonRecordGoesToTheDlqAndIsParkedWhileDeliveriesGoOn) {
@@ -276,18 +275,19 @@ TEST_F(EndToEndTest, PoisonRecordGoesToTheDlqAndIsParkedWhileDeliveriesGoOn) {
             3);
 
   // The DLQ holds the original records with their context.
-  std::vector<std::unique_ptr<RdKafka::Message>> dlq =
-      ReadTopic(system_->dlq_topic(), absl::Seconds(8));
+  // The DLQ holds the original records with their context in headers.
+  std::string dlq = ReadTopicWithConsoleConsumer(system_->dlq_topic(), 3);
   int poison_in_dlq = 0;
-  for (const auto& m : dlq) {
-    if (m->key() == nullptr || *m->key() != poison_key) continue;
+  for (absl::string_view line : absl::StrSplit(dlq, '\n', absl::SkipEmpty())) {
+    if (line.find(poison_key) == absl::string_view::npos) continue;
     ++poison_in_dlq;
-    EXPECT_EQ(kafka::HeaderValue(*m, kafka::dlq::kOriginalTopic).value_or(""), system_->topic());
-    EXPECT_EQ(kafka::HeaderValue(*m, kafka::dlq::kErrorClass).value_or(""), "poison");
-    EXPECT_EQ(kafka::HeaderValue(*m, kafka::dlq::kOriginalConsumerGroup).value_or(""),
-              system_->notifier_group());
+    EXPECT_THAT(std::string(line),
+                HasSubstr(absl::StrCat(kafka::dlq::kOriginalTopic, ":", system_->topic())));
+    EXPECT_THAT(std::string(line), HasSubstr(absl::StrCat(kafka::dlq::kErrorClass, ":poison")));
+    EXPECT_THAT(std::string(line), HasSubstr(absl::StrCat(kafka::dlq::kOriginalConsumerGroup,
+                                                          ":", system_->notifier_group())));
   }
-  EXPECT_EQ(poison_in_dlq, 3);
+  EXPECT_EQ(poison_in_dlq, 3) << dlq;
   ExpectEachExactlyOnce(*system_, all);
 }
 

@@ -397,7 +397,10 @@ int HealthCheck(const std::string& address) {
       grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
   grpc::ClientContext context;
   context.set_deadline(Deadline(absl::Seconds(2)));
-  grpc::ByteBuffer request;  // HealthCheckRequest{service: ""} encodes to zero bytes
+  // HealthCheckRequest{service: ""} encodes to zero bytes; a default ByteBuffer is "invalid"
+  // to gRPC, so give it one empty slice.
+  grpc::Slice empty("");
+  grpc::ByteBuffer request(&empty, 1);
   grpc::ByteBuffer response;
   grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
       channel.get(), kCheck, &context, request, &response);
