@@ -401,7 +401,7 @@ max_rate() {  # the highest rate this run found every stage able to carry, times
 phase=60
 for rate in $E2E_RATES; do
   [[ "$rate" == max ]] && rate=$(max_rate)
-  n=$((rate * E2E_DURATION))
+  n=$((rate * E2E_DURATION * 11 / 10 + 100))  # ghz may send a few more than rate x duration
   seed_range "$phase" "$n"
   base=$(delivered)
   say "   $rate payments/s for ${E2E_DURATION}s"
