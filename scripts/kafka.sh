@@ -52,12 +52,20 @@ EOF
   mv "$TOOL_LOG4J.$$" "$TOOL_LOG4J"
 fi
 
-# Our broker's pid, or nothing; checks the pid really is a kafka.Kafka with our config.
+# Our broker's pid, or nothing: the pid file if it names a kafka.Kafka with our config, else
+# a search by command line (setsid forks when it is started as a process group leader, e.g.
+# under job control, so $! is not always the broker's pid).
 broker_pid() {
   local pid
-  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
-  [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
-    grep -qF "kafka.Kafka $KAFKA_DIR/server.properties" && echo "$pid"
+  pid=$(cat "$PID_FILE" 2>/dev/null) || pid=""
+  if [[ -n "$pid" ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null |
+    grep -qF "kafka.Kafka $KAFKA_DIR/server.properties"; then
+    echo "$pid"
+    return 0
+  fi
+  pid=$(pgrep -n -f "kafka.Kafka $KAFKA_DIR/server.properties\$") || return 1
+  echo "$pid" >"$PID_FILE"
+  echo "$pid"
 }
 running() { broker_pid >/dev/null; }
 # exited: PID is gone or a zombie (its sockets are closed by then; PID 1 reaps it later).
