@@ -7,7 +7,6 @@
 #include <set>
 
 #include <grpcpp/grpcpp.h>
-#include <grpcpp/impl/codegen/client_unary_call.h>
 #include <httplib.h>
 #include <librdkafka/rdkafkacpp.h>
 
@@ -62,30 +61,6 @@ struct DlqRecord {
     return out;
   }
 };
-
-// grpc.health.v1.Health/Check for the overall status, without generated code (Debian ships no
-// health.proto): the request is empty; the response is field 1 (enum), SERVING = 1.
-std::string HealthStatus(const std::string& address) {
-  auto channel = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  grpc::ByteBuffer request, response;
-  grpc::Slice empty("", 0);
-  request = grpc::ByteBuffer(&empty, 1);
-  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-      channel.get(),
-      grpc::internal::RpcMethod("/grpc.health.v1.Health/Check",
-                                grpc::internal::RpcMethod::NORMAL_RPC),
-      &ctx, request, &response);
-  if (!status.ok()) return "UNREACHABLE";
-  std::vector<grpc::Slice> slices;
-  response.Dump(&slices);
-  std::string bytes;
-  for (const auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
-  if (bytes == std::string("\x08\x01", 2)) return "SERVING";
-  if (bytes == std::string("\x08\x02", 2)) return "NOT_SERVING";
-  return "UNKNOWN";
-}
 
 class NotifierTest : public ::testing::Test {
  protected:
@@ -260,7 +235,7 @@ TEST_F(NotifierTest, EachEventOneMessageAndRedeliveriesAreDuplicates) {
   for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(i));
   int metrics_port = concert::testing::FreePort();
   auto notifier = StartNotifier(metrics_port);
-  EXPECT_TRUE(WaitUntil([&] { return HealthStatus(grpc_address_) == "SERVING"; },
+  EXPECT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(grpc_address_) == 1; },
                         absl::Seconds(30)));
   ProduceAll(events);
 

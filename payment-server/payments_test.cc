@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/grpc_server.h"
 #include "common/testing/environment.h"
 #include "concert/events/v1/payment_events.pb.h"
 #include "payment-server/demo.h"
@@ -20,7 +21,7 @@ namespace concert::payment {
 namespace {
 
 using ::concert::payment::testing::Exec;
-using ::concert::payment::testing::HealthStatus;
+using ::concert::testing::HealthStatus;
 using ::concert::payment::testing::QueryInt;
 using ::concert::payment::testing::QueryString;
 using ::concert::testing::ScratchDatabase;

@@ -117,7 +117,7 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
                        {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", metrics_port)}});
   auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port),
                                      grpc::InsecureChannelCredentials());
-  ASSERT_TRUE(WaitUntil([&] { return testing::HealthStatus(channel) == 1; }, absl::Seconds(30)))
+  ASSERT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(channel) == 1; }, absl::Seconds(30)))
       << server.ReadLog();
 
   auto reservations = v1::ReservationService::NewStub(channel);

@@ -18,6 +18,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/time/clock.h"
+#include "common/grpc_server.h"
+#include "grpc/health/v1/health.grpc.pb.h"
 
 namespace concert::testing {
 namespace {
@@ -55,6 +57,21 @@ bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout, absl::
     if (absl::Now() >= deadline) return false;
     absl::SleepFor(poll);
   }
+}
+
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service) {
+  grpc::ClientContext context;
+  context.set_deadline(Deadline(absl::Seconds(2)));
+  grpc::health::v1::HealthCheckRequest request;
+  request.set_service(service);
+  grpc::health::v1::HealthCheckResponse response;
+  grpc::Status status =
+      grpc::health::v1::Health::NewStub(channel)->Check(&context, request, &response);
+  return status.ok() ? response.status() : -1;
+}
+
+int HealthStatus(const std::string& address, const std::string& service) {
+  return HealthStatus(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()), service);
 }
 
 ScratchDatabase::ScratchDatabase(const std::string& prefix) : name_(UniqueName("test_" + prefix)) {

@@ -14,8 +14,11 @@
 
 #include <sys/types.h>
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -37,6 +40,11 @@ std::string SourceRoot();
 // Polls `done` every `poll` until it returns true or `timeout` passes.
 bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
                absl::Duration poll = absl::Milliseconds(100));
+
+// grpc.health.v1.Health/Check of `service` ("" is readiness, "liveness" liveness): 1 SERVING,
+// 2 NOT_SERVING (the protocol's values), -1 when the call fails within 2 s.
+int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "");
+int HealthStatus(const std::string& address, const std::string& service = "");
 
 // A database of its own for one test, dropped (with its connections) at destruction.
 class ScratchDatabase {

@@ -5,9 +5,6 @@
 
 #include <regex>
 
-#include <grpcpp/impl/codegen/client_unary_call.h>
-#include <grpcpp/impl/codegen/rpc_method.h>
-#include <grpcpp/support/byte_buffer.h>
 #include <pqxx/pqxx>
 
 #include "absl/strings/str_cat.h"
@@ -240,14 +237,14 @@ std::vector<std::string> System::CheckUnexpectedExits() {
 }
 
 int System::Health(Service service, int index) {
-  return HealthCheck(Find(service, index).grpc_address);
+  return testing::HealthStatus(Find(service, index).grpc_address);
 }
 
 bool System::WaitHealthy(absl::Duration timeout) {
   return WaitUntil(
       [&] {
         for (Instance& instance : instances_) {
-          if (HealthCheck(instance.grpc_address) != 1) return false;
+          if (testing::HealthStatus(instance.grpc_address) != 1) return false;
         }
         return true;
       },
@@ -388,32 +385,6 @@ grpc::Status AdminClient::Retry(int64_t id, const std::string& reason,
   request.set_id(id);
   request.set_reason(reason);
   return stub_->Retry(&context, request, out);
-}
-
-int HealthCheck(const std::string& address) {
-  static const grpc::internal::RpcMethod kCheck("/grpc.health.v1.Health/Check",
-                                                grpc::internal::RpcMethod::NORMAL_RPC);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
-  grpc::ClientContext context;
-  context.set_deadline(Deadline(absl::Seconds(2)));
-  // HealthCheckRequest{service: ""} encodes to zero bytes; a default ByteBuffer is "invalid"
-  // to gRPC, so give it one empty slice.
-  grpc::Slice empty("");
-  grpc::ByteBuffer request(&empty, 1);
-  grpc::ByteBuffer response;
-  grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
-      channel.get(), kCheck, &context, request, &response);
-  if (!status.ok()) return -1;
-  std::vector<grpc::Slice> slices;
-  if (!response.Dump(&slices).ok()) return -1;
-  std::string bytes;
-  for (const grpc::Slice& s : slices) {
-    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
-  }
-  // HealthCheckResponse{status}: field 1 varint, so 0x08 then one byte; empty means UNKNOWN.
-  if (bytes.size() == 2 && bytes[0] == 0x08) return bytes[1];
-  return bytes.empty() ? 0 : -1;
 }
 
 int64_t QueryInt(const std::string& url, const std::string& sql) {

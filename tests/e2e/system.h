@@ -186,9 +186,6 @@ class AdminClient {
   std::string token_;
 };
 
-// grpc.health.v1.Health/Check without generated code: 1 SERVING, 2 NOT_SERVING, -1 failed.
-int HealthCheck(const std::string& address);
-
 // Small Postgres reads for assertions; throw on connection errors (tests catch or let fail).
 int64_t QueryInt(const std::string& url, const std::string& sql);
 std::vector<std::vector<std::string>> QueryRows(const std::string& url, const std::string& sql);
