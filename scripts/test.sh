@@ -23,4 +23,8 @@ trap cleanup EXIT
 "$ROOT/scripts/postgres.sh" start
 "$ROOT/scripts/kafka.sh" start
 cd "$ROOT/$BUILD_DIR"
-ctest --output-on-failure --timeout 900 -j "${TEST_JOBS:-2}" "$@"
+status=0
+ctest --output-on-failure --timeout 900 -j "${TEST_JOBS:-2}" "$@" || status=$?
+# The fault test's figures, which CTest keeps to itself when the test passes.
+sed -n '/FAULT TEST SUMMARY/,/^=====*$/p' Testing/Temporary/LastTest.log 2>/dev/null || true
+exit "$status"
