@@ -156,6 +156,7 @@ int main(int argc, char** argv) {
     } else {
       log::Info("sending through Telegram",
                 {{"api_base", notifier::RedactToken(o.telegram.api_base, o.telegram.token)}});
+      o.telegram.stop = &StopRequested();
       sender = std::make_unique<notifier::TelegramSender>(o.telegram);
     }
     notifier::Notifier worker(o.notifier, store, *sender, **dlq, metrics::Default());

@@ -3,13 +3,13 @@
 #include <curl/curl.h>
 
 #include <mutex>
-#include <thread>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
+#include "absl/time/clock.h"
 #include "common/log.h"
 
 namespace concert::notifier {
@@ -120,6 +120,14 @@ TelegramSender::Attempt TelegramSender::SendOnce(const std::string& body) {
   return attempt;
 }
 
+bool TelegramSender::Wait(absl::Duration d) const {
+  if (options_.stop == nullptr) {
+    absl::SleepFor(d);
+    return true;
+  }
+  return !options_.stop->WaitForNotificationWithTimeout(d);
+}
+
 SendResult TelegramSender::Send(const Notification& notification) {
   std::string body = json{{"chat_id", options_.chat_id}, {"text", notification.text}}.dump(
       -1, ' ', false, json::error_handler_t::replace);
@@ -135,7 +143,7 @@ SendResult TelegramSender::Send(const Notification& notification) {
       if (rate_limit_waits++ >= options_.max_rate_limit_waits) return attempt.result;
       log::Warn("telegram rate limit; waiting", {{"event_id", notification.event_id},
                                                  {"retry_after_ms", absl::ToInt64Milliseconds(attempt.retry_after)}});
-      std::this_thread::sleep_for(absl::ToChronoMilliseconds(attempt.retry_after));
+      if (!Wait(attempt.retry_after)) return attempt.result;
       continue;
     }
     if (failures++ >= options_.retries) return attempt.result;
@@ -145,7 +153,7 @@ SendResult TelegramSender::Send(const Notification& notification) {
                {"error", attempt.result.message},
                {"attempt", failures},
                {"backoff_ms", absl::ToInt64Milliseconds(backoff)}});
-    std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
+    if (!Wait(backoff)) return attempt.result;
     backoff *= 2;
   }
 }

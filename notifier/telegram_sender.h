@@ -7,6 +7,8 @@
 //   5xx, timeout, connection err -> up to `retries` more attempts with exponential backoff,
 //                                   then transient "telegram_5xx" / "timeout" / "connection"
 //   other 4xx                    -> permanent "telegram_4xx" at once
+// A stop request ends any of those waits at once: Send() returns the last transient result, so
+// the message takes the DLQ route instead of holding up a graceful stop for up to 30 s.
 // Telegram has no idempotency key: a request that timed out may still have been delivered, so
 // a retry after a timeout can repeat a message. That is the price of not losing one.
 //
@@ -20,6 +22,7 @@
 #include <string>
 
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "notifier/sender.h"
 
@@ -41,6 +44,8 @@ struct TelegramOptions {
   absl::Duration max_retry_after = absl::Seconds(30);
   // 429 answers waited out per Send() before giving up as transient.
   int max_rate_limit_waits = 5;
+  // When set and notified, waits between attempts end at once (see above).
+  const absl::Notification* stop = nullptr;
 };
 
 class TelegramSender final : public Sender {
@@ -57,6 +62,8 @@ class TelegramSender final : public Sender {
     bool rate_limited = false;
   };
   Attempt SendOnce(const std::string& body);
+  // Sleeps `d`; false when a stop was requested before or during the wait.
+  bool Wait(absl::Duration d) const;
 
   TelegramOptions options_;
   std::string url_;

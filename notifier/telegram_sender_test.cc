@@ -1,7 +1,10 @@
 // TelegramSender against the fake Telegram server over real HTTP: what each answer becomes.
 #include "notifier/telegram_sender.h"
 
+#include <thread>
+
 #include "absl/strings/match.h"
+#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
 #include "common/testing/environment.h"
 #include "gtest/gtest.h"
@@ -106,6 +109,25 @@ TEST_F(TelegramSenderTest, EndlessRateLimitGivesUpAsTransient) {
   EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
   EXPECT_EQ(r.error_class, "telegram_429");
   EXPECT_EQ(fake_.requests(), 3);
+}
+
+TEST_F(TelegramSenderTest, StopEndsRateLimitWaitAtOnce) {
+  fake_.SetFault({.mode = FaultMode::k429, .retry_after_seconds = 30});
+  absl::Notification stop;
+  TelegramOptions o = Options();
+  o.stop = &stop;
+  TelegramSender sender(o);
+  std::thread stopper([&stop] {
+    absl::SleepFor(absl::Milliseconds(200));
+    stop.Notify();
+  });
+  absl::Time start = absl::Now();
+  SendResult r = sender.Send(Note());
+  stopper.join();
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "telegram_429");
+  EXPECT_EQ(fake_.requests(), 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(20));  // not the 30 s Telegram asked for
 }
 
 TEST_F(TelegramSenderTest, StallBeyondTimeoutIsTimeout) {
