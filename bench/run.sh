@@ -26,7 +26,8 @@
 #                          "max" = 0.8 x the lowest stage limit this run measured
 #   BENCH_E2E_DURATION     seconds per rate (default 60; quick 4)
 #   BENCH_NOTIFY_BACKLOG   payments queued before the notifier starts (default 20000; quick 1000)
-#   BENCH_RATE_CAP         upper bound of any phase's rate, used to size the seeded data (5000/s)
+#   BENCH_RATE_CAP         upper bound of any phase's rate, used to size the seeded data (15000/s)
+#   BENCH_USERS            users the reservations are spread over (default 64)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -49,10 +50,11 @@ RELAY_DURATION=${BENCH_RELAY_DURATION:-$d_relay}
 E2E_RATES=${BENCH_E2E_RATES:-"100 200 300 500"}
 E2E_DURATION=${BENCH_E2E_DURATION:-$d_e2e}
 NOTIFY_BACKLOG=${BENCH_NOTIFY_BACKLOG:-$nbacklog}
-RATE_CAP=${BENCH_RATE_CAP:-5000}
-# One user with a balance that never runs out pays every reservation, in ghz and in pgbench alike
-# (ghz's metadata cannot follow the reservation's owner), so both queue on that user's row.
-USERS=1
+RATE_CAP=${BENCH_RATE_CAP:-15000}
+# Users paying, each with a balance that never runs out. Reservation n belongs to user
+# n % USERS + 1 in ghz and pgbench alike; with at least as many users as concurrent calls, calls
+# in flight seldom queue on the same user's row (BENCH_USERS=1 measures that worst case).
+USERS=${BENCH_USERS:-64}
 
 GHZ="$LOCAL/bin/ghz"
 GRPCURL="$LOCAL/bin/grpcurl"
@@ -187,9 +189,14 @@ EOF
 }
 
 # ghz call data: the reservation id comes from the request number (a Go template raw string in
-# backquotes keeps the JSON valid).
-TOKEN=$("$BIN/payment-server" mint-token --user-id=1 --auth-token-secret="$SECRET" --ttl=24h)
-echo "{\"authorization\":\"Bearer $TOKEN\"}" >"$RAW/ghz-metadata.json"
+# backquotes keeps the JSON valid), and so does the token of the user who owns it: ghz renders
+# the metadata template per call, picking token number RequestNumber % USERS from a list.
+tokens=""
+for ((u = 1; u <= USERS; u++)); do
+  tokens+=" \`$("$BIN/payment-server" mint-token --user-id="$u" --auth-token-secret="$SECRET" --ttl=24h)\`"
+done
+echo "{\"authorization\":\"Bearer {{index (list$tokens) (mod .RequestNumber $USERS)}}\"}" \
+  >"$RAW/ghz-metadata.json"
 ghz_data() { echo '{"reservation_id":"{{printf `%d%08d` '"$1"' .RequestNumber}}"}'; }
 # pay_ghz PHASE OUT ARGS...: ghz PayConcert over phase PHASE's reservations, JSON report to OUT.
 pay_ghz() {
