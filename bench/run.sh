@@ -21,7 +21,7 @@
 #   BENCH_RELAY_BACKLOG    outbox rows inserted at once (default 100000; quick 5000)
 #   BENCH_RELAY_RATES      steady outbox insert rates, rows/s (default "200 1000")
 #   BENCH_RELAY_DURATION   seconds per steady rate (default 60; quick 3)
-#   BENCH_E2E_RATES        steady payment rates (default "100 200 300 500"; the report names the
+#   BENCH_E2E_RATES        steady payment rates (default "100 200 500 800 1000"; the report names the
 #                          highest one sustained: no errors, all notified, p99 under 1 s);
 #                          "max" = 0.8 x the lowest stage limit this run measured
 #   BENCH_E2E_DURATION     seconds per rate (default 60; quick 4)
@@ -47,7 +47,7 @@ PAY_DURATION=${BENCH_PAY_DURATION:-$d_pay}
 RELAY_BACKLOG=${BENCH_RELAY_BACKLOG:-$backlog}
 RELAY_RATES=${BENCH_RELAY_RATES:-"200 1000"}
 RELAY_DURATION=${BENCH_RELAY_DURATION:-$d_relay}
-E2E_RATES=${BENCH_E2E_RATES:-"100 200 300 500"}
+E2E_RATES=${BENCH_E2E_RATES:-"100 200 500 800 1000"}
 E2E_DURATION=${BENCH_E2E_DURATION:-$d_e2e}
 NOTIFY_BACKLOG=${BENCH_NOTIFY_BACKLOG:-$nbacklog}
 RATE_CAP=${BENCH_RATE_CAP:-15000}
