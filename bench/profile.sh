@@ -5,14 +5,15 @@
 #
 #   BUILD_DIR=build bench/profile.sh        output in .local/bench/profile/
 #
-# Environment: BUILD_DIR (default build), PROFILE_EVENTS (payments queued, default 5000).
+# Environment: BUILD_DIR (default build), PROFILE_EVENTS (payments queued, default 20000:
+# enough that the notifier is busy for the whole 10 s window).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=../scripts/lib.sh
 . scripts/lib.sh
 BIN=$(realpath -m "${BUILD_DIR:-build}")/bin
-N=${PROFILE_EVENTS:-5000}
+N=${PROFILE_EVENTS:-20000}
 OUT="$LOCAL/bench/profile"
 command -v perf >/dev/null && perf stat -e instructions true >/dev/null 2>&1 ||
   die "perf is not usable here (try valgrind --tool=callgrind on $BIN/notifier instead)"
@@ -63,10 +64,11 @@ wait_for_port 127.0.0.1 "$TG" 20
   --telegram-bot-token=bench --telegram-chat-id=42 --grpc-address="127.0.0.1:$(free_port)" \
   --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/notifier.log" 2>&1 & NPID=$!; PIDS+=("$NPID")
 wait_until 30 test -s "$OUT/telegram.jsonl" || die "notifier sent nothing"
-# 15 s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.
-perf stat -e task-clock,context-switches,cpu-migrations -p "$NPID" -- sleep 15 2>"$OUT/perf-stat.txt" &
-perf record -F 499 -g -p "$NPID" -o "$OUT/perf.data" -- sleep 15 >/dev/null 2>&1
-wait
+# 10 s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.
+perf stat -e task-clock,context-switches,cpu-migrations -p "$NPID" -- sleep 10 2>"$OUT/perf-stat.txt" &
+STAT=$!
+perf record -F 499 -g -p "$NPID" -o "$OUT/perf.data" -- sleep 10 >/dev/null 2>&1
+wait "$STAT"
 # (-g none: resolving the call graphs takes minutes on this machine.)
 perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso \
   >"$OUT/perf-report.txt" 2>/dev/null
