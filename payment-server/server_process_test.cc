@@ -22,35 +22,23 @@ namespace {
 
 using ::concert::testing::BinaryPath;
 using ::concert::testing::ChildProcess;
+using ::concert::testing::CommandOutput;
 using ::concert::testing::FreePort;
+using ::concert::testing::RunCommandCapturing;
 using ::concert::testing::ScratchDatabase;
 using ::concert::testing::WaitUntil;
 
 constexpr char kSecret[] = "process-test-secret";
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out;
-};
-
 // Runs `payment-server <args>` through the shell with only the given environment (plus PATH).
-RunResult RunBinary(const std::string& env, const std::string& args, bool merge_stderr) {
-  std::string command = absl::StrCat("env -i PATH=/usr/bin:/bin ", env, " ",
-                                     BinaryPath("payment-server"), " ", args,
-                                     merge_stderr ? " 2>&1" : " 2>/dev/null");
-  RunResult run;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
-  int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
+CommandOutput RunBinary(const std::string& env, const std::string& args, bool merge_stderr) {
+  return RunCommandCapturing(absl::StrCat("env -i PATH=/usr/bin:/bin ", env, " ",
+                                          BinaryPath("payment-server"), " ", args,
+                                          merge_stderr ? " 2>&1" : " 2>/dev/null"));
 }
 
 TEST(PaymentServerProcessTest, MissingDatabaseUrlExitsTwoNamingIt) {
-  RunResult run = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "", true);
+  CommandOutput run = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "", true);
   EXPECT_EQ(run.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(run.out, "DATABASE_URL")) << run.out;
   EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)
@@ -68,7 +56,7 @@ TEST(PaymentServerProcessTest, BadSettingsExitTwoNamingThem) {
            {"LOG_LEVEL=chatty", "LOG_LEVEL"},
            {"AUTH_TOKEN_SECRET=", "AUTH_TOKEN_SECRET"},
        }) {
-    RunResult run = RunBinary(absl::StrCat("DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=",
+    CommandOutput run = RunBinary(absl::StrCat("DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=",
                                      kSecret, " ", c.env),
                         "", true);
     EXPECT_EQ(run.exit_code, 2) << c.env << ": " << run.out;
@@ -76,10 +64,10 @@ TEST(PaymentServerProcessTest, BadSettingsExitTwoNamingThem) {
     EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)
         << run.out;
   }
-  RunResult unknown = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=1 --bogus=1", true);
+  CommandOutput unknown = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=1 --bogus=1", true);
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(unknown.out, "bogus")) << unknown.out;
-  RunResult no_user = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token", true);
+  CommandOutput no_user = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token", true);
   EXPECT_EQ(no_user.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(no_user.out, "USER_ID")) << no_user.out;
 }
@@ -88,12 +76,12 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   ScratchDatabase db("payment_process");
   std::string db_env = absl::StrCat("DATABASE_URL='", db.url(), "'");
 
-  RunResult seeded = RunBinary(db_env, "seed-demo", false);
+  CommandOutput seeded = RunBinary(db_env, "seed-demo", false);
   ASSERT_EQ(seeded.exit_code, 0) << seeded.out;
   EXPECT_TRUE(absl::StrContains(seeded.out, "seats ")) << seeded.out;
   EXPECT_TRUE(absl::StrContains(seeded.out, "user 1 <user1@example.com> balance 1000000 won"))
       << seeded.out;
-  RunResult again = RunBinary(db_env, "seed-demo", false);
+  CommandOutput again = RunBinary(db_env, "seed-demo", false);
   EXPECT_EQ(again.exit_code, 0);
   EXPECT_EQ(again.out, seeded.out);  // idempotent
   EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.seats"), 50);
@@ -101,7 +89,7 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.concerts"), 1);
   int64_t seat = testing::QueryInt(db.url(), "SELECT min(id) FROM payment.seats");
 
-  RunResult token = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h",
+  CommandOutput token = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h",
                         false);
   ASSERT_EQ(token.exit_code, 0);
   std::string bearer(absl::StripAsciiWhitespace(token.out));
@@ -145,7 +133,7 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   {
     // A token minted with another secret is refused by this server.
     grpc::ClientContext context;
-    RunResult other = RunBinary("AUTH_TOKEN_SECRET=other", "mint-token --user-id=2", false);
+    CommandOutput other = RunBinary("AUTH_TOKEN_SECRET=other", "mint-token --user-id=2", false);
     context.AddMetadata("authorization",
                         "Bearer " + std::string(absl::StripAsciiWhitespace(other.out)));
     v1::GetPaymentRequest request;

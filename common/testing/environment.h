@@ -128,6 +128,13 @@ int FreePort();
 // Runs a shell command (for scripts/kafka.sh and scripts/postgres.sh); returns its exit code.
 int RunCommand(const std::string& command);
 
+struct CommandOutput {
+  int exit_code = -1;  // -1: it could not start, or a signal ended it
+  std::string out;     // its standard output (redirect within `command` to pick streams)
+};
+// Runs a shell command and collects what it prints.
+CommandOutput RunCommandCapturing(const std::string& command);
+
 }  // namespace concert::testing
 
 #endif  // CONCERT_COMMON_TESTING_ENVIRONMENT_H_

@@ -18,27 +18,16 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::BinaryPath;
+using testing::CommandOutput;
 using testing::FreePort;
+using testing::RunCommandCapturing;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string stderr_text;
-};
-
-// Runs `binary` with a clean environment plus `env` (bounded to 20 s); keeps stderr only.
-RunResult RunBinary(const std::string& binary, const std::vector<std::string>& env) {
+// Runs `binary` with a clean environment plus `env` (bounded to 20 s); its `out` is stderr only.
+CommandOutput RunBinary(const std::string& binary, const std::vector<std::string>& env) {
   std::string command = "env -i PATH=/usr/bin:/bin";
   for (const std::string& e : env) absl::StrAppend(&command, " '", e, "'");
   absl::StrAppend(&command, " timeout -s KILL 20 ", BinaryPath(binary), " 2>&1 >/dev/null");
-  RunResult run;
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) run.stderr_text.append(buffer, n);
-  int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
+  return RunCommandCapturing(command);
 }
 
 std::vector<std::string> Lines(const std::string& text) {
@@ -58,10 +47,10 @@ class CliTest : public ::testing::TestWithParam<std::string> {};
 TEST_P(CliTest, MissingDatabaseUrlIsOneLineNamingIt) {
   std::vector<std::string> env = ValidEnv();
   env.push_back("KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092");
-  RunResult run = RunBinary(GetParam(), env);
+  CommandOutput run = RunBinary(GetParam(), env);
   EXPECT_NE(run.exit_code, 0);
-  EXPECT_EQ(Lines(run.stderr_text).size(), 1u) << run.stderr_text;
-  EXPECT_THAT(run.stderr_text, HasSubstr("DATABASE_URL"));
+  EXPECT_EQ(Lines(run.out).size(), 1u) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("DATABASE_URL"));
 }
 
 TEST_P(CliTest, UnparsableKafkaBootstrapIsOneLineNamingIt) {
@@ -69,10 +58,10 @@ TEST_P(CliTest, UnparsableKafkaBootstrapIsOneLineNamingIt) {
   std::vector<std::string> env = ValidEnv();
   env.push_back("DATABASE_URL=postgresql://concert:concert@127.0.0.1:1/nothing");
   env.push_back("KAFKA_BOOTSTRAP_SERVERS=localhost");
-  RunResult run = RunBinary(GetParam(), env);
+  CommandOutput run = RunBinary(GetParam(), env);
   EXPECT_NE(run.exit_code, 0);
-  EXPECT_EQ(Lines(run.stderr_text).size(), 1u) << run.stderr_text;
-  EXPECT_THAT(run.stderr_text, HasSubstr("KAFKA_BOOTSTRAP_SERVERS"));
+  EXPECT_EQ(Lines(run.out).size(), 1u) << run.out;
+  EXPECT_THAT(run.out, HasSubstr("KAFKA_BOOTSTRAP_SERVERS"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Binaries, CliTest,
