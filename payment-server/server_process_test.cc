@@ -56,15 +56,17 @@ TEST(PaymentServerProcessTest, BadSettingsExitTwoNamingThem) {
            {"LOG_LEVEL=chatty", "LOG_LEVEL"},
            {"AUTH_TOKEN_SECRET=", "AUTH_TOKEN_SECRET"},
        }) {
-    CommandOutput run = RunBinary(absl::StrCat("DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=",
-                                     kSecret, " ", c.env),
-                        "", true);
+    CommandOutput run = RunBinary(
+        absl::StrCat("DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=", kSecret, " ",
+                     c.env),
+        "", true);
     EXPECT_EQ(run.exit_code, 2) << c.env << ": " << run.out;
     EXPECT_TRUE(absl::StrContains(run.out, c.setting)) << run.out;
     EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)
         << run.out;
   }
-  CommandOutput unknown = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=1 --bogus=1", true);
+  CommandOutput unknown = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret),
+                                    "mint-token --user-id=1 --bogus=1", true);
   EXPECT_EQ(unknown.exit_code, 2);
   EXPECT_TRUE(absl::StrContains(unknown.out, "bogus")) << unknown.out;
   CommandOutput no_user = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token", true);
@@ -89,8 +91,8 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   EXPECT_EQ(testing::QueryInt(db.url(), "SELECT count(*) FROM payment.concerts"), 1);
   int64_t seat = testing::QueryInt(db.url(), "SELECT min(id) FROM payment.seats");
 
-  CommandOutput token = RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h",
-                        false);
+  CommandOutput token =
+      RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h", false);
   ASSERT_EQ(token.exit_code, 0);
   std::string bearer(absl::StripAsciiWhitespace(token.out));
   ASSERT_TRUE(absl::StartsWith(bearer, "v1.2.")) << token.out;
