@@ -20,7 +20,7 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15
   openjdk-17-jre-headless maven
-  curl python3
+  curl python3 acl
 )
 GRPCURL_VERSION=v1.9.4   # needs go >= 1.25 (older go >= 1.21 fetches that toolchain itself)
 GHZ_VERSION=v0.121.0

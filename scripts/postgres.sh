@@ -12,7 +12,8 @@
 #   postgresql://concert:concert@127.0.0.1:55432/concert
 #
 # PostgreSQL refuses to run as root: as root the server runs as the `postgres` system user
-# (runuser), which owns PG_DIR and must be able to traverse every directory above it.
+# (runuser), which owns PG_DIR and must be able to traverse every directory above it (as root,
+# this script grants it that by ACL where it is missing, e.g. in a checkout under `mktemp -d`).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -35,18 +36,28 @@ as_pg() { (cd / && "${AS_PG[@]}" "$@"); }
 
 running() { [[ -f "$PG_DIR/PG_VERSION" ]] && as_pg "$PG_BIN/pg_ctl" status -D "$PG_DIR" >/dev/null 2>&1; }
 
+# A checkout in a private directory (`mktemp -d` makes them 0700) hides PG_DIR from the server's
+# user. Give that user search permission, and nothing more, on each directory above PG_DIR that
+# it cannot pass, by ACL; where ACLs are not to be had, say what to change.
+let_postgres_reach_pg_dir() {
+  local d="" part parts
+  IFS=/ read -r -a parts <<<"${PG_DIR#/}"
+  for part in "${parts[@]}"; do
+    d="$d/$part"
+    runuser -u postgres -- test -x "$d" && continue
+    command -v setfacl >/dev/null && setfacl -m u:postgres:x "$d" 2>/dev/null ||
+      die "user postgres cannot reach $PG_DIR: $d is not searchable by it" \
+        "($(stat -c '%A %U:%G' "$d")). Fix with 'chmod o+x $d', or set PG_DIR elsewhere."
+    say "gave user postgres search permission (ACL u:postgres:x) on $d to reach $PG_DIR"
+  done
+}
+
 # First use: create PG_DIR owned by the server's user and run initdb with our pg_hba.conf.
 init_cluster() {
   mkdir -p "$PG_DIR"
   if ((EUID == 0)); then
     chown postgres:postgres "$PG_DIR"
-    if ! runuser -u postgres -- test -w "$PG_DIR"; then
-      local d="" part parts
-      IFS=/ read -r -a parts <<<"${PG_DIR#/}"
-      for part in "${parts[@]}"; do d="$d/$part"; runuser -u postgres -- test -x "$d" || break; done
-      die "user postgres cannot reach $PG_DIR: $d is not searchable by it" \
-        "($(stat -c '%A %U:%G' "$d")). Fix with 'chmod o+x $d', or set PG_DIR elsewhere."
-    fi
+    runuser -u postgres -- test -w "$PG_DIR" || let_postgres_reach_pg_dir
   fi
   chmod 700 "$PG_DIR"
   say "initdb in $PG_DIR"
