@@ -66,6 +66,10 @@ absl::Status StatusFromError(RdKafka::ErrorCode code, absl::string_view context)
     case RdKafka::ERR__QUEUE_FULL:
       return absl::UnavailableError(message);
     case RdKafka::ERR_MSG_SIZE_TOO_LARGE:
+    case RdKafka::ERR_INVALID_MSG_SIZE:
+    case RdKafka::ERR_INVALID_MSG:
+    case RdKafka::ERR_INVALID_RECORD:
+      return absl::InvalidArgumentError(message);
     case RdKafka::ERR__UNKNOWN_TOPIC:
     case RdKafka::ERR_UNKNOWN_TOPIC_OR_PART:
       return absl::FailedPreconditionError(message);

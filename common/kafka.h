@@ -41,7 +41,14 @@ Config ConsumerConfig(const std::string& bootstrap_servers, const std::string& g
 
 absl::StatusOr<std::unique_ptr<RdKafka::Conf>> MakeConf(const Config& config);
 
+// UNAVAILABLE: Kafka unreachable or busy, retry. INVALID_ARGUMENT: this record can never be
+// accepted as it is (larger than the producer's message.max.bytes or the topic's limit,
+// malformed); see IsRecordRejected. FAILED_PRECONDITION: the topic or partition is missing.
 absl::Status StatusFromError(RdKafka::ErrorCode code, absl::string_view context);
+// True for a status that condemns the record, not Kafka: retrying it cannot help.
+inline bool IsRecordRejected(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kInvalidArgument;
+}
 
 struct TopicSpec {
   std::string name;

@@ -48,6 +48,14 @@ void CommitTracker::Acknowledge(uint64_t tx, int64_t row_id, const absl::Status&
   }
 }
 
+void CommitTracker::Withdraw(uint64_t tx) {
+  std::lock_guard lock(mu_);
+  Transaction* t = Find(tx);
+  if (t == nullptr) return;
+  --t->outstanding;
+  --pending_;
+}
+
 CommitTracker::Confirmable CommitTracker::TakeConfirmable() {
   std::lock_guard lock(mu_);
   Confirmable out;

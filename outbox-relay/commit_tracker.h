@@ -42,6 +42,9 @@ class CommitTracker {
   void End(uint64_t tx, Lsn end_lsn);
   // Kafka's answer for one event added with AddEvent.
   void Acknowledge(uint64_t tx, int64_t row_id, const absl::Status& status);
+  // Takes back one event added with AddEvent that was never handed to Kafka (set aside): the
+  // transaction no longer waits for it, and its row is not deleted.
+  void Withdraw(uint64_t tx);
 
   // Pops the longest prefix of ended, fully acknowledged transactions.
   Confirmable TakeConfirmable();

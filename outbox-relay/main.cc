@@ -1,5 +1,9 @@
 // outbox-relay: reads its settings, serves health (gRPC) and metrics (HTTP), and runs the
-// relay until SIGTERM. All logic lives in relay.{h,cc}.
+// relay until SIGTERM. All logic lives in relay.{h,cc} and outbox.{h,cc}.
+//
+//   outbox-relay                          stream the outbox to Kafka (serve)
+//   outbox-relay requeue --older-than=5m  stream outbox rows older than that again (operators,
+//                                         after fixing why they were set aside)
 #include <cstdio>
 #include <cstdlib>
 
@@ -8,8 +12,35 @@
 #include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/postgres.h"
 #include "common/shutdown.h"
+#include "outbox-relay/outbox.h"
 #include "outbox-relay/relay.h"
+
+namespace {
+
+int Requeue(const std::string& database_url, absl::Duration older_than) {
+  if (absl::Status s = concert::relay::MigrateSchema(database_url); !s.ok()) {
+    concert::log::Error("requeue failed", {{"error", std::string(s.message())}});
+    return 1;
+  }
+  absl::StatusOr<int64_t> rows = absl::InternalError("not connected");
+  try {
+    pqxx::connection conn(concert::WithConnectDefaults(database_url));
+    rows = concert::relay::RequeueRows(conn, {.older_than = older_than});
+  } catch (const std::exception& e) {
+    rows = concert::StatusFromException(e);
+  }
+  if (!rows.ok()) {
+    concert::log::Error("requeue failed", {{"error", std::string(rows.status().message())}});
+    return 1;
+  }
+  concert::log::Info("requeued outbox rows; the relay streams them again",
+                     {{"rows", *rows}, {"older_than", absl::FormatDuration(older_than)}});
+  return 0;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   concert::InstallStopHandler();
@@ -48,6 +79,10 @@ int main(int argc, char** argv) {
                                        "how often a standby tries to take over the slot");
   o.slot_stats_interval = s.Duration("SLOT_STATS_INTERVAL", absl::Seconds(10),
                                      "how often the slot's retained WAL is measured");
+  o.stranded_after = s.Duration("STRANDED_AFTER", absl::Minutes(5),
+                                "an outbox row left this long behind the stream is counted and logged");
+  absl::Duration older_than = s.Duration(
+      "OLDER_THAN", absl::Minutes(1), "requeue: only outbox rows created at least this long ago");
   std::string grpc_address =
       s.ListenAddress("GRPC_ADDRESS", "127.0.0.1:50053", "gRPC health service address");
   std::string metrics_address =
@@ -65,6 +100,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   concert::log::Init("outbox-relay", level);
+
+  const std::vector<std::string>& args = s.positional();
+  std::string command = args.empty() ? "serve" : args[0];
+  if (args.size() > 1 || (command != "serve" && command != "requeue")) {
+    std::fprintf(stderr, "outbox-relay: unknown command '%s' (commands: serve, requeue)\n",
+                 (args.size() > 1 ? args[1] : command).c_str());
+    return 2;
+  }
+  if (command == "requeue") return Requeue(o.database_url, older_than);
 
   auto grpc = concert::StartGrpcServer(grpc_address, {});
   if (!grpc.ok()) {

@@ -20,6 +20,7 @@
 #include "common/postgres.h"
 #include "common/status.h"
 #include "outbox-relay/commit_tracker.h"
+#include "outbox-relay/outbox.h"
 #include "outbox-relay/pgoutput.h"
 
 namespace concert::relay {
@@ -31,6 +32,9 @@ constexpr char kPaymentCompleted[] = "PaymentCompleted";
 // SQLSTATE object_in_use: "replication slot ... is active for PID ...".
 constexpr char kObjectInUse[] = "55006";
 constexpr char kDuplicateObject[] = "42710";
+// Longer than any wait inside the streaming loop (a poll is 100 ms), far shorter than Postgres'
+// wal_sender_timeout (60 s by default).
+constexpr absl::Duration kPauseCheckAfter = absl::Seconds(2);
 
 bool IsIdentifier(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
@@ -94,12 +98,10 @@ absl::Status ValidateOptions(const RelayOptions& o) {
 
 struct Relay::Metrics {
   explicit Metrics(metrics::Registry& r)
-      : events(r.GetCounter("relay_events_total", "Outbox events acknowledged by Kafka")),
+      : registry(r),
+        events(r.GetCounter("relay_events_total", "Outbox events acknowledged by Kafka")),
         delivery_errors(r.GetCounter("relay_delivery_errors_total",
                                      "Kafka deliveries that failed (each restarts the stream)")),
-        unroutable(r.GetCounter("relay_unroutable_events_total",
-                                "Events with no topic for their type, or undecodable; their "
-                                "rows stay in the outbox")),
         deleted(r.GetCounter("relay_outbox_rows_deleted_total",
                              "Outbox rows deleted after Kafka acknowledged them")),
         restarts_postgres(r.GetCounter("relay_stream_restarts_total",
@@ -111,7 +113,8 @@ struct Relay::Metrics {
                                  "WAL position last confirmed to Postgres (bytes)")),
         server_lsn(r.GetGauge("relay_server_lsn", "Server's WAL end as last reported (bytes)")),
         bytes_behind(r.GetGauge("relay_bytes_behind",
-                                "Server WAL end minus the confirmed position (bytes)")),
+                                "Server's current WAL position minus the slot's confirmed "
+                                "position (bytes), as the server reports them")),
         retained_wal(r.GetGauge("relay_slot_retained_wal_bytes",
                                 "WAL the slot keeps on the server (current LSN - restart_lsn)")),
         pending(r.GetGauge("relay_pending_events", "Events sent and not yet acknowledged")),
@@ -122,11 +125,31 @@ struct Relay::Metrics {
                                  "Commit time to send time of each event", AgeBuckets())),
         commit_to_ack(r.GetHistogram("relay_commit_to_ack_seconds",
                                      "Commit time to Kafka acknowledgement of each event",
-                                     AgeBuckets())) {}
+                                     AgeBuckets())),
+        stranded_rows(r.GetGauge("relay_outbox_stranded_rows",
+                                 "Outbox rows still there long after the stream passed them")),
+        oldest_stranded(r.GetGauge("relay_outbox_oldest_stranded_age_seconds",
+                                   "Age of the oldest stranded outbox row (0 when none)")),
+        stale_dropped(r.GetCounter(
+            "relay_stale_events_dropped_total",
+            "Events received on a replication connection that was lost while the relay was "
+            "paused, dropped unsent (the slot's new holder relays them)")) {}
 
+  // Events set aside, by reason class ("no_topic", "undecodable", "too_large").
+  metrics::Counter& set_aside(const std::string& reason_class) {
+    return registry.GetCounter("relay_set_aside_events_total",
+                               "Events not relayed; their rows stay in the outbox, listed in "
+                               "relay.set_aside_events",
+                               {{"reason", reason_class}});
+  }
+
+  // The slot's lag and retained WAL as the server sees them: true whatever state the stream
+  // is in (restarting, waiting for Kafka, standby).
+  void MeasureSlot(pqxx::connection& conn, const std::string& slot);
+
+  metrics::Registry& registry;
   metrics::Counter& events;
   metrics::Counter& delivery_errors;
-  metrics::Counter& unroutable;
   metrics::Counter& deleted;
   metrics::Counter& restarts_postgres;
   metrics::Counter& restarts_kafka;
@@ -140,6 +163,9 @@ struct Relay::Metrics {
   metrics::Gauge& kafka_up;
   metrics::Histogram& event_age;
   metrics::Histogram& commit_to_ack;
+  metrics::Gauge& stranded_rows;
+  metrics::Gauge& oldest_stranded;
+  metrics::Counter& stale_dropped;
 };
 
 // One streaming session: a catalog connection, a replication connection and a tracker. Any
@@ -162,14 +188,18 @@ class Relay::Session {
   absl::Status Prepare();
   absl::Status ConnectReplication();
   absl::Status CreateSlot();
-  absl::Status RequeuePreexistingRows();
+  absl::Status CatchUpIfPending();
   absl::Status StartStreaming();
   absl::Status Handle(absl::string_view copy_data);
   absl::Status HandleInsert(const Insert& insert);
+  // Records why an event is not relayed; the stream goes on without it.
+  absl::Status SetAsideEvent(const SetAside& entry);
   absl::Status Periodic(bool force_status);
   absl::Status CleanupAndConfirm();
   absl::Status SendStatus(bool reply_requested);
   void MeasureSlot();
+  void MeasureStranded();
+  absl::Status EnsureStillHoldingSlot();
   absl::Status Drain(const absl::Notification& stop);
 
   Relay& relay_;
@@ -177,7 +207,7 @@ class Relay::Session {
   Metrics& m_;
   std::unique_ptr<pqxx::connection> catalog_;
   PGconn* repl_ = nullptr;
-  bool slot_created_ = false;
+  bool slot_exists_ = false;
   std::shared_ptr<CommitTracker> tracker_ = std::make_shared<CommitTracker>();
 
   std::map<uint32_t, OutboxColumns> relations_;  // outbox relation ids -> column positions
@@ -189,11 +219,19 @@ class Relay::Session {
   Lsn confirmed_ = 0;       // what we report as flushed; 0 until known
   Lsn acked_lsn_ = 0;       // acknowledged by Kafka, confirmed once to_delete_ is deleted
   std::vector<int64_t> to_delete_;
+  // The last time nothing received was waiting for Kafka or deletion: every row committed
+  // well before it has been streamed, so one still in the outbox was left behind.
+  absl::Time last_idle_ = absl::InfinitePast();
+  absl::Time last_loop_ = absl::InfinitePast();  // see kPauseCheckAfter
   absl::Time next_status_ = absl::InfinitePast();
   absl::Time next_slot_stats_ = absl::InfinitePast();
 };
 
 absl::Status Relay::Session::Prepare() {
+  if (!relay_.schema_ready_) {
+    RETURN_IF_ERROR(MigrateSchema(o_.database_url));
+    relay_.schema_ready_ = true;
+  }
   try {
     catalog_ = std::make_unique<pqxx::connection>(WithConnectDefaults(o_.database_url));
     pqxx::nontransaction tx(*catalog_);
@@ -222,7 +260,7 @@ absl::Status Relay::Session::Prepare() {
         ASSIGN_OR_RETURN(confirmed_, ParseLsn(slot[0][0].c_str()));
       }
     }
-    slot_created_ = !slot.empty();
+    slot_exists_ = !slot.empty();
   } catch (const std::exception& e) {
     return Annotate(StatusFromException(e), "preparing publication and slot");
   }
@@ -230,9 +268,23 @@ absl::Status Relay::Session::Prepare() {
 }
 
 absl::Status Relay::Session::ConnectReplication() {
+  // Values in the stream are the server's text output of each column, which session settings
+  // can change (bytea_output = 'escape' set on the database or role would make every payload
+  // undecodable). Settings given at connection time win over those.
   std::string url = WithConnectDefaults(o_.database_url);
-  const char* keys[] = {"dbname", "replication", "application_name", nullptr};
-  const char* values[] = {url.c_str(), "database", "outbox-relay", nullptr};
+  std::string options = "-c bytea_output=hex";
+  char* error = nullptr;
+  if (PQconninfoOption* parsed = PQconninfoParse(url.c_str(), &error)) {
+    for (PQconninfoOption* opt = parsed; opt->keyword != nullptr; ++opt) {
+      if (std::string(opt->keyword) == "options" && opt->val != nullptr) {
+        options = absl::StrCat(opt->val, " ", options);
+      }
+    }
+    PQconninfoFree(parsed);
+  }
+  PQfreemem(error);
+  const char* keys[] = {"dbname", "replication", "application_name", "options", nullptr};
+  const char* values[] = {url.c_str(), "database", "outbox-relay", options.c_str(), nullptr};
   repl_ = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
   if (repl_ == nullptr || PQstatus(repl_) != CONNECTION_OK) {
     return absl::UnavailableError(
@@ -241,7 +293,10 @@ absl::Status Relay::Session::ConnectReplication() {
   return absl::OkStatus();
 }
 
+// The catch-up is marked pending before the slot exists, so that a relay that dies between
+// creating the slot and finishing the catch-up leaves the work to the next session.
 absl::Status Relay::Session::CreateSlot() {
+  RETURN_IF_ERROR(MarkCatchUpPending(*catalog_, o_.slot));
   std::string sql = absl::StrCat("CREATE_REPLICATION_SLOT ", o_.slot,
                                  " LOGICAL pgoutput NOEXPORT_SNAPSHOT");
   PGresult* res = PQexec(repl_, sql.c_str());
@@ -252,7 +307,7 @@ absl::Status Relay::Session::CreateSlot() {
       status = absl::UnavailableError(absl::StrCat("creating slot: ", ResultError(repl_, res)));
     }
     PQclear(res);
-    return status;  // created meanwhile by another relay: it re-queued the old rows
+    return status;  // or created meanwhile by another relay
   }
   // consistent_point: where the new slot starts; confirming from it on is safe.
   if (PQntuples(res) > 0 && PQnfields(res) > 1 && !PQgetisnull(res, 0, 1)) {
@@ -261,29 +316,19 @@ absl::Status Relay::Session::CreateSlot() {
   }
   PQclear(res);
   log::Info("created replication slot", {{"slot", o_.slot}});
-  return RequeuePreexistingRows();
+  return absl::OkStatus();
 }
 
-// A new slot streams only what commits after its creation. Rows already in the outbox (written
-// while no slot existed) are re-inserted, with the same ids, so that they are streamed too.
-// REPEATABLE READ: the copy and the delete see the same rows, so a row committed meanwhile is
-// neither lost nor doubled in the table (it streams on its own).
-absl::Status Relay::Session::RequeuePreexistingRows() {
-  try {
-    pqxx::transaction<pqxx::isolation_level::repeatable_read> tx(*catalog_);
-    tx.exec(absl::StrCat("CREATE TEMP TABLE relay_requeue ON COMMIT DROP AS SELECT * FROM ",
-                         kOutboxSchema, ".", kOutboxTable));
-    pqxx::result moved = tx.exec(absl::StrCat("DELETE FROM ", kOutboxSchema, ".", kOutboxTable));
-    tx.exec(absl::StrCat("INSERT INTO ", kOutboxSchema, ".", kOutboxTable,
-                         " SELECT * FROM relay_requeue ORDER BY id"));
-    tx.commit();
-    if (moved.affected_rows() > 0) {
-      log::Info("re-queued outbox rows older than the new slot",
-                {{"rows", moved.affected_rows()}});
-    }
-  } catch (const std::exception& e) {
-    return Annotate(StatusFromException(e), "re-queueing rows older than the slot");
-  }
+// A new slot streams only what commits after its creation. Rows already in the outbox then
+// (written while no slot existed) are re-queued so that they are streamed too. Until that has
+// committed, every session tries again: an interrupted catch-up is resumed, never skipped.
+absl::Status Relay::Session::CatchUpIfPending() {
+  ASSIGN_OR_RETURN(bool pending, CatchUpPending(*catalog_, o_.slot));
+  if (!pending) return absl::OkStatus();
+  ASSIGN_OR_RETURN(int64_t rows,
+                   RequeueRows(*catalog_, {.completes_catch_up_of = o_.slot}));
+  log::Info("caught up with outbox rows older than the slot",
+            {{"slot", o_.slot}, {"rows_requeued", rows}});
   return absl::OkStatus();
 }
 
@@ -306,7 +351,8 @@ absl::Status Relay::Session::StartStreaming() {
 absl::Status Relay::Session::Run(const absl::Notification& stop) {
   RETURN_IF_ERROR(Prepare());
   RETURN_IF_ERROR(ConnectReplication());
-  if (!slot_created_) RETURN_IF_ERROR(CreateSlot());
+  if (!slot_exists_) RETURN_IF_ERROR(CreateSlot());
+  RETURN_IF_ERROR(CatchUpIfPending());
   RETURN_IF_ERROR(StartStreaming());
 
   m_.active.Set(1);
@@ -316,7 +362,14 @@ absl::Status Relay::Session::Run(const absl::Notification& stop) {
   relay_.SetHealth(true);
 
   int since_periodic = 0;
+  last_loop_ = absl::Now();
   while (!stop.HasBeenNotified()) {
+    // A gap this long means the process was paused (SIGSTOP, a frozen VM) or starved: Postgres
+    // may have ended our walsender and given the slot to a standby meanwhile. What is buffered
+    // on the connection must then not be produced.
+    absl::Time now = absl::Now();
+    if (now - last_loop_ > kPauseCheckAfter) RETURN_IF_ERROR(EnsureStillHoldingSlot());
+    last_loop_ = now;
     char* buf = nullptr;
     int n = PQgetCopyData(repl_, &buf, /*async=*/1);
     if (n > 0) {
@@ -362,6 +415,47 @@ absl::Status Relay::Session::Drain(const absl::Notification&) {
   absl::Status s = Periodic(/*force_status=*/true);
   log::Info("stream stopped", {{"confirmed", FormatLsn(confirmed_)}});
   return s;
+}
+
+// After a pause: ask the server who holds the slot. If it is not our walsender (or the server
+// cannot say), drop what is buffered on the connection, counting its events, and end the
+// session; the next one starts from the confirmed position or waits as a standby.
+absl::Status Relay::Session::EnsureStillHoldingSlot() {
+  absl::Status holding;
+  try {
+    pqxx::nontransaction tx(*catalog_);
+    pqxx::result r = tx.exec_params(
+        "SELECT coalesce(active_pid, 0) FROM pg_replication_slots WHERE slot_name = $1", o_.slot);
+    int holder = r.empty() ? 0 : r[0][0].as<int>();
+    if (holder == PQbackendPID(repl_)) return absl::OkStatus();
+    holding = StandbyStatus(absl::StrCat("slot ", o_.slot, " was taken over while this relay was "
+                                         "paused (now held by walsender pid ", holder, ")"));
+  } catch (const std::exception& e) {
+    holding = Annotate(StatusFromException(e), "checking the slot after a pause");
+  }
+  int64_t dropped = 0;
+  // Bounded: a connection that is still alive could keep sending.
+  for (absl::Time deadline = absl::Now() + absl::Seconds(2); absl::Now() < deadline;) {
+    PQconsumeInput(repl_);
+    char* buf = nullptr;
+    int n = PQgetCopyData(repl_, &buf, /*async=*/1);
+    if (n <= 0) break;
+    absl::StatusOr<CopyMessage> copy = ParseCopyMessage(absl::string_view(buf, n));
+    if (copy.ok()) {
+      if (auto* x = std::get_if<XLogData>(&*copy)) {
+        absl::StatusOr<Message> msg = DecodeMessage(x->data);
+        if (msg.ok()) {
+          dropped += std::holds_alternative<Insert>(*msg);  // the publication's only table
+        }
+      }
+    }
+    PQfreemem(buf);
+  }
+  m_.stale_dropped.Increment(static_cast<double>(dropped));
+  log::Warn("lost the replication slot while paused; dropped what was buffered",
+            {{"slot", o_.slot}, {"events_dropped", dropped},
+             {"detail", std::string(holding.message())}});
+  return holding;
 }
 
 absl::Status Relay::Session::Handle(absl::string_view copy_data) {
@@ -432,16 +526,22 @@ absl::Status Relay::Session::HandleInsert(const Insert& insert) {
   int64_t row_id = 0;
   std::string event_id = text(c.event_id);
   std::string event_type = text(c.event_type);
-  auto unroutable = [&](absl::string_view why) {
-    m_.unroutable.Increment();
-    log::Error("event not relayed; its row stays in the outbox",
-               {{"reason", std::string(why)}, {"event_id", event_id}, {"event_type", event_type},
-                {"row_id", row_id}});
-    return absl::OkStatus();
+  auto set_aside = [&](const char* reason_class, std::string reason, int64_t bytes) {
+    return SetAsideEvent({.outbox_id = row_id, .event_id = event_id, .event_type = event_type,
+                          .reason_class = reason_class, .reason = std::move(reason),
+                          .record_bytes = bytes});
   };
-  if (!absl::SimpleAtoi(text(c.id), &row_id)) return unroutable("id is not a number");
+  // The id column is bigint: only a changed table could make this fail, and then no row can
+  // be deleted or re-queued by id either.
+  if (!absl::SimpleAtoi(text(c.id), &row_id)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("payment.outbox_events.id is not an integer: '", text(c.id), "'"));
+  }
   absl::StatusOr<std::string> payload = DecodeByteaHex(text(c.payload));
-  if (!payload.ok()) return unroutable(payload.status().message());
+  if (!payload.ok()) {
+    return set_aside("undecodable", absl::StrCat("payload: ", payload.status().message()),
+                     static_cast<int64_t>(text(c.payload).size()));
+  }
 
   kafka::Record record;
   if (event_type == kPaymentCompleted) {
@@ -449,7 +549,10 @@ absl::Status Relay::Session::HandleInsert(const Insert& insert) {
   } else if (!o_.unknown_event_topic.empty()) {
     record.topic = o_.unknown_event_topic;
   } else {
-    return unroutable("no topic for this event type");
+    return set_aside("no_topic",
+                     absl::StrCat("no topic for event type '", event_type,
+                                  "' (set UNKNOWN_EVENT_TOPIC, then requeue)"),
+                     static_cast<int64_t>(payload->size()));
   }
   record.key = text(c.aggregate_id);
   record.value = *std::move(payload);
@@ -471,6 +574,10 @@ absl::Status Relay::Session::HandleInsert(const Insert& insert) {
     }
   }
 
+  int64_t record_bytes = static_cast<int64_t>(record.key.size() + record.value.size());
+  for (const auto& [name, value] : record.headers) {
+    record_bytes += static_cast<int64_t>(name.size() + value.size());
+  }
   absl::Time commit_time = FromPgTime(tx_commit_time_);
   m_.event_age.Observe(absl::ToDoubleSeconds(absl::Now() - commit_time));
   uint64_t tx = *tx_;
@@ -493,9 +600,24 @@ absl::Status Relay::Session::HandleInsert(const Insert& insert) {
         tracker->Acknowledge(tx, row_id, status);
       });
   if (!produced.ok()) {
+    if (kafka::IsRecordRejected(produced)) {
+      // Never queued: the transaction confirms without it, and its row stays.
+      tracker_->Withdraw(tx);
+      return set_aside("too_large", std::string(produced.message()), record_bytes);
+    }
     tracker_->Acknowledge(tx, row_id, produced);
     return KafkaStatus(produced);
   }
+  return absl::OkStatus();
+}
+
+absl::Status Relay::Session::SetAsideEvent(const SetAside& entry) {
+  RETURN_IF_ERROR(RecordSetAside(*catalog_, entry));
+  m_.set_aside(entry.reason_class).Increment();
+  log::Error("event set aside, not relayed; its row stays in the outbox",
+             {{"reason", entry.reason}, {"reason_class", entry.reason_class},
+              {"event_id", entry.event_id}, {"event_type", entry.event_type},
+              {"row_id", entry.outbox_id}, {"record_bytes", entry.record_bytes}});
   return absl::OkStatus();
 }
 
@@ -511,9 +633,11 @@ absl::Status Relay::Session::Periodic(bool force_status) {
     RETURN_IF_ERROR(CleanupAndConfirm());
     RETURN_IF_ERROR(SendStatus(false));
   }
+  if (tracker_->Idle() && to_delete_.empty()) last_idle_ = now;
   if (now >= next_slot_stats_) {
     next_slot_stats_ = now + o_.slot_stats_interval;
     MeasureSlot();
+    MeasureStranded();
   }
   return absl::OkStatus();
 }
@@ -550,8 +674,6 @@ absl::Status Relay::Session::SendStatus(bool reply_requested) {
   if (confirmed_ != 0) {
     m_.confirmed_lsn.Set(static_cast<double>(confirmed_));
     m_.server_lsn.Set(static_cast<double>(server_end_));
-    m_.bytes_behind.Set(server_end_ > confirmed_ ? static_cast<double>(server_end_ - confirmed_)
-                                                 : 0);
   }
   // Before the first confirmation we know (a brand-new slot) report 0: "no position", which
   // leaves the slot as it is rather than moving it.
@@ -564,14 +686,38 @@ absl::Status Relay::Session::SendStatus(bool reply_requested) {
   return absl::OkStatus();
 }
 
-void Relay::Session::MeasureSlot() {
+void Relay::Session::MeasureSlot() { m_.MeasureSlot(*catalog_, o_.slot); }
+
+void Relay::Session::MeasureStranded() {
+  if (last_idle_ == absl::InfinitePast()) return;  // the stream has not caught up yet
+  absl::StatusOr<Stranded> stranded = FindStranded(*catalog_, last_idle_, o_.stranded_after);
+  if (!stranded.ok()) {
+    log::Warn("looking for stranded outbox rows failed",
+              {{"error", std::string(stranded.status().message())}});
+    return;
+  }
+  bool changed = m_.stranded_rows.value() != static_cast<double>(stranded->rows);
+  m_.stranded_rows.Set(static_cast<double>(stranded->rows));
+  m_.oldest_stranded.Set(stranded->oldest_age_seconds);
+  if (stranded->rows > 0 && changed) {
+    log::Warn("outbox rows left behind by the stream (see relay.set_aside_events; "
+              "`outbox-relay requeue` streams them again)",
+              {{"rows", stranded->rows}, {"oldest_ids", stranded->first_ids},
+               {"oldest_age_seconds", stranded->oldest_age_seconds}});
+  }
+}
+
+void Relay::Metrics::MeasureSlot(pqxx::connection& conn, const std::string& slot) {
   try {
-    pqxx::nontransaction tx(*catalog_);
+    pqxx::nontransaction tx(conn);
     pqxx::result r = tx.exec_params(
-        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint FROM pg_replication_slots "
-        "WHERE slot_name = $1",
-        o_.slot);
-    if (!r.empty() && !r[0][0].is_null()) m_.retained_wal.Set(r[0][0].as<double>());
+        "SELECT (pg_current_wal_lsn() - restart_lsn)::bigint, "
+        "(pg_current_wal_lsn() - confirmed_flush_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = $1",
+        slot);
+    if (r.empty()) return;
+    if (!r[0][0].is_null()) retained_wal.Set(r[0][0].as<double>());
+    if (!r[0][1].is_null()) bytes_behind.Set(r[0][1].as<double>());
   } catch (const std::exception& e) {
     log::Warn("measuring the slot failed", {{"error", e.what()}});
   }
@@ -590,6 +736,18 @@ void Relay::SetHealth(bool serving) {
   health_reported_ = true;
   serving_ = serving;
   if (on_health_) on_health_(serving);
+}
+
+void Relay::MeasureSlotFromOutside() {
+  absl::Time now = absl::Now();
+  if (now < next_outside_measure_) return;
+  next_outside_measure_ = now + options_.slot_stats_interval;
+  try {
+    pqxx::connection conn(WithConnectDefaults(options_.database_url));
+    metrics_->MeasureSlot(conn, options_.slot);
+  } catch (const std::exception&) {
+    // Postgres is down: relay_postgres_up already says so.
+  }
 }
 
 absl::Status Relay::PrepareKafka() {
@@ -634,6 +792,7 @@ void Relay::Run(const absl::Notification& stop) {
     SetHealth(false);
     if (stop.HasBeenNotified()) break;
 
+    MeasureSlotFromOutside();
     absl::Duration wait;
     if (IsStandby(status)) {
       metrics_->postgres_up.Set(1);

@@ -6,9 +6,17 @@
 //   Relay relay(options, metrics::Default(), [&](bool ok) { SetServing(*grpc, ok); });
 //   relay.Run(StopRequested());   // returns after a stop was requested and in-flight work ended
 //
-// Run() owns the whole life cycle: it creates the topics, the publication and the slot when
-// missing, streams, retries Postgres and Kafka outages with backoff, waits as a standby while
-// another relay holds the slot, and deletes outbox rows whose events Kafka acknowledged.
+// Run() owns the whole life cycle: it creates the topics, its schema `relay`, the publication
+// and the slot when missing, re-queues the rows a new slot would not stream (outbox.h), streams,
+// retries Postgres and Kafka outages with backoff, waits as a standby while another relay holds
+// the slot, and deletes outbox rows whose events Kafka acknowledged.
+//
+// A row that can never be relayed (no topic for its type, undecodable, larger than Kafka
+// accepts) is set aside: counted in relay_set_aside_events_total{reason}, logged, recorded with
+// its reason in relay.set_aside_events, and left in the outbox for an operator; the stream goes
+// on. Only a stage-level failure (Postgres or Kafka unreachable) stops the stream, and then it
+// resumes from the last confirmed position.
+//
 // Call Run() from one thread; the health callback is called from that thread.
 #ifndef CONCERT_OUTBOX_RELAY_RELAY_H_
 #define CONCERT_OUTBOX_RELAY_RELAY_H_
@@ -36,9 +44,8 @@ struct RelayOptions {
   // Created at start for the notifier and retry-worker; the relay writes nothing to it.
   std::string dlq_topic = "payment-notification-dlq";
   int dlq_partitions = 1;
-  // Where events of a type without a topic go. Empty (the default): they are not sent, are
-  // logged and counted (relay_unroutable_events_total) and their rows stay in the outbox for
-  // an operator; the stream goes on.
+  // Where events of a type without a topic go. Empty (the default): they are set aside like
+  // every event that cannot be relayed (see Relay); the stream goes on.
   std::string unknown_event_topic;
   std::string slot = "concert_outbox_relay";
   std::string publication = "concert_outbox";
@@ -55,8 +62,11 @@ struct RelayOptions {
   absl::Duration backoff_max = absl::Seconds(10);
   // How often a standby tries to take the slot over.
   absl::Duration standby_poll_interval = absl::Seconds(1);
-  // How often the slot's retained WAL is measured (a query on pg_replication_slots).
+  // How often the slot's retained WAL and the stranded outbox rows are measured.
   absl::Duration slot_stats_interval = absl::Seconds(10);
+  // An outbox row still there this long after the stream moved past it is "stranded": counted
+  // (relay_outbox_stranded_rows) and logged, whatever the cause.
+  absl::Duration stranded_after = absl::Minutes(5);
 };
 
 // INVALID_ARGUMENT naming the setting when a name cannot be used as a Postgres identifier
@@ -79,12 +89,16 @@ class Relay {
 
   absl::Status PrepareKafka();
   void SetHealth(bool serving);
+  // Between sessions: the slot's lag and retained WAL as the server sees them.
+  void MeasureSlotFromOutside();
 
   RelayOptions options_;
   std::unique_ptr<Metrics> metrics_;
   std::function<void(bool)> on_health_;
   std::unique_ptr<kafka::Producer> producer_;
   bool kafka_suspect_ = true;  // probe Kafka (and create topics) before the next session
+  bool schema_ready_ = false;  // schema `relay` migrated by this process
+  absl::Time next_outside_measure_ = absl::InfinitePast();
   bool serving_ = false;
   bool health_reported_ = false;
 };

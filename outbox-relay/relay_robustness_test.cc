@@ -1,0 +1,231 @@
+// outbox-relay against bad rows, bad settings and bad timing, on the real Postgres and Kafka:
+// a row no Kafka accepts, a row of an unknown type, a database setting that changes the text
+// form of bytea, a catch-up of old rows that is interrupted, and a relay that wakes up after
+// another took its slot. The rule they check: a bad row is set aside where an operator sees it
+// (relay.set_aside_events, a metric, a log line) and the stream goes on; nothing is lost.
+#include "outbox-relay/test_util.h"
+
+namespace concert::relay {
+namespace {
+
+using namespace ::concert::relay::testing;  // NOLINT: the helpers of test_util.h
+
+// Inserts one outbox row the way payment-server does, with a payload of its own.
+int64_t InsertRow(const std::string& url, const std::string& event_type,
+                  const std::string& payload) {
+  pqxx::connection c(url);
+  pqxx::work tx(c);
+  pqxx::row row = tx.exec_params1(
+      "INSERT INTO payment.outbox_events (event_id, aggregate_type, aggregate_id, event_type, "
+      "payload) VALUES (gen_random_uuid(), 'Reservation', '1', $1, $2) RETURNING id",
+      event_type, pqxx::binarystring(payload));
+  tx.commit();
+  return row[0].as<int64_t>();
+}
+
+std::string SetAsideReason(const std::string& url, int64_t row_id) {
+  pqxx::connection c(url);
+  pqxx::nontransaction tx(c);
+  pqxx::result r = tx.exec_params(
+      "SELECT reason FROM relay.set_aside_events WHERE outbox_id = $1", row_id);
+  return r.empty() ? "" : r[0][0].as<std::string>();
+}
+
+double SetAsideCount(InProcessRelay& relay, const std::string& reason) {
+  return relay.registry()
+      .GetCounter("relay_set_aside_events_total", "", {{"reason", reason}})
+      .value();
+}
+
+TEST_F(RelayTest, RowLargerThanKafkaAcceptsIsSetAsideAndTheStreamGoesOn) {
+  InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
+  ASSERT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+      absl::Seconds(30)));
+  OutboxWriter writer(db_.url());
+  std::vector<Event> written = writer.WriteTransaction(3, 3);
+  int64_t huge = InsertRow(db_.url(), "PaymentCompleted", std::string(1'500'000, 'x'));
+  std::vector<Event> after = writer.WriteTransaction(5, 3);
+  written.insert(written.end(), after.begin(), after.end());
+
+  TopicReader reader(KafkaBootstrap(), topic_);
+  reader.ReadUntil(
+      [&](const std::vector<Received>& r) { return DistinctEventIds(r).size() >= 8; },
+      absl::Seconds(30));
+  ExpectAllPresent(written, reader.records());
+  EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 1; }, absl::Seconds(30)))
+      << "only the oversized row stays in the outbox, for an operator";
+  EXPECT_NE(SetAsideReason(db_.url(), huge).find("too large"), std::string::npos)
+      << "reason: '" << SetAsideReason(db_.url(), huge) << "'";
+  EXPECT_EQ(SetAsideCount(relay, "too_large"), 1);
+  EXPECT_EQ(relay.registry().GetCounter("relay_stream_restarts_total", "", {{"cause", "kafka"}})
+                .value(),
+            0);
+  // The slot moved past the row: the WAL it would otherwise pin is released.
+  EXPECT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_bytes_behind", "").value() < 1'000'000; },
+      absl::Seconds(30)))
+      << relay.registry().GetGauge("relay_bytes_behind", "").value();
+  relay.Stop();
+  DropSlot(db_.url(), slot_);
+}
+
+TEST_F(RelayTest, ByteaOutputEscapeOnTheDatabaseDoesNotChangeWhatIsRelayed) {
+  {
+    pqxx::connection c(db_.url());
+    pqxx::nontransaction tx(c);
+    tx.exec(absl::StrCat("ALTER DATABASE ", db_.name(), " SET bytea_output = 'escape'"));
+  }
+  InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
+  ASSERT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+      absl::Seconds(30)));
+  OutboxWriter writer(db_.url());
+  std::vector<Event> written = writer.WriteTransaction(20, 5);
+  TopicReader reader(KafkaBootstrap(), topic_);
+  reader.ReadUntil(
+      [&](const std::vector<Received>& r) { return DistinctEventIds(r).size() >= 20; },
+      absl::Seconds(30));
+  ExpectAllPresent(written, reader.records());
+  std::map<std::string, std::string> value_of;
+  for (const Received& r : reader.records()) value_of[r.headers.at("event_id")] = r.value;
+  for (const Event& e : written) EXPECT_EQ(value_of[e.event_id], e.payload) << e.event_id;
+  EXPECT_EQ(SetAsideCount(relay, "undecodable"), 0);
+  EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 0; }, absl::Seconds(30)));
+  relay.Stop();
+  DropSlot(db_.url(), slot_);
+}
+
+// The catch-up of rows older than the slot is cancelled half-way (as a kill, a Postgres restart
+// or a statement timeout would end it); the next session must finish it.
+TEST_F(RelayTest, InterruptedCatchUpOfRowsOlderThanTheSlotIsResumed) {
+  OutboxWriter writer(db_.url());
+  std::vector<Event> old_rows = writer.WriteTransaction(50, 10);
+  pqxx::connection admin(db_.url());
+  {
+    pqxx::nontransaction tx(admin);
+    tx.exec("CREATE PUBLICATION relay_test_pub FOR TABLE payment.outbox_events "
+            "WITH (publish = 'insert')");
+  }
+  // Hold the outbox so that the catch-up waits on it, then cancel the catch-up.
+  pqxx::connection locker(db_.url());
+  auto lock = std::make_unique<pqxx::work>(locker);
+  lock->exec("LOCK TABLE payment.outbox_events IN ACCESS EXCLUSIVE MODE");
+  InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
+  std::string waiting_sql = absl::StrCat(
+      "SELECT pid FROM pg_stat_activity WHERE datname = '", db_.name(),
+      "' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
+  ASSERT_TRUE(WaitUntil([&] { return Scalar(db_.url(), waiting_sql) > 0; }, absl::Seconds(30)))
+      << "the relay never reached the catch-up";
+  EXPECT_EQ(Scalar(db_.url(), absl::StrCat("SELECT count(*) FROM pg_replication_slots "
+                                           "WHERE slot_name = '", slot_, "'")),
+            1)
+      << "the slot exists before the catch-up";
+  Scalar(db_.url(), absl::StrCat("SELECT pg_cancel_backend(pid)::int FROM (", waiting_sql, ") w"));
+  lock->abort();
+  lock.reset();
+
+  TopicReader reader(KafkaBootstrap(), topic_);
+  reader.ReadUntil(
+      [&](const std::vector<Received>& r) { return DistinctEventIds(r).size() >= 50; },
+      absl::Seconds(45));
+  ExpectAllPresent(old_rows, reader.records());
+  EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 0; }, absl::Seconds(30)));
+  relay.Stop();
+  DropSlot(db_.url(), slot_);
+}
+
+// A row of a type with no topic stays in the outbox; the relay says so in a metric before long,
+// and `outbox-relay requeue` streams it again once an operator gave the type a topic.
+TEST_F(RelayTest, StrandedRowIsVisibleAndAnOperatorCanRequeueIt) {
+  std::string other_topic = UniqueName("relay_other");
+  int64_t row;
+  {
+    RelayOptions o = Options(db_.url(), KafkaBootstrap(), topic_, slot_);
+    o.stranded_after = absl::Seconds(1);
+    InProcessRelay relay(o);
+    ASSERT_TRUE(WaitUntil(
+        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        absl::Seconds(30)));
+    row = InsertRow(db_.url(), "RefundIssued", "refund");
+    OutboxWriter writer(db_.url());
+    std::vector<Event> normal = writer.WriteTransaction(3, 3);
+    TopicReader reader(KafkaBootstrap(), topic_);
+    reader.ReadUntil(
+        [&](const std::vector<Received>& r) { return DistinctEventIds(r).size() >= 3; },
+        absl::Seconds(30));
+    ExpectAllPresent(normal, reader.records());
+    EXPECT_NE(SetAsideReason(db_.url(), row).find("no topic"), std::string::npos);
+    EXPECT_EQ(SetAsideCount(relay, "no_topic"), 1);
+    EXPECT_TRUE(WaitUntil(
+        [&] { return relay.registry().GetGauge("relay_outbox_stranded_rows", "").value() == 1; },
+        absl::Seconds(30)));
+  }
+  // The operator routes the type, then re-drives the row.
+  auto env = ChildEnv(db_.url(), topic_, slot_, FreePort());
+  env["UNKNOWN_EVENT_TOPIC"] = other_topic;
+  ChildProcess relay(BinaryPath("outbox-relay"), {}, env);
+  ChildProcess requeue(BinaryPath("outbox-relay"), {"requeue", "--older-than=0s"},
+                       {{"DATABASE_URL", db_.url()}});
+  ASSERT_TRUE(WaitUntil([&] { return !requeue.running(); }, absl::Seconds(30)));
+  EXPECT_NE(requeue.ReadLog().find("requeued"), std::string::npos) << requeue.ReadLog();
+  TopicReader other(KafkaBootstrap(), other_topic);
+  EXPECT_TRUE(other.ReadUntil([](const std::vector<Received>& r) { return r.size() >= 1; },
+                              absl::Seconds(30)))
+      << relay.ReadLog();
+  ASSERT_FALSE(other.records().empty());
+  EXPECT_EQ(other.records()[0].value, "refund");
+  EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 0; }, absl::Seconds(30)));
+  EXPECT_EQ(SetAsideReason(db_.url(), row), "") << "re-driven rows leave the set-aside list";
+  EXPECT_EQ(relay.Stop(SIGTERM), 0);
+  DropSlot(db_.url(), slot_);
+}
+
+// A relay frozen (SIGSTOP) past wal_sender_timeout loses its walsender; a standby takes the
+// slot over and relays what was written meanwhile. When the frozen relay resumes, it must not
+// produce what was left buffered on its dead connection.
+TEST(RelayFaultTest, FrozenRelayThatLostItsSlotDropsWhatItHadBuffered) {
+  concert::testing::PrivatePostgres pg;
+  {
+    pqxx::connection c(pg.url());
+    pqxx::nontransaction tx(c);
+    tx.exec("ALTER SYSTEM SET wal_sender_timeout = '2s'");
+    tx.exec("SELECT pg_reload_conf()");
+  }
+  ASSERT_TRUE(payment::MigrateSchema(pg.url()).ok());
+  std::string topic = UniqueName("relay_payments"), slot = UniqueName("relay_slot");
+  int port_a = FreePort(), port_b = FreePort();
+  auto env_a = ChildEnv(pg.url(), topic, slot, port_a);
+  ChildProcess a(BinaryPath("outbox-relay"), {}, env_a);
+  ASSERT_TRUE(WaitUntil([&] { return MetricValue(port_a, "relay_active") == 1; },
+                        absl::Seconds(30)))
+      << a.ReadLog();
+  ChildProcess b(BinaryPath("outbox-relay"), {}, ChildEnv(pg.url(), topic, slot, port_b));
+  ASSERT_TRUE(WaitUntil([&] { return MetricValue(port_b, "relay_active") == 0; },
+                        absl::Seconds(30)));
+
+  ASSERT_EQ(::kill(a.pid(), SIGSTOP), 0);
+  OutboxWriter writer(pg.url());
+  std::vector<Event> written = writer.WriteTransaction(30, 10);  // sent to A's dead socket
+  ASSERT_TRUE(WaitUntil([&] { return MetricValue(port_b, "relay_active") == 1; },
+                        absl::Seconds(30)))
+      << b.ReadLog();
+  TopicReader reader(KafkaBootstrap(), topic);
+  reader.ReadUntil(
+      [&](const std::vector<Received>& r) { return DistinctEventIds(r).size() >= 30; },
+      absl::Seconds(30));
+  ASSERT_EQ(::kill(a.pid(), SIGCONT), 0);
+  // Give A time to do whatever it does on waking up.
+  EXPECT_TRUE(WaitUntil([&] { return MetricValue(port_a, "relay_stale_events_dropped_total") > 0; },
+                        absl::Seconds(15)))
+      << a.ReadLog();
+  reader.ReadUntil([](const std::vector<Received>&) { return false; }, absl::Seconds(3));
+  EXPECT_EQ(ExpectAllPresent(written, reader.records()), 0)
+      << "the frozen relay produced what it had buffered";
+  EXPECT_EQ(a.Stop(SIGTERM), 0);
+  EXPECT_EQ(b.Stop(SIGTERM), 0);
+  DropSlot(pg.url(), slot);
+}
+
+}  // namespace
+}  // namespace concert::relay
