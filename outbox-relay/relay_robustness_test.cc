@@ -96,34 +96,41 @@ TEST_F(RelayTest, ByteaOutputEscapeOnTheDatabaseDoesNotChangeWhatIsRelayed) {
   DropSlot(db_.url(), slot_);
 }
 
-// The catch-up of rows older than the slot is cancelled half-way (as a kill, a Postgres restart
-// or a statement timeout would end it); the next session must finish it.
+// The catch-up of rows older than the slot fails half-way (as a kill, a Postgres restart or a
+// statement timeout would end it); the next session must finish it.
 TEST_F(RelayTest, InterruptedCatchUpOfRowsOlderThanTheSlotIsResumed) {
   OutboxWriter writer(db_.url());
   std::vector<Event> old_rows = writer.WriteTransaction(50, 10);
-  pqxx::connection admin(db_.url());
+  // While `fail` is set, re-inserting outbox rows fails; attempts are counted in a sequence
+  // (nextval survives the rollback).
   {
-    pqxx::nontransaction tx(admin);
-    tx.exec("CREATE PUBLICATION relay_test_pub FOR TABLE payment.outbox_events "
-            "WITH (publish = 'insert')");
+    pqxx::connection c(db_.url());
+    pqxx::nontransaction tx(c);
+    tx.exec(R"sql(
+CREATE TABLE requeue_control (fail boolean NOT NULL);
+INSERT INTO requeue_control VALUES (true);
+CREATE SEQUENCE requeue_attempts;
+CREATE FUNCTION interrupt_requeue() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF (SELECT fail FROM requeue_control) THEN
+    PERFORM nextval('requeue_attempts');
+    RAISE EXCEPTION 'catch-up interrupted by the test';
+  END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER interrupt_requeue BEFORE INSERT ON payment.outbox_events
+  FOR EACH ROW EXECUTE FUNCTION interrupt_requeue();
+)sql");
   }
-  // Hold the outbox so that the catch-up waits on it, then cancel the catch-up.
-  pqxx::connection locker(db_.url());
-  auto lock = std::make_unique<pqxx::work>(locker);
-  lock->exec("LOCK TABLE payment.outbox_events IN ACCESS EXCLUSIVE MODE");
   InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
-  std::string waiting_sql = absl::StrCat(
-      "SELECT pid FROM pg_stat_activity WHERE datname = '", db_.name(),
-      "' AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()");
-  ASSERT_TRUE(WaitUntil([&] { return Scalar(db_.url(), waiting_sql) > 0; }, absl::Seconds(30)))
-      << "the relay never reached the catch-up";
-  EXPECT_EQ(Scalar(db_.url(), absl::StrCat("SELECT count(*) FROM pg_replication_slots "
-                                           "WHERE slot_name = '", slot_, "'")),
-            1)
-      << "the slot exists before the catch-up";
-  Scalar(db_.url(), absl::StrCat("SELECT pg_cancel_backend(pid)::int FROM (", waiting_sql, ") w"));
-  lock->abort();
-  lock.reset();
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return Scalar(db_.url(), "SELECT CASE WHEN is_called THEN last_value ELSE 0 END "
+                                 "FROM requeue_attempts") >= 1;
+      },
+      absl::Seconds(30)))
+      << "the relay never tried the catch-up";
+  Scalar(db_.url(), "UPDATE requeue_control SET fail = false RETURNING 1");
 
   TopicReader reader(KafkaBootstrap(), topic_);
   reader.ReadUntil(
