@@ -45,4 +45,14 @@ std::string FormatPaymentMessage(const events::v1::PaymentCompleted& event, absl
                       "Please be seated 10 minutes before the concert starts!!");
 }
 
+absl::Status CheckPaymentCompleted(const events::v1::PaymentCompleted& event) {
+  if (event.reservation_id() <= 0) {
+    return absl::InvalidArgumentError("incomplete event: reservation_id is not positive");
+  }
+  if (event.payment_id() <= 0) {
+    return absl::InvalidArgumentError("incomplete event: payment_id is not positive");
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace concert::notifier

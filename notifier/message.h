@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 
+#include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "concert/events/v1/payment_events.pb.h"
 
@@ -34,6 +35,11 @@ std::string FormatLocalTime(absl::Time t, absl::TimeZone zone);
 //   Amount: <amount> won
 //   Please be seated 10 minutes before the concert starts!!
 std::string FormatPaymentMessage(const events::v1::PaymentCompleted& event, absl::TimeZone zone);
+
+// OK when the event names what the message is about (a positive reservation and payment id);
+// otherwise INVALID_ARGUMENT naming what is missing. An empty or foreign payload can parse as
+// a PaymentCompleted with every field at its default: it must not become a message.
+absl::Status CheckPaymentCompleted(const events::v1::PaymentCompleted& event);
 
 }  // namespace concert::notifier
 

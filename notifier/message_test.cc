@@ -49,5 +49,16 @@ TEST(FormatPaymentMessage, SeedText) {
             "Please be seated 10 minutes before the concert starts!!");
 }
 
+TEST(CheckPaymentCompletedTest, AnEmptyPayloadIsNotAPayment) {
+  events::v1::PaymentCompleted empty;
+  ASSERT_TRUE(empty.ParseFromString(""));
+  EXPECT_EQ(CheckPaymentCompleted(empty).code(), absl::StatusCode::kInvalidArgument);
+  events::v1::PaymentCompleted no_payment;
+  no_payment.set_reservation_id(3);
+  EXPECT_EQ(CheckPaymentCompleted(no_payment).code(), absl::StatusCode::kInvalidArgument);
+  no_payment.set_payment_id(9);
+  EXPECT_TRUE(CheckPaymentCompleted(no_payment).ok());
+}
+
 }  // namespace
 }  // namespace concert::notifier

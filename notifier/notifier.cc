@@ -229,6 +229,9 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
     return ToDlq(message, event_id, "poison", absl::StrCat("invalid event id: ", event_id),
                  attempt, stop);
   }
+  if (absl::Status complete = CheckPaymentCompleted(event); !complete.ok()) {
+    return ToDlq(message, event_id, "poison", std::string(complete.message()), attempt, stop);
+  }
 
   absl::StatusOr<BeginResult> begin = store_.Begin(event_id, options_.uncertain_policy);
   if (!begin.ok()) {
