@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
       static_cast<int>(s.Int("DLQ_PARTITIONS", 1, 1, 10000, "partitions of DLQ_TOPIC when created"));
   o.unknown_event_topic = s.String(
       "UNKNOWN_EVENT_TOPIC", "",
-      "topic for event types without one; empty: not sent, counted, row kept in the outbox");
+      "topic for event types without one; empty: set aside (relay.set_aside_events), row kept in the outbox");
   o.slot = s.String("REPLICATION_SLOT", "concert_outbox_relay", "logical replication slot");
   o.publication = s.String("PUBLICATION", "concert_outbox", "publication on the outbox table");
   o.status_interval = s.Duration("STATUS_INTERVAL", absl::Seconds(1),
@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
   o.standby_poll_interval = s.Duration("STANDBY_POLL_INTERVAL", absl::Seconds(1),
                                        "how often a standby tries to take over the slot");
   o.slot_stats_interval = s.Duration("SLOT_STATS_INTERVAL", absl::Seconds(10),
-                                     "how often the slot's retained WAL is measured");
+                                     "how often the slot's lag, retained WAL and stranded outbox rows are measured");
   o.stranded_after = s.Duration("STRANDED_AFTER", absl::Minutes(5),
                                 "an outbox row left this long behind the stream is counted and logged");
   absl::Duration older_than = s.Duration(
