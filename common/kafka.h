@@ -117,9 +117,15 @@ inline constexpr char kOriginalConsumerGroup[] = "kafka_dlt-original-consumer-gr
 // A short machine-readable class: "poison", "telegram_4xx", "telegram_5xx", "timeout", ...
 inline constexpr char kErrorClass[] = "kafka_dlt-exception-fqcn";
 inline constexpr char kErrorMessage[] = "kafka_dlt-exception-message";
-// The delivery attempt that failed, counted across the notifier -> DLQ -> retry loop, from 1.
-// The retry-worker re-publishes with the next number; the notifier carries it into the DLQ.
+// The delivery attempt that failed, counted across the notifier -> DLQ -> retry loop, from 1:
+// the notifier's own count of sends it began for the event (notification.deliveries.attempts,
+// resends after a crash included), at least the number the incoming record carried. The
+// retry-worker re-publishes with the next number.
 inline constexpr char kAttempt[] = "retry_topic-attempts";
+// Ours, not Spring's: "true" when a copy of the message may already have been delivered (the
+// notifier found its delivery in flight after a crash, or the send timed out after the request
+// went out). The kafka_dlt- prefix keeps it with the dead-letter headers, never re-published.
+inline constexpr char kPossiblyDelivered[] = "kafka_dlt-possibly-delivered";
 }  // namespace dlq
 
 }  // namespace concert::kafka

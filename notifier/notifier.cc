@@ -158,7 +158,8 @@ bool Notifier::Persist(const std::function<absl::Status()>& op, const std::strin
 
 Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, const std::string& event_id,
                                   const std::string& error_class, const std::string& error,
-                                  int attempt, const absl::Notification& stop) {
+                                  int attempt, bool possibly_delivered,
+                                  const absl::Notification& stop) {
   kafka::Record record;
   record.topic = options_.dlq_topic;
   if (message.key() != nullptr) record.key = *message.key();
@@ -180,6 +181,7 @@ Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, const std::st
        {kafka::dlq::kErrorClass, error_class},
        {kafka::dlq::kErrorMessage, error},
        {kafka::dlq::kAttempt, std::to_string(attempt)}});
+  if (possibly_delivered) record.headers.emplace_back(kafka::dlq::kPossiblyDelivered, "true");
 
   absl::Duration backoff = absl::Milliseconds(100);
   while (true) {
@@ -204,6 +206,7 @@ Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, const std::st
                             {"error_class", error_class},
                             {"error", error},
                             {"attempt", attempt},
+                            {"possibly_delivered", possibly_delivered},
                             {"partition", message.partition()},
                             {"offset", message.offset()}});
   return Outcome::kDone;
@@ -219,15 +222,15 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
 
   events::v1::PaymentCompleted event;
   if (!event.ParseFromArray(message.payload(), static_cast<int>(message.len()))) {
-    return ToDlq(message, header_event_id, "poison", "undecodable payload", attempt, stop);
+    return ToDlq(message, header_event_id, "poison", "undecodable payload", attempt, false, stop);
   }
   std::string event_id = event.event_id().empty() ? header_event_id : event.event_id();
   if (event_id.empty()) {
-    return ToDlq(message, event_id, "poison", "missing event id", attempt, stop);
+    return ToDlq(message, event_id, "poison", "missing event id", attempt, false, stop);
   }
   if (!IsUuid(event_id)) {
     return ToDlq(message, event_id, "poison", absl::StrCat("invalid event id: ", event_id),
-                 attempt, stop);
+                 attempt, false, stop);
   }
   if (absl::Status complete = CheckPaymentCompleted(event); !complete.ok()) {
     return ToDlq(message, event_id, "poison", std::string(complete.message()), attempt, stop);
@@ -289,7 +292,13 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
                "recording delivery as failed", event_id, stop)) {
     return Outcome::kRetry;
   }
-  return ToDlq(message, event_id, result.error_class, result.message, attempt, stop);
+  // The attempt is our own send count, so that the retry-worker's row and this delivery record
+  // agree (a resend after a crash is a send); the incoming number is a floor for an event this
+  // database has no record of. A copy may be in the chat already when this send resumed one
+  // found in flight, or timed out after the request went out.
+  bool possibly_delivered = begin->uncertain || result.error_class == "timeout";
+  return ToDlq(message, event_id, result.error_class, result.message,
+               std::max(attempt, begin->attempts), possibly_delivered, stop);
 }
 
 absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bool)> on_health) {

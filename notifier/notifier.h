@@ -6,7 +6,9 @@
 //   decode          -> poison (undecodable payload, missing or invalid event id): DLQ at once
 //   Begin           -> SENT already: duplicate, skipped and counted
 //                      SENDING found: uncertain, counted, UNCERTAIN_POLICY decides
-//   send            -> ok: MarkSent;  failed: MarkFailed, then DLQ (error class, attempt)
+//   send            -> ok: MarkSent;  failed: MarkFailed, then DLQ (error class, attempt =
+//                      the delivery record's send count, possibly-delivered when uncertain
+//                      or timed out)
 // An offset is committed only after its record's outcome is durable (SENT in Postgres, or the
 // DLQ acknowledged the record); commits are batched every commit_interval and made for the
 // partitions being revoked inside the (eager) rebalance callback. When Postgres or the DLQ is
@@ -74,9 +76,10 @@ class Notifier {
   class Rebalancer;
 
   Outcome Process(const RdKafka::Message& message, const absl::Notification& stop);
+  // `possibly_delivered` adds the dead-letter header saying a copy may already be in the chat.
   Outcome ToDlq(const RdKafka::Message& message, const std::string& event_id,
                 const std::string& error_class, const std::string& error, int attempt,
-                const absl::Notification& stop);
+                bool possibly_delivered, const absl::Notification& stop);
   // Retries `op` with backoff until it succeeds or (after stop) a few more tries failed.
   bool Persist(const std::function<absl::Status()>& op, const std::string& what,
                const std::string& event_id, const absl::Notification& stop);

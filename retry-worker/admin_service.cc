@@ -33,6 +33,7 @@ FailedMessageStatus StatusValue(const std::string& name) {
   if (name == kPending) return ops::v1::FAILED_MESSAGE_STATUS_PENDING;
   if (name == kProcessed) return ops::v1::FAILED_MESSAGE_STATUS_PROCESSED;
   if (name == kFailed) return ops::v1::FAILED_MESSAGE_STATUS_FAILED;
+  if (name == kUncertain) return ops::v1::FAILED_MESSAGE_STATUS_UNCERTAIN;
   if (name == kDiscarded) return ops::v1::FAILED_MESSAGE_STATUS_DISCARDED;
   return ops::v1::FAILED_MESSAGE_STATUS_UNSPECIFIED;
 }
@@ -44,6 +45,7 @@ std::string StatusName(FailedMessageStatus status) {
     case ops::v1::FAILED_MESSAGE_STATUS_PENDING: return kPending;
     case ops::v1::FAILED_MESSAGE_STATUS_PROCESSED: return kProcessed;
     case ops::v1::FAILED_MESSAGE_STATUS_FAILED: return kFailed;
+    case ops::v1::FAILED_MESSAGE_STATUS_UNCERTAIN: return kUncertain;
     case ops::v1::FAILED_MESSAGE_STATUS_DISCARDED: return kDiscarded;
     default: return "";
   }
@@ -55,7 +57,14 @@ void ToProto(const FailedMessage& m, ops::v1::FailedMessage* out) {
   out->set_original_topic(m.original_topic);
   out->set_key(m.key);
   out->set_payload(m.payload);
-  for (const auto& [name, value] : m.headers) (*out->mutable_headers())[name] = value;
+  for (const auto& [name, value] : m.headers) {
+    // proto3 strings must be UTF-8 (gRPC refuses to send them otherwise): the map shows
+    // DisplayText; raw_headers has the bytes.
+    (*out->mutable_headers())[DisplayText(name)] = DisplayText(value);
+    ops::v1::Header* raw = out->add_raw_headers();
+    raw->set_name(name);
+    raw->set_value(value);
+  }
   out->set_error_class(m.error_class);
   out->set_error_message(m.error_message);
   out->set_attempts(m.attempts);
@@ -65,6 +74,7 @@ void ToProto(const FailedMessage& m, ops::v1::FailedMessage* out) {
   SetTime(m.created_at, out->mutable_created_at());
   SetTime(m.updated_at, out->mutable_updated_at());
   out->set_operator_note(m.operator_note);
+  out->set_possibly_delivered(m.possibly_delivered);
 }
 
 AdminService::AdminService(FailedMessageStore& store, std::string admin_token)

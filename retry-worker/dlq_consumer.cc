@@ -11,6 +11,12 @@
 namespace concert::retry {
 namespace {
 
+constexpr char kUnstorableClass[] = "unstorable";
+constexpr char kPoisonNote[] =
+    "parked at once: a poison message cannot succeed by retrying; fix the cause, then Retry";
+
+// Partition, offset and timestamp only say where the record came from: a header that is no
+// number of the column's width reads as -1 ("unknown") rather than failing the record.
 template <typename Int>
 Int HeaderInt(const RdKafka::Message& m, const char* name, Int fallback) {
   std::optional<std::string> value = kafka::HeaderValue(m, name);
@@ -19,8 +25,45 @@ Int HeaderInt(const RdKafka::Message& m, const char* name, Int fallback) {
   return fallback;
 }
 
-std::string HeaderString(const RdKafka::Message& m, const char* name) {
-  return kafka::HeaderValue(m, name).value_or("");
+std::string HeaderText(const RdKafka::Message& m, const char* name) {
+  return DisplayText(kafka::HeaderValue(m, name).value_or(""));
+}
+
+void AddParkReason(DlqEntry& e, absl::string_view reason) {
+  absl::StrAppend(&e.park_reason, e.park_reason.empty() ? "" : "; ", reason);
+}
+
+// The row for a DLQ record Postgres refused (`why`): keyed "unstorable:<dlq topic>:<partition>:
+// <offset>", its key, payload and every header (the dead-letter ones too) as bytes, parked at
+// once. Only values we control go into its text columns, so only Postgres itself can fail it.
+DlqEntry UnstorableDlqEntry(const RdKafka::Message& m, const absl::Status& why) {
+  DlqEntry e;
+  e.event_id = absl::StrCat("unstorable:", m.topic_name(), ":", m.partition(), ":", m.offset());
+  if (m.key() != nullptr) e.key = *m.key();
+  if (m.payload() != nullptr) e.payload.assign(static_cast<const char*>(m.payload()), m.len());
+  e.headers = kafka::AllHeaders(m);  // every header, the dead-letter ones too
+  e.error_class = kUnstorableClass;
+  e.error_message = DisplayText(why.message());
+  AddParkReason(e, absl::StrCat("parked at once: DLQ record ", m.topic_name(), "/",
+                                m.partition(), "@", m.offset(),
+                                " could not be stored as it came; its key, payload and "
+                                "headers are kept here as bytes"));
+  return e;
+}
+
+// True when Postgres could not be used at all, as opposed to refusing what one record holds.
+bool IsPostgresUnavailable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:        // connection lost or refused
+    case absl::StatusCode::kResourceExhausted:  // no pooled connection free in time
+    case absl::StatusCode::kUnknown:            // commit outcome unknown (Record is idempotent)
+    case absl::StatusCode::kAborted:            // serialization failures, retried too often
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kCancelled:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -29,26 +72,31 @@ DlqEntry ParseDlqRecord(const RdKafka::Message& m) {
   DlqEntry e;
   if (m.key() != nullptr) e.key = *m.key();
   if (m.payload() != nullptr) e.payload.assign(static_cast<const char*>(m.payload()), m.len());
-  e.original_topic = HeaderString(m, kafka::dlq::kOriginalTopic);
+  e.original_topic = HeaderText(m, kafka::dlq::kOriginalTopic);
   e.original_partition = HeaderInt<int32_t>(m, kafka::dlq::kOriginalPartition, -1);
   e.original_offset = HeaderInt<int64_t>(m, kafka::dlq::kOriginalOffset, -1);
   e.original_timestamp_ms = HeaderInt<int64_t>(m, kafka::dlq::kOriginalTimestamp, -1);
-  e.consumer_group = HeaderString(m, kafka::dlq::kOriginalConsumerGroup);
-  e.error_class = HeaderString(m, kafka::dlq::kErrorClass);
-  e.error_message = HeaderString(m, kafka::dlq::kErrorMessage);
-  e.attempt = std::max(1, HeaderInt<int>(m, kafka::dlq::kAttempt, 1));
-  for (auto& [name, value] : kafka::AllHeaders(m)) {
-    if (absl::StartsWith(name, "kafka_dlt-") || name == kafka::dlq::kAttempt) continue;
-    // The last value wins, as HeaderValue() reads it.
-    auto same = std::find_if(e.headers.begin(), e.headers.end(),
-                             [&](const auto& h) { return h.first == name; });
-    if (same != e.headers.end()) {
-      same->second = value;
-    } else {
-      e.headers.emplace_back(name, value);
+  e.consumer_group = HeaderText(m, kafka::dlq::kOriginalConsumerGroup);
+  e.error_class = HeaderText(m, kafka::dlq::kErrorClass);
+  e.error_message = HeaderText(m, kafka::dlq::kErrorMessage);
+  e.possibly_delivered = kafka::HeaderValue(m, kafka::dlq::kPossiblyDelivered) == "true";
+  if (std::optional<std::string> attempt = kafka::HeaderValue(m, kafka::dlq::kAttempt)) {
+    if (!absl::SimpleAtoi(*attempt, &e.attempt) || e.attempt < 1 ||
+        e.attempt > kMaxAttemptNumber) {
+      e.attempt = kUnknownAttempt;
+      AddParkReason(e, absl::StrCat("parked at once: attempt header ", kafka::dlq::kAttempt,
+                                    "=\"", DisplayText(*attempt),
+                                    "\" is not a whole number from 1 to ", kMaxAttemptNumber,
+                                    "; fix the sender, then Retry"));
     }
   }
-  e.event_id = HeaderString(m, kafka::kEventIdHeader);
+  // Exactly what the original record carried (order and repeated names included), so that a
+  // re-publish is byte for byte the same.
+  for (auto& [name, value] : kafka::AllHeaders(m)) {
+    if (absl::StartsWith(name, "kafka_dlt-") || name == kafka::dlq::kAttempt) continue;
+    e.headers.emplace_back(std::move(name), std::move(value));
+  }
+  e.event_id = HeaderText(m, kafka::kEventIdHeader);
   if (e.event_id.empty()) {
     // Only a record that could not even be parsed lacks an id; key it by where it came from.
     bool known = !e.original_topic.empty();
@@ -61,47 +109,56 @@ DlqEntry ParseDlqRecord(const RdKafka::Message& m) {
                                    " cannot be re-published; ", e.error_message);
     e.error_class = kPoisonClass;
   }
+  if (e.error_class == kPoisonClass) AddParkReason(e, kPoisonNote);
   return e;
 }
 
-absl::StatusOr<std::unique_ptr<DlqConsumer>> DlqConsumer::Create(const kafka::Config& config,
-                                                                  const std::string& topic,
-                                                                  FailedMessageStore& store,
-                                                                  metrics::Registry& registry) {
+absl::StatusOr<std::unique_ptr<DlqConsumer>> DlqConsumer::Create(
+    const kafka::Config& config, const std::string& topic, FailedMessageStore& store,
+    metrics::Registry& registry, std::function<void(bool)> on_health) {
   ASSIGN_OR_RETURN(std::unique_ptr<RdKafka::Conf> conf, kafka::MakeConf(config));
   std::string error;
   std::unique_ptr<RdKafka::KafkaConsumer> consumer(RdKafka::KafkaConsumer::create(conf.get(), error));
   if (!consumer) return absl::InvalidArgumentError(absl::StrCat("kafka consumer: ", error));
   RETURN_IF_ERROR(kafka::StatusFromError(consumer->subscribe({topic}), "subscribing to " + topic));
-  return std::unique_ptr<DlqConsumer>(new DlqConsumer(std::move(consumer), store, registry));
+  return std::unique_ptr<DlqConsumer>(
+      new DlqConsumer(std::move(consumer), store, registry, std::move(on_health)));
 }
 
 DlqConsumer::DlqConsumer(std::unique_ptr<RdKafka::KafkaConsumer> consumer,
-                         FailedMessageStore& store, metrics::Registry& registry)
+                         FailedMessageStore& store, metrics::Registry& registry,
+                         std::function<void(bool)> on_health)
     : consumer_(std::move(consumer)),
       store_(store),
+      on_health_(std::move(on_health)),
       recorded_(registry.GetCounter("retry_dlq_records_total", "DLQ records stored")),
-      parked_(registry.GetCounter("retry_parked_total",
-                                  "Messages parked as FAILED after their last attempt")),
+      parked_(registry.GetCounter(kParkedMetric, kParkedMetricHelp)),
       store_errors_(registry.GetCounter("retry_dlq_store_errors_total",
-                                        "Failures to store a DLQ record (retried)")) {}
+                                        "Failures to store a DLQ record (retried)")),
+      unstorable_(registry.GetCounter(
+          "retry_dlq_unstorable_total",
+          "DLQ records Postgres refused as they came, parked as bytes (error class unstorable)")) {}
 
 DlqConsumer::~DlqConsumer() { consumer_->close(); }
 
 bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notification& stop) {
   DlqEntry entry = ParseDlqRecord(message);
+  bool unstorable = false;
   absl::Duration backoff = absl::Milliseconds(200);
   while (true) {
     absl::StatusOr<RecordOutcome> outcome = store_.Record(entry);
     if (outcome.ok()) {
+      ReportHealth(true);
       recorded_.Increment();
       nlohmann::json fields = {{"event_id", entry.event_id}, {"id", outcome->id},
                                {"attempt", entry.attempt}, {"status", outcome->status},
                                {"error_class", entry.error_class}};
+      if (unstorable) unstorable_.Increment();
       if (outcome->parked) {
         parked_.Increment();
         fields["error_message"] = entry.error_message;
-        log::Warn("message parked as FAILED", fields);
+        fields["note"] = entry.park_reason;
+        log::Warn(absl::StrCat("message parked as ", outcome->status), fields);
       } else if (outcome->ignored) {
         log::Debug("DLQ record already stored", fields);
       } else {
@@ -109,12 +166,29 @@ bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notificatio
       }
       return true;
     }
+    if (!unstorable && !IsPostgresUnavailable(outcome.status())) {
+      // Postgres answered and refused this record: waiting will not change that. Keep its bytes
+      // in a row made only of values we control, and go on with the next record.
+      log::Error("DLQ record cannot be stored; parking its bytes",
+                 {{"event_id", entry.event_id}, {"partition", message.partition()},
+                  {"offset", message.offset()},
+                  {"error", std::string(outcome.status().message())}});
+      entry = UnstorableDlqEntry(message, outcome.status());
+      unstorable = true;
+      continue;
+    }
+    // Postgres is down, or refuses even that row: the stage, not the record, is in trouble.
+    ReportHealth(false);
     store_errors_.Increment();
     log::Warn("storing DLQ record failed; retrying",
               {{"event_id", entry.event_id}, {"error", std::string(outcome.status().message())}});
     if (stop.WaitForNotificationWithTimeout(backoff)) return false;
     backoff = std::min(backoff * 2, absl::Seconds(10));
   }
+}
+
+void DlqConsumer::ReportHealth(bool storing) {
+  if (on_health_) on_health_(storing);
 }
 
 void DlqConsumer::Run(const absl::Notification& stop) {

@@ -10,6 +10,7 @@
 #ifndef CONCERT_RETRY_WORKER_DLQ_CONSUMER_H_
 #define CONCERT_RETRY_WORKER_DLQ_CONSUMER_H_
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -24,34 +25,41 @@
 namespace concert::retry {
 
 // Reads the dead-letter headers (common/kafka.h, namespace dlq) of one DLQ record. Headers that
-// are not dead-letter ones are the original record's and are kept for re-publishing. A record
-// without an event_id gets "poison:<topic>:<partition>:<offset>" as its key; one without an
-// original topic cannot be re-published and is classed "poison".
+// are not dead-letter ones are the original record's and are kept, as bytes, for re-publishing.
+// A record without an event_id gets "poison:<topic>:<partition>:<offset>" as its key; one
+// without an original topic cannot be re-published and is classed "poison". Never fails: what
+// cannot be used (an attempt header out of range) makes the entry park at once with the reason.
 DlqEntry ParseDlqRecord(const RdKafka::Message& message);
 
 class DlqConsumer {
  public:
-  static absl::StatusOr<std::unique_ptr<DlqConsumer>> Create(const kafka::Config& config,
-                                                             const std::string& topic,
-                                                             FailedMessageStore& store,
-                                                             metrics::Registry& registry);
+  // `on_health` (on Run's thread) is told false while Postgres cannot store anything and true
+  // once a record is stored again.
+  static absl::StatusOr<std::unique_ptr<DlqConsumer>> Create(
+      const kafka::Config& config, const std::string& topic, FailedMessageStore& store,
+      metrics::Registry& registry, std::function<void(bool)> on_health = nullptr);
   ~DlqConsumer();
 
-  // Consumes until `stop`; a record whose row cannot be stored (Postgres down) is retried with
-  // backoff and never skipped. Leaves the group on return.
+  // Consumes until `stop`. A record Postgres refuses for what it holds is stored as an
+  // "unstorable" row (UnstorableDlqEntry) and the consumer goes on; while Postgres is
+  // unavailable the record is retried with backoff and never skipped. Leaves the group on
+  // return.
   void Run(const absl::Notification& stop);
 
  private:
   DlqConsumer(std::unique_ptr<RdKafka::KafkaConsumer> consumer, FailedMessageStore& store,
-              metrics::Registry& registry);
+              metrics::Registry& registry, std::function<void(bool)> on_health);
   // Stores one record, retrying until it is stored or `stop`; false when stopped first.
   bool Store(const RdKafka::Message& message, const absl::Notification& stop);
+  void ReportHealth(bool storing);
 
   std::unique_ptr<RdKafka::KafkaConsumer> consumer_;
   FailedMessageStore& store_;
+  std::function<void(bool)> on_health_;
   metrics::Counter& recorded_;
   metrics::Counter& parked_;
   metrics::Counter& store_errors_;
+  metrics::Counter& unstorable_;
 };
 
 }  // namespace concert::retry

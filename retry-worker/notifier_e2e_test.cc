@@ -57,22 +57,21 @@ class FailureLoopTest : public ::testing::Test {
     ASSERT_TRUE(producer.ok());
     producer_ = std::move(*producer);
     admin_port_ = FreePort();
-    notifier_ = std::make_unique<ChildProcess>(
-        BinaryPath("notifier"), std::vector<std::string>{},
-        std::map<std::string, std::string>{
-            {"DATABASE_URL", db_.url()},
-            {"KAFKA_BOOTSTRAP_SERVERS", KafkaBootstrap()},
-            {"KAFKA_GROUP_ID", UniqueName("notification-group")},
-            {"PAYMENT_COMPLETED_TOPIC", topic_},
-            {"DLQ_TOPIC", dlq_},
-            {"TELEGRAM_API_BASE", fake_.base_url()},
-            {"TELEGRAM_BOT_TOKEN", "42:e2e-token"},
-            {"TELEGRAM_CHAT_ID", "4242"},
-            // One request per delivery attempt: every retry goes through the DLQ loop.
-            {"TELEGRAM_RETRIES", "0"},
-            {"TELEGRAM_TIMEOUT", "5s"},
-            {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", FreePort())},
-            {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", FreePort())}});
+    notifier_env_ = {
+        {"DATABASE_URL", db_.url()},
+        {"KAFKA_BOOTSTRAP_SERVERS", KafkaBootstrap()},
+        {"KAFKA_GROUP_ID", UniqueName("notification-group")},
+        {"PAYMENT_COMPLETED_TOPIC", topic_},
+        {"DLQ_TOPIC", dlq_},
+        {"TELEGRAM_API_BASE", fake_.base_url()},
+        {"TELEGRAM_BOT_TOKEN", "42:e2e-token"},
+        {"TELEGRAM_CHAT_ID", "4242"},
+        // One request per delivery attempt: every retry goes through the DLQ loop.
+        {"TELEGRAM_RETRIES", "0"},
+        {"TELEGRAM_TIMEOUT", "5s"},
+        {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", FreePort())},
+        {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", FreePort())}};
+    StartNotifier();
     worker_ = std::make_unique<ChildProcess>(
         BinaryPath("retry-worker"), std::vector<std::string>{},
         std::map<std::string, std::string>{
@@ -89,6 +88,11 @@ class FailureLoopTest : public ::testing::Test {
             {"METRICS_ADDRESS", absl::StrCat("127.0.0.1:", FreePort())}});
     admin_ = ops::v1::FailedMessageService::NewStub(grpc::CreateChannel(
         absl::StrCat("127.0.0.1:", admin_port_), grpc::InsecureChannelCredentials()));
+  }
+
+  void StartNotifier() {
+    notifier_ = std::make_unique<ChildProcess>(BinaryPath("notifier"), std::vector<std::string>{},
+                                               notifier_env_);
   }
 
   // A PaymentCompleted event on the original topic, as the outbox relay writes it.
@@ -129,6 +133,14 @@ class FailureLoopTest : public ::testing::Test {
     }
   }
 
+  int64_t DeliveryAttempts(const std::string& event_id) {
+    pqxx::connection c(db_.url());
+    pqxx::work tx(c);
+    return tx.exec_params1("SELECT attempts FROM notification.deliveries WHERE event_id = $1::uuid",
+                           event_id)[0]
+        .as<int64_t>();
+  }
+
   void ExpectCleanStop(ChildProcess& process) {
     int status = process.Stop(SIGTERM, absl::Seconds(20));
     ASSERT_NE(status, -1) << "did not exit after SIGTERM";
@@ -141,6 +153,7 @@ class FailureLoopTest : public ::testing::Test {
   FakeTelegram fake_{{}};
   std::unique_ptr<kafka::Producer> producer_;
   int admin_port_ = 0;
+  std::map<std::string, std::string> notifier_env_;
   std::unique_ptr<ChildProcess> notifier_;
   std::unique_ptr<ChildProcess> worker_;
   std::unique_ptr<ops::v1::FailedMessageService::Stub> admin_;
@@ -204,6 +217,31 @@ TEST_F(FailureLoopTest, AlwaysFailingIsAttemptedMaxTimesParkedAndDeliveredAfterA
   EXPECT_EQ(fake_.requests(), kMaxAttempts + 1);
   EXPECT_NE(fake_.messages()[0].text.find("Retry Symphony"), std::string::npos);
   ExpectCleanStop(*worker_);
+}
+
+// Issue 12: the fault run's story. Telegram accepted the message, the notifier was SIGKILLed
+// before it recorded SENT; the redelivered event was found SENDING, sent again, and Telegram
+// failed from then on. The row must not say FAILED ("not delivered") while the chat has the
+// message, and both records must count the same attempts.
+TEST_F(FailureLoopTest, CopyAcceptedBeforeACrashParksUncertainWithTheNotifiersAttemptCount) {
+  // The first request is accepted, but only after a while: the notifier is killed meanwhile.
+  fake_.SetFault({.mode = FaultMode::kStall, .count = 1, .stall = absl::Seconds(3)});
+  std::string event_id = ProducePayment();
+  ASSERT_TRUE(WaitUntil([&] { return fake_.requests() == 1; }, absl::Seconds(60)))
+      << notifier_->ReadLog();
+  notifier_->Stop(SIGKILL);
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(10)));
+  fake_.SetFault({.mode = FaultMode::k5xx, .status = 502});  // every request from now on
+  StartNotifier();
+
+  ASSERT_TRUE(WaitUntil([&] {
+    std::string status = Column(event_id, "status");
+    return status != "" && status != "PENDING" && status != "PROCESSED";
+  }, absl::Seconds(120))) << notifier_->ReadLog() << worker_->ReadLog();
+  EXPECT_EQ(Column(event_id, "status"), "UNCERTAIN");
+  EXPECT_EQ(fake_.messages().size(), 1u);
+  EXPECT_EQ(Column(event_id, "attempts"), std::to_string(DeliveryAttempts(event_id)));
+  EXPECT_EQ(Column(event_id, "attempts"), std::to_string(kMaxAttempts));
 }
 
 }  // namespace

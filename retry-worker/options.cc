@@ -11,8 +11,9 @@ Options ReadOptions(Settings& s) {
   o.dlq_topic = s.String("DLQ_TOPIC", o.dlq_topic, "dead-letter topic the notifier writes");
   o.admin_token = s.RequiredString("ADMIN_TOKEN", "bearer token required by the admin gRPC API");
   o.interval = s.Duration("RETRY_INTERVAL", o.interval, "how often due rows are re-published");
-  o.max_attempts = static_cast<int>(s.Int("RETRY_MAX_ATTEMPTS", o.max_attempts, 1, 1000,
-                                          "delivery attempts in total before parking as FAILED"));
+  o.max_attempts = static_cast<int>(
+      s.Int("RETRY_MAX_ATTEMPTS", o.max_attempts, 1, 1000,
+            "delivery attempts in total before parking as FAILED or UNCERTAIN"));
   o.backoff_base = s.Duration("RETRY_BACKOFF_BASE", o.backoff_base,
                               "backoff after the first failed attempt, doubled per attempt");
   o.backoff_cap = s.Duration("RETRY_BACKOFF_CAP", o.backoff_cap, "longest backoff");

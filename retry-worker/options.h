@@ -28,7 +28,7 @@ struct Options {
   // RETRY_INTERVAL: how often the scheduler looks for due rows.
   absl::Duration interval = absl::Seconds(30);
   // RETRY_MAX_ATTEMPTS: delivery attempts in total (the original one included) before a
-  // message is parked as FAILED.
+  // message is parked as FAILED (UNCERTAIN when a copy may have been delivered).
   int max_attempts = 3;
   // RETRY_BACKOFF_BASE / RETRY_BACKOFF_CAP: the wait before re-publishing after failed attempt N
   // is at most min(cap, base * 2^(N-1)).

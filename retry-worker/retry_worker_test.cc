@@ -1,6 +1,7 @@
 // The retry-worker against the real local Kafka broker and Postgres, run in-process: DLQ records
 // written here the way the notifier writes them, re-published records read back from the
 // original topic, rows read from retry.failed_messages, the admin API over a real gRPC channel.
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <string>
@@ -10,6 +11,7 @@
 #include <grpcpp/grpcpp.h>
 #include <pqxx/pqxx>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "common/kafka.h"
@@ -31,6 +33,7 @@ constexpr char kToken[] = "test-admin-token";
 struct ReadRecord {
   std::string key, value;
   std::map<std::string, std::string> headers;
+  kafka::Headers ordered_headers;  // as on the wire: order and duplicates kept
 };
 
 // Every record on `topic`, read by a fresh group: keeps reading until at least `expected` came
@@ -52,7 +55,8 @@ std::vector<ReadRecord> ReadTopic(const std::string& bootstrap, const std::strin
     ReadRecord r;
     if (m->key()) r.key = *m->key();
     r.value.assign(static_cast<const char*>(m->payload()), m->len());
-    for (auto& [k, v] : kafka::AllHeaders(*m)) r.headers[k] = v;
+    r.ordered_headers = kafka::AllHeaders(*m);
+    for (auto& [k, v] : r.ordered_headers) r.headers[k] = v;
     out.push_back(std::move(r));
     if (out.size() >= expected) quiet_until = absl::Now() + quiet;
   }
@@ -67,6 +71,21 @@ std::map<std::string, int> CountByEvent(const std::vector<ReadRecord>& records) 
   std::map<std::string, int> counts;
   for (const ReadRecord& r : records) ++counts[r.headers.count("event_id") ? r.headers.at("event_id") : ""];
   return counts;
+}
+
+// Replaces the value of every header `name` of `r` (adds one when there is none).
+void SetHeader(kafka::Record& r, const std::string& name, const std::string& value) {
+  bool found = false;
+  for (auto& [n, v] : r.headers) {
+    if (n == name) v = value, found = true;
+  }
+  if (!found) r.headers.emplace_back(name, value);
+}
+
+void RemoveHeader(kafka::Record& r, const std::string& name) {
+  r.headers.erase(std::remove_if(r.headers.begin(), r.headers.end(),
+                                 [&](const auto& h) { return h.first == name; }),
+                  r.headers.end());
 }
 
 // The value of an unlabelled sample, -1 when absent.
@@ -115,9 +134,9 @@ class RetryWorkerTest : public ::testing::Test {
   }
 
   // A DLQ record as the notifier writes it.
-  void ProduceDlq(const std::string& event_id, int attempt, const std::string& error_class = "telegram_5xx",
-                  const std::string& error_message = "503 from Telegram",
-                  const std::string& bootstrap = "") {
+  kafka::Record DlqRecord(const std::string& event_id, int attempt,
+                          const std::string& error_class = "telegram_5xx",
+                          const std::string& error_message = "503 from Telegram") {
     kafka::Record r{.topic = dlq_, .key = "res-" + event_id, .value = "payload-" + event_id};
     if (!event_id.empty()) r.headers.emplace_back("event_id", event_id);
     r.headers.emplace_back("event_type", "PaymentCompleted");
@@ -132,6 +151,9 @@ class RetryWorkerTest : public ::testing::Test {
     r.headers.emplace_back(kafka::dlq::kErrorClass, error_class);
     r.headers.emplace_back(kafka::dlq::kErrorMessage, error_message);
     r.headers.emplace_back(kafka::dlq::kAttempt, std::to_string(attempt));
+    return r;
+  }
+  void Produce(kafka::Record r, const std::string& bootstrap = "") {
     kafka::Producer* p = producer_.get();
     std::unique_ptr<kafka::Producer> other;
     if (!bootstrap.empty()) {
@@ -140,6 +162,12 @@ class RetryWorkerTest : public ::testing::Test {
     }
     absl::Status s = p->ProduceAndWait(std::move(r), absl::Seconds(30));
     ASSERT_TRUE(s.ok()) << s;
+  }
+  void ProduceDlq(const std::string& event_id, int attempt,
+                  const std::string& error_class = "telegram_5xx",
+                  const std::string& error_message = "503 from Telegram",
+                  const std::string& bootstrap = "") {
+    Produce(DlqRecord(event_id, attempt, error_class, error_message), bootstrap);
   }
 
   // One column of the row for `event_id` ("" when there is none).
@@ -452,6 +480,280 @@ TEST_F(RetryWorkerTest, TwoWorkersNeverPublishOneAttemptTwice) {
   EXPECT_EQ(a + b, kEvents);
   EXPECT_GT(a, 0);
   EXPECT_GT(b, 0);
+}
+
+// Issue 12: header names and values are bytes. Ones that are not UTF-8 (or hold a NUL) are
+// stored, shown by the admin API, and re-published byte for byte, in order, duplicates kept;
+// and the records after them are stored too. (librdkafka's C++ API takes header names as C
+// strings, so a NUL can only be tested in values.)
+TEST_F(RetryWorkerTest, HeadersThatAreNotUtf8AreStoredAndRepublishedByteForByte) {
+  auto worker = StartWorker(DefaultOptions());
+  const std::string kBinary("\xff\xfe\x00z", 4);
+  kafka::Record binary =
+      DlqRecord("ev-bytes", 1, "telegram_5xx", std::string("boom \xff\x00 end", 11));
+  binary.headers.insert(binary.headers.begin() + 4, {{"x-bin", kBinary},
+                                                     {"x-dup", "1"},
+                                                     {"x-dup", "2"},
+                                                     {"n\xff" "me", "v"}});
+  SetHeader(binary, kafka::dlq::kOriginalConsumerGroup, "group-\xc3");
+  Produce(binary);
+  // An event id that is no text at all, on a record parked at once (its last attempt).
+  const std::string kOddId("ev-\xff\x00-odd", 9);
+  Produce(DlqRecord(kOddId, 3));
+  ProduceDlq("ev-after", 3);
+
+  ASSERT_TRUE(StatusIs("ev-after", "FAILED")) << "the consumer stopped at a record before";
+  ASSERT_TRUE(StatusIs("ev-bytes", "PROCESSED"));
+  EXPECT_EQ(Scalar("SELECT count(*) FROM retry.failed_messages"), 3);
+  std::vector<ReadRecord> records = ReadTopic(KafkaBootstrap(), original_, 1, absl::Seconds(30));
+  ASSERT_EQ(records.size(), 1u);
+  kafka::Headers expected;
+  for (const auto& [name, value] : binary.headers) {
+    if (!absl::StartsWith(name, "kafka_dlt-") && name != kafka::dlq::kAttempt) {
+      expected.emplace_back(name, value);
+    }
+  }
+  expected.emplace_back(kafka::dlq::kAttempt, "2");
+  EXPECT_EQ(records[0].ordered_headers, expected);
+
+  // The admin API answers for every row (its string fields must be valid UTF-8).
+  auto admin = Admin(*worker);
+  grpc::ClientContext ctx;
+  Authorize(ctx);
+  ops::ListFailedMessagesResponse all;
+  grpc::Status listed = admin->List(&ctx, {}, &all);
+  ASSERT_TRUE(listed.ok()) << listed.error_message();
+  ASSERT_EQ(all.messages_size(), 3);
+  EXPECT_EQ(all.messages(1).event_id(), "ev-\\xff\\x00-odd");
+  EXPECT_EQ(all.messages(2).error_message(), "boom \\xff\\x00 end");
+  kafka::Headers raw;
+  for (const ops::Header& h : all.messages(2).raw_headers()) raw.emplace_back(h.name(), h.value());
+  expected.pop_back();  // the attempt header is the re-publish's own
+  EXPECT_EQ(raw, expected);
+}
+
+// Issue 12: a record Postgres rejects for what it holds is parked with the reason and the
+// consumer goes on; the stage stays healthy.
+TEST_F(RetryWorkerTest, UnstorableRecordIsParkedWithItsReasonAndTheConsumerGoesOn) {
+  auto worker = StartWorker(DefaultOptions());
+  {
+    pqxx::connection c(db_.url());
+    pqxx::work tx(c);
+    tx.exec(R"sql(
+CREATE FUNCTION retry.reject_for_test() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF NEW.event_id = 'ev-unstorable' THEN RAISE EXCEPTION 'rejected by the test trigger'; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER reject_for_test BEFORE INSERT OR UPDATE ON retry.failed_messages
+  FOR EACH ROW EXECUTE FUNCTION retry.reject_for_test();)sql");
+    tx.commit();
+  }
+  ProduceDlq("ev-unstorable", 1);
+  ProduceDlq("ev-after", 3);
+  ASSERT_TRUE(StatusIs("ev-after", "FAILED")) << "the consumer stopped at the unstorable record";
+  std::string parked_id = absl::StrCat("unstorable:", dlq_, ":0:0");
+  EXPECT_EQ(Column(parked_id, "status"), "FAILED");
+  EXPECT_EQ(Column(parked_id, "error_class"), "unstorable");
+  EXPECT_TRUE(absl::StrContains(Column(parked_id, "error_message"), "rejected by the test trigger"))
+      << Column(parked_id, "error_message");
+  EXPECT_EQ(Column(parked_id, "convert_from(payload, 'UTF8')"), "payload-ev-unstorable");
+  EXPECT_EQ(MetricValue(worker->registry(), "retry_dlq_unstorable_total"), 1);
+  EXPECT_EQ(concert::testing::HealthStatus(absl::StrCat("127.0.0.1:", worker->grpc_port())), 1);
+}
+
+// Issue 12: Postgres down is a stage failure: the consumer waits (nothing skipped) and health
+// says NOT_SERVING until it is back, whatever the scheduler's last pass saw.
+TEST_F(RetryWorkerTest, PostgresDownMakesTheConsumerWaitAndHealthNotServing) {
+  concert::testing::PrivatePostgres postgres;
+  Options o = DefaultOptions();
+  o.database_url = postgres.url();
+  o.interval = absl::Hours(1);  // one scheduler pass, at start: health is the consumer's
+  auto worker = StartWorker(o);
+  std::string address = absl::StrCat("127.0.0.1:", worker->grpc_port());
+  ASSERT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(address) == 1; },
+                        absl::Seconds(10)));
+  ASSERT_TRUE(postgres.Stop());
+  ProduceDlq("ev-while-down", 3);
+  EXPECT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(address) == 2; },
+                        absl::Seconds(60)));
+  ASSERT_TRUE(postgres.Start());
+  EXPECT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(address) == 1; },
+                        absl::Seconds(60)));
+  EXPECT_TRUE(WaitUntil([&] {
+    pqxx::connection c(postgres.url());
+    pqxx::work tx(c);
+    return tx.exec("SELECT 1 FROM retry.failed_messages WHERE event_id = 'ev-while-down'")
+               .size() == 1;
+  }, absl::Seconds(30))) << "the record was skipped";
+}
+
+// Issue 12: a row whose re-publish cannot succeed (no original topic, a topic that does not
+// exist, a record too large) is parked with the reason instead of being claimed first on every
+// pass, so it never starves the rows behind it.
+TEST_F(RetryWorkerTest, UnpublishableRowsAreParkedAndDoNotStarveTheOthers) {
+  Options o = DefaultOptions();
+  o.batch = 2;
+  auto worker = StartWorker(o);
+  auto admin = Admin(*worker);
+  // Two poison rows without an original topic, parked, then re-armed by an operator.
+  for (const char* id : {"no-topic-1", "no-topic-2"}) {
+    kafka::Record r = DlqRecord(id, 1, "poison", "undecodable payload");
+    RemoveHeader(r, kafka::dlq::kOriginalTopic);
+    Produce(r);
+    ASSERT_TRUE(StatusIs(id, "FAILED"));
+    grpc::ClientContext ctx;
+    Authorize(ctx);
+    ops::RetryFailedMessageRequest retry;
+    retry.set_id(std::stoll(Column(id, "id")));
+    ops::FailedMessage m;
+    ASSERT_TRUE(admin->Retry(&ctx, retry, &m).ok());
+  }
+  kafka::Record missing_topic = DlqRecord("missing-topic", 1);
+  SetHeader(missing_topic, kafka::dlq::kOriginalTopic, UniqueName("no_such_topic"));
+  Produce(missing_topic);
+  kafka::Record too_large = DlqRecord("too-large", 1);
+  too_large.value = std::string(1100 * 1000, 'x');  // over the producer's message.max.bytes
+  {
+    kafka::Config config = kafka::ProducerConfig(KafkaBootstrap(), "test");
+    config["message.max.bytes"] = "2000000";
+    auto big = kafka::Producer::Create(config);
+    ASSERT_TRUE(big.ok());
+    ASSERT_TRUE((*big)->ProduceAndWait(too_large, absl::Seconds(30)).ok());
+  }
+  ProduceDlq("good", 1);
+
+  EXPECT_TRUE(StatusIs("good", "PROCESSED", absl::Seconds(60))) << "starved";
+  for (const char* id : {"no-topic-1", "no-topic-2", "missing-topic", "too-large"}) {
+    EXPECT_TRUE(StatusIs(id, "FAILED", absl::Seconds(60))) << id << ": " << Column(id, "status");
+    EXPECT_EQ(Column(id, "attempts"), "1") << id;
+    EXPECT_TRUE(absl::StrContains(Column(id, "operator_note"), "cannot be re-published"))
+        << id << ": " << Column(id, "operator_note");
+  }
+  EXPECT_TRUE(absl::StrContains(Column("too-large", "operator_note"), "too large"))
+      << Column("too-large", "operator_note");
+  EXPECT_EQ(CountByEvent(ReadTopic(KafkaBootstrap(), original_, 1, absl::Seconds(30))),
+            (std::map<std::string, int>{{"good", 1}}));
+}
+
+// Issue 12: an attempt header that is no number in range is parked with the reason (never
+// re-published as some other attempt, never an INTERNAL later).
+TEST_F(RetryWorkerTest, OutOfRangeAttemptHeadersAreParkedWithAReason) {
+  auto worker = StartWorker(DefaultOptions());
+  const std::map<std::string, std::string> kBad = {{"max-int", "2147483647"},
+                                                   {"negative", "-3"},
+                                                   {"zero", "0"},
+                                                   {"garbage", "3x"},
+                                                   {"two-to-63", "9223372036854775808"}};
+  for (const auto& [id, attempt] : kBad) {
+    kafka::Record r = DlqRecord(id, 1);
+    SetHeader(r, kafka::dlq::kAttempt, attempt);
+    Produce(r);
+  }
+  ProduceDlq("good", 1);
+  ASSERT_TRUE(StatusIs("good", "PROCESSED"));
+  for (const auto& [id, attempt] : kBad) {
+    EXPECT_EQ(Column(id, "status"), "FAILED") << id;
+    EXPECT_TRUE(absl::StrContains(Column(id, "operator_note"), attempt))
+        << id << ": " << Column(id, "operator_note");
+  }
+  // An operator can still act on them.
+  auto admin = Admin(*worker);
+  grpc::ClientContext ctx;
+  Authorize(ctx);
+  ops::RetryFailedMessageRequest retry;
+  retry.set_id(std::stoll(Column("max-int", "id")));
+  ops::FailedMessage m;
+  grpc::Status status = admin->Retry(&ctx, retry, &m);
+  EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// Issue 12: page tokens are ids as 64-bit integers: past 2^31 rows they still work, and a token
+// this API could not have made is INVALID_ARGUMENT, never INTERNAL.
+TEST_F(RetryWorkerTest, PageTokensWorkPastTwoToTheThirtyFirstAndBadOnesAreInvalid) {
+  auto worker = StartWorker(DefaultOptions());
+  Scalar("SELECT setval('retry.failed_messages_id_seq', 3000000000)");
+  for (int i = 1; i <= 3; ++i) ProduceDlq(absl::StrCat("big-", i), 3);
+  for (int i = 1; i <= 3; ++i) ASSERT_TRUE(StatusIs(absl::StrCat("big-", i), "FAILED"));
+  auto admin = Admin(*worker);
+  auto list = [&](const std::string& token, int page_size, ops::ListFailedMessagesResponse* out) {
+    grpc::ClientContext ctx;
+    Authorize(ctx);
+    ops::ListFailedMessagesRequest req;
+    req.set_page_size(page_size);
+    req.set_page_token(token);
+    return admin->List(&ctx, req, out);
+  };
+  ops::ListFailedMessagesResponse page1, page2, after_large;
+  ASSERT_TRUE(list("", 2, &page1).ok());
+  ASSERT_EQ(page1.messages_size(), 2);
+  EXPECT_GT(page1.messages(0).id(), int64_t{1} << 31);
+  grpc::Status second = list(page1.next_page_token(), 2, &page2);
+  ASSERT_TRUE(second.ok()) << second.error_message();
+  ASSERT_EQ(page2.messages_size(), 1);
+  EXPECT_EQ(page2.messages(0).event_id(), "big-1");
+
+  grpc::Status large = list(absl::WebSafeBase64Escape("after:9999999999"), 10, &after_large);
+  ASSERT_TRUE(large.ok()) << large.error_message();
+  EXPECT_EQ(after_large.messages_size(), 3);
+  for (const char* bad :
+       {"after:99999999999999999999", "after:-5", "after:0", "after:", "before:7"}) {
+    ops::ListFailedMessagesResponse ignored;
+    EXPECT_EQ(list(absl::WebSafeBase64Escape(bad), 10, &ignored).error_code(),
+              grpc::StatusCode::INVALID_ARGUMENT)
+        << bad;
+  }
+}
+
+// Issue 12: FAILED means "not delivered". Once a dead letter says a copy may already have been
+// delivered the row keeps saying so, and out of attempts it parks as UNCERTAIN, which the admin
+// API lists, retries and discards, and the gauge counts.
+TEST_F(RetryWorkerTest, PossiblyDeliveredIsStickyAndParksAsUncertain) {
+  Options o = DefaultOptions();
+  o.backoff_base = absl::Hours(1);  // nothing is re-published by itself here
+  o.backoff_cap = absl::Hours(1);
+  auto worker = StartWorker(o);
+  kafka::Record maybe = DlqRecord("maybe", 1, "timeout", "no answer in 10s");
+  SetHeader(maybe, kafka::dlq::kPossiblyDelivered, "true");
+  Produce(maybe);
+  ASSERT_TRUE(StatusIs("maybe", "PENDING"));
+  EXPECT_EQ(Column("maybe", "possibly_delivered"), "true");
+  ProduceDlq("maybe", 3);  // the last attempt, a plain 5xx: the earlier doubt still stands
+  ProduceDlq("surely-not", 3);
+  ASSERT_TRUE(StatusIs("maybe", "UNCERTAIN"));
+  ASSERT_TRUE(StatusIs("surely-not", "FAILED"));
+  EXPECT_NE(worker->registry().Render().find("retry_messages{status=\"UNCERTAIN\"} 1"),
+            std::string::npos);
+
+  auto admin = Admin(*worker);
+  ops::ListFailedMessagesResponse uncertain;
+  {
+    grpc::ClientContext ctx;
+    Authorize(ctx);
+    ops::ListFailedMessagesRequest req;
+    req.set_status(ops::FAILED_MESSAGE_STATUS_UNCERTAIN);
+    ASSERT_TRUE(admin->List(&ctx, req, &uncertain).ok());
+  }
+  ASSERT_EQ(uncertain.messages_size(), 1);
+  EXPECT_EQ(uncertain.messages(0).event_id(), "maybe");
+  EXPECT_TRUE(uncertain.messages(0).possibly_delivered());
+  EXPECT_EQ(uncertain.messages(0).attempts(), 3);
+  {  // Retry re-arms it; Discard closes it.
+    grpc::ClientContext ctx;
+    Authorize(ctx);
+    ops::RetryFailedMessageRequest retry;
+    retry.set_id(uncertain.messages(0).id());
+    retry.set_reason("not in the chat");
+    ops::FailedMessage m;
+    ASSERT_TRUE(admin->Retry(&ctx, retry, &m).ok());
+    EXPECT_EQ(m.status(), ops::FAILED_MESSAGE_STATUS_PENDING);
+    grpc::ClientContext discard_ctx;
+    Authorize(discard_ctx);
+    ops::DiscardFailedMessageRequest discard;
+    discard.set_id(uncertain.messages(0).id());
+    ASSERT_TRUE(admin->Discard(&discard_ctx, discard, &m).ok());
+    EXPECT_EQ(m.status(), ops::FAILED_MESSAGE_STATUS_DISCARDED);
+  }
 }
 
 }  // namespace

@@ -2,12 +2,29 @@
 
 #include <mutex>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
 #include "common/log.h"
 #include "common/status.h"
 
 namespace concert::retry {
+namespace {
+
+// Kafka's rule for topic names. librdkafka would hand a bad one to the broker and report a
+// failure per record; checking here makes it a permanent failure, parked with its reason.
+absl::Status CheckTopicName(const std::string& topic) {
+  if (topic.empty()) return absl::FailedPreconditionError("no original topic");
+  bool valid = topic.size() <= 249 && topic != "." && topic != "..";
+  for (char c : topic) {
+    valid = valid && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' ||
+                      c == '_' || c == '-');
+  }
+  if (!valid) return absl::FailedPreconditionError(absl::StrCat("invalid topic name ", topic));
+  return absl::OkStatus();
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Options options,
                                                              FailedMessageStore& store,
@@ -23,7 +40,9 @@ Scheduler::Scheduler(Options options, FailedMessageStore& store, metrics::Regist
       republished_(registry.GetCounter("retry_republished_total",
                                        "Messages re-published to their original topic")),
       publish_errors_(registry.GetCounter(
-          "retry_publish_errors_total", "Re-publishes Kafka did not acknowledge (row stays PENDING)")) {}
+          "retry_publish_errors_total",
+          "Re-publishes that failed (row parked, or PENDING again after the first backoff)")),
+      parked_(registry.GetCounter(kParkedMetric, kParkedMetricHelp)) {}
 
 absl::Status Scheduler::EnsureProducer() {
   if (producer_ != nullptr) {
@@ -34,8 +53,11 @@ absl::Status Scheduler::EnsureProducer() {
   }
   kafka::Config config = kafka::ProducerConfig(options_.bootstrap_servers, options_.client_id);
   // librdkafka must settle each record within our wait (see the header).
-  config["message.timeout.ms"] =
-      std::to_string(std::max<int64_t>(1000, absl::ToInt64Milliseconds(options_.publish_timeout)));
+  int64_t timeout_ms = std::max<int64_t>(1000, absl::ToInt64Milliseconds(options_.publish_timeout));
+  config["message.timeout.ms"] = std::to_string(timeout_ms);
+  // A topic that does not exist must fail as such (ERR__UNKNOWN_TOPIC, parked), not as a
+  // timeout (retried forever): give up waiting for its metadata well before the timeout.
+  config["topic.metadata.propagation.max.ms"] = std::to_string(timeout_ms / 2);
   ASSIGN_OR_RETURN(producer_, kafka::Producer::Create(config));
   return absl::OkStatus();
 }
@@ -53,16 +75,19 @@ std::vector<absl::Status> Scheduler::Publish(const std::vector<FailedMessage>& r
   // (see the Wait below), so capturing locals by reference is safe.
   for (size_t i = 0; i < rows.size(); ++i) {
     const FailedMessage& row = rows[i];
-    kafka::Record record{.topic = row.original_topic, .key = row.key, .value = row.payload};
-    for (const auto& [name, value] : row.headers) record.headers.emplace_back(name, value);
+    kafka::Record record{.topic = row.original_topic, .key = row.key, .value = row.payload,
+                         .headers = row.headers};
     record.headers.emplace_back(kafka::dlq::kAttempt, std::to_string(row.attempts + 1));
-    absl::Status queued = producer_->Produce(std::move(record), [&, i, pending](const absl::Status& s) {
-      {
-        std::lock_guard lock(mu);
-        results[i] = s;
-      }
-      pending->DecrementCount();
-    });
+    absl::Status queued = CheckTopicName(row.original_topic);
+    if (queued.ok()) {
+      queued = producer_->Produce(std::move(record), [&, i, pending](const absl::Status& s) {
+        {
+          std::lock_guard lock(mu);
+          results[i] = s;
+        }
+        pending->DecrementCount();
+      });
+    }
     if (!queued.ok()) {
       std::lock_guard lock(mu);
       results[i] = queued;
@@ -92,10 +117,15 @@ absl::StatusOr<FailedMessageStore::PassResult> Scheduler::RunOnce() {
           if (results[i].ok()) {
             republished_.Increment();
             log::Info("re-published", fields);
+            continue;
+          }
+          publish_errors_.Increment();
+          fields["error"] = std::string(results[i].message());
+          if (FailedMessageStore::IsPermanentPublishError(results[i])) {
+            parked_.Increment();
+            log::Warn("re-publish cannot succeed; parked", fields);
           } else {
-            publish_errors_.Increment();
-            fields["error"] = std::string(results[i].message());
-            log::Warn("re-publish not acknowledged; stays PENDING", fields);
+            log::Warn("re-publish not acknowledged; due again after the first backoff", fields);
           }
         }
         return results;
@@ -109,7 +139,7 @@ void Scheduler::Run(const absl::Notification& stop) {
     absl::StatusOr<FailedMessageStore::PassResult> pass = RunOnce();
     if (!pass.ok()) {
       log::Warn("re-publish pass failed", {{"error", std::string(pass.status().message())}});
-    } else if (pass->claimed == options_.batch && pass->failed == 0) {
+    } else if (pass->claimed == options_.batch && pass->deferred == 0) {
       continue;  // more may be due right now
     }
     stop.WaitForNotificationWithTimeout(options_.interval);

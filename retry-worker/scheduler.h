@@ -1,6 +1,8 @@
 // The re-publishing side of the retry-worker: every interval, claims the due PENDING rows and
-// re-publishes each to its ORIGINAL topic with the original key, value and headers and
-// retry_topic-attempts = stored attempts + 1, then marks the acknowledged ones PROCESSED.
+// re-publishes each to its ORIGINAL topic with the original key, value and headers (bytes, in
+// order) and retry_topic-attempts = stored attempts + 1, then marks the acknowledged ones
+// PROCESSED, parks those that can never be published (no or an invalid original topic, a topic
+// that does not exist, a record too large) and moves the rest back (FailedMessageStore).
 //
 // The rows stay locked (FOR UPDATE SKIP LOCKED) until Kafka has answered for every one of them,
 // which is what keeps two replicas from publishing the same attempt twice. The producer's
@@ -59,6 +61,7 @@ class Scheduler {
   std::unique_ptr<kafka::Producer> producer_;
   metrics::Counter& republished_;
   metrics::Counter& publish_errors_;
+  metrics::Counter& parked_;
 };
 
 }  // namespace concert::retry

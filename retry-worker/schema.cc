@@ -49,6 +49,35 @@ CREATE TABLE retry.operator_actions (
 );
 CREATE INDEX operator_actions_by_message ON retry.operator_actions (message_id, id);
 )sql"},
+      // Header names and values are bytes: jsonb (text) could hold neither NUL nor invalid
+      // UTF-8, nor repeated names, nor their order. headers stays as a readable copy.
+      {2, "headers_raw", R"sql(
+ALTER TABLE retry.failed_messages ADD COLUMN headers_raw bytea;
+-- Per header: a 4-byte big-endian length and the name, the same for the value (store.cc).
+UPDATE retry.failed_messages SET headers_raw = coalesce((
+  SELECT string_agg(int4send(octet_length(convert_to(k, 'UTF8'))) || convert_to(k, 'UTF8') ||
+                    int4send(octet_length(convert_to(v, 'UTF8'))) || convert_to(v, 'UTF8'),
+                    ''::bytea ORDER BY k)
+    FROM jsonb_each_text(headers) AS h(k, v)), ''::bytea);
+ALTER TABLE retry.failed_messages ALTER COLUMN headers_raw SET NOT NULL,
+                                  ALTER COLUMN headers_raw SET DEFAULT ''::bytea;
+COMMENT ON COLUMN retry.failed_messages.headers IS
+  'readable copy of headers_raw: names and values escaped (\xNN) where not UTF-8, last value wins';
+)sql"},
+      // FAILED must mean "not delivered": a message that may already be in the chat parks as
+      // UNCERTAIN instead (store.h).
+      {3, "uncertain", R"sql(
+ALTER TABLE retry.failed_messages
+  ADD COLUMN possibly_delivered boolean NOT NULL DEFAULT false,
+  DROP CONSTRAINT failed_messages_status_check,
+  ADD CONSTRAINT failed_messages_status_check
+    CHECK (status IN ('PENDING', 'PROCESSED', 'FAILED', 'UNCERTAIN', 'DISCARDED'));
+COMMENT ON COLUMN retry.failed_messages.possibly_delivered IS
+  'some DLQ record said a copy may already have been delivered; parks as UNCERTAIN, not FAILED';
+COMMENT ON COLUMN retry.failed_messages.attempts IS
+  'sends the notifier began for the event (notification.deliveries.attempts), '
+  'as the last DLQ record said';
+)sql"},
   };
   return *migrations;
 }

@@ -27,7 +27,7 @@ absl::Status RetryWorker::Start() {
                               .jitter_percent = options_.backoff_jitter_percent}});
 
   std::map<std::string, metrics::Gauge*> gauges;
-  for (const char* s : {kPending, kProcessed, kFailed, kDiscarded}) {
+  for (const char* s : kStatuses) {
     gauges[s] = &registry_.GetGauge("retry_messages", "failed_messages rows by status",
                                     {{"status", s}});
   }
@@ -44,8 +44,12 @@ absl::Status RetryWorker::Start() {
 
   kafka::Config consumer_config = kafka::ConsumerConfig(
       options_.kafka_bootstrap_servers, options_.group_id, "retry-worker");
-  ASSIGN_OR_RETURN(consumer_, DlqConsumer::Create(consumer_config, options_.dlq_topic, *store_,
-                                                  registry_));
+  ASSIGN_OR_RETURN(consumer_,
+                   DlqConsumer::Create(consumer_config, options_.dlq_topic, *store_, registry_,
+                                       [this](bool storing) {
+                                         consumer_ok_ = storing;
+                                         ReportHealth();
+                                       }));
   ASSIGN_OR_RETURN(
       scheduler_,
       Scheduler::Create({.bootstrap_servers = options_.kafka_bootstrap_servers,
@@ -56,7 +60,8 @@ absl::Status RetryWorker::Start() {
                              [this](const absl::Status& s) {
                                // Postgres lost: probes see it. Kafka trouble shows per row in
                                // retry_publish_errors_total and leaves the pass OK.
-                               if (server_) SetServing(*server_, s.ok());
+                               scheduler_ok_ = s.ok();
+                               ReportHealth();
                              }},
                         *store_, registry_));
 
@@ -69,10 +74,10 @@ absl::Status RetryWorker::Start() {
     return s;
   }
 
+  started_ = true;
+  ReportHealth();
   consumer_thread_ = std::thread([this] { consumer_->Run(stop_); });
   scheduler_thread_ = std::thread([this] { scheduler_->Run(stop_); });
-  SetServing(*server_, true);
-  started_ = true;
   log::Info("retry-worker started", {{"grpc_port", grpc_port_},
                                      {"metrics_port", metrics_server_->port()},
                                      {"dlq_topic", options_.dlq_topic},
@@ -80,10 +85,15 @@ absl::Status RetryWorker::Start() {
   return absl::OkStatus();
 }
 
+void RetryWorker::ReportHealth() {
+  std::lock_guard lock(health_mu_);
+  if (server_) SetServing(*server_, started_ && consumer_ok_ && scheduler_ok_);
+}
+
 void RetryWorker::Stop() {
   if (!started_) return;
   started_ = false;
-  SetServing(*server_, false);
+  ReportHealth();
   stop_.Notify();
   scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
   consumer_thread_.join();

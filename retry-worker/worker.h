@@ -11,7 +11,9 @@
 #ifndef CONCERT_RETRY_WORKER_WORKER_H_
 #define CONCERT_RETRY_WORKER_WORKER_H_
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <thread>
 
 #include <grpcpp/grpcpp.h>
@@ -46,6 +48,10 @@ class RetryWorker {
   FailedMessageStore& store() { return *store_; }
 
  private:
+  // Readiness: SERVING while started and both the DLQ consumer and the scheduler can reach
+  // Postgres (each reports on its own thread).
+  void ReportHealth();
+
   Options options_;
   metrics::Registry registry_;
   std::unique_ptr<PgPool> pool_;
@@ -59,7 +65,10 @@ class RetryWorker {
   absl::Notification stop_;
   std::thread consumer_thread_;
   std::thread scheduler_thread_;
-  bool started_ = false;
+  std::atomic<bool> started_{false};
+  std::atomic<bool> consumer_ok_{true};
+  std::atomic<bool> scheduler_ok_{true};
+  std::mutex health_mu_;  // orders SetServing calls, so the last report wins
 };
 
 }  // namespace concert::retry

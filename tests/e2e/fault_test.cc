@@ -4,7 +4,8 @@
 // Telegram answer 5xx for a few seconds. Then faults stop, the system drains, and a checker
 // reading Postgres and the fake Telegram's record asserts the promise: every acknowledged
 // payment committed, one message per committed payment (apart from deliveries the notifier
-// itself counted as uncertain), none for anything else, nothing PENDING, every FAILED explained.
+// itself counted as uncertain), none for anything else, nothing PENDING, every parked row
+// explained, and none parked FAILED ("not delivered") that Telegram has.
 //
 // Its own Postgres and Kafka (PrivatePostgres, PrivateKafka), so it may crash them.
 //   FAULT_TEST_DURATION  seconds of faults (default 120; `make test-faults` uses 600)
@@ -209,7 +210,8 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   }
 
   // --- drain ----------------------------------------------------------------------------
-  // Done when every committed payment has a message or is parked FAILED, nothing is PENDING
+  // Done when every committed payment has a message or is parked (FAILED or UNCERTAIN), nothing
+  // is PENDING
   // and no delivery is in flight.
   const std::string url = postgres.url();
   absl::Time drain_start = absl::Now();
@@ -219,8 +221,9 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
         try {
           std::map<int64_t, int> messages = system.MessagesByReservation();
           std::set<std::string> parked;
-          for (const auto& row : QueryRows(url, "SELECT event_id FROM retry.failed_messages "
-                                                "WHERE status = 'FAILED'")) {
+          for (const auto& row :
+               QueryRows(url, "SELECT event_id FROM retry.failed_messages "
+                              "WHERE status IN ('FAILED', 'UNCERTAIN')")) {
             parked.insert(row[0]);
           }
           int missing = 0;
@@ -262,12 +265,13 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
     uncertain_events.insert(row[0]);
   }
   struct Parked {
-    std::string error_class, error_message;
+    std::string error_class, error_message, status;
   };
   std::map<std::string, Parked> failed_rows;
-  for (const auto& row : QueryRows(url, "SELECT event_id, error_class, error_message "
-                                        "FROM retry.failed_messages WHERE status = 'FAILED'")) {
-    failed_rows[row[0]] = {row[1], row[2]};
+  for (const auto& row :
+       QueryRows(url, "SELECT event_id, error_class, error_message, status "
+                      "FROM retry.failed_messages WHERE status IN ('FAILED', 'UNCERTAIN')")) {
+    failed_rows[row[0]] = {row[1], row[2], row[3]};
   }
   int64_t pending_left =
       QueryInt(url, "SELECT count(*) FROM retry.failed_messages WHERE status = 'PENDING'");
@@ -322,6 +326,8 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   for (const auto& [reservation, n] : messages) total_messages += n;
   int lost = 0, duplicates = 0, uncertain_extra = 0, failed_parked = 0, failed_unexplained = 0;
   int phantom = 0;
+  // FAILED must mean "not delivered": a copy that may have arrived parks as UNCERTAIN.
+  int failed_but_delivered = 0;
   const int telegram_faulted = system.telegram().faulted();
   for (const auto& [reservation, payment] : committed) {
     int n = messages.count(reservation) > 0 ? messages[reservation] : 0;
@@ -333,14 +339,19 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
         // Explained only by a Telegram failure we injected.
         bool explained = telegram_faulted > 0 && parked->second.error_class == "telegram_5xx";
         if (!explained) ++failed_unexplained;
-        Log(absl::StrCat("FAILED (parked): reservation ", reservation, " ",
+        Log(absl::StrCat(parked->second.status, " (parked): reservation ", reservation, " ",
                          parked->second.error_class, ": ", parked->second.error_message,
                          explained ? "" : "  <-- NOT explained by an injected fault"));
       } else {
         ++lost;
         Log(absl::StrCat("LOST: reservation ", reservation, " event ", payment.event_id));
       }
-    } else if (n > 1) {
+    } else if (parked != failed_rows.end() && parked->second.status == "FAILED") {
+      ++failed_but_delivered;
+      Log(absl::StrCat("FAILED BUT DELIVERED: reservation ", reservation, " event ",
+                       payment.event_id));
+    }
+    if (n > 1) {
       if (uncertain) {
         uncertain_extra += n - 1;
       } else {
@@ -404,8 +415,9 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
           << "uncertain (counted):           " << uncertain_events.size()
           << " deliveries, extra messages " << uncertain_extra << "\n"
           << "messages for no payment:       " << phantom << "\n"
-          << "FAILED (parked):               " << failed_parked << " of payments, "
+          << "parked, not delivered:         " << failed_parked << " of payments, "
           << failed_unexplained << " not explained\n"
+          << "parked FAILED but delivered:   " << failed_but_delivered << "\n"
           << "PENDING left:                  " << pending_left << "\n"
           << "negative balances:             " << negative_balances
           << ", balance mismatches " << balance_mismatches << "\n"
@@ -418,6 +430,7 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   EXPECT_EQ(acked_wrong_payment, 0);
   EXPECT_EQ(rejected_committed, 0);
   EXPECT_EQ(lost, 0);
+  EXPECT_EQ(failed_but_delivered, 0);
   EXPECT_EQ(duplicates, 0);
   EXPECT_EQ(phantom, 0);
   EXPECT_EQ(pending_left, 0);
