@@ -233,7 +233,8 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
                  attempt, false, stop);
   }
   if (absl::Status complete = CheckPaymentCompleted(event); !complete.ok()) {
-    return ToDlq(message, event_id, "poison", std::string(complete.message()), attempt, stop);
+    return ToDlq(message, event_id, "poison", std::string(complete.message()), attempt, false,
+                 stop);
   }
 
   absl::StatusOr<BeginResult> begin = store_.Begin(event_id, options_.uncertain_policy);
