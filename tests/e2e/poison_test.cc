@@ -122,7 +122,8 @@ class PoisonTest : public ::testing::Test {
     std::string url = db_.url();
     return [url, marker] {
       return QueryText(url, absl::StrCat("SELECT 'failed_messages ' || status || ' (' || "
-                                         "error_class || '): ' || left(error_message, 60) FROM "
+                                         "error_class || '): ' || left(trim(error_message || ' ' "
+                                         "|| operator_note), 70) FROM "
                                          "retry.failed_messages WHERE key = '",
                                          marker, "'::bytea AND status <> 'PENDING'"));
     };
@@ -255,6 +256,8 @@ TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePayments
     auto channel = grpc::CreateChannel(system_->admin_address(),
                                        grpc::InsecureChannelCredentials());
     auto stub = ops::v1::FailedMessageService::NewStub(channel);
+    // A well-formed token past 2^31 is a page like any other (here an empty one); the others
+    // are not tokens this API makes.
     for (const std::string& token : {std::string("after:9999999999"),
                                      std::string("after:99999999999999999999"),
                                      std::string("after:-1"), std::string("\xff")}) {
@@ -270,7 +273,9 @@ TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePayments
                        return absl::StrCat("gRPC status ", status.error_code(), ": ",
                                            status.error_message());
                      }});
-      EXPECT_EQ(status.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      EXPECT_EQ(status.error_code(), token == "after:9999999999"
+                                         ? grpc::StatusCode::OK
+                                         : grpc::StatusCode::INVALID_ARGUMENT)
           << token << ": " << status.error_message();
     }
   }
@@ -348,9 +353,12 @@ TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePayments
   EXPECT_LT(slowest, absl::Seconds(20));
 
   // Nothing but the set-aside rows stays in the outbox.
-  EXPECT_EQ(QueryInt(db_.url(), "SELECT count(*) FROM payment.outbox_events o WHERE NOT EXISTS "
-                                "(SELECT 1 FROM relay.set_aside_events s WHERE s.outbox_id = o.id)"),
-            0);
+  const std::string left_in_outbox =
+      "SELECT count(*) FROM payment.outbox_events o WHERE NOT EXISTS "
+      "(SELECT 1 FROM relay.set_aside_events s WHERE s.outbox_id = o.id)";
+  EXPECT_TRUE(WaitUntil([&] { return QueryInt(db_.url(), left_in_outbox) == 0; },
+                        absl::Seconds(30)))
+      << QueryInt(db_.url(), left_in_outbox) << " rows neither relayed nor set aside";
 }
 
 }  // namespace
