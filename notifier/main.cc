@@ -39,8 +39,14 @@ struct Options {
   std::string log_level;
 };
 
+// A bad setting (code 2) is one plain line, as for every binary; a failure once running is
+// logged like everything else.
 [[noreturn]] void Die(const std::string& message, int code) {
-  std::fprintf(stderr, "notifier: %s\n", message.c_str());
+  if (code == 2) {
+    std::fprintf(stderr, "notifier: %s\n", message.c_str());
+  } else {
+    log::Error(message);
+  }
   std::exit(code);
 }
 
