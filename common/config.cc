@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 
@@ -65,8 +66,9 @@ Settings::Settings(std::string program, int argc, const char* const* argv, GetEn
 }
 
 std::optional<std::string> Settings::Lookup(absl::string_view name, absl::string_view default_value,
-                                            absl::string_view help) {
-  described_.push_back({std::string(name), std::string(default_value), std::string(help)});
+                                            absl::string_view help, absl::string_view allowed) {
+  described_.push_back(
+      {std::string(name), std::string(default_value), std::string(allowed), std::string(help)});
   std::string flag = FlagNameFor(name);
   if (auto it = flags_.find(flag); it != flags_.end()) {
     used_flags_.push_back(flag);
@@ -93,34 +95,45 @@ std::string Settings::RequiredString(absl::string_view name, absl::string_view h
 
 int64_t Settings::Int(absl::string_view name, int64_t default_value, int64_t min, int64_t max,
                       absl::string_view help) {
-  std::optional<std::string> raw = Lookup(name, absl::StrCat(default_value), help);
+  std::string allowed = absl::StrCat(min, " to ", max);
+  std::optional<std::string> raw = Lookup(name, absl::StrCat(default_value), help, allowed);
   if (!raw) return default_value;
   int64_t value = 0;
   if (!absl::SimpleAtoi(*raw, &value)) {
-    Fail(name, absl::StrCat("'", *raw, "' is not an integer"));
+    Fail(name, absl::StrCat("'", *raw, "' is not an integer; allowed: ", allowed));
     return default_value;
   }
   if (value < min || value > max) {
-    Fail(name, absl::StrCat(value, " is outside [", min, ", ", max, "]"));
+    Fail(name, absl::StrCat("'", *raw, "' is outside the allowed range ", allowed));
     return default_value;
   }
   return value;
 }
 
 absl::Duration Settings::Duration(absl::string_view name, absl::Duration default_value,
-                                  absl::string_view help) {
-  std::optional<std::string> raw = Lookup(name, absl::FormatDuration(default_value), help);
+                                  absl::Duration min, absl::Duration max, absl::string_view help) {
+  std::string allowed = absl::StrCat(absl::FormatDuration(min), " to ", absl::FormatDuration(max));
+  std::optional<std::string> raw =
+      Lookup(name, absl::FormatDuration(default_value), help, allowed);
   if (!raw) return default_value;
   absl::Duration value;
   double seconds = 0;
+  bool parsed;
   if (absl::SimpleAtod(*raw, &seconds)) {
-    value = absl::Seconds(seconds);
-  } else if (!absl::ParseDuration(*raw, &value)) {
-    Fail(name, absl::StrCat("'", *raw, "' is not a duration (examples: 250ms, 30s, 5m)"));
+    // SimpleAtod accepts "inf" and "nan", which are no interval at all.
+    parsed = std::isfinite(seconds);
+    if (parsed) value = absl::Seconds(seconds);
+  } else {
+    parsed = absl::ParseDuration(*raw, &value);
+  }
+  if (!parsed) {
+    Fail(name, absl::StrCat("'", *raw, "' is not a duration (examples: 250ms, 30s, 5m); allowed: ",
+                            allowed));
     return default_value;
   }
-  if (value < absl::ZeroDuration()) {
-    Fail(name, absl::StrCat("'", *raw, "' is negative"));
+  // ParseDuration accepts "inf"; the range check rejects it with every other value too large.
+  if (value < min || value > max) {
+    Fail(name, absl::StrCat("'", *raw, "' is outside the allowed range ", allowed));
     return default_value;
   }
   return value;
@@ -177,7 +190,9 @@ std::string Settings::Help() const {
                                  " (environment variable, or the flag beside it):\n");
   for (const Described& d : described_) {
     absl::StrAppend(&out, "  ", d.name, "  --", FlagNameFor(d.name), "  [default: ",
-                    d.default_value.empty() ? "\"\"" : d.default_value, "]\n      ", d.help, "\n");
+                    d.default_value.empty() ? "\"\"" : d.default_value, "]");
+    if (!d.allowed.empty()) absl::StrAppend(&out, "  [allowed: ", d.allowed, "]");
+    absl::StrAppend(&out, "\n      ", d.help, "\n");
   }
   return out;
 }

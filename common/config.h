@@ -1,7 +1,8 @@
 // Configuration: every setting has an environment variable (KAFKA_BOOTSTRAP_SERVERS) and a flag
 // of the same meaning (--kafka-bootstrap-servers=...); a flag wins over the environment, the
 // environment over the default. Each binary reads all of its settings into one options struct,
-// then calls Validate(): a bad value stops the process with one line naming the setting.
+// then calls Validate(): a bad value stops the process with one line naming the setting (and,
+// for numbers and durations, the allowed range).
 //
 //   Settings s("notifier", argc, argv);
 //   NotifierOptions o;
@@ -38,11 +39,15 @@ class Settings {
   std::string String(absl::string_view name, absl::string_view default_value, absl::string_view help);
   // Empty or unset is an error.
   std::string RequiredString(absl::string_view name, absl::string_view help);
+  // Within [min, max], both shown by --help.
   int64_t Int(absl::string_view name, int64_t default_value, int64_t min, int64_t max,
               absl::string_view help);
-  // "250ms", "30s", "5m" or a plain number of seconds. Must not be negative.
+  // "250ms", "30s", "5m" or a plain number of seconds, within [min, max] (shown by --help).
+  // Choose the bounds where the setting is read: a minimum that cannot busy-loop, a maximum
+  // that still makes sense for what the value does (and that the library it is passed to
+  // accepts). "inf" and "nan", which absl parses, are never accepted.
   absl::Duration Duration(absl::string_view name, absl::Duration default_value,
-                          absl::string_view help);
+                          absl::Duration min, absl::Duration max, absl::string_view help);
   // true/false, 1/0, yes/no, on/off.
   bool Bool(absl::string_view name, bool default_value, absl::string_view help);
   // A comma-separated list of host:port pairs.
@@ -64,10 +69,10 @@ class Settings {
 
  private:
   struct Described {
-    std::string name, default_value, help;
+    std::string name, default_value, allowed, help;  // allowed: "" or "<min> to <max>"
   };
   std::optional<std::string> Lookup(absl::string_view name, absl::string_view default_value,
-                                    absl::string_view help);
+                                    absl::string_view help, absl::string_view allowed = "");
   void Fail(absl::string_view name, absl::string_view problem);
 
   std::string program_;

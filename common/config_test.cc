@@ -23,7 +23,8 @@ Settings Make(std::vector<const char*> args, std::map<std::string, std::string> 
 TEST(SettingsTest, FlagWinsOverEnvironmentWhichWinsOverDefault) {
   Settings s = Make({"--pool-size=9"}, {{"POOL_SIZE", "7"}, {"HOLD", "2m"}});
   EXPECT_EQ(s.Int("POOL_SIZE", 4, 1, 100, "pool"), 9);
-  EXPECT_EQ(s.Duration("HOLD", absl::Minutes(5), "hold"), absl::Minutes(2));
+  EXPECT_EQ(s.Duration("HOLD", absl::Minutes(5), absl::Seconds(1), absl::Hours(1), "hold"),
+            absl::Minutes(2));
   EXPECT_EQ(s.String("NAME", "dflt", "name"), "dflt");
   EXPECT_TRUE(s.Validate().ok());
 }
@@ -66,10 +67,10 @@ TEST(SettingsTest, BadValuesAreRejected) {
     Settings s = Make({"--pool-size=1000"});
     s.Int("POOL_SIZE", 4, 1, 100, "");
     return std::string(s.Validate().message());
-  }(), HasSubstr("outside [1, 100]"));
+  }(), HasSubstr("'1000' is outside the allowed range 1 to 100"));
   EXPECT_FALSE([] {
     Settings s = Make({"--interval=soon"});
-    s.Duration("INTERVAL", absl::Seconds(1), "");
+    s.Duration("INTERVAL", absl::Seconds(1), absl::Seconds(1), absl::Hours(1), "");
     return s.Validate().ok();
   }());
   EXPECT_FALSE([] {
@@ -86,8 +87,52 @@ TEST(SettingsTest, BadValuesAreRejected) {
 
 TEST(SettingsTest, PlainNumbersAreSecondsAndBooleansHaveSynonyms) {
   Settings s = Make({"--interval=1.5", "--verbose=yes"});
-  EXPECT_EQ(s.Duration("INTERVAL", absl::Seconds(1), ""), absl::Milliseconds(1500));
+  EXPECT_EQ(s.Duration("INTERVAL", absl::Seconds(1), absl::Seconds(1), absl::Hours(1), ""),
+            absl::Milliseconds(1500));
   EXPECT_TRUE(s.Bool("VERBOSE", false, ""));
+}
+
+// The first problem Validate() reports after reading INTERVAL = `value` within [100ms, 30s].
+std::string IntervalProblem(const char* value) {
+  Settings s = Make({}, {{"INTERVAL", value}});
+  s.Duration("INTERVAL", absl::Seconds(1), absl::Milliseconds(100), absl::Seconds(30), "");
+  return std::string(s.Validate().message());
+}
+
+TEST(SettingsTest, InfiniteAndNanDurationsAreRejectedWithTheAllowedRange) {
+  // absl::SimpleAtod and absl::ParseDuration both accept these.
+  for (const char* value : {"inf", "-inf", "infinity", "nan", "NaN"}) {
+    SCOPED_TRACE(value);
+    std::string problem = IntervalProblem(value);
+    EXPECT_THAT(problem, HasSubstr("invalid setting INTERVAL (--interval)"));
+    EXPECT_THAT(problem, HasSubstr("100ms to 30s"));
+  }
+  EXPECT_THAT(IntervalProblem("nan"), HasSubstr("'nan' is not a duration"));
+}
+
+TEST(SettingsTest, DurationsOutsideTheirRangeAreRejected) {
+  EXPECT_THAT(IntervalProblem("0"), HasSubstr("'0' is outside the allowed range 100ms to 30s"));
+  EXPECT_THAT(IntervalProblem("0s"), HasSubstr("'0s' is outside the allowed range 100ms to 30s"));
+  EXPECT_THAT(IntervalProblem("99ms"), HasSubstr("outside the allowed range"));
+  EXPECT_THAT(IntervalProblem("72h"), HasSubstr("'72h' is outside the allowed range 100ms to 30s"));
+  EXPECT_THAT(IntervalProblem("-1s"), HasSubstr("outside the allowed range"));
+}
+
+TEST(SettingsTest, DurationRangeIncludesItsBounds) {
+  for (const char* value : {"100ms", "0.1", "30s", "30"}) {
+    EXPECT_EQ(IntervalProblem(value), "") << value;
+  }
+}
+
+TEST(SettingsTest, HelpShowsTheAllowedRange) {
+  Settings s = Make({"--help"});
+  s.Duration("STATUS_INTERVAL", absl::Seconds(1), absl::Milliseconds(100), absl::Seconds(30), "");
+  s.Int("POOL_SIZE", 8, 1, 64, "connections");
+  s.String("NAME", "x", "a name");
+  EXPECT_THAT(s.Help(), HasSubstr("STATUS_INTERVAL  --status-interval  [default: 1s]  "
+                                  "[allowed: 100ms to 30s]\n"));
+  EXPECT_THAT(s.Help(), HasSubstr("POOL_SIZE  --pool-size  [default: 8]  [allowed: 1 to 64]\n"));
+  EXPECT_THAT(s.Help(), HasSubstr("NAME  --name  [default: x]\n"));
 }
 
 TEST(SettingsTest, UnknownFlagIsAnError) {

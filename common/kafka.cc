@@ -4,9 +4,27 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/notification.h"
+#include "common/log.h"
 #include "common/status.h"
 
 namespace concert::kafka {
+namespace {
+
+// librdkafka's log lines (a broker down, a request timed out), through our logger instead of
+// its own "%3|<time>|FAIL|<client>| ..." lines on stderr. Called on librdkafka's threads.
+void WriteKafkaLine(const rd_kafka_t* rk, int syslog_level, const char* facility,
+                    const char* message) {
+  log::Level level = syslog_level <= 3   ? log::Level::kError
+                     : syslog_level == 4 ? log::Level::kWarn
+                     : syslog_level <= 6 ? log::Level::kInfo
+                                         : log::Level::kDebug;
+  log::Write(level, message, {{"kafka_client", rd_kafka_name(rk)}, {"kafka_facility", facility}});
+}
+
+// Every configuration a client is made from passes here (MakeConf, EnsureTopics).
+void RouteLogs(rd_kafka_conf_t* conf) { rd_kafka_conf_set_log_cb(conf, WriteKafkaLine); }
+
+}  // namespace
 
 Config ProducerConfig(const std::string& bootstrap_servers, const std::string& client_id) {
   return {
@@ -41,6 +59,8 @@ Config ConsumerConfig(const std::string& bootstrap_servers, const std::string& g
 
 absl::StatusOr<std::unique_ptr<RdKafka::Conf>> MakeConf(const Config& config) {
   std::unique_ptr<RdKafka::Conf> conf(RdKafka::Conf::create(RdKafka::Conf::CONF_GLOBAL));
+  // Kept unless a caller sets an event_cb, whose EVENT_LOG events then carry these lines.
+  RouteLogs(conf->c_ptr_global());
   std::string error;
   for (const auto& [key, value] : config) {
     if (conf->set(key, value, error) != RdKafka::Conf::CONF_OK) {
@@ -82,6 +102,7 @@ absl::Status EnsureTopics(const std::string& bootstrap_servers, const std::vecto
                           absl::Duration timeout) {
   char error[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
+  RouteLogs(conf);
   if (rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap_servers.c_str(), error,
                         sizeof error) != RD_KAFKA_CONF_OK) {
     rd_kafka_conf_destroy(conf);

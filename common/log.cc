@@ -1,5 +1,7 @@
 #include "common/log.h"
 
+#include <grpc/support/log.h>
+
 #include <cstdio>
 #include <mutex>
 #include <string>
@@ -24,12 +26,24 @@ const char* LevelName(Level level) {
   return "info";
 }
 
+// gRPC's own lines (gpr_log: a port it cannot bind, a broken channel), which it would otherwise
+// print to stderr in its own format.
+void WriteGrpcLine(gpr_log_func_args* args) {
+  Level level = args->severity == GPR_LOG_SEVERITY_ERROR  ? Level::kError
+                : args->severity == GPR_LOG_SEVERITY_INFO ? Level::kInfo
+                                                          : Level::kDebug;
+  Write(level, args->message, {{"grpc_file", args->file}, {"grpc_line", args->line}});
+}
+
 }  // namespace
 
 void Init(absl::string_view service, Level min_level) {
-  std::lock_guard lock(mu);
-  service_name = std::string(service);
-  threshold = min_level;
+  {
+    std::lock_guard lock(mu);
+    service_name = std::string(service);
+    threshold = min_level;
+  }
+  gpr_set_log_function(WriteGrpcLine);
 }
 
 bool ParseLevel(absl::string_view name, Level* level) {

@@ -5,7 +5,11 @@
 //   log::Init("notifier");
 //   log::Info("notification sent", {{"event_id", id}, {"latency_ms", 42}});
 //
-// Thread-safe: lines from different threads never interleave.
+// Thread-safe: lines from different threads never interleave. The libraries' own lines come
+// here too, so that every line on stderr is JSON: Init() routes gRPC's (gpr_log, with fields
+// grpc_file and grpc_line), and every Kafka client made through common/kafka.h routes
+// librdkafka's (fields kafka_client and kafka_facility, its syslog level mapped to ours).
+// libpqxx discards Postgres notices unless a connection registers an errorhandler.
 #ifndef CONCERT_COMMON_LOG_H_
 #define CONCERT_COMMON_LOG_H_
 
@@ -17,7 +21,7 @@ namespace concert::log {
 
 enum class Level { kDebug, kInfo, kWarn, kError };
 
-// Names the service in every line, and drops lines below `min_level`.
+// Names the service in every line, drops lines below `min_level`, and takes over gRPC's log.
 void Init(absl::string_view service, Level min_level = Level::kInfo);
 // "debug", "info", "warn" or "error"; false when the name is none of those.
 bool ParseLevel(absl::string_view name, Level* level);

@@ -1,102 +1,78 @@
-// A small Prometheus client (Debian has none for C++): counters, gauges and histograms with
-// labels, rendered in the text exposition format and served over HTTP at /metrics.
+// Prometheus metrics for the services, on prometheus-cpp (Debian's prometheus-cpp-dev): counters,
+// gauges and histograms with labels, served at /metrics by prometheus-cpp's civetweb exposer.
 //
 //   auto& sent = metrics::Default().GetCounter("notifier_sent_total", "Messages sent");
 //   sent.Increment();
 //   metrics::HttpServer server(metrics::Default());
 //   RETURN_IF_ERROR(server.Start("127.0.0.1:9103"));
 //
-// Get* registers on first use and returns the same object for the same name and labels;
-// references stay valid for the registry's lifetime. Updating a metric is lock-free.
+// Get* registers on first use and returns the same object for the same name and labels (the
+// help text of the first registration is kept); references stay valid for the registry's
+// lifetime. Names and label names must be valid Prometheus names (prometheus-cpp throws
+// otherwise: a programming error). Updating a metric is lock-free; everything is thread-safe.
 #ifndef CONCERT_COMMON_METRICS_H_
 #define CONCERT_COMMON_METRICS_H_
 
-#include <atomic>
 #include <functional>
-#include <map>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
-#include <utility>
 #include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/labels.h>
 
 #include "absl/status/status.h"
 
-namespace httplib {
-class Server;
-}
+namespace prometheus {
+class Exposer;
+class Registry;
+}  // namespace prometheus
 
 namespace concert::metrics {
 
-using Labels = std::vector<std::pair<std::string, std::string>>;
-
-class Counter {
- public:
-  void Increment(double by = 1) { value_.fetch_add(by, std::memory_order_relaxed); }
-  double value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<double> value_{0};
-};
-
-class Gauge {
- public:
-  void Set(double v) { value_.store(v, std::memory_order_relaxed); }
-  void Add(double by) { value_.fetch_add(by, std::memory_order_relaxed); }
-  double value() const { return value_.load(std::memory_order_relaxed); }
-
- private:
-  std::atomic<double> value_{0};
-};
-
-class Histogram {
- public:
-  explicit Histogram(std::vector<double> upper_bounds);
-  void Observe(double value);
-  // Cumulative counts per bucket (the last is +Inf), the sum and the count.
-  std::vector<uint64_t> CumulativeCounts() const;
-  double sum() const { return sum_.load(std::memory_order_relaxed); }
-  const std::vector<double>& upper_bounds() const { return bounds_; }
-
- private:
-  std::vector<double> bounds_;
-  std::unique_ptr<std::atomic<uint64_t>[]> counts_;  // bounds_.size() + 1 (+Inf)
-  std::atomic<double> sum_{0};
-};
+// Label name -> value. Rendered in name order, whatever the order they are given in.
+using Labels = prometheus::Labels;
+using Counter = prometheus::Counter;
+using Gauge = prometheus::Gauge;
+using Histogram = prometheus::Histogram;
 
 // Seconds, from 1 ms to 10 s: request and send latencies.
 std::vector<double> LatencyBuckets();
 
 class Registry {
  public:
+  Registry();
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
   Counter& GetCounter(const std::string& name, const std::string& help, const Labels& labels = {});
   Gauge& GetGauge(const std::string& name, const std::string& help, const Labels& labels = {});
+  // `upper_bounds` ascending; +Inf is implied.
   Histogram& GetHistogram(const std::string& name, const std::string& help,
                           std::vector<double> upper_bounds, const Labels& labels = {});
-  // `refresh` runs before every Render(): for gauges that mirror other state (pool sizes, lag).
+  // `refresh` runs before every collection (a scrape or Render()): for gauges that mirror other
+  // state (pool sizes, lag). It runs on the scraping thread.
   void OnCollect(std::function<void()> refresh);
-  // The text exposition format, version 0.0.4.
+  // The text exposition format, version 0.0.4, as a scrape would see it.
   std::string Render() const;
 
  private:
-  struct Family {
-    std::string type, help;
-    std::map<std::string, std::unique_ptr<Counter>> counters;  // by rendered label set
-    std::map<std::string, std::unique_ptr<Gauge>> gauges;
-    std::map<std::string, std::unique_ptr<Histogram>> histograms;
-  };
-  Family& FamilyFor(const std::string& name, const std::string& type, const std::string& help);
+  friend class HttpServer;
+  class Collector;
 
-  mutable std::mutex mu_;
-  std::map<std::string, Family> families_;
-  std::vector<std::function<void()>> refreshers_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<Collector> collector_;  // what an HttpServer exposes
 };
 
 // The process-wide registry the services use.
 Registry& Default();
 
-// Serves GET /metrics from a background thread.
+// Serves GET /metrics from background threads. A slow or stalled client holds one of a few
+// threads for at most a couple of seconds (civetweb's request_timeout_ms), so a scrape answers
+// even while slow clients keep connecting.
 class HttpServer {
  public:
   explicit HttpServer(Registry& registry);
@@ -108,8 +84,7 @@ class HttpServer {
 
  private:
   Registry& registry_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
   int port_ = 0;
 };
 

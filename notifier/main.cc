@@ -39,8 +39,14 @@ struct Options {
   std::string log_level;
 };
 
+// A bad setting (code 2) is one plain line, as for every binary; a failure once running is
+// logged like everything else.
 [[noreturn]] void Die(const std::string& message, int code) {
-  std::fprintf(stderr, "notifier: %s\n", message.c_str());
+  if (code == 2) {
+    std::fprintf(stderr, "notifier: %s\n", message.c_str());
+  } else {
+    log::Error(message);
+  }
   std::exit(code);
 }
 
@@ -78,24 +84,32 @@ int main(int argc, char** argv) {
   o.telegram.token = s.String("TELEGRAM_BOT_TOKEN", "",
                               "Bot token; empty: the log sender writes NOTIFICATIONS_FILE instead");
   o.telegram.chat_id = s.String("TELEGRAM_CHAT_ID", "", "Chat to notify; required with a token");
+  // libcurl reads 0 as "its default" (300 s) for the connect timeout and "never" for the whole.
   o.telegram.connect_timeout =
-      s.Duration("TELEGRAM_CONNECT_TIMEOUT", absl::Seconds(3), "Telegram connect timeout");
+      s.Duration("TELEGRAM_CONNECT_TIMEOUT", absl::Seconds(3), absl::Milliseconds(100),
+                 absl::Minutes(1), "Telegram connect timeout");
   o.telegram.total_timeout =
-      s.Duration("TELEGRAM_TIMEOUT", absl::Seconds(10), "Telegram whole-request timeout");
+      s.Duration("TELEGRAM_TIMEOUT", absl::Seconds(10), absl::Milliseconds(100), absl::Minutes(5),
+                 "Telegram whole-request timeout");
+  // The backoff doubles per retry while the record's partition waits: at most
+  // 10 s * (2^10 - 1), about 3 hours, and a SIGTERM cuts it short.
   o.telegram.retries = static_cast<int>(s.Int(
-      "TELEGRAM_RETRIES", 3, 0, 20, "In-process retries after a 5xx, timeout or connection error"));
-  o.telegram.retry_backoff = s.Duration("TELEGRAM_RETRY_BACKOFF", absl::Milliseconds(500),
-                                        "First backoff between those retries (doubles)");
-  o.telegram.max_retry_after = s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30),
-                                          "Longest 429 retry_after honoured before retrying");
+      "TELEGRAM_RETRIES", 3, 0, 10, "In-process retries after a 5xx, timeout or connection error"));
+  o.telegram.retry_backoff =
+      s.Duration("TELEGRAM_RETRY_BACKOFF", absl::Milliseconds(500), absl::Milliseconds(10),
+                 absl::Seconds(10), "First backoff between those retries (doubles)");
+  o.telegram.max_retry_after =
+      s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30), absl::Seconds(1), absl::Hours(1),
+                 "Longest 429 retry_after honoured before retrying");
   o.time_zone = s.String("NOTIFY_TIME_ZONE", "Asia/Seoul", "Time zone of times in the message");
   o.notifications_file = s.String("NOTIFICATIONS_FILE", ".local/notifications.jsonl",
                                   "Log sender's output (JSON lines)");
   o.uncertain_policy = s.String("UNCERTAIN_POLICY", "resend",
                                 "Event found in flight after a crash: resend (maybe a duplicate) "
                                 "or skip (maybe lost)");
-  o.notifier.commit_interval = s.Duration("COMMIT_INTERVAL", absl::Milliseconds(200),
-                                          "How often finished offsets are committed");
+  o.notifier.commit_interval =
+      s.Duration("COMMIT_INTERVAL", absl::Milliseconds(200), absl::Milliseconds(10),
+                 absl::Minutes(1), "How often finished offsets are committed");
   o.grpc_address = s.ListenAddress("GRPC_ADDRESS", "127.0.0.1:50054", "Health gRPC address");
   o.metrics_address = s.ListenAddress("METRICS_ADDRESS", "127.0.0.1:9103", "Prometheus /metrics");
   o.log_level = s.String("LOG_LEVEL", "info", "debug, info, warn or error");

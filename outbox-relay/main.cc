@@ -62,27 +62,37 @@ int main(int argc, char** argv) {
       "topic for event types without one; empty: set aside (relay.set_aside_events), row kept in the outbox");
   o.slot = s.String("REPLICATION_SLOT", "concert_outbox_relay", "logical replication slot");
   o.publication = s.String("PUBLICATION", "concert_outbox", "publication on the outbox table");
-  o.status_interval = s.Duration("STATUS_INTERVAL", absl::Seconds(1),
-                                 "how often the confirmed WAL position is reported and rows deleted");
+  // At most half of Postgres' default wal_sender_timeout (60 s): a longer interval confirms
+  // too late to keep the slot's WAL and the outbox small.
+  o.status_interval =
+      s.Duration("STATUS_INTERVAL", absl::Seconds(1), absl::Milliseconds(100), absl::Seconds(30),
+                 "how often the confirmed WAL position is reported and rows deleted");
   o.cleanup_batch = static_cast<int>(
       s.Int("CLEANUP_BATCH", 5000, 1, 1000000, "outbox rows deleted per statement"));
+  // librdkafka's message.timeout.ms: 0 would mean "never", and it takes an int32 of ms.
   o.kafka_message_timeout =
-      s.Duration("KAFKA_MESSAGE_TIMEOUT", absl::Seconds(60),
+      s.Duration("KAFKA_MESSAGE_TIMEOUT", absl::Seconds(60), absl::Seconds(1), absl::Hours(1),
                  "a record unacknowledged this long fails and the stream restarts");
   o.kafka_stall_threshold = s.Duration(
-      "KAFKA_STALL_THRESHOLD", absl::Seconds(10),
+      "KAFKA_STALL_THRESHOLD", absl::Seconds(10), absl::Seconds(1), absl::Hours(1),
       "events waiting longer than this for Kafka make health NOT_SERVING");
-  o.backoff_initial = s.Duration("BACKOFF_INITIAL", absl::Milliseconds(200),
-                                 "first wait before reconnecting after an error");
-  o.backoff_max = s.Duration("BACKOFF_MAX", absl::Seconds(10), "longest wait between reconnects");
-  o.standby_poll_interval = s.Duration("STANDBY_POLL_INTERVAL", absl::Seconds(1),
-                                       "how often a standby tries to take over the slot");
-  o.slot_stats_interval = s.Duration("SLOT_STATS_INTERVAL", absl::Seconds(10),
-                                     "how often the slot's lag, retained WAL and stranded outbox rows are measured");
-  o.stranded_after = s.Duration("STRANDED_AFTER", absl::Minutes(5),
-                                "an outbox row left this long behind the stream is counted and logged");
-  absl::Duration older_than = s.Duration(
-      "OLDER_THAN", absl::Minutes(1), "requeue: only outbox rows created at least this long ago");
+  o.backoff_initial =
+      s.Duration("BACKOFF_INITIAL", absl::Milliseconds(200), absl::Milliseconds(10),
+                 absl::Minutes(1), "first wait before reconnecting after an error");
+  o.backoff_max = s.Duration("BACKOFF_MAX", absl::Seconds(10), absl::Milliseconds(100),
+                             absl::Minutes(10), "longest wait between reconnects");
+  o.standby_poll_interval =
+      s.Duration("STANDBY_POLL_INTERVAL", absl::Seconds(1), absl::Milliseconds(100),
+                 absl::Minutes(5), "how often a standby tries to take over the slot");
+  o.slot_stats_interval =
+      s.Duration("SLOT_STATS_INTERVAL", absl::Seconds(10), absl::Seconds(1), absl::Hours(1),
+                 "how often the slot's lag, retained WAL and stranded outbox rows are measured");
+  o.stranded_after =
+      s.Duration("STRANDED_AFTER", absl::Minutes(5), absl::Seconds(1), absl::Hours(24 * 7),
+                 "an outbox row left this long behind the stream is counted and logged");
+  absl::Duration older_than =
+      s.Duration("OLDER_THAN", absl::Minutes(1), absl::ZeroDuration(), absl::Hours(24 * 365),
+                 "requeue: only outbox rows created at least this long ago");
   std::string grpc_address =
       s.ListenAddress("GRPC_ADDRESS", "127.0.0.1:50053", "gRPC health service address");
   std::string metrics_address =

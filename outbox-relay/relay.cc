@@ -290,6 +290,15 @@ absl::Status Relay::Session::ConnectReplication() {
     return absl::UnavailableError(
         absl::StrCat("replication connection: ", ResultError(repl_, nullptr)));
   }
+  // libpq prints server notices to stderr by default; every line of ours is JSON.
+  PQsetNoticeProcessor(
+      repl_,
+      [](void*, const char* notice) {
+        std::string text = notice;
+        while (!text.empty() && text.back() == '\n') text.pop_back();
+        log::Warn("postgres notice on the replication connection", {{"notice", text}});
+      },
+      nullptr);
   return absl::OkStatus();
 }
 
@@ -696,7 +705,7 @@ void Relay::Session::MeasureStranded() {
               {{"error", std::string(stranded.status().message())}});
     return;
   }
-  bool changed = m_.stranded_rows.value() != static_cast<double>(stranded->rows);
+  bool changed = m_.stranded_rows.Value() != static_cast<double>(stranded->rows);
   m_.stranded_rows.Set(static_cast<double>(stranded->rows));
   m_.oldest_stranded.Set(stranded->oldest_age_seconds);
   if (stranded->rows > 0 && changed) {

@@ -15,7 +15,7 @@ TEST_F(RelayTest, ThousandPaymentsArriveWithKeyValueHeadersInCommitOrderAndOutbo
     // Rows written before the slot exists are re-queued, but not in order with rows that
     // raced the slot's creation: start writing once the relay streams.
     ASSERT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
         absl::Seconds(30)));
     OutboxWriter writer(db_.url());
     for (int i = 0; i < 1000; ++i) {
@@ -43,7 +43,7 @@ TEST_F(RelayTest, ThousandPaymentsArriveWithKeyValueHeadersInCommitOrderAndOutbo
 
     EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 0; }, absl::Seconds(30)))
         << OutboxRows(db_.url()) << " rows left in the outbox";
-    EXPECT_GE(relay.registry().GetCounter("relay_events_total", "").value(), 1000);
+    EXPECT_GE(relay.registry().GetCounter("relay_events_total", "").Value(), 1000);
   }
   DropSlot(db_.url(), slot_);
 }
@@ -53,7 +53,7 @@ TEST_F(RelayTest, OneTransactionWithTenThousandRowsIsRelayedCompletely) {
     InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
     ASSERT_TRUE(WaitUntil(
         [&] {
-          return relay.registry().GetGauge("relay_active", "").value() == 1;
+          return relay.registry().GetGauge("relay_active", "").Value() == 1;
         },
         absl::Seconds(30)));
     OutboxWriter writer(db_.url());
@@ -238,13 +238,13 @@ TEST(RelayFaultTest, KafkaStoppedAndRestartedMidStreamLosesNothing) {
     o.kafka_stall_threshold = absl::Seconds(2);
     InProcessRelay relay(o);
     ASSERT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
         absl::Seconds(60)));
     BackgroundWriter writer(db.url(), 5, absl::Milliseconds(5));
     ASSERT_TRUE(WaitUntil([&] { return writer.count() >= 500; }, absl::Seconds(30)));
     ASSERT_TRUE(kafka.Stop());
     absl::SleepFor(absl::Seconds(10));
-    EXPECT_EQ(relay.registry().GetGauge("relay_kafka_up", "").value(), 0);
+    EXPECT_EQ(relay.registry().GetGauge("relay_kafka_up", "").Value(), 0);
     // One retry: on this shared 2-core machine a broker start occasionally fails at once.
     ASSERT_TRUE(kafka.Start() || kafka.Start());
     size_t before = writer.count();
@@ -261,7 +261,7 @@ TEST(RelayFaultTest, KafkaStoppedAndRestartedMidStreamLosesNothing) {
         absl::Seconds(60));
     ExpectAllPresent(written, reader.records());
     std::printf("[relay] delivery errors during the outage: %.0f\n",
-                relay.registry().GetCounter("relay_delivery_errors_total", "").value());
+                relay.registry().GetCounter("relay_delivery_errors_total", "").Value());
   }
   DropSlot(db.url(), slot);
 }
@@ -273,13 +273,13 @@ TEST(RelayFaultTest, PostgresRestartedMidStreamLosesNothing) {
   {
     InProcessRelay relay(Options(pg.url(), KafkaBootstrap(), topic, slot));
     ASSERT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
         absl::Seconds(30)));
     BackgroundWriter writer(pg.url(), 5, absl::Milliseconds(5));
     ASSERT_TRUE(WaitUntil([&] { return writer.count() >= 500; }, absl::Seconds(30)));
     ASSERT_TRUE(pg.Stop(/*immediate=*/true));
     absl::SleepFor(absl::Seconds(3));
-    EXPECT_EQ(relay.registry().GetGauge("relay_active", "").value(), 0);
+    EXPECT_EQ(relay.registry().GetGauge("relay_active", "").Value(), 0);
     ASSERT_TRUE(pg.Start());
     size_t before = writer.count();
     ASSERT_TRUE(WaitUntil([&] { return writer.count() >= before + 1000; }, absl::Seconds(60)));
@@ -307,7 +307,7 @@ TEST_F(RelayTest, DISABLED_MeasureThroughputAndLatency) {
     // Create the slot, then stop: the backlog is written while no relay runs.
     InProcessRelay relay(o);
     ASSERT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
         absl::Seconds(30)));
   }
   OutboxWriter writer(db_.url());
@@ -321,7 +321,7 @@ TEST_F(RelayTest, DISABLED_MeasureThroughputAndLatency) {
   absl::Time start = absl::Now();
   InProcessRelay relay(o);
   ASSERT_TRUE(WaitUntil(
-      [&] { return relay.registry().GetCounter("relay_events_total", "").value() >= 10000; },
+      [&] { return relay.registry().GetCounter("relay_events_total", "").Value() >= 10000; },
       absl::Seconds(120), absl::Milliseconds(5)));
   double secs = absl::ToDoubleSeconds(absl::Now() - start);
   std::printf("[measure] backlog of 10000 single-row transactions: %.2f s from relay start to "

@@ -34,13 +34,13 @@ std::string SetAsideReason(const std::string& url, int64_t row_id) {
 double SetAsideCount(InProcessRelay& relay, const std::string& reason) {
   return relay.registry()
       .GetCounter("relay_set_aside_events_total", "", {{"reason", reason}})
-      .value();
+      .Value();
 }
 
 TEST_F(RelayTest, RowLargerThanKafkaAcceptsIsSetAsideAndTheStreamGoesOn) {
   InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
   ASSERT_TRUE(WaitUntil(
-      [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+      [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
       absl::Seconds(30)));
   OutboxWriter writer(db_.url());
   std::vector<Event> written = writer.WriteTransaction(3, 3);
@@ -59,13 +59,13 @@ TEST_F(RelayTest, RowLargerThanKafkaAcceptsIsSetAsideAndTheStreamGoesOn) {
       << "reason: '" << SetAsideReason(db_.url(), huge) << "'";
   EXPECT_EQ(SetAsideCount(relay, "too_large"), 1);
   EXPECT_EQ(relay.registry().GetCounter("relay_stream_restarts_total", "", {{"cause", "kafka"}})
-                .value(),
+                .Value(),
             0);
   // The slot moved past the row: the WAL it would otherwise pin is released.
   EXPECT_TRUE(WaitUntil(
-      [&] { return relay.registry().GetGauge("relay_bytes_behind", "").value() < 1'000'000; },
+      [&] { return relay.registry().GetGauge("relay_bytes_behind", "").Value() < 1'000'000; },
       absl::Seconds(30)))
-      << relay.registry().GetGauge("relay_bytes_behind", "").value();
+      << relay.registry().GetGauge("relay_bytes_behind", "").Value();
   relay.Stop();
   DropSlot(db_.url(), slot_);
 }
@@ -78,7 +78,7 @@ TEST_F(RelayTest, ByteaOutputEscapeOnTheDatabaseDoesNotChangeWhatIsRelayed) {
   }
   InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
   ASSERT_TRUE(WaitUntil(
-      [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+      [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
       absl::Seconds(30)));
   OutboxWriter writer(db_.url());
   std::vector<Event> written = writer.WriteTransaction(20, 5);
@@ -152,7 +152,7 @@ TEST_F(RelayTest, StrandedRowIsVisibleAndAnOperatorCanRequeueIt) {
     o.stranded_after = absl::Seconds(1);
     InProcessRelay relay(o);
     ASSERT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_active", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
         absl::Seconds(30)));
     row = InsertRow(db_.url(), "RefundIssued", "refund");
     OutboxWriter writer(db_.url());
@@ -165,7 +165,7 @@ TEST_F(RelayTest, StrandedRowIsVisibleAndAnOperatorCanRequeueIt) {
     EXPECT_NE(SetAsideReason(db_.url(), row).find("no topic"), std::string::npos);
     EXPECT_EQ(SetAsideCount(relay, "no_topic"), 1);
     EXPECT_TRUE(WaitUntil(
-        [&] { return relay.registry().GetGauge("relay_outbox_stranded_rows", "").value() == 1; },
+        [&] { return relay.registry().GetGauge("relay_outbox_stranded_rows", "").Value() == 1; },
         absl::Seconds(30)));
   }
   // The operator routes the type, then re-drives the row.

@@ -440,11 +440,12 @@ TEST_F(PaymentsTest, MetricsCountRequestsByMethodAndCode) {
   ASSERT_TRUE(client_->Pay(Auth(1), reservation).ok());
   client_->Pay("", reservation).ok();
   std::string text = server_->registry().Render();
-  EXPECT_NE(text.find("payment_grpc_requests_total{method=\"PayConcert\",code=\"OK\"} 1"),
+  EXPECT_NE(text.find("payment_grpc_requests_total{code=\"OK\",method=\"PayConcert\"} 1"),
             std::string::npos)
       << text;
-  EXPECT_NE(text.find("payment_grpc_requests_total{method=\"PayConcert\",code=\"UNAUTHENTICATED\"} 1"),
-            std::string::npos)
+  EXPECT_NE(
+      text.find("payment_grpc_requests_total{code=\"UNAUTHENTICATED\",method=\"PayConcert\"} 1"),
+      std::string::npos)
       << text;
   EXPECT_NE(text.find("payment_grpc_request_duration_seconds_count{method=\"ReserveSeat\"} 1"),
             std::string::npos)

@@ -130,22 +130,24 @@ ServerOptions ReadServerOptions(Settings& s) {
       s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
   o.auth_token_secret = s.String(
       "AUTH_TOKEN_SECRET", "", "HMAC key of bearer tokens (required by serve and mint-token)");
-  o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold,
-                                  "how long ReserveSeat holds a seat for payment");
+  o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold, absl::Seconds(10),
+                                  absl::Hours(24), "how long ReserveSeat holds a seat for payment");
   o.db_pool_size = static_cast<int>(
       s.Int("DB_POOL_SIZE", o.db_pool_size, 1, 1000, "Postgres connections at most"));
-  o.db_acquire_timeout = s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout,
-                                    "how long a call waits for a free Postgres connection");
+  o.db_acquire_timeout =
+      s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout, absl::Milliseconds(10),
+                 absl::Minutes(1), "how long a call waits for a free Postgres connection");
   o.db_max_attempts = static_cast<int>(
       s.Int("DB_MAX_ATTEMPTS", o.db_max_attempts, 1, 20,
             "tries of a transaction on serialization failure, deadlock or broken connection"));
   o.grpc_max_threads = static_cast<int>(s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
                                               "threads of the synchronous gRPC server at most"));
-  o.health_check_interval =
-      s.Duration("HEALTH_CHECK_INTERVAL", o.health_check_interval,
-                 "how often the database is probed for grpc.health.v1 while healthy");
-  o.shutdown_grace = s.Duration("SHUTDOWN_GRACE", o.shutdown_grace,
-                                "how long in-flight calls may take to finish on SIGTERM");
+  o.health_check_interval = s.Duration(
+      "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
+      "how often the database is probed for grpc.health.v1 while healthy");
+  o.shutdown_grace =
+      s.Duration("SHUTDOWN_GRACE", o.shutdown_grace, absl::ZeroDuration(), absl::Minutes(5),
+                 "how long in-flight calls may take to finish on SIGTERM");
   return o;
 }
 

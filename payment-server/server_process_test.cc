@@ -149,7 +149,7 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   auto response = http.Get("/metrics");
   ASSERT_TRUE(response) << "no /metrics answer";
   EXPECT_TRUE(absl::StrContains(
-      response->body, "payment_grpc_requests_total{method=\"PayConcert\",code=\"OK\"} 1"))
+      response->body, "payment_grpc_requests_total{code=\"OK\",method=\"PayConcert\"} 1"))
       << response->body;
   EXPECT_TRUE(absl::StrContains(response->body, "payment_db_pool_in_use"));
 

@@ -10,19 +10,25 @@ Options ReadOptions(Settings& s) {
   o.group_id = s.String("KAFKA_GROUP_ID", o.group_id, "consumer group reading the DLQ");
   o.dlq_topic = s.String("DLQ_TOPIC", o.dlq_topic, "dead-letter topic the notifier writes");
   o.admin_token = s.RequiredString("ADMIN_TOKEN", "bearer token required by the admin gRPC API");
-  o.interval = s.Duration("RETRY_INTERVAL", o.interval, "how often due rows are re-published");
+  o.interval = s.Duration("RETRY_INTERVAL", o.interval, absl::Milliseconds(100), absl::Hours(1),
+                          "how often due rows are re-published");
   o.max_attempts = static_cast<int>(
       s.Int("RETRY_MAX_ATTEMPTS", o.max_attempts, 1, 1000,
             "delivery attempts in total before parking as FAILED or UNCERTAIN"));
-  o.backoff_base = s.Duration("RETRY_BACKOFF_BASE", o.backoff_base,
-                              "backoff after the first failed attempt, doubled per attempt");
-  o.backoff_cap = s.Duration("RETRY_BACKOFF_CAP", o.backoff_cap, "longest backoff");
+  o.backoff_base =
+      s.Duration("RETRY_BACKOFF_BASE", o.backoff_base, absl::Milliseconds(100), absl::Hours(24),
+                 "backoff after the first failed attempt, doubled per attempt");
+  o.backoff_cap = s.Duration("RETRY_BACKOFF_CAP", o.backoff_cap, absl::Milliseconds(100),
+                             absl::Hours(24 * 7), "longest backoff");
   o.backoff_jitter_percent = static_cast<int>(s.Int(
       "RETRY_BACKOFF_JITTER_PERCENT", o.backoff_jitter_percent, 0, 100,
       "share of the backoff that is random (100 = full jitter)"));
   o.batch = static_cast<int>(s.Int("RETRY_BATCH", o.batch, 1, 10000, "rows claimed per pass"));
-  o.publish_timeout = s.Duration("RETRY_PUBLISH_TIMEOUT", o.publish_timeout,
-                                 "longest wait for Kafka's acknowledgement of a re-publish");
+  // Also librdkafka's message.timeout.ms (at least 1 s there); claimed rows stay locked
+  // meanwhile, hence the small maximum.
+  o.publish_timeout =
+      s.Duration("RETRY_PUBLISH_TIMEOUT", o.publish_timeout, absl::Seconds(1), absl::Minutes(5),
+                 "longest wait for Kafka's acknowledgement of a re-publish");
   o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "admin gRPC API + health");
   o.metrics_address = s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics");
   o.log_level = s.String("LOG_LEVEL", o.log_level, "debug, info, warn or error");

@@ -17,6 +17,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   librdkafka-dev libpqxx-dev libcurl4-openssl-dev nlohmann-json3-dev libcpp-httplib-dev
+  prometheus-cpp-dev
   libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15
   openjdk-17-jre-headless maven

@@ -22,11 +22,14 @@ using testing::CommandOutput;
 using testing::FreePort;
 using testing::RunCommandCapturing;
 
-// Runs `binary` with a clean environment plus `env` (bounded to 20 s); its `out` is stderr only.
-CommandOutput RunBinary(const std::string& binary, const std::vector<std::string>& env) {
+// Runs `binary` with a clean environment plus `env`, killed after `limit_seconds` (a bad
+// setting stops it at once); its `out` is stderr only.
+CommandOutput RunBinary(const std::string& binary, const std::vector<std::string>& env,
+                        int limit_seconds = 20) {
   std::string command = "env -i PATH=/usr/bin:/bin";
   for (const std::string& e : env) absl::StrAppend(&command, " '", e, "'");
-  absl::StrAppend(&command, " timeout -s KILL 20 ", BinaryPath(binary), " 2>&1 >/dev/null");
+  absl::StrAppend(&command, " timeout -s KILL ", limit_seconds, " ", BinaryPath(binary),
+                  " 2>&1 >/dev/null");
   return RunCommandCapturing(command);
 }
 
@@ -62,6 +65,42 @@ TEST_P(CliTest, UnparsableKafkaBootstrapIsOneLineNamingIt) {
   EXPECT_NE(run.exit_code, 0);
   EXPECT_EQ(Lines(run.out).size(), 1u) << run.out;
   EXPECT_THAT(run.out, HasSubstr("KAFKA_BOOTSTRAP_SERVERS"));
+}
+
+// Durations that parse but would misbehave: infinite or NaN (absl accepts both), zero
+// intervals that would busy-loop, intervals too long to do their job (a relay confirming its
+// WAL position every three days; Postgres drops a silent replication client after 60 s), and a
+// timeout librdkafka rejects (message.timeout.ms is an int32 of milliseconds).
+std::vector<std::string> OutOfRangeSettings(const std::string& binary) {
+  if (binary == "payment-server") {
+    return {"RESERVATION_HOLD=inf", "DB_ACQUIRE_TIMEOUT=nan", "HEALTH_CHECK_INTERVAL=0",
+            "SHUTDOWN_GRACE=1000h", "DB_POOL_SIZE=0"};
+  }
+  if (binary == "outbox-relay") {
+    return {"KAFKA_MESSAGE_TIMEOUT=inf", "KAFKA_MESSAGE_TIMEOUT=600h", "STATUS_INTERVAL=0",
+            "STATUS_INTERVAL=72h",       "STANDBY_POLL_INTERVAL=nan",  "BACKOFF_INITIAL=0",
+            "SLOT_STATS_INTERVAL=0"};
+  }
+  if (binary == "notifier") {
+    return {"COMMIT_INTERVAL=0", "TELEGRAM_TIMEOUT=0", "TELEGRAM_RETRY_BACKOFF=inf",
+            "TELEGRAM_CONNECT_TIMEOUT=nan"};
+  }
+  return {"RETRY_INTERVAL=0", "RETRY_BACKOFF_BASE=nan", "RETRY_PUBLISH_TIMEOUT=inf",
+          "RETRY_BACKOFF_CAP=0"};
+}
+
+TEST_P(CliTest, OutOfRangeValueIsExitTwoWithOneLineNamingTheSettingAndItsRange) {
+  for (const std::string& setting : OutOfRangeSettings(GetParam())) {
+    SCOPED_TRACE(setting);
+    std::vector<std::string> env = ValidEnv();
+    env.push_back("DATABASE_URL=postgresql://concert:concert@127.0.0.1:1/nothing");
+    env.push_back(setting);
+    CommandOutput run = RunBinary(GetParam(), env, /*limit_seconds=*/5);
+    EXPECT_EQ(run.exit_code, 2) << run.out;
+    ASSERT_EQ(Lines(run.out).size(), 1u) << run.out;
+    EXPECT_THAT(run.out, HasSubstr(setting.substr(0, setting.find('='))));
+    EXPECT_THAT(run.out, HasSubstr("allowed"));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Binaries, CliTest,
