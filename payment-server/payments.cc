@@ -119,9 +119,10 @@ void Payments::Prepare(pqxx::connection& conn) {
   conn.prepare(kPaymentByReservation, absl::StrCat(payment_columns, "WHERE p.reservation_id = $1"));
   conn.prepare(kPaymentById, absl::StrCat(payment_columns, "WHERE p.id = $1"));
   // $2 = 0 on the first page; a page token carries the last (smallest) id of the previous one.
+  // The cast types $2 as bigint: `$2 = 0` alone would make it an int, too small for an id.
   conn.prepare(kPaymentsOfUser,
                absl::StrCat(payment_columns,
-                            "WHERE p.user_id = $1 AND ($2 = 0 OR p.id < $2) "
+                            "WHERE p.user_id = $1 AND ($2::bigint = 0 OR p.id < $2) "
                             "ORDER BY p.id DESC LIMIT $3"));
   // The balance check and the debit are one statement: concurrent payments of one user queue on
   // the user's row and each re-checks the balance it finds, so it never goes below zero.
