@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdint>
 #include <limits>
+#include <unordered_map>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -359,21 +361,19 @@ absl::StatusOr<v1::ListConcertsResponse> Payments::ListConcerts(
     size_t kept = RowsInPage(concerts, page_size);
     if (kept == 0) return absl::OkStatus();
     std::vector<int64_t> ids;
+    std::unordered_map<int64_t, v1::Concert*> by_id;
     for (size_t i = 0; i < kept; ++i) {
       v1::Concert* concert = response.add_concerts();
       concert->set_concert_id(concerts[i][0].as<int64_t>());
       concert->set_title(concerts[i][1].as<std::string>());
       ids.push_back(concert->concert_id());
+      by_id[concert->concert_id()] = concert;
     }
     response.set_next_page_token(NextPageToken(concerts, page_size, kConcertsList, 0));
-    // Both lists are in concert id order, so one pass attaches each schedule to its concert.
     pqxx::result schedules = tx.exec_prepared(
         kSchedulesOfConcerts, absl::StrCat("{", absl::StrJoin(ids, ","), "}"));
-    int c = 0;
     for (const pqxx::row& row : schedules) {
-      int64_t concert_id = row[0].as<int64_t>();
-      while (response.concerts(c).concert_id() != concert_id) ++c;
-      v1::Schedule* schedule = response.mutable_concerts(c)->add_schedules();
+      v1::Schedule* schedule = by_id.at(row[0].as<int64_t>())->add_schedules();
       schedule->set_schedule_id(row[1].as<int64_t>());
       *schedule->mutable_starts_at() = TimestampFromMicros(row[2].as<int64_t>());
       schedule->set_seat_count(row[3].as<int32_t>());
