@@ -6,7 +6,7 @@
 //   ASSIGN_OR_RETURN(std::optional<int64_t> after,
 //                    DecodePageToken("concerts", request.page_token(), 1, INT64_MAX));
 //   ... SELECT ... WHERE id > after ORDER BY id LIMIT page_size + 1 ...
-//   if (rows.size() > page_size) response.set_next_page_token(EncodePageToken("concerts", last_id));
+//   if (rows.size() > page_size) next_page_token = EncodePageToken("concerts", last_id);
 //
 // A token is base64url of "<list>:<key>". It is opaque to clients, but not secret and not
 // signed: a forged token only moves the caller's own cursor, so every query must still filter
