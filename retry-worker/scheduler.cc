@@ -11,6 +11,8 @@
 namespace concert::retry {
 namespace {
 
+constexpr absl::Duration kFirstRetry = absl::Milliseconds(250);
+
 // Kafka's rule for topic names. librdkafka would hand a bad one to the broker and report a
 // failure per record; checking here makes it a permanent failure, parked with its reason.
 absl::Status CheckTopicName(const std::string& topic) {
@@ -135,14 +137,21 @@ absl::StatusOr<FailedMessageStore::PassResult> Scheduler::RunOnce() {
 }
 
 void Scheduler::Run(const absl::Notification& stop) {
+  // After a failed pass (Postgres away) the next comes sooner than `interval`, backing off up
+  // to it: health, which follows the passes, then recovers soon after Postgres does.
+  absl::Duration retry_in = kFirstRetry;
   while (!stop.HasBeenNotified()) {
     absl::StatusOr<FailedMessageStore::PassResult> pass = RunOnce();
+    absl::Duration wait = options_.interval;
     if (!pass.ok()) {
       log::Warn("re-publish pass failed", {{"error", std::string(pass.status().message())}});
-    } else if (pass->claimed == options_.batch && pass->deferred == 0) {
-      continue;  // more may be due right now
+      wait = std::min(retry_in, options_.interval);
+      retry_in = std::min(retry_in * 2, options_.interval);
+    } else {
+      retry_in = kFirstRetry;
+      if (pass->claimed == options_.batch && pass->deferred == 0) continue;  // more may be due
     }
-    stop.WaitForNotificationWithTimeout(options_.interval);
+    stop.WaitForNotificationWithTimeout(wait);
   }
 }
 

@@ -4,10 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "absl/strings/escaping.h"
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/paging.h"
 #include "common/status.h"
 
 namespace concert::retry {
@@ -117,20 +115,9 @@ FailedMessage RowToMessage(const pqxx::row& row) {
   return m;
 }
 
-std::string PageToken(int64_t last_id) {
-  return absl::WebSafeBase64Escape(absl::StrCat("after:", last_id));
-}
-
-absl::StatusOr<int64_t> ParsePageToken(const std::string& token) {
-  if (token.empty()) return 0;
-  std::string decoded;
-  int64_t id = 0;
-  if (!absl::WebSafeBase64Unescape(token, &decoded) || !absl::StartsWith(decoded, "after:") ||
-      !absl::SimpleAtoi(absl::string_view(decoded).substr(6), &id) || id <= 0) {
-    return absl::InvalidArgumentError("page_token is not one this API returned");
-  }
-  return id;
-}
+// Tokens are "after:<id>" (base64url), as they always were: pages run newest first, so the next
+// page holds the ids below it.
+constexpr char kPageList[] = "after";
 
 // Loads and locks one row; NOT_FOUND when absent.
 absl::StatusOr<FailedMessage> LockRow(pqxx::work& tx, int64_t id) {
@@ -316,7 +303,9 @@ absl::StatusOr<FailedMessageStore::PassResult> FailedMessageStore::RepublishDue(
 absl::StatusOr<FailedMessageStore::Page> FailedMessageStore::List(const std::string& status_filter,
                                                                   int page_size,
                                                                   const std::string& page_token) {
-  ASSIGN_OR_RETURN(int64_t after, ParsePageToken(page_token));
+  // The previous page's last (lowest) id; 0 for the first page.
+  ASSIGN_OR_RETURN(std::optional<int64_t> last_id,
+                   DecodePageToken(kPageList, page_token, 1, INT64_MAX));
   Page page;
   absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
     page = Page();
@@ -325,10 +314,10 @@ absl::StatusOr<FailedMessageStore::Page> FailedMessageStore::List(const std::str
  WHERE ($1 = '' OR status = $1) AND ($2::bigint = 0 OR id < $2::bigint)
  ORDER BY id DESC
  LIMIT $3)sql"),
-        status_filter, after, page_size + 1);
+        status_filter, last_id.value_or(0), page_size + 1);
     for (const pqxx::row& row : rows) {
       if (static_cast<int>(page.messages.size()) == page_size) {
-        page.next_page_token = PageToken(page.messages.back().id);
+        page.next_page_token = EncodePageToken(kPageList, page.messages.back().id);
         break;
       }
       page.messages.push_back(RowToMessage(row));
