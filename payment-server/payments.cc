@@ -1,10 +1,18 @@
 #include "payment-server/payments.h"
 
+#include <algorithm>
+#include <cstdint>
+#include <limits>
+#include <unordered_map>
+#include <vector>
+
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/log.h"
+#include "common/paging.h"
 #include "common/status.h"
 #include "concert/events/v1/payment_events.pb.h"
 
@@ -25,6 +33,20 @@ constexpr char kUserExists[] = "payment_user_exists";
 constexpr char kSeatInfo[] = "payment_seat_info";
 constexpr char kExpireStaleHolds[] = "payment_expire_stale_holds";
 constexpr char kInsertReservation[] = "payment_insert_reservation";
+constexpr char kPaymentsOfUser[] = "payment_payments_of_user";
+constexpr char kAccount[] = "payment_account";
+constexpr char kConcertsPage[] = "payment_concerts_page";
+constexpr char kSchedulesOfConcerts[] = "payment_schedules_of_concerts";
+constexpr char kScheduleExists[] = "payment_schedule_exists";
+constexpr char kSeatsPage[] = "payment_seats_page";
+
+// Page tokens: the list each belongs to and the range of its key column. Ids are positive
+// bigserials; seats are paged by seat_number, a Postgres int.
+constexpr char kConcertsList[] = "concerts";
+constexpr char kPaymentsList[] = "payments";
+constexpr int64_t kMaxId = std::numeric_limits<int64_t>::max();
+constexpr int64_t kMinSeatNumber = std::numeric_limits<int32_t>::min();
+constexpr int64_t kMaxSeatNumber = std::numeric_limits<int32_t>::max();
 
 constexpr size_t kMaxTraceparentLength = 256;
 
@@ -54,6 +76,27 @@ v1::Payment PaymentFromRow(const pqxx::row& row) {
   return p;
 }
 
+// A token of one schedule's seats is refused for another schedule's.
+std::string SeatsList(int64_t schedule_id) { return absl::StrCat("seats/", schedule_id); }
+
+// List queries fetch page_size + 1 rows: the extra row only tells that another page follows,
+// which starts after the last row kept (its key in column `key_column`).
+size_t RowsInPage(const pqxx::result& rows, int page_size) {
+  return std::min(rows.size(), static_cast<size_t>(page_size));
+}
+std::string NextPageToken(const pqxx::result& rows, int page_size, absl::string_view list,
+                          int key_column) {
+  if (rows.size() <= static_cast<size_t>(page_size)) return "";
+  return EncodePageToken(list, rows[page_size - 1][key_column].as<int64_t>());
+}
+
+v1::SeatAvailability SeatAvailabilityFromText(const std::string& text) {
+  if (text == "FREE") return v1::SEAT_AVAILABILITY_FREE;
+  if (text == "HELD") return v1::SEAT_AVAILABILITY_HELD;
+  if (text == "SOLD") return v1::SEAT_AVAILABILITY_SOLD;
+  return v1::SEAT_AVAILABILITY_UNSPECIFIED;  // payment.seat_availability gives none other
+}
+
 }  // namespace
 
 Payments::Payments(PgPool& pool, PaymentsOptions options)
@@ -77,6 +120,12 @@ void Payments::Prepare(pqxx::connection& conn) {
       "FROM payment.payments p JOIN payment.users u ON u.id = p.user_id ";
   conn.prepare(kPaymentByReservation, absl::StrCat(payment_columns, "WHERE p.reservation_id = $1"));
   conn.prepare(kPaymentById, absl::StrCat(payment_columns, "WHERE p.id = $1"));
+  // $2 = 0 on the first page; a page token carries the last (smallest) id of the previous one.
+  // The cast types $2 as bigint: `$2 = 0` alone would make it an int, too small for an id.
+  conn.prepare(kPaymentsOfUser,
+               absl::StrCat(payment_columns,
+                            "WHERE p.user_id = $1 AND ($2::bigint = 0 OR p.id < $2) "
+                            "ORDER BY p.id DESC LIMIT $3"));
   // The balance check and the debit are one statement: concurrent payments of one user queue on
   // the user's row and each re-checks the balance it finds, so it never goes below zero.
   conn.prepare(kDebit,
@@ -109,6 +158,23 @@ void Payments::Prepare(pqxx::connection& conn) {
                "VALUES ($1, $2, $3, 'HELD', now() + $4 * interval '1 millisecond') "
                "ON CONFLICT (seat_id) WHERE status IN ('HELD', 'PAID') DO NOTHING "
                "RETURNING id, " CONCERT_MICROS("expires_at"));
+  conn.prepare(kAccount, "SELECT id, name, mail, balance_won FROM payment.users WHERE id = $1");
+  conn.prepare(kConcertsPage,
+               "SELECT id, title FROM payment.concerts WHERE id > $1 ORDER BY id LIMIT $2");
+  // $1 is an array literal of the page's concert ids.
+  conn.prepare(kSchedulesOfConcerts,
+               "SELECT sch.concert_id, sch.id, " CONCERT_MICROS("sch.starts_at") ", "
+               "count(a.seat_id), count(a.seat_id) FILTER (WHERE a.availability = 'FREE') "
+               "FROM payment.schedules sch "
+               "LEFT JOIN payment.seat_availability a ON a.schedule_id = sch.id "
+               "WHERE sch.concert_id = ANY($1::bigint[]) "
+               "GROUP BY sch.id ORDER BY sch.concert_id, sch.starts_at, sch.id");
+  conn.prepare(kScheduleExists, "SELECT 1 FROM payment.schedules WHERE id = $1");
+  // $2 is below every seat number on the first page (hence bigint), else the last one seen.
+  conn.prepare(kSeatsPage,
+               "SELECT seat_id, seat_number, price_won, availability "
+               "FROM payment.seat_availability WHERE schedule_id = $1 AND seat_number > $2::bigint "
+               "ORDER BY seat_number LIMIT $3");
 }
 
 absl::StatusOr<v1::Reservation> Payments::ReserveSeat(int64_t user_id, int64_t seat_id) {
@@ -248,6 +314,103 @@ absl::StatusOr<v1::Payment> Payments::GetPayment(int64_t user_id, int64_t paymen
   });
   RETURN_IF_ERROR(status);
   return payment;
+}
+
+absl::StatusOr<v1::ListPaymentsResponse> Payments::ListPayments(
+    int64_t user_id, const v1::ListPaymentsRequest& request) {
+  ASSIGN_OR_RETURN(int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(std::optional<int64_t> before,
+                   DecodePageToken(kPaymentsList, request.page_token(), 1, kMaxId));
+  v1::ListPaymentsResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    response.Clear();
+    pqxx::result rows =
+        tx.exec_prepared(kPaymentsOfUser, user_id, before.value_or(0), page_size + 1);
+    for (size_t i = 0; i < RowsInPage(rows, page_size); ++i) {
+      *response.add_payments() = PaymentFromRow(rows[i]);
+    }
+    response.set_next_page_token(NextPageToken(rows, page_size, kPaymentsList, 0));
+    return absl::OkStatus();
+  }));
+  return response;
+}
+
+absl::StatusOr<v1::Account> Payments::GetAccount(int64_t user_id) {
+  v1::Account account;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    pqxx::result rows = tx.exec_prepared(kAccount, user_id);
+    if (rows.empty()) return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist"));
+    account.set_user_id(rows[0][0].as<int64_t>());
+    account.set_name(rows[0][1].as<std::string>());
+    account.set_mail(rows[0][2].as<std::string>());
+    account.set_balance_won(rows[0][3].as<int64_t>());
+    return absl::OkStatus();
+  }));
+  return account;
+}
+
+absl::StatusOr<v1::ListConcertsResponse> Payments::ListConcerts(
+    const v1::ListConcertsRequest& request) {
+  ASSIGN_OR_RETURN(int page_size, PageSize(request.page_size()));
+  ASSIGN_OR_RETURN(std::optional<int64_t> after,
+                   DecodePageToken(kConcertsList, request.page_token(), 1, kMaxId));
+  v1::ListConcertsResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    response.Clear();
+    pqxx::result concerts = tx.exec_prepared(kConcertsPage, after.value_or(0), page_size + 1);
+    size_t kept = RowsInPage(concerts, page_size);
+    if (kept == 0) return absl::OkStatus();
+    std::vector<int64_t> ids;
+    std::unordered_map<int64_t, v1::Concert*> by_id;
+    for (size_t i = 0; i < kept; ++i) {
+      v1::Concert* concert = response.add_concerts();
+      concert->set_concert_id(concerts[i][0].as<int64_t>());
+      concert->set_title(concerts[i][1].as<std::string>());
+      ids.push_back(concert->concert_id());
+      by_id[concert->concert_id()] = concert;
+    }
+    response.set_next_page_token(NextPageToken(concerts, page_size, kConcertsList, 0));
+    pqxx::result schedules = tx.exec_prepared(
+        kSchedulesOfConcerts, absl::StrCat("{", absl::StrJoin(ids, ","), "}"));
+    for (const pqxx::row& row : schedules) {
+      v1::Schedule* schedule = by_id.at(row[0].as<int64_t>())->add_schedules();
+      schedule->set_schedule_id(row[1].as<int64_t>());
+      *schedule->mutable_starts_at() = TimestampFromMicros(row[2].as<int64_t>());
+      schedule->set_seat_count(row[3].as<int32_t>());
+      schedule->set_free_seat_count(row[4].as<int32_t>());
+    }
+    return absl::OkStatus();
+  }));
+  return response;
+}
+
+absl::StatusOr<v1::ListSeatsResponse> Payments::ListSeats(const v1::ListSeatsRequest& request) {
+  int64_t schedule_id = request.schedule_id();
+  if (schedule_id <= 0) return absl::InvalidArgumentError("schedule_id must be positive");
+  ASSIGN_OR_RETURN(int page_size, PageSize(request.page_size()));
+  std::string list = SeatsList(schedule_id);
+  ASSIGN_OR_RETURN(std::optional<int64_t> after,
+                   DecodePageToken(list, request.page_token(), kMinSeatNumber, kMaxSeatNumber));
+  v1::ListSeatsResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    response.Clear();
+    if (tx.exec_prepared(kScheduleExists, schedule_id).empty()) {
+      return absl::NotFoundError(absl::StrCat("schedule ", schedule_id, " does not exist"));
+    }
+    pqxx::result rows = tx.exec_prepared(
+        kSeatsPage, schedule_id, after.value_or(std::numeric_limits<int64_t>::min()),
+        page_size + 1);
+    for (size_t i = 0; i < RowsInPage(rows, page_size); ++i) {
+      v1::Seat* seat = response.add_seats();
+      seat->set_seat_id(rows[i][0].as<int64_t>());
+      seat->set_seat_number(rows[i][1].as<int32_t>());
+      seat->set_price_won(rows[i][2].as<int64_t>());
+      seat->set_availability(SeatAvailabilityFromText(rows[i][3].as<std::string>()));
+    }
+    response.set_next_page_token(NextPageToken(rows, page_size, list, 1));
+    return absl::OkStatus();
+  }));
+  return response;
 }
 
 }  // namespace concert::payment

@@ -1,6 +1,7 @@
-// The domain of payment-server: holding seats and paying for them, over a PgPool. PayConcert
-// debits the caller, marks the reservation PAID, inserts the payment and its PaymentCompleted
-// outbox event in ONE transaction, so the event exists if and only if the payment committed.
+// The domain of payment-server: finding what to buy, holding seats and paying for them, over a
+// PgPool. PayConcert debits the caller, marks the reservation PAID, inserts the payment and its
+// PaymentCompleted outbox event in ONE transaction, so the event exists if and only if the
+// payment committed. The list calls page by key (common/paging.h).
 //
 //   PgPool pool({.url = url, .size = 8, .prepare = &Payments::Prepare});
 //   Payments payments(pool, {.reservation_hold = absl::Minutes(5)});
@@ -21,6 +22,8 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/postgres.h"
+#include "concert/v1/account.pb.h"
+#include "concert/v1/concert.pb.h"
 #include "concert/v1/payment.pb.h"
 #include "concert/v1/reservation.pb.h"
 
@@ -55,6 +58,20 @@ class Payments {
   // One of the caller's payments; NOT_FOUND for another user's payment (its existence is not
   // revealed).
   absl::StatusOr<v1::Payment> GetPayment(int64_t user_id, int64_t payment_id);
+
+  // See concert.v1.PaymentService.ListPayments: `user_id`'s payments only, newest first.
+  absl::StatusOr<v1::ListPaymentsResponse> ListPayments(int64_t user_id,
+                                                        const v1::ListPaymentsRequest& request);
+
+  // See concert.v1.AccountService.GetAccount. NOT_FOUND when the user does not exist.
+  absl::StatusOr<v1::Account> GetAccount(int64_t user_id);
+
+  // See concert.v1.ConcertService.ListConcerts (any caller sees every concert).
+  absl::StatusOr<v1::ListConcertsResponse> ListConcerts(const v1::ListConcertsRequest& request);
+
+  // See concert.v1.ConcertService.ListSeats. Availability is as of the call: FREE means
+  // ReserveSeat would hold the seat now (an expired hold counts as FREE).
+  absl::StatusOr<v1::ListSeatsResponse> ListSeats(const v1::ListSeatsRequest& request);
 
   PgPool& pool() { return pool_; }
 

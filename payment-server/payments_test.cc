@@ -1,13 +1,18 @@
-// PayConcert, ReserveSeat and GetPayment against the real Postgres through a real gRPC channel
-// (in-process): rows, balances and status codes a user would notice.
+// Every call of the public API (reserving, paying, the lists, the account) against the real
+// Postgres through a real gRPC channel (in-process): rows, balances, pages and status codes a
+// user would notice.
 #include <atomic>
+#include <cstdint>
+#include <functional>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
 #include "common/testing/environment.h"
@@ -39,7 +44,9 @@ class Client {
   explicit Client(grpc::Server& server)
       : channel_(server.InProcessChannel(grpc::ChannelArguments())),
         payments_(v1::PaymentService::NewStub(channel_)),
-        reservations_(v1::ReservationService::NewStub(channel_)) {}
+        reservations_(v1::ReservationService::NewStub(channel_)),
+        concerts_(v1::ConcertService::NewStub(channel_)),
+        accounts_(v1::AccountService::NewStub(channel_)) {}
 
   grpc::Status Reserve(const std::string& auth, int64_t seat_id, v1::Reservation* out = nullptr) {
     grpc::ClientContext context;
@@ -70,6 +77,43 @@ class Client {
     return payments_->GetPayment(&context, request, out ? out : &ignored);
   }
 
+  grpc::Status ListConcerts(const std::string& auth, int32_t page_size,
+                            const std::string& page_token, v1::ListConcertsResponse* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    v1::ListConcertsRequest request;
+    request.set_page_size(page_size);
+    request.set_page_token(page_token);
+    return concerts_->ListConcerts(&context, request, out);
+  }
+
+  grpc::Status ListSeats(const std::string& auth, int64_t schedule_id, int32_t page_size,
+                         const std::string& page_token, v1::ListSeatsResponse* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    v1::ListSeatsRequest request;
+    request.set_schedule_id(schedule_id);
+    request.set_page_size(page_size);
+    request.set_page_token(page_token);
+    return concerts_->ListSeats(&context, request, out);
+  }
+
+  grpc::Status GetAccount(const std::string& auth, v1::Account* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    return accounts_->GetAccount(&context, v1::GetAccountRequest(), out);
+  }
+
+  grpc::Status ListPayments(const std::string& auth, int32_t page_size,
+                            const std::string& page_token, v1::ListPaymentsResponse* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    v1::ListPaymentsRequest request;
+    request.set_page_size(page_size);
+    request.set_page_token(page_token);
+    return payments_->ListPayments(&context, request, out);
+  }
+
   int Health() { return HealthStatus(channel_); }
 
  private:
@@ -81,6 +125,8 @@ class Client {
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::PaymentService::Stub> payments_;
   std::unique_ptr<v1::ReservationService::Stub> reservations_;
+  std::unique_ptr<v1::ConcertService::Stub> concerts_;
+  std::unique_ptr<v1::AccountService::Stub> accounts_;
 };
 
 class PaymentsTest : public ::testing::Test {
@@ -420,6 +466,373 @@ TEST_F(PaymentsTest, AnExpiredHoldCanBeReservedAgain) {
   EXPECT_EQ(Balance(2), 950000);
 }
 
+// Every page of a list, following next_page_token; each page's call must succeed.
+std::vector<v1::Seat> AllSeats(Client& client, const std::string& auth, int64_t schedule_id,
+                               int32_t page_size) {
+  std::vector<v1::Seat> seats;
+  std::string token;
+  for (int page = 0; page < 1000; ++page) {
+    v1::ListSeatsResponse response;
+    grpc::Status status = client.ListSeats(auth, schedule_id, page_size, token, &response);
+    EXPECT_TRUE(status.ok()) << status.error_message();
+    if (!status.ok()) break;
+    seats.insert(seats.end(), response.seats().begin(), response.seats().end());
+    token = response.next_page_token();
+    if (token.empty()) break;
+  }
+  return seats;
+}
+
+std::vector<int64_t> ConcertIds(const v1::ListConcertsResponse& page) {
+  std::vector<int64_t> ids;
+  for (const v1::Concert& c : page.concerts()) ids.push_back(c.concert_id());
+  return ids;
+}
+
+std::vector<int64_t> PaymentIds(const v1::ListPaymentsResponse& page) {
+  std::vector<int64_t> ids;
+  for (const v1::Payment& p : page.payments()) ids.push_back(p.payment_id());
+  return ids;
+}
+
+TEST_F(PaymentsTest, ListConcertsPagesByIdWithSchedulesAndIgnoresInsertsBehindTheCursor) {
+  // Besides the demo concert: three more with explicit ids, so that a concert can later be
+  // inserted *between* pages; concert 30 has two schedules, 40 has none.
+  Exec(db_.url(),
+       "INSERT INTO payment.concerts (id, title) VALUES (20, 'Twenty'), (30, 'Thirty'), "
+       "(40, 'Forty');"
+       "INSERT INTO payment.schedules (id, concert_id, starts_at) VALUES "
+       "(200, 20, '2031-01-01T19:00:00Z'), (302, 30, '2031-03-02T19:00:00Z'), "
+       "(301, 30, '2031-03-01T19:00:00Z');"
+       "INSERT INTO payment.seats (schedule_id, seat_number, price_won) VALUES "
+       "(301, 1, 70000), (301, 2, 70000), (302, 1, 80000)");
+  ASSERT_EQ(demo_.concert_id, 1);
+  const std::string auth = Auth(2);
+
+  v1::ListConcertsResponse page1;
+  grpc::Status status = client_->ListConcerts(auth, 2, "", &page1);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(ConcertIds(page1), (std::vector<int64_t>{1, 20}));
+  ASSERT_FALSE(page1.next_page_token().empty());
+  const v1::Concert& demo = page1.concerts(0);
+  EXPECT_EQ(demo.title(), kDemoConcertTitle);
+  ASSERT_EQ(demo.schedules_size(), 1);
+  EXPECT_EQ(demo.schedules(0).schedule_id(), demo_.schedule_id);
+  EXPECT_EQ(demo.schedules(0).seat_count(), 50);
+  EXPECT_EQ(demo.schedules(0).free_seat_count(), 50);
+  EXPECT_GT(demo.schedules(0).starts_at().seconds(), absl::ToUnixSeconds(absl::Now()));
+  ASSERT_EQ(page1.concerts(1).schedules_size(), 1);
+  EXPECT_EQ(page1.concerts(1).schedules(0).seat_count(), 0);
+
+  // Inserted behind the cursor (id 10) and ahead of it (id 35) between the page calls: the
+  // next pages neither repeat concert 20 (as OFFSET would) nor skip anything ahead.
+  Exec(db_.url(), "INSERT INTO payment.concerts (id, title) VALUES (10, 'Ten'), (35, 'Late')");
+  v1::ListConcertsResponse page2;
+  status = client_->ListConcerts(auth, 2, page1.next_page_token(), &page2);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(ConcertIds(page2), (std::vector<int64_t>{30, 35}));
+  const v1::Concert& thirty = page2.concerts(0);
+  EXPECT_EQ(thirty.title(), "Thirty");
+  ASSERT_EQ(thirty.schedules_size(), 2);
+  EXPECT_EQ(thirty.schedules(0).schedule_id(), 301);  // earliest first
+  EXPECT_EQ(thirty.schedules(0).seat_count(), 2);
+  EXPECT_EQ(thirty.schedules(0).free_seat_count(), 2);
+  EXPECT_EQ(thirty.schedules(0).starts_at().seconds(), 1930158000);  // 2031-03-01T19:00:00Z
+  EXPECT_EQ(thirty.schedules(1).schedule_id(), 302);
+  EXPECT_EQ(thirty.schedules(1).seat_count(), 1);
+  EXPECT_EQ(page2.concerts(1).schedules_size(), 0);
+  ASSERT_FALSE(page2.next_page_token().empty());
+
+  v1::ListConcertsResponse page3;
+  status = client_->ListConcerts(auth, 2, page2.next_page_token(), &page3);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(ConcertIds(page3), (std::vector<int64_t>{40}));
+  EXPECT_TRUE(page3.next_page_token().empty());
+
+  // A fresh listing with the default page size sees everything, the new ones included.
+  v1::ListConcertsResponse all;
+  ASSERT_TRUE(client_->ListConcerts(auth, 0, "", &all).ok());
+  EXPECT_EQ(ConcertIds(all), (std::vector<int64_t>{1, 10, 20, 30, 35, 40}));
+  EXPECT_TRUE(all.next_page_token().empty());
+}
+
+TEST_F(PaymentsTest, ListSeatsShowsFreeHeldSoldAndAnExpiredHoldAsFree) {
+  const int64_t held = demo_.seat_ids[0], sold = demo_.seat_ids[1], expired = demo_.seat_ids[2];
+  Hold(1, held);
+  ASSERT_TRUE(client_->Pay(Auth(2), Hold(2, sold)).ok());
+  int64_t lapsed = Hold(3, expired);
+  Exec(db_.url(), absl::StrCat("UPDATE payment.reservations SET expires_at = now() - "
+                               "interval '1 second' WHERE id = ", lapsed));
+
+  v1::ListSeatsResponse page;
+  grpc::Status status = client_->ListSeats(Auth(1), demo_.schedule_id, 0, "", &page);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  ASSERT_EQ(page.seats_size(), 50);  // the default page size holds all of them
+  EXPECT_TRUE(page.next_page_token().empty());
+  for (int i = 0; i < page.seats_size(); ++i) {
+    const v1::Seat& seat = page.seats(i);
+    EXPECT_EQ(seat.seat_id(), demo_.seat_ids[i]);
+    EXPECT_EQ(seat.seat_number(), i + 1);
+    EXPECT_EQ(seat.price_won(), 50000);
+    v1::SeatAvailability expected = seat.seat_id() == held   ? v1::SEAT_AVAILABILITY_HELD
+                                    : seat.seat_id() == sold ? v1::SEAT_AVAILABILITY_SOLD
+                                                             : v1::SEAT_AVAILABILITY_FREE;
+    EXPECT_EQ(seat.availability(), expected) << "seat " << seat.seat_id();
+  }
+  v1::ListConcertsResponse concerts;
+  ASSERT_TRUE(client_->ListConcerts(Auth(1), 0, "", &concerts).ok());
+  ASSERT_EQ(concerts.concerts_size(), 1);
+  EXPECT_EQ(concerts.concerts(0).schedules(0).seat_count(), 50);
+  EXPECT_EQ(concerts.concerts(0).schedules(0).free_seat_count(), 48);
+
+  // FREE means what ReserveSeat does: the expired hold's seat can be held, and then shows HELD;
+  // a HELD seat cannot.
+  EXPECT_TRUE(client_->Reserve(Auth(1), expired).ok());
+  EXPECT_EQ(client_->Reserve(Auth(3), held).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  ASSERT_TRUE(client_->ListSeats(Auth(1), demo_.schedule_id, 3, "", &page).ok());
+  ASSERT_EQ(page.seats_size(), 3);
+  EXPECT_EQ(page.seats(2).availability(), v1::SEAT_AVAILABILITY_HELD);
+  // A hold that expires turns its seat FREE without anyone writing anything.
+  Exec(db_.url(), "UPDATE payment.reservations SET expires_at = now() - interval '1 second' "
+                  "WHERE status = 'HELD'");
+  ASSERT_TRUE(client_->ListSeats(Auth(1), demo_.schedule_id, 3, "", &page).ok());
+  EXPECT_EQ(page.seats(0).availability(), v1::SEAT_AVAILABILITY_FREE);
+  EXPECT_EQ(page.seats(1).availability(), v1::SEAT_AVAILABILITY_SOLD);
+  EXPECT_EQ(page.seats(2).availability(), v1::SEAT_AVAILABILITY_FREE);
+}
+
+TEST_F(PaymentsTest, ListSeatsPagesBySeatNumberAndIgnoresInsertsBehindTheCursor) {
+  v1::ListSeatsResponse page1;
+  ASSERT_TRUE(client_->ListSeats(Auth(1), demo_.schedule_id, 20, "", &page1).ok());
+  ASSERT_EQ(page1.seats_size(), 20);
+  EXPECT_EQ(page1.seats(19).seat_number(), 20);
+  // New seats before the cursor (numbers 0 and -5) and after the last one (51).
+  Exec(db_.url(), absl::StrCat("INSERT INTO payment.seats (schedule_id, seat_number, price_won) "
+                               "VALUES (", demo_.schedule_id, ", 0, 1000), (", demo_.schedule_id,
+                               ", -5, 1000), (", demo_.schedule_id, ", 51, 1000)"));
+  v1::ListSeatsResponse page2;
+  ASSERT_TRUE(
+      client_->ListSeats(Auth(1), demo_.schedule_id, 20, page1.next_page_token(), &page2).ok());
+  ASSERT_EQ(page2.seats_size(), 20);
+  EXPECT_EQ(page2.seats(0).seat_number(), 21);
+  v1::ListSeatsResponse page3;
+  ASSERT_TRUE(
+      client_->ListSeats(Auth(1), demo_.schedule_id, 20, page2.next_page_token(), &page3).ok());
+  ASSERT_EQ(page3.seats_size(), 11);
+  EXPECT_EQ(page3.seats(0).seat_number(), 41);
+  EXPECT_EQ(page3.seats(10).seat_number(), 51);
+  EXPECT_TRUE(page3.next_page_token().empty());
+
+  // Walked afresh one seat per page: every seat exactly once, in seat-number order.
+  std::vector<v1::Seat> all = AllSeats(*client_, Auth(1), demo_.schedule_id, 1);
+  ASSERT_EQ(all.size(), 53u);
+  EXPECT_EQ(all.front().seat_number(), -5);
+  EXPECT_EQ(all[1].seat_number(), 0);
+  for (size_t i = 2; i < all.size(); ++i) EXPECT_EQ(all[i].seat_number(), static_cast<int>(i - 1));
+  // A page size that divides the seats evenly ends with an empty token, not an empty page.
+  Exec(db_.url(), absl::StrCat("DELETE FROM payment.seats WHERE schedule_id = ",
+                               demo_.schedule_id, " AND seat_number IN (-5, 0, 51)"));
+  v1::ListSeatsResponse half;
+  ASSERT_TRUE(client_->ListSeats(Auth(1), demo_.schedule_id, 25, "", &half).ok());
+  ASSERT_TRUE(
+      client_->ListSeats(Auth(1), demo_.schedule_id, 25, half.next_page_token(), &half).ok());
+  EXPECT_EQ(half.seats_size(), 25);
+  EXPECT_TRUE(half.next_page_token().empty());
+}
+
+TEST_F(PaymentsTest, GetAccountShowsTheCallersOwnAccountWithTheDebitedBalance) {
+  v1::Account account;
+  grpc::Status status = client_->GetAccount(Auth(1), &account);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(account.user_id(), 1);
+  EXPECT_EQ(account.name(), "demo-user-1");
+  EXPECT_EQ(account.mail(), "user1@example.com");
+  EXPECT_EQ(account.balance_won(), 1000000);
+
+  ASSERT_TRUE(client_->Pay(Auth(1), Hold(1, demo_.seat_ids[0])).ok());
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  EXPECT_EQ(account.balance_won(), 950000);
+  EXPECT_EQ(account.balance_won(), Balance(1));
+  v1::Account other;
+  ASSERT_TRUE(client_->GetAccount(Auth(2), &other).ok());
+  EXPECT_EQ(other.user_id(), 2);
+  EXPECT_EQ(other.mail(), "user2@example.com");
+  EXPECT_EQ(other.balance_won(), 1000000);
+
+  status = client_->GetAccount(Auth(77), &account);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
+  EXPECT_EQ(client_->GetAccount("", &account).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+TEST_F(PaymentsTest, ListPaymentsShowsOnlyTheCallersNewestFirstAndStablePages) {
+  std::vector<int64_t> mine;  // user 1's payment ids, oldest first
+  for (int i = 0; i < 3; ++i) {
+    v1::Payment p;
+    ASSERT_TRUE(client_->Pay(Auth(1), Hold(1, demo_.seat_ids[i]), &p).ok());
+    mine.push_back(p.payment_id());
+    ASSERT_TRUE(client_->Pay(Auth(2), Hold(2, demo_.seat_ids[10 + i])).ok());
+  }
+  v1::ListPaymentsResponse page1;
+  grpc::Status status = client_->ListPayments(Auth(1), 2, "", &page1);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(PaymentIds(page1), (std::vector<int64_t>{mine[2], mine[1]}));
+  ASSERT_FALSE(page1.next_page_token().empty());
+  for (const v1::Payment& p : page1.payments()) {
+    EXPECT_EQ(p.user_id(), 1);
+    EXPECT_EQ(p.amount_won(), 50000);
+    EXPECT_FALSE(p.event_id().empty());
+    EXPECT_EQ(p.balance_won(), 850000);  // the current balance
+  }
+
+  // A payment made between the page calls lands on the first page, not on the next one.
+  v1::Payment newest;
+  ASSERT_TRUE(client_->Pay(Auth(1), Hold(1, demo_.seat_ids[5]), &newest).ok());
+  v1::ListPaymentsResponse page2;
+  ASSERT_TRUE(client_->ListPayments(Auth(1), 2, page1.next_page_token(), &page2).ok());
+  EXPECT_EQ(PaymentIds(page2), (std::vector<int64_t>{mine[0]}));
+  EXPECT_TRUE(page2.next_page_token().empty());
+  v1::ListPaymentsResponse fresh;
+  ASSERT_TRUE(client_->ListPayments(Auth(1), 0, "", &fresh).ok());
+  EXPECT_EQ(PaymentIds(fresh),
+            (std::vector<int64_t>{newest.payment_id(), mine[2], mine[1], mine[0]}));
+
+  // Nobody sees another user's payments, not even with that user's page token.
+  v1::ListPaymentsResponse theirs;
+  ASSERT_TRUE(client_->ListPayments(Auth(2), 0, "", &theirs).ok());
+  ASSERT_EQ(theirs.payments_size(), 3);
+  for (const v1::Payment& p : theirs.payments()) EXPECT_EQ(p.user_id(), 2);
+  ASSERT_TRUE(client_->ListPayments(Auth(2), 2, page1.next_page_token(), &theirs).ok());
+  for (const v1::Payment& p : theirs.payments()) EXPECT_EQ(p.user_id(), 2);
+  v1::ListPaymentsResponse none;
+  ASSERT_TRUE(client_->ListPayments(Auth(3), 0, "", &none).ok());
+  EXPECT_EQ(none.payments_size(), 0);
+  EXPECT_TRUE(none.next_page_token().empty());
+}
+
+TEST_F(PaymentsTest, ListCallsRefuseBadArgumentsAndTokensWithoutTouchingTheDatabase) {
+  const int64_t schedule = demo_.schedule_id;
+  auto token = [](const std::string& plain) { return absl::WebSafeBase64Escape(plain); };
+  const std::string seats = absl::StrCat("seats/", schedule, ":");
+  struct Case {
+    std::string name;
+    std::function<grpc::Status()> call;
+    grpc::StatusCode code;
+  };
+  const std::string a = Auth(1);
+  v1::ListConcertsResponse concerts;
+  v1::ListSeatsResponse seat_page;
+  v1::ListPaymentsResponse payments;
+  v1::Account account;
+  auto list_concerts = [&](int32_t size, std::string t) {
+    return [&, size, t] { return client_->ListConcerts(a, size, t, &concerts); };
+  };
+  auto list_seats = [&](int64_t id, int32_t size, std::string t) {
+    return [&, id, size, t] { return client_->ListSeats(a, id, size, t, &seat_page); };
+  };
+  auto list_payments = [&](int32_t size, std::string t) {
+    return [&, size, t] { return client_->ListPayments(a, size, t, &payments); };
+  };
+  const grpc::StatusCode kInvalid = grpc::StatusCode::INVALID_ARGUMENT;
+  const grpc::StatusCode kOk = grpc::StatusCode::OK;
+  std::vector<Case> cases = {
+      {"concerts without token", [&] { return client_->ListConcerts("", 0, "", &concerts); },
+       grpc::StatusCode::UNAUTHENTICATED},
+      {"seats without token", [&] { return client_->ListSeats("", schedule, 0, "", &seat_page); },
+       grpc::StatusCode::UNAUTHENTICATED},
+      {"payments with an expired token",
+       [&] { return client_->ListPayments(Auth(1, -absl::Seconds(5)), 0, "", &payments); },
+       grpc::StatusCode::UNAUTHENTICATED},
+      {"account with a garbage token",
+       [&] { return client_->GetAccount("Bearer v1.1.2.3", &account); },
+       grpc::StatusCode::UNAUTHENTICATED},
+      {"schedule 0", list_seats(0, 0, ""), kInvalid},
+      {"schedule -1", list_seats(-1, 0, ""), kInvalid},
+      {"unknown schedule", list_seats(987654321, 0, ""), grpc::StatusCode::NOT_FOUND},
+      {"schedule past 2^31", list_seats(int64_t{1} << 31, 0, ""), grpc::StatusCode::NOT_FOUND},
+      {"concerts page_size -1", list_concerts(-1, ""), kInvalid},
+      {"concerts page_size 501", list_concerts(501, ""), kInvalid},
+      {"concerts page_size 500", list_concerts(500, ""), kOk},
+      {"seats page_size -1", list_seats(schedule, -1, ""), kInvalid},
+      {"seats page_size 501", list_seats(schedule, 501, ""), kInvalid},
+      {"payments page_size 501", list_payments(501, ""), kInvalid},
+      {"payments page_size min int", list_payments(INT32_MIN, ""), kInvalid},
+      {"concerts garbage token", list_concerts(0, "not a token!"), kInvalid},
+      {"concerts token without key", list_concerts(0, token("concerts:")), kInvalid},
+      {"concerts token id 0", list_concerts(0, token("concerts:0")), kInvalid},
+      {"concerts token id 2^63", list_concerts(0, token("concerts:9223372036854775808")),
+       kInvalid},
+      {"concerts token id 2^64", list_concerts(0, token("concerts:18446744073709551616")),
+       kInvalid},
+      // Past 2^31 is still a valid bigint id: an empty page, not an error.
+      {"concerts token id 2^31", list_concerts(0, token("concerts:2147483648")), kOk},
+      {"concerts token id 2^63-1", list_concerts(0, token("concerts:9223372036854775807")), kOk},
+      {"concerts token of payments", list_concerts(0, token("payments:5")), kInvalid},
+      {"seats token past 2^31", list_seats(schedule, 0, token(seats + "2147483648")), kInvalid},
+      {"seats token below -2^31", list_seats(schedule, 0, token(seats + "-2147483649")),
+       kInvalid},
+      {"seats token 2^63", list_seats(schedule, 0, token(seats + "9223372036854775808")),
+       kInvalid},
+      {"seats token 2^31-1", list_seats(schedule, 0, token(seats + "2147483647")), kOk},
+      {"seats token of another schedule",
+       list_seats(schedule, 0, token(absl::StrCat("seats/", schedule + 1, ":3"))), kInvalid},
+      {"payments token 2^63", list_payments(0, token("payments:9223372036854775808")),
+       kInvalid},
+      {"payments token -1", list_payments(0, token("payments:-1")), kInvalid},
+      {"payments token 2^63-1", list_payments(0, token("payments:9223372036854775807")), kOk},
+  };
+  const std::string before = Snapshot();
+  for (const Case& c : cases) {
+    grpc::Status status = c.call();
+    EXPECT_EQ(status.error_code(), c.code) << c.name << ": " << status.error_message();
+  }
+  EXPECT_EQ(Snapshot(), before);
+  // The messages say what to fix.
+  grpc::Status status = list_concerts(501, "")();
+  EXPECT_NE(status.error_message().find("page_size"), std::string::npos) << status.error_message();
+  status = list_payments(0, "x")();
+  EXPECT_NE(status.error_message().find("page_token"), std::string::npos)
+      << status.error_message();
+  status = list_seats(0, 0, "")();
+  EXPECT_NE(status.error_message().find("schedule_id"), std::string::npos)
+      << status.error_message();
+}
+
+// One line of the /metrics text holding every part, whatever the order of its labels.
+bool HasMetricLine(const std::string& text, const std::vector<std::string>& parts) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    bool all = true;
+    for (const std::string& part : parts) all = all && absl::StrContains(line, part);
+    if (all) return true;
+  }
+  return false;
+}
+
+TEST_F(PaymentsTest, MetricsCountTheListCallsByMethodAndCode) {
+  v1::ListConcertsResponse concerts;
+  v1::ListSeatsResponse seats;
+  v1::ListPaymentsResponse payments;
+  v1::Account account;
+  ASSERT_TRUE(client_->ListConcerts(Auth(1), 0, "", &concerts).ok());
+  ASSERT_TRUE(client_->ListSeats(Auth(1), demo_.schedule_id, 0, "", &seats).ok());
+  EXPECT_EQ(client_->ListSeats(Auth(1), 987654321, 0, "", &seats).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  ASSERT_TRUE(client_->ListPayments(Auth(1), 0, "", &payments).ok());
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  std::string text = server_->registry().Render();
+  for (const char* method : {"ListConcerts", "ListPayments", "GetAccount"}) {
+    EXPECT_TRUE(HasMetricLine(text, {"payment_grpc_requests_total{",
+                                     absl::StrCat("method=\"", method, "\""), "code=\"OK\"",
+                                     "} 1"}))
+        << method << "\n" << text;
+  }
+  EXPECT_TRUE(HasMetricLine(text, {"payment_grpc_requests_total{", "method=\"ListSeats\"",
+                                   "code=\"NOT_FOUND\"", "} 1"}))
+      << text;
+  EXPECT_TRUE(HasMetricLine(
+      text, {"payment_grpc_request_duration_seconds_count{", "method=\"ListSeats\"", "} 2"}))
+      << text;
+}
+
 TEST_F(PaymentsTest, GetPaymentShowsOnlyTheCallersOwnPayments) {
   int64_t reservation = Hold(1, demo_.seat_ids[0]);
   v1::Payment payment;
@@ -471,6 +884,9 @@ TEST(PaymentsDatabaseTest, UnreachableDatabaseIsUnavailableAndTheServerRecovers)
   absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(client.Health(), 2);  // NOT_SERVING
   EXPECT_EQ(client.Reserve(Auth(1), 1).error_code(), grpc::StatusCode::UNAVAILABLE);
+  v1::ListConcertsResponse not_yet;
+  EXPECT_EQ(client.ListConcerts(Auth(1), 0, "", &not_yet).error_code(),
+            grpc::StatusCode::UNAVAILABLE);
 
   ASSERT_TRUE(pg.Start());
   ASSERT_TRUE(WaitUntil([&] { return client.Health() == 1; }, absl::Seconds(60)));
@@ -485,6 +901,21 @@ TEST(PaymentsDatabaseTest, UnreachableDatabaseIsUnavailableAndTheServerRecovers)
   EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
   down = client.Pay(Auth(1), first.reservation_id());
   EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
+  // The reading calls too: a database error, never an empty answer.
+  {
+    v1::ListConcertsResponse concerts;
+    v1::ListSeatsResponse seats;
+    v1::ListPaymentsResponse payments;
+    v1::Account account;
+    down = client.ListConcerts(Auth(1), 0, "", &concerts);
+    EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
+    down = client.ListSeats(Auth(1), demo->schedule_id, 0, "", &seats);
+    EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
+    down = client.ListPayments(Auth(1), 0, "", &payments);
+    EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
+    down = client.GetAccount(Auth(1), &account);
+    EXPECT_EQ(down.error_code(), grpc::StatusCode::UNAVAILABLE) << down.error_message();
+  }
   EXPECT_TRUE(WaitUntil([&] { return client.Health() == 2; }, absl::Seconds(30)));
 
   ASSERT_TRUE(pg.Start());

@@ -73,6 +73,25 @@ CREATE TABLE payment.outbox_events (
   created_at      timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+      {3, "listing", R"sql(
+-- What a client sees of each seat. A seat is SOLD with a PAID reservation, HELD while a hold
+-- runs, FREE otherwise: a HELD reservation whose hold expired no longer counts, as in
+-- ReserveSeat (which takes such a seat, marking the hold EXPIRED) and PayConcert (which
+-- refuses to pay it). At most one HELD or PAID reservation per seat (the unique index above),
+-- so each seat is one row.
+CREATE VIEW payment.seat_availability AS
+SELECT s.id AS seat_id, s.schedule_id, s.seat_number, s.price_won,
+       CASE WHEN r.status = 'PAID' THEN 'SOLD'
+            WHEN r.status = 'HELD' AND r.expires_at > now() THEN 'HELD'
+            ELSE 'FREE' END AS availability
+FROM payment.seats s
+LEFT JOIN payment.reservations r ON r.seat_id = s.id AND r.status IN ('HELD', 'PAID');
+
+-- ListConcerts reads a page's schedules; ListPayments pages one user's payments by id.
+CREATE INDEX schedules_by_concert ON payment.schedules (concert_id, starts_at);
+DROP INDEX payment.payments_by_user;
+CREATE INDEX payments_by_user ON payment.payments (user_id, id);
+)sql"},
   };
   return *migrations;
 }

@@ -18,7 +18,7 @@ constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
 // While the database stays down, repeat the warning at most this often.
 constexpr absl::Duration kDownLogEvery = absl::Seconds(30);
 
-// What both gRPC services need: the domain, the token secret, readiness and metrics.
+// What every gRPC service needs: the domain, the token secret, readiness and metrics.
 struct ApiContext {
   Payments* payments;
   std::string secret;
@@ -65,6 +65,17 @@ struct ApiContext {
     }
     return ToGrpcStatus(status);
   }
+
+  // What every call does: Observe it, authenticate the caller, refuse it before the schema is
+  // ready, then run `body` for the caller's user id.
+  grpc::Status Authenticated(const char* method, const grpc::ServerContext& context,
+                             const std::function<absl::Status(int64_t user_id)>& body) const {
+    return Observe(method, [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(int64_t user_id, Caller(context));
+      RETURN_IF_ERROR(CheckReady());
+      return body(user_id);
+    });
+  }
 };
 
 }  // namespace
@@ -75,9 +86,7 @@ class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
 
   grpc::Status PayConcert(grpc::ServerContext* context, const v1::PayConcertRequest* request,
                           v1::Payment* response) override {
-    return c_.Observe("PayConcert", [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
-      RETURN_IF_ERROR(c_.CheckReady());
+    return c_.Authenticated("PayConcert", *context, [&](int64_t user_id) -> absl::Status {
       std::string traceparent;
       const auto& metadata = context->client_metadata();
       if (auto it = metadata.find("traceparent"); it != metadata.end()) {
@@ -91,10 +100,16 @@ class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
 
   grpc::Status GetPayment(grpc::ServerContext* context, const v1::GetPaymentRequest* request,
                           v1::Payment* response) override {
-    return c_.Observe("GetPayment", [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
-      RETURN_IF_ERROR(c_.CheckReady());
+    return c_.Authenticated("GetPayment", *context, [&](int64_t user_id) -> absl::Status {
       ASSIGN_OR_RETURN(*response, c_.payments->GetPayment(user_id, request->payment_id()));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status ListPayments(grpc::ServerContext* context, const v1::ListPaymentsRequest* request,
+                            v1::ListPaymentsResponse* response) override {
+    return c_.Authenticated("ListPayments", *context, [&](int64_t user_id) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->ListPayments(user_id, *request));
       return absl::OkStatus();
     });
   }
@@ -109,10 +124,48 @@ class PaymentServer::ReservationApi final : public v1::ReservationService::Servi
 
   grpc::Status ReserveSeat(grpc::ServerContext* context, const v1::ReserveSeatRequest* request,
                            v1::Reservation* response) override {
-    return c_.Observe("ReserveSeat", [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(int64_t user_id, c_.Caller(*context));
-      RETURN_IF_ERROR(c_.CheckReady());
+    return c_.Authenticated("ReserveSeat", *context, [&](int64_t user_id) -> absl::Status {
       ASSIGN_OR_RETURN(*response, c_.payments->ReserveSeat(user_id, request->seat_id()));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ApiContext c_;
+};
+
+class PaymentServer::ConcertApi final : public v1::ConcertService::Service {
+ public:
+  explicit ConcertApi(ApiContext context) : c_(std::move(context)) {}
+
+  grpc::Status ListConcerts(grpc::ServerContext* context, const v1::ListConcertsRequest* request,
+                            v1::ListConcertsResponse* response) override {
+    return c_.Authenticated("ListConcerts", *context, [&](int64_t) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->ListConcerts(*request));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status ListSeats(grpc::ServerContext* context, const v1::ListSeatsRequest* request,
+                         v1::ListSeatsResponse* response) override {
+    return c_.Authenticated("ListSeats", *context, [&](int64_t) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->ListSeats(*request));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  ApiContext c_;
+};
+
+class PaymentServer::AccountApi final : public v1::AccountService::Service {
+ public:
+  explicit AccountApi(ApiContext context) : c_(std::move(context)) {}
+
+  grpc::Status GetAccount(grpc::ServerContext* context, const v1::GetAccountRequest*,
+                          v1::Account* response) override {
+    return c_.Authenticated("GetAccount", *context, [&](int64_t user_id) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->GetAccount(user_id));
       return absl::OkStatus();
     });
   }
@@ -169,6 +222,8 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
   ApiContext context{payments_.get(), options_.auth_token_secret, &ready_, registry_};
   payment_api_ = std::make_unique<PaymentApi>(context);
   reservation_api_ = std::make_unique<ReservationApi>(context);
+  concert_api_ = std::make_unique<ConcertApi>(context);
+  account_api_ = std::make_unique<AccountApi>(context);
 
   metrics::Gauge& in_use =
       registry_->GetGauge("payment_db_pool_in_use", "Postgres connections in use");
@@ -190,7 +245,9 @@ absl::Status PaymentServer::Start() {
   int max_threads = options_.grpc_max_threads;
   ASSIGN_OR_RETURN(server_,
                    StartGrpcServer(options_.grpc_address,
-                                   {payment_api_.get(), reservation_api_.get()}, &port_,
+                                   {payment_api_.get(), reservation_api_.get(),
+                                    concert_api_.get(), account_api_.get()},
+                                   &port_,
                                    [max_threads](grpc::ServerBuilder& builder) {
                                      grpc::ResourceQuota quota("payment-server");
                                      quota.SetMaxThreads(max_threads);

@@ -26,6 +26,8 @@
 #include "common/config.h"
 #include "common/metrics.h"
 #include "common/postgres.h"
+#include "concert/v1/account.grpc.pb.h"
+#include "concert/v1/concert.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
 #include "payment-server/payments.h"
@@ -91,6 +93,8 @@ class PaymentServer {
  private:
   class PaymentApi;
   class ReservationApi;
+  class ConcertApi;
+  class AccountApi;
   void WatchDatabase();
 
   ServerOptions options_;
@@ -100,6 +104,8 @@ class PaymentServer {
   std::unique_ptr<Payments> payments_;
   std::unique_ptr<PaymentApi> payment_api_;
   std::unique_ptr<ReservationApi> reservation_api_;
+  std::unique_ptr<ConcertApi> concert_api_;
+  std::unique_ptr<AccountApi> account_api_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::atomic<bool> ready_{false};

@@ -1,5 +1,5 @@
 // The built payment-server binary as an operator runs it: configuration errors, seed-demo,
-// mint-token tokens accepted by `serve`, /metrics, and SIGTERM.
+// mint-token tokens accepted by `serve` (by every service it registers), /metrics, and SIGTERM.
 #include <signal.h>
 #include <sys/wait.h>
 
@@ -13,6 +13,8 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/testing/environment.h"
+#include "concert/v1/account.grpc.pb.h"
+#include "concert/v1/concert.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
 #include "payment-server/test_util.h"
@@ -132,6 +134,26 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   }
   EXPECT_EQ(payment.user_id(), 2);
   EXPECT_EQ(payment.balance_won(), 950000);
+  {
+    // What a client app reads before and after: the seeded concert and the debited account.
+    grpc::ClientContext list_context;
+    list_context.AddMetadata("authorization", "Bearer " + bearer);
+    v1::ListConcertsResponse concerts;
+    grpc::Status s = v1::ConcertService::NewStub(channel)->ListConcerts(
+        &list_context, v1::ListConcertsRequest(), &concerts);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    ASSERT_EQ(concerts.concerts_size(), 1);
+    ASSERT_EQ(concerts.concerts(0).schedules_size(), 1);
+    EXPECT_EQ(concerts.concerts(0).schedules(0).free_seat_count(), 49);
+    grpc::ClientContext account_context;
+    account_context.AddMetadata("authorization", "Bearer " + bearer);
+    v1::Account account;
+    s = v1::AccountService::NewStub(channel)->GetAccount(&account_context,
+                                                         v1::GetAccountRequest(), &account);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(account.user_id(), 2);
+    EXPECT_EQ(account.balance_won(), 950000);
+  }
   {
     // A token minted with another secret is refused by this server.
     grpc::ClientContext context;
