@@ -166,7 +166,8 @@ int main(int argc, char** argv) {
   }
   if (o.updates != "poll" && o.updates != "off") Die("TELEGRAM_UPDATES: want poll or off", 2);
   bool poll_updates = o.updates == "poll" && !o.telegram.token.empty();
-  if (poll_updates && o.links.token.empty()) {
+  bool migrate_only = s.positional().size() == 1 && s.positional()[0] == "migrate";
+  if (poll_updates && o.links.token.empty() && !migrate_only) {
     Die("INTERNAL_TOKEN: required to confirm links (TELEGRAM_UPDATES=poll with a bot token; "
         "or set TELEGRAM_UPDATES=off)", 2);
   }
