@@ -76,11 +76,10 @@ reservation_id=$(field reservation_id <<<"$reservation")
 
 # fake_messages CHAT: the texts the local fake Telegram accepted for CHAT, one JSON string a line.
 fake_messages() {
-  curl -fsS "$FAKE_TELEGRAM/control/messages" | python3 -c '
+  curl -fsS "$FAKE_TELEGRAM/control/messages?chat_id=$1" | python3 -c '
 import json, sys
 for m in json.load(sys.stdin):
-    if m["chat_id"] == sys.argv[1]:
-        print(json.dumps(m["text"], ensure_ascii=False))' "$1"
+    print(json.dumps(m["text"], ensure_ascii=False))'
 }
 
 # The user links Telegram: the app shows the link, the user opens it and presses Start, and the
@@ -126,7 +125,7 @@ show concert.v1.PaymentService/ListPayments '{"page_size": 3}'
 rpc concert.v1.PaymentService/ListPayments '{"page_size": 3}'
 
 if curl -fsS "$FAKE_TELEGRAM/botX/getMe" >/dev/null 2>&1; then
-  printf '\n$ curl %s/control/messages    # the payer'"'"'s chat %s at the local fake Telegram\n' \
+  printf '\n$ curl %s/control/messages?chat_id=%s    # the payer'"'"'s chat at the local fake Telegram\n' \
     "$FAKE_TELEGRAM" "$chat"
   paid_message() { fake_messages "$chat" | grep -F "#$reservation_id\\n"; }
   if wait_until 30 paid_message >/dev/null; then

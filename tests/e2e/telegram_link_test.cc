@@ -177,7 +177,7 @@ TEST_F(TelegramLinkTest, EachPayerGetsTheMessageInTheirOwnChatAndGoneChatsAreUnl
                         absl::Seconds(60)));
 }
 
-TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverWhenItIsKilled) {
+TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverAndNoUpdateIsLost) {
   StartSystem({.notifiers = 2,
                .users = 3,
                .notifier_env = {{"UNLINKED_POLICY", "skip"}}});
@@ -230,6 +230,19 @@ TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverWhenItIsKilled) {
             1);
   absl::SleepFor(absl::Seconds(2));
   EXPECT_EQ(system_->telegram().messages().size(), messages_before);
+
+  // payment-server away: the Start is not acknowledged and not answered, but kept; once it is
+  // back, the same update links the chat.
+  v1::TelegramLink late;
+  ASSERT_TRUE(client_->LinkTelegram(users[2], &late).ok());
+  system_->Kill(Service::kPaymentServer);
+  system_->telegram().InjectUserMessage(9003, StartCommand(late));
+  absl::SleepFor(absl::Seconds(5));
+  EXPECT_TRUE(Chat(9003).empty()) << "answered without payment-server";
+  system_->Restart(Service::kPaymentServer);
+  ASSERT_TRUE(WaitUntil([&] { return !Chat(9003).empty(); }, absl::Seconds(60)));
+  EXPECT_THAT(Chat(9003)[0].text, HasSubstr(kLinked));
+  EXPECT_EQ(Chat(9003).size(), 1u);
 }
 
 }  // namespace

@@ -119,9 +119,13 @@ absl::Status FakeTelegram::Start() {
   });
   server_->Post("/control/fail",
                 [this](const httplib::Request& req, httplib::Response& res) { HandleFail(req, res); });
-  server_->Get("/control/messages", [this](const httplib::Request&, httplib::Response& res) {
+  server_->Get("/control/messages", [this](const httplib::Request& req, httplib::Response& res) {
     json all = json::array();
-    for (const TelegramMessage& m : messages()) all.push_back(ToJson(m));
+    bool one_chat = req.has_param("chat_id");
+    for (const TelegramMessage& m :
+         one_chat ? MessagesTo(req.get_param_value("chat_id")) : messages()) {
+      all.push_back(ToJson(m));
+    }
     Reply(res, 200, all);
   });
   server_->Get("/control/stats", [this](const httplib::Request&, httplib::Response& res) {

@@ -39,7 +39,7 @@
 //                                  Conflict, as Telegram answers two bot instances.
 //   POST /control/updates          JSON {"chat_id": 42, "text": "/start abc"}: a user writes to
 //                                  the bot; answers {"ok":true,"update_id":N}.
-//   GET  /control/messages         JSON array of accepted messages:
+//   GET  /control/messages[?chat_id=42]  JSON array of accepted messages (to that chat only):
 //                                  [{"chat_id":"42","text":"..","token":"..","received_at_ms":..}]
 //   GET  /control/stats            {"requests":N,"accepted":N,"faulted":N,"get_updates":N,
 //                                   "conflicts":N}
