@@ -444,14 +444,24 @@ TEST_F(NotifierTest, WithoutTokenTheLogSenderWritesJsonLines) {
 }
 
 TEST_F(NotifierTest, BadConfigurationStopsAtStartNamingTheSetting) {
-  auto env = Env(concert::testing::FreePort());
-  env["TELEGRAM_CHAT_ID"] = "";
-  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
-  ASSERT_TRUE(WaitUntil([&] { return !notifier.running(); }, absl::Seconds(10)));
-  int status = notifier.Stop(SIGTERM);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2);
-  EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), "TELEGRAM_CHAT_ID"));
-  EXPECT_FALSE(absl::StrContains(notifier.ReadLog(), "test-token"));
+  auto expect_refused = [&](const std::map<std::string, std::string>& changes,
+                            const std::string& setting) {
+    auto env = Env(concert::testing::FreePort());
+    for (const auto& [name, value] : changes) env[name] = value;
+    ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+    ASSERT_TRUE(WaitUntil([&] { return !notifier.running(); }, absl::Seconds(10))) << setting;
+    int status = notifier.Stop(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << setting;
+    EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), setting)) << notifier.ReadLog();
+    EXPECT_FALSE(absl::StrContains(notifier.ReadLog(), "test-token"));
+  };
+  // Payers without a chat go to the operator's chat: there must be one.
+  expect_refused({{"TELEGRAM_CHAT_ID", ""}, {"UNLINKED_POLICY", "operator"}}, "TELEGRAM_CHAT_ID");
+  expect_refused({{"UNLINKED_POLICY", "someone"}}, "UNLINKED_POLICY");
+  expect_refused({{"MESSAGE_LOCALE", "fr"}}, "MESSAGE_LOCALE");
+  // Polling the bot's updates confirms links at payment-server, which needs the shared secret.
+  expect_refused({{"TELEGRAM_UPDATES", "poll"}}, "INTERNAL_TOKEN");
+  expect_refused({{"TELEGRAM_UPDATES", "sometimes"}}, "TELEGRAM_UPDATES");
 }
 
 }  // namespace
