@@ -160,9 +160,11 @@ int main(int argc, char** argv) {
   if (!notifier::ParseUnlinkedPolicy(o.unlinked_policy, &o.notifier.unlinked_policy)) {
     Die("UNLINKED_POLICY: want operator or skip", 2);
   }
-  if (!o.telegram.token.empty() && o.notifier.unlinked_policy == notifier::UnlinkedPolicy::kOperator &&
+  if (!o.telegram.token.empty() &&
+      o.notifier.unlinked_policy == notifier::UnlinkedPolicy::kOperator &&
       o.notifier.operator_chat_id.empty()) {
-    Die("TELEGRAM_CHAT_ID: required when TELEGRAM_BOT_TOKEN is set and UNLINKED_POLICY=operator", 2);
+    Die("TELEGRAM_CHAT_ID: required when TELEGRAM_BOT_TOKEN is set and UNLINKED_POLICY=operator",
+        2);
   }
   if (o.updates != "poll" && o.updates != "off") Die("TELEGRAM_UPDATES: want poll or off", 2);
   bool poll_updates = o.updates == "poll" && !o.telegram.token.empty();

@@ -63,8 +63,9 @@ UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sende
       links_(links),
       replies_(replies),
       registry_(registry),
-      leader_(registry.GetGauge("notifier_telegram_poller_leader",
-                                "1 while this replica holds the lock and polls the bot's updates")) {}
+      leader_(registry.GetGauge(
+          "notifier_telegram_poller_leader",
+          "1 while this replica holds the lock and polls the bot's updates")) {}
 
 void UpdatePoller::Run(const absl::Notification& stop) {
   absl::Duration backoff = options_.standby_interval;

@@ -111,7 +111,8 @@ absl::Status FakeTelegram::Start() {
     json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
     if (!body.is_object() || !body.contains("chat_id") || !body["chat_id"].is_number_integer() ||
         !body.contains("text") || !body["text"].is_string()) {
-      Reply(res, 400, json{{"ok", false}, {"description", "want {\"chat_id\": N, \"text\": \"..\"}"}});
+      Reply(res, 400, json{{"ok", false},
+                           {"description", "want {\"chat_id\": N, \"text\": \"..\"}"}});
       return;
     }
     int64_t id = InjectUserMessage(body["chat_id"].get<int64_t>(), body["text"].get<std::string>());
@@ -426,7 +427,9 @@ void FakeTelegram::HandleFail(const httplib::Request& req, httplib::Response& re
   json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object() || !body.contains("mode") ||
       !body["mode"].is_string()) {
-    Reply(res, 400, json{{"ok", false}, {"description", "want {\"mode\": \"5xx|429|400|403|chat_not_found|stall|off\"}"}});
+    Reply(res, 400,
+          json{{"ok", false},
+               {"description", "want {\"mode\": \"5xx|429|400|403|chat_not_found|stall|off\"}"}});
     return;
   }
   Fault fault;

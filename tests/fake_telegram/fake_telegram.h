@@ -1,8 +1,8 @@
 // A fake Telegram Bot API server for tests, on loopback over real HTTP (cpp-httplib). It accepts
 // what the notifier's TelegramSender sends, records every accepted message, and can be told to
 // misbehave: answer 5xx, 429 with parameters.retry_after, 400 (a malformed message), 400 "chat
-// not found", 403 "bot was blocked by the user", or stall before answering, for the next N requests, for one chat only,
-// or always. It also plays the users' side of a bot: a test injects a message a user wrote
+// not found", 403 "bot was blocked by the user", or stall before answering, for the next N
+// requests, for one chat only, or always. It also plays the users' side of a bot: a test injects a message a user wrote
 // (InjectUserMessage, e.g. "/start <code>"), and the bot receives it through getUpdates.
 //
 // In-process (gtest):

@@ -22,7 +22,8 @@ int main(int argc, char** argv) {
       settings.String("RECORD", "", "Append each accepted message as a JSON line to this file");
   options.token = settings.String("TOKEN", "", "When set, other bot tokens get 401");
   options.bot_username =
-      settings.String("BOT_USERNAME", options.bot_username, "What getMe answers as the bot's username");
+      settings.String("BOT_USERNAME", options.bot_username,
+                      "What getMe answers as the bot's username");
   settings.ExitIfInvalid();
   concert::log::Init("fake-telegram");
 
