@@ -167,7 +167,7 @@ def telegram(raw):
                     m = json.loads(line)
                 except ValueError:
                     continue
-                rid = re.search(r"Reservation: #(\d+)", m.get("text", ""))
+                rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
                 if rid:
                     msgs.append((int(rid.group(1)), int(m["received_at_ms"])))
     return msgs

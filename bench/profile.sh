@@ -61,7 +61,8 @@ TG=$(free_port)
 "$BIN/fake-telegram" --port="$TG" --record="$OUT/telegram.jsonl" >"$OUT/fake.log" 2>&1 & PIDS+=($!)
 wait_for_port 127.0.0.1 "$TG" 20
 "$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" --telegram-api-base="http://127.0.0.1:$TG" \
-  --telegram-bot-token=bench --telegram-chat-id=42 --grpc-address="127.0.0.1:$(free_port)" \
+  --telegram-bot-token=bench --telegram-chat-id=42 --telegram-updates=off \
+  --grpc-address="127.0.0.1:$(free_port)" \
   --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/notifier.log" 2>&1 & NPID=$!; PIDS+=("$NPID")
 wait_until 30 test -s "$OUT/telegram.jsonl" || die "notifier sent nothing"
 # 10 s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.

@@ -349,7 +349,8 @@ NOTIFIER_HEALTH="127.0.0.1:$(free_port)" NOTIFIER_METRICS="127.0.0.1:$(free_port
 start_notifier() {
   start notifier "$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
     --telegram-api-base="http://127.0.0.1:$TG_PORT" --telegram-bot-token=bench \
-    --telegram-chat-id=42 --grpc-address="$NOTIFIER_HEALTH" --metrics-address="$NOTIFIER_METRICS" \
+    --telegram-chat-id=42 --telegram-updates=off --grpc-address="$NOTIFIER_HEALTH" \
+    --metrics-address="$NOTIFIER_METRICS" \
     --log-level=warn
   wait_serving notifier "$NOTIFIER_HEALTH"
 }

@@ -1,9 +1,12 @@
 #include "common/grpc_server.h"
 
+#include <algorithm>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "grpc/health/v1/health.pb.h"
 
 namespace concert {
@@ -39,6 +42,28 @@ void SetServing(grpc::Server& server, bool serving) {
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(from_now);
+}
+
+absl::Status VerifySharedBearer(const grpc::ServerContext& context, absl::string_view expected,
+                                absl::string_view setting) {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  if (it == metadata.end()) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("missing metadata authorization: Bearer <", setting, ">"));
+  }
+  absl::string_view value(it->second.data(), it->second.size());
+  bool bearer = absl::ConsumePrefix(&value, "Bearer ");
+  // Same time whatever the first differing byte.
+  size_t n = std::max(value.size(), expected.size());
+  unsigned char diff = bearer && value.size() == expected.size() ? 0 : 1;
+  for (size_t i = 0; i < n; ++i) {
+    unsigned char x = i < value.size() ? value[i] : 0;
+    unsigned char y = i < expected.size() ? expected[i] : 0;
+    diff |= x ^ y;
+  }
+  if (diff != 0) return absl::UnauthenticatedError(absl::StrCat("invalid ", setting));
+  return absl::OkStatus();
 }
 
 }  // namespace concert

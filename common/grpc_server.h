@@ -18,6 +18,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
 namespace concert {
@@ -38,6 +39,12 @@ inline constexpr char kLivenessService[] = "liveness";
 void SetServing(grpc::Server& server, bool serving);
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
+
+// OK when the call carries `authorization: Bearer <expected>` (compared in constant time, so a
+// shared secret cannot be guessed byte by byte); otherwise UNAUTHENTICATED naming `setting`,
+// the setting that holds the secret. For service-to-service and operator tokens.
+absl::Status VerifySharedBearer(const grpc::ServerContext& context, absl::string_view expected,
+                                absl::string_view setting);
 
 }  // namespace concert
 

@@ -22,6 +22,26 @@ CREATE TABLE notification.deliveries (
 );
 CREATE INDEX deliveries_unfinished ON notification.deliveries (state) WHERE state <> 'SENT';
 )sql"},
+      {2, "telegram_links", R"sql(
+-- UNDELIVERABLE: no chat will ever take this message (the payer has no linked chat and
+-- UNLINKED_POLICY=skip, or Telegram said the payer's chat is blocked or gone). Final, like SENT.
+ALTER TABLE notification.deliveries DROP CONSTRAINT deliveries_state_check;
+ALTER TABLE notification.deliveries ADD CONSTRAINT deliveries_state_check
+  CHECK (state IN ('SENDING', 'SENT', 'FAILED', 'UNDELIVERABLE'));
+DROP INDEX notification.deliveries_unfinished;
+CREATE INDEX deliveries_unfinished ON notification.deliveries (state)
+  WHERE state NOT IN ('SENT', 'UNDELIVERABLE');
+
+-- The bot's getUpdates offset: the next update_id to ask for. One row, written by whichever
+-- notifier holds the poller's advisory lock, so a restart or a takeover neither replays nor
+-- skips updates.
+CREATE TABLE notification.telegram_updates (
+  singleton       boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+  next_update_id  bigint NOT NULL,
+  updated_at      timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO notification.telegram_updates (next_update_id) VALUES (0);
+)sql"},
   };
   return kMigrations;
 }
@@ -68,7 +88,7 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
         event_id);
     std::string state = row[0].as<std::string>();
     int attempts = row[1].as<int>();
-    if (state == "SENT") {
+    if (state == "SENT" || state == "UNDELIVERABLE") {
       result.action = BeginResult::Action::kDuplicate;
       result.attempts = attempts;
       return absl::OkStatus();
@@ -111,6 +131,17 @@ absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::s
         "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, updated_at = now() "
         "WHERE event_id = $1::uuid",
         event_id, error);
+    return absl::OkStatus();
+  });
+}
+
+absl::Status DeliveryStore::MarkUndeliverable(const std::string& event_id,
+                                              const std::string& reason) {
+  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    tx.exec_params(
+        "UPDATE notification.deliveries SET state = 'UNDELIVERABLE', last_error = $2, "
+        "updated_at = now() WHERE event_id = $1::uuid",
+        event_id, reason);
     return absl::OkStatus();
   });
 }

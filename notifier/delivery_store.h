@@ -2,6 +2,7 @@
 // Kafka's at-least-once delivery. A record per event id moves
 //
 //   (none) --Begin--> SENDING --MarkSent--> SENT
+//                        |  \--MarkUndeliverable--> UNDELIVERABLE (no chat takes it; final)
 //                        |  \--MarkFailed--> FAILED --Begin (a retry)--> SENDING
 //                        \--Begin again (found SENDING: we died mid-send, or its outcome is
 //                           unknown) --> "uncertain": resend (SENDING, attempts+1) or, with
@@ -44,7 +45,7 @@ bool ParseUncertainPolicy(const std::string& name, UncertainPolicy* policy);
 struct BeginResult {
   enum class Action {
     kSend,       // SENDING is committed: send now, then MarkSent / MarkFailed
-    kDuplicate,  // already SENT: skip
+    kDuplicate,  // already SENT or UNDELIVERABLE: skip
     kSkip,       // uncertain and the policy is skip: now SENT, do not send
   };
   Action action = Action::kSend;
@@ -64,6 +65,8 @@ class DeliveryStore {
   absl::StatusOr<BeginResult> Begin(const std::string& event_id, UncertainPolicy policy);
   absl::Status MarkSent(const std::string& event_id);
   absl::Status MarkFailed(const std::string& event_id, const std::string& error);
+  // Final: no retry, no DLQ. `reason` is kept in last_error.
+  absl::Status MarkUndeliverable(const std::string& event_id, const std::string& reason);
   // SELECT 1, for health.
   absl::Status Ping();
 

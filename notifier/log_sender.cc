@@ -18,6 +18,7 @@ SendResult LogSender::Send(const Notification& notification) {
       {"ts", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone())},
       {"event_id", notification.event_id},
       {"reservation_id", notification.reservation_id},
+      {"chat_id", notification.chat_id},
       {"text", notification.text}};
   std::string text =
       line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
@@ -36,6 +37,7 @@ SendResult LogSender::Send(const Notification& notification) {
   }
   log::Info("notification (log sender)", {{"event_id", notification.event_id},
                                           {"reservation_id", notification.reservation_id},
+                                          {"chat_id", notification.chat_id},
                                           {"text", notification.text}});
   return SendResult::Sent();
 }

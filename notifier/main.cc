@@ -1,6 +1,7 @@
-// notifier: one Telegram message per completed payment. Reads payment-completed-topic, keeps
-// the delivery record in Postgres, sends failures to the DLQ. See notifier.h for the flow and
-// `notifier --help` for every setting.
+// notifier: one Telegram message per completed payment, in the payer's chat. Reads
+// payment-completed-topic, keeps the delivery record in Postgres, sends failures to the DLQ
+// (notifier.h); polls the bot's updates for the Telegram link flow on a thread of its own
+// (update_poller.h). `notifier --help` lists every setting.
 //
 //   notifier            run (applies the `notification` schema's migrations first)
 //   notifier migrate    apply the migrations and exit
@@ -17,9 +18,11 @@
 #include "common/postgres.h"
 #include "common/shutdown.h"
 #include "notifier/delivery_store.h"
+#include "notifier/link_client.h"
 #include "notifier/log_sender.h"
 #include "notifier/notifier.h"
 #include "notifier/telegram_sender.h"
+#include "notifier/update_poller.h"
 
 namespace {
 
@@ -34,6 +37,11 @@ struct Options {
   std::string time_zone;
   std::string notifications_file;
   std::string uncertain_policy;
+  std::string unlinked_policy;
+  std::string message_locale;
+  std::string updates;
+  notifier::UpdatePollerOptions poller;
+  notifier::LinkClientOptions links;
   std::string grpc_address;
   std::string metrics_address;
   std::string log_level;
@@ -83,7 +91,24 @@ int main(int argc, char** argv) {
                                  "Telegram Bot API base URL (tests point it at a fake)");
   o.telegram.token = s.String("TELEGRAM_BOT_TOKEN", "",
                               "Bot token; empty: the log sender writes NOTIFICATIONS_FILE instead");
-  o.telegram.chat_id = s.String("TELEGRAM_CHAT_ID", "", "Chat to notify; required with a token");
+  o.notifier.operator_chat_id =
+      s.String("TELEGRAM_CHAT_ID", "",
+               "Operator's chat: payments of payers without a linked chat (UNLINKED_POLICY)");
+  o.unlinked_policy = s.String(
+      "UNLINKED_POLICY", "",
+      "Payer without a linked chat: operator (TELEGRAM_CHAT_ID) or skip (recorded "
+      "undeliverable); empty: operator when TELEGRAM_CHAT_ID is set, else skip");
+  o.message_locale = s.String("MESSAGE_LOCALE", "ko", "Language of the bot's messages: ko or en");
+  o.updates = s.String("TELEGRAM_UPDATES", "poll",
+                       "The bot's updates (the link flow): poll (getUpdates, one replica at a "
+                       "time) or off; needs a bot token and INTERNAL_TOKEN");
+  o.poller.poll_timeout =
+      s.Duration("TELEGRAM_POLL_TIMEOUT", o.poller.poll_timeout, absl::Seconds(1),
+                 absl::Seconds(50), "How long one getUpdates long poll waits");
+  o.links.address = s.String("PAYMENT_SERVER_ADDRESS", o.links.address,
+                             "payment-server's gRPC address (TelegramLinkService)");
+  o.links.token = s.String("INTERNAL_TOKEN", "",
+                           "Bearer secret of payment-server's TelegramLinkService (same value)");
   // libcurl reads 0 as "its default" (300 s) for the connect timeout and "never" for the whole.
   o.telegram.connect_timeout =
       s.Duration("TELEGRAM_CONNECT_TIMEOUT", absl::Seconds(3), absl::Milliseconds(100),
@@ -123,8 +148,30 @@ int main(int argc, char** argv) {
   if (!notifier::ParseUncertainPolicy(o.uncertain_policy, &o.notifier.uncertain_policy)) {
     Die("UNCERTAIN_POLICY: want resend or skip", 2);
   }
-  if (!o.telegram.token.empty() && o.telegram.chat_id.empty()) {
-    Die("TELEGRAM_CHAT_ID: required when TELEGRAM_BOT_TOKEN is set", 2);
+  if (!notifier::ParseMessageLocale(o.message_locale, &o.notifier.locale)) {
+    Die("MESSAGE_LOCALE: want ko or en", 2);
+  }
+  o.poller.locale = o.notifier.locale;
+  if (o.unlinked_policy.empty()) {
+    // Without a bot token the log sender takes every message: there is no chat to skip.
+    bool operator_chat = !o.notifier.operator_chat_id.empty() || o.telegram.token.empty();
+    o.unlinked_policy = operator_chat ? "operator" : "skip";
+  }
+  if (!notifier::ParseUnlinkedPolicy(o.unlinked_policy, &o.notifier.unlinked_policy)) {
+    Die("UNLINKED_POLICY: want operator or skip", 2);
+  }
+  if (!o.telegram.token.empty() &&
+      o.notifier.unlinked_policy == notifier::UnlinkedPolicy::kOperator &&
+      o.notifier.operator_chat_id.empty()) {
+    Die("TELEGRAM_CHAT_ID: required when TELEGRAM_BOT_TOKEN is set and UNLINKED_POLICY=operator",
+        2);
+  }
+  if (o.updates != "poll" && o.updates != "off") Die("TELEGRAM_UPDATES: want poll or off", 2);
+  bool poll_updates = o.updates == "poll" && !o.telegram.token.empty();
+  bool migrate_only = s.positional().size() == 1 && s.positional()[0] == "migrate";
+  if (poll_updates && o.links.token.empty() && !migrate_only) {
+    Die("INTERNAL_TOKEN: required to confirm links (TELEGRAM_UPDATES=poll with a bot token; "
+        "or set TELEGRAM_UPDATES=off)", 2);
   }
   log::Init("notifier", level);
 
@@ -173,13 +220,31 @@ int main(int argc, char** argv) {
       o.telegram.stop = &StopRequested();
       sender = std::make_unique<notifier::TelegramSender>(o.telegram);
     }
-    notifier::Notifier worker(o.notifier, store, *sender, **dlq, metrics::Default());
+    std::unique_ptr<notifier::LinkClient> links;
+    if (!o.links.token.empty()) links = std::make_unique<notifier::LinkClient>(o.links);
+    notifier::Notifier worker(o.notifier, store, *sender, **dlq, metrics::Default(), links.get());
+    std::unique_ptr<notifier::UpdatePoller> poller;
+    std::thread poller_thread;
+    // Notified once the consumer is done (stop requested, or it failed), so both end together.
+    absl::Notification poller_stop;
+    if (poll_updates) {
+      o.poller.database_url = o.database_url;
+      o.poller.api_base = o.telegram.api_base;
+      o.poller.token = o.telegram.token;
+      poller = std::make_unique<notifier::UpdatePoller>(o.poller, *links, *sender,
+                                                        metrics::Default());
+      poller_thread = std::thread([&] { poller->Run(poller_stop); });
+    }
     grpc::Server& server = **grpc;
     absl::Status run =
         worker.Run(StopRequested(), [&server](bool healthy) { SetServing(server, healthy); });
     if (!run.ok()) {
       log::Error("notifier stopped", {{"error", std::string(run.message())}});
       code = 1;
+    }
+    if (poller_thread.joinable()) {
+      poller_stop.Notify();
+      poller_thread.join();
     }
   }
   SetServing(**grpc, false);

@@ -34,6 +34,18 @@ bool Backoff(absl::Duration d, const absl::Notification& stop) {
 
 }  // namespace
 
+bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy) {
+  if (name == "operator") {
+    *policy = UnlinkedPolicy::kOperator;
+    return true;
+  }
+  if (name == "skip") {
+    *policy = UnlinkedPolicy::kSkip;
+    return true;
+  }
+  return false;
+}
+
 // Eager rebalancing: on revoke, commit what is finished for those partitions, then let go.
 class Notifier::Rebalancer : public RdKafka::RebalanceCb {
  public:
@@ -68,11 +80,12 @@ class Notifier::Rebalancer : public RdKafka::RebalanceCb {
 };
 
 Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender,
-                   kafka::Producer& dlq, metrics::Registry& registry)
+                   kafka::Producer& dlq, metrics::Registry& registry, LinkClient* links)
     : options_(std::move(options)),
       store_(store),
       sender_(sender),
       dlq_(dlq),
+      links_(links),
       sent_(registry.GetCounter("notifier_sent_total", "Notifications delivered by the sender")),
       duplicates_(registry.GetCounter("notifier_duplicates_total",
                                       "Redelivered events already sent, skipped")),
@@ -212,6 +225,24 @@ Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, const std::st
   return Outcome::kDone;
 }
 
+Notifier::Outcome Notifier::Undeliverable(const std::string& event_id, const std::string& reason,
+                                          const std::string& detail,
+                                          const absl::Notification& stop) {
+  if (!Persist([&] { return store_.MarkUndeliverable(event_id, detail); },
+               "recording delivery as undeliverable", event_id, stop)) {
+    return Outcome::kRetry;
+  }
+  registry_
+      .GetCounter("notifier_undeliverable_total",
+                  "Payments no chat will take, by reason: no_link (UNLINKED_POLICY=skip), "
+                  "chat_gone (the payer's chat blocked the bot or is gone)",
+                  {{"reason", reason}})
+      .Increment();
+  log::Warn("notification undeliverable",
+            {{"event_id", event_id}, {"reason", reason}, {"detail", detail}});
+  return Outcome::kDone;
+}
+
 Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
                                     const absl::Notification& stop) {
   int attempt = 1;
@@ -270,8 +301,13 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
               {{"event_id", event_id}, {"policy", "resend"}, {"attempts", begin->attempts}});
   }
 
-  Notification notification{event_id, std::to_string(event.reservation_id()),
-                            FormatPaymentMessage(event, options_.time_zone)};
+  int64_t payer_chat = event.telegram_chat_id();
+  std::string chat_id = payer_chat != 0 ? std::to_string(payer_chat) : options_.operator_chat_id;
+  if (payer_chat == 0 && options_.unlinked_policy == UnlinkedPolicy::kSkip) {
+    return Undeliverable(event_id, "no_link", "the payer has no linked Telegram chat", stop);
+  }
+  Notification notification{event_id, std::to_string(event.reservation_id()), chat_id,
+                            FormatPaymentMessage(event, options_.time_zone, options_.locale)};
   absl::Time start = absl::Now();
   SendResult result = sender_.Send(notification);
   send_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - start));
@@ -288,6 +324,17 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
                                     {"attempts", begin->attempts},
                                     {"latency_ms", absl::ToInt64Milliseconds(absl::Now() - start)}});
     return Outcome::kDone;
+  }
+  if (payer_chat != 0 && result.error_class == kChatGone) {
+    // That chat will refuse every message: drop its link so later payments take the
+    // unlinked route. A failure here only means the next message to it unlinks again.
+    if (links_ == nullptr) {
+      log::Warn("cannot unlink a gone chat: no INTERNAL_TOKEN", {{"chat_id", payer_chat}});
+    } else if (absl::Status s = links_->UnlinkChat(payer_chat, result.message); !s.ok()) {
+      log::Warn("unlinking a gone chat failed",
+                {{"chat_id", payer_chat}, {"error", std::string(s.message())}});
+    }
+    return Undeliverable(event_id, "chat_gone", result.message, stop);
   }
   if (!Persist([&] { return store_.MarkFailed(event_id, result.message); },
                "recording delivery as failed", event_id, stop)) {

@@ -4,18 +4,22 @@
 //
 // Per record, in partition order:
 //   decode          -> poison (undecodable payload, missing or invalid event id): DLQ at once
-//   Begin           -> SENT already: duplicate, skipped and counted
+//   Begin           -> SENT or UNDELIVERABLE already: duplicate, skipped and counted
 //                      SENDING found: uncertain, counted, UNCERTAIN_POLICY decides
-//   send            -> ok: MarkSent;  failed: MarkFailed, then DLQ (error class, attempt =
-//                      the delivery record's send count, possibly-delivered when uncertain
-//                      or timed out)
+//   route           -> the payer's chat (event.telegram_chat_id); none linked: the operator's
+//                      chat, or with UNLINKED_POLICY=skip MarkUndeliverable, counted, done
+//   send            -> ok: MarkSent;  the payer's chat blocked the bot or is gone (403, 400
+//                      "chat not found"): MarkUndeliverable, UnlinkChat, counted, done (no DLQ:
+//                      retrying cannot help);  other failures: MarkFailed, then DLQ (error
+//                      class, attempt = the delivery record's send count, possibly-delivered
+//                      when uncertain or timed out)
 // An offset is committed only after its record's outcome is durable (SENT in Postgres, or the
 // DLQ acknowledged the record); commits are batched every commit_interval and made for the
 // partitions being revoked inside the (eager) rebalance callback. When Postgres or the DLQ is
 // unavailable the record is retried with backoff, never skipped: the consumer seeks back to it,
 // so polling (and group membership) goes on meanwhile.
 //
-//   Notifier notifier(options, store, sender, dlq_producer, metrics::Default());
+//   Notifier notifier(options, store, sender, dlq_producer, metrics::Default(), &links);
 //   notifier.Run(StopRequested(), [&](bool ok) { SetServing(*grpc, ok); });
 //
 // Run() is single-threaded (librdkafka callbacks arrive on its thread); not thread-safe itself.
@@ -36,9 +40,19 @@
 #include "common/kafka.h"
 #include "common/metrics.h"
 #include "notifier/delivery_store.h"
+#include "notifier/link_client.h"
+#include "notifier/message.h"
 #include "notifier/sender.h"
 
 namespace concert::notifier {
+
+// Where a payment of a payer without a linked Telegram chat is announced (UNLINKED_POLICY).
+enum class UnlinkedPolicy {
+  kOperator,  // the operator's chat (TELEGRAM_CHAT_ID), as before per-payer chats existed
+  kSkip,      // nowhere: recorded UNDELIVERABLE and counted, never retried
+};
+// "operator" or "skip".
+bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy);
 
 struct NotifierOptions {
   std::string bootstrap_servers = "127.0.0.1:9092";
@@ -48,6 +62,10 @@ struct NotifierOptions {
   std::string client_id = "notifier";
   // Zone of the times in the message text.
   absl::TimeZone time_zone = absl::UTCTimeZone();
+  MessageLocale locale = MessageLocale::kKorean;
+  // TELEGRAM_CHAT_ID: the operator's chat, for payers without a link under kOperator.
+  std::string operator_chat_id;
+  UnlinkedPolicy unlinked_policy = UnlinkedPolicy::kOperator;
   UncertainPolicy uncertain_policy = UncertainPolicy::kResend;
   // How often finished offsets are committed (and at every rebalance and at stop). Shorter
   // means fewer redeliveries (duplicates skipped) after a crash; longer, fewer commit requests.
@@ -62,8 +80,10 @@ struct NotifierOptions {
 
 class Notifier {
  public:
+  // `links` (may be null: no INTERNAL_TOKEN) removes the link of a payer's chat that Telegram
+  // refuses for good.
   Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, kafka::Producer& dlq,
-           metrics::Registry& registry);
+           metrics::Registry& registry, LinkClient* links);
   ~Notifier();
 
   // Consumes until `stop` is notified, then commits what is done and leaves the group.
@@ -83,6 +103,9 @@ class Notifier {
   // Retries `op` with backoff until it succeeds or (after stop) a few more tries failed.
   bool Persist(const std::function<absl::Status()>& op, const std::string& what,
                const std::string& event_id, const absl::Notification& stop);
+  // MarkUndeliverable (retried like every record of an outcome), then counts it by `reason`.
+  Outcome Undeliverable(const std::string& event_id, const std::string& reason,
+                        const std::string& detail, const absl::Notification& stop);
   void CommitDone(const std::vector<int32_t>* only_partitions);
   void CheckHealth(bool force);
   void ReportHealth();
@@ -91,6 +114,7 @@ class Notifier {
   DeliveryStore& store_;
   Sender& sender_;
   kafka::Producer& dlq_;
+  LinkClient* links_;
 
   metrics::Counter& sent_;
   metrics::Counter& duplicates_;

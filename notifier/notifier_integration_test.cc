@@ -7,7 +7,6 @@
 #include <set>
 
 #include <grpcpp/grpcpp.h>
-#include <httplib.h>
 #include <librdkafka/rdkafkacpp.h>
 
 #include <nlohmann/json.hpp>
@@ -82,6 +81,7 @@ class NotifierTest : public ::testing::Test {
             {"TELEGRAM_API_BASE", fake_.base_url()},
             {"TELEGRAM_BOT_TOKEN", "42:test-token"},
             {"TELEGRAM_CHAT_ID", kChat},
+            {"TELEGRAM_UPDATES", "off"},
             {"TELEGRAM_RETRY_BACKOFF", "50ms"},
             {"TELEGRAM_TIMEOUT", "5s"},
             {"NOTIFY_TIME_ZONE", "Asia/Seoul"},
@@ -143,28 +143,13 @@ class NotifierTest : public ::testing::Test {
   bool AllDelivered(const std::vector<PaymentCompleted>& events) {
     auto counts = CountByText();
     for (const auto& e : events) {
-      if (counts[FormatPaymentMessage(e, Seoul())] == 0) return false;
+      if (counts[FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean)] == 0) return false;
     }
     return true;
   }
 
-  // A metric's value from the process's /metrics (summed over label sets whose text contains
-  // `label_filter`); -1 when unreachable.
   double Metric(int port, const std::string& name, const std::string& label_filter = "") {
-    httplib::Client client("127.0.0.1", port);
-    client.set_connection_timeout(1);
-    auto r = client.Get("/metrics");
-    if (!r || r->status != 200) return -1;
-    double total = 0;
-    for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
-      if (!absl::StartsWith(line, name) || absl::StartsWith(line, "#")) continue;
-      absl::string_view rest = line.substr(name.size());
-      if (!rest.empty() && rest[0] != ' ' && rest[0] != '{') continue;
-      if (!label_filter.empty() && !absl::StrContains(rest, label_filter)) continue;
-      double v = 0;
-      if (absl::SimpleAtod(rest.substr(rest.rfind(' ') + 1), &v)) total += v;
-    }
-    return total;
+    return concert::testing::ScrapeMetric(port, name, label_filter);
   }
 
   // -1 until the notifier has created the schema.
@@ -243,7 +228,7 @@ TEST_F(NotifierTest, EachEventOneMessageAndRedeliveriesAreDuplicates) {
       << fake_.messages().size() << " messages; log: " << notifier->log_path();
   auto counts = CountByText();
   for (const auto& e : events) {
-    EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul())], 1) << e.event_id();
+    EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean)], 1) << e.event_id();
   }
   for (const auto& m : fake_.messages()) {
     EXPECT_EQ(m.chat_id, kChat);
@@ -288,7 +273,7 @@ TEST_F(NotifierTest, TwoInstancesShareTheWorkWithoutRepeats) {
       << fake_.messages().size() << " messages; logs: " << a->log_path() << " " << b->log_path();
   absl::SleepFor(absl::Seconds(2));  // a late repeat would show up by now
   auto counts = CountByText();
-  for (const auto& e : events) EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul())], 1);
+  for (const auto& e : events) EXPECT_EQ(counts[FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean)], 1);
   EXPECT_EQ(fake_.messages().size(), static_cast<size_t>(kEvents));
   EXPECT_EQ(Metric(port_a, "notifier_uncertain_total") + Metric(port_b, "notifier_uncertain_total"),
             0);
@@ -318,7 +303,7 @@ TEST_F(NotifierTest, KillNineThenRestartLosesNothingAndRepeatsOnlyUncertain) {
   std::string log = second->ReadLog();
   int repeats = 0;
   for (const auto& e : events) {
-    int n = CountByText()[FormatPaymentMessage(e, Seoul())];
+    int n = CountByText()[FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean)];
     EXPECT_GE(n, 1);
     EXPECT_LE(n, 2);
     if (n > 1) {
@@ -410,7 +395,7 @@ TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
 
   // The records after them were processed and the offsets moved past all five.
   ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(30)));
-  EXPECT_EQ(fake_.messages()[0].text, FormatPaymentMessage(good, Seoul()));
+  EXPECT_EQ(fake_.messages()[0].text, FormatPaymentMessage(good, Seoul(), MessageLocale::kKorean));
   EXPECT_TRUE(WaitUntil([&] { return CommittedOffset(0) == 5; }, absl::Seconds(20)))
       << CommittedOffset(0);
   EXPECT_EQ(Metric(port, "notifier_dlq_total", "reason=\"poison\""), 2);
@@ -424,7 +409,7 @@ TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
   ASSERT_TRUE(WaitUntil([&] { return Metric(port, "notifier_duplicates_total") == 1; },
                         absl::Seconds(30)));
   ASSERT_EQ(fake_.messages().size(), 2u);
-  EXPECT_EQ(fake_.messages()[1].text, FormatPaymentMessage(rejected, Seoul()));
+  EXPECT_EQ(fake_.messages()[1].text, FormatPaymentMessage(rejected, Seoul(), MessageLocale::kKorean));
   EXPECT_EQ(CountRows("state = 'SENT'"), 2);
   EXPECT_EQ(CountRows("state = 'FAILED'"), 1);
 }
@@ -452,21 +437,31 @@ TEST_F(NotifierTest, WithoutTokenTheLogSenderWritesJsonLines) {
       << notifier.log_path();
   auto json = nlohmann::json::parse(lines[0]);
   EXPECT_EQ(json["event_id"], e.event_id());
-  EXPECT_EQ(json["text"], FormatPaymentMessage(e, Seoul()));
+  EXPECT_EQ(json["text"], FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean));
   EXPECT_TRUE(fake_.messages().empty());
   EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), "notification (log sender)"));
   std::filesystem::remove_all(std::filesystem::path(file).parent_path());
 }
 
 TEST_F(NotifierTest, BadConfigurationStopsAtStartNamingTheSetting) {
-  auto env = Env(concert::testing::FreePort());
-  env["TELEGRAM_CHAT_ID"] = "";
-  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
-  ASSERT_TRUE(WaitUntil([&] { return !notifier.running(); }, absl::Seconds(10)));
-  int status = notifier.Stop(SIGTERM);
-  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2);
-  EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), "TELEGRAM_CHAT_ID"));
-  EXPECT_FALSE(absl::StrContains(notifier.ReadLog(), "test-token"));
+  auto expect_refused = [&](const std::map<std::string, std::string>& changes,
+                            const std::string& setting) {
+    auto env = Env(concert::testing::FreePort());
+    for (const auto& [name, value] : changes) env[name] = value;
+    ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+    ASSERT_TRUE(WaitUntil([&] { return !notifier.running(); }, absl::Seconds(10))) << setting;
+    int status = notifier.Stop(SIGTERM);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 2) << setting;
+    EXPECT_TRUE(absl::StrContains(notifier.ReadLog(), setting)) << notifier.ReadLog();
+    EXPECT_FALSE(absl::StrContains(notifier.ReadLog(), "test-token"));
+  };
+  // Payers without a chat go to the operator's chat: there must be one.
+  expect_refused({{"TELEGRAM_CHAT_ID", ""}, {"UNLINKED_POLICY", "operator"}}, "TELEGRAM_CHAT_ID");
+  expect_refused({{"UNLINKED_POLICY", "someone"}}, "UNLINKED_POLICY");
+  expect_refused({{"MESSAGE_LOCALE", "fr"}}, "MESSAGE_LOCALE");
+  // Polling the bot's updates confirms links at payment-server, which needs the shared secret.
+  expect_refused({{"TELEGRAM_UPDATES", "poll"}}, "INTERNAL_TOKEN");
+  expect_refused({{"TELEGRAM_UPDATES", "sometimes"}}, "TELEGRAM_UPDATES");
 }
 
 }  // namespace

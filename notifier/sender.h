@@ -2,7 +2,8 @@
 // attempt can end as. Two implementations: TelegramSender (the Bot API over HTTPS) and
 // LogSender (a JSON line to a file and to the log, the default without a bot token).
 //
-//   SendResult r = sender.Send({.event_id = id, .reservation_id = "7", .text = text});
+//   SendResult r = sender.Send({.event_id = id, .reservation_id = "7", .chat_id = "42",
+//                               .text = text});
 //   if (!r.ok()) dlq(r.error_class, r.status.message());
 //
 // Implementations are thread-safe.
@@ -18,8 +19,14 @@ namespace concert::notifier {
 struct Notification {
   std::string event_id;
   std::string reservation_id;
+  // Where it goes: a numeric chat id or "@channel" (the log sender records it only).
+  std::string chat_id;
   std::string text;
 };
+
+// The error class of a send to a chat that will never accept one: Telegram's 403 "bot was
+// blocked by the user" or 400 "chat not found".
+inline constexpr char kChatGone[] = "telegram_chat_gone";
 
 // The outcome of Send(), after any in-process retries the sender makes itself.
 struct SendResult {
@@ -32,8 +39,8 @@ struct SendResult {
     kTransient,
   };
   Kind kind = Kind::kSent;
-  // For the DLQ's error-class header and the dlq metric: "telegram_4xx", "telegram_5xx",
-  // "timeout", "connection", "telegram_429", "io". Empty when sent.
+  // For the DLQ's error-class header and the dlq metric: "telegram_4xx", kChatGone,
+  // "telegram_5xx", "timeout", "connection", "telegram_429", "io". Empty when sent.
   std::string error_class;
   // Never contains the bot token.
   std::string message;

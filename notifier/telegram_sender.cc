@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
@@ -114,6 +115,8 @@ TelegramSender::Attempt TelegramSender::SendOnce(const std::string& body) {
     attempt.result = SendResult::Transient("telegram_429", message);
   } else if (status >= 500) {
     attempt.result = SendResult::Transient("telegram_5xx", message);
+  } else if (status == 403 || (status == 400 && absl::StrContains(description, "chat not found"))) {
+    attempt.result = SendResult::Permanent(kChatGone, message);
   } else {
     attempt.result = SendResult::Permanent("telegram_4xx", message);
   }
@@ -129,7 +132,7 @@ bool TelegramSender::Wait(absl::Duration d) const {
 }
 
 SendResult TelegramSender::Send(const Notification& notification) {
-  std::string body = json{{"chat_id", options_.chat_id}, {"text", notification.text}}.dump(
+  std::string body = json{{"chat_id", notification.chat_id}, {"text", notification.text}}.dump(
       -1, ' ', false, json::error_handler_t::replace);
   int failures = 0;
   int rate_limit_waits = 0;

@@ -1,4 +1,5 @@
-// TelegramSender: POST {api_base}/bot{token}/sendMessage with JSON {chat_id, text} through
+// TelegramSender: POST {api_base}/bot{token}/sendMessage with JSON {chat_id, text} (the
+// notification's chat) through
 // libcurl, with connect and total timeouts and a bounded retry policy:
 //   200 ok:true                  -> sent
 //   429                          -> sleep min(parameters.retry_after, max_retry_after), retry
@@ -6,6 +7,7 @@
 //                                   "telegram_429")
 //   5xx, timeout, connection err -> up to `retries` more attempts with exponential backoff,
 //                                   then transient "telegram_5xx" / "timeout" / "connection"
+//   403, 400 "chat not found"    -> permanent kChatGone at once (that chat will never accept)
 //   other 4xx                    -> permanent "telegram_4xx" at once
 // A stop request ends any of those waits at once: Send() returns the last transient result, so
 // the message takes the DLQ route instead of holding up a graceful stop for up to 30 s.
@@ -31,8 +33,7 @@ namespace concert::notifier {
 struct TelegramOptions {
   // Overridden in tests to point at the fake server on loopback.
   std::string api_base = "https://api.telegram.org";
-  std::string token;    // required
-  std::string chat_id;  // required; numeric ids and "@channel" names both work
+  std::string token;  // required
   absl::Duration connect_timeout = absl::Seconds(3);
   // The whole request, connection included.
   absl::Duration total_timeout = absl::Seconds(10);

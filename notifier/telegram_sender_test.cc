@@ -26,14 +26,15 @@ class TelegramSenderTest : public ::testing::Test {
     TelegramOptions o;
     o.api_base = fake_.base_url() + "/";  // a trailing slash is tolerated
     o.token = kToken;
-    o.chat_id = "4242";
     o.retries = 2;
     o.retry_backoff = absl::Milliseconds(20);
     o.total_timeout = absl::Seconds(2);
     return o;
   }
 
-  Notification Note() { return {"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "hello 🎫\nline 2"}; }
+  Notification Note() {
+    return {"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "4242", "hello 🎫\nline 2"};
+  }
 
   FakeTelegram fake_{{}};
 };
@@ -97,6 +98,23 @@ TEST_F(TelegramSenderTest, RateLimitWaitIsBounded) {
   absl::Time start = absl::Now();
   EXPECT_TRUE(sender.Send(Note()).ok());
   EXPECT_LT(absl::Now() - start, absl::Seconds(10));
+}
+
+TEST_F(TelegramSenderTest, BlockedOrMissingChatIsChatGoneAtOnce) {
+  TelegramSender sender(Options());
+  for (FaultMode mode : {FaultMode::k403, FaultMode::kChatNotFound}) {
+    fake_.Reset();
+    fake_.SetFault({.mode = mode, .chat_id = "4242"});
+    SendResult r = sender.Send(Note());
+    EXPECT_EQ(r.kind, SendResult::Kind::kPermanent);
+    EXPECT_EQ(r.error_class, kChatGone) << r.message;
+    EXPECT_EQ(fake_.requests(), 1);  // never retried
+  }
+  // Another chat is unaffected by that chat's rule.
+  Notification other = Note();
+  other.chat_id = "777";
+  EXPECT_TRUE(sender.Send(other).ok());
+  EXPECT_EQ(fake_.MessagesTo("777").size(), 1u);
 }
 
 TEST_F(TelegramSenderTest, EndlessRateLimitGivesUpAsTransient) {

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <openssl/rand.h>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
@@ -39,6 +40,21 @@ constexpr char kConcertsPage[] = "payment_concerts_page";
 constexpr char kSchedulesOfConcerts[] = "payment_schedules_of_concerts";
 constexpr char kScheduleExists[] = "payment_schedule_exists";
 constexpr char kSeatsPage[] = "payment_seats_page";
+constexpr char kInsertLinkCode[] = "payment_insert_link_code";
+constexpr char kForgetOldLinkCodes[] = "payment_forget_old_link_codes";
+constexpr char kLockLinkCode[] = "payment_lock_link_code";
+constexpr char kUseLinkCode[] = "payment_use_link_code";
+constexpr char kLinkOfUser[] = "payment_link_of_user";
+constexpr char kFreeChat[] = "payment_free_chat";
+constexpr char kUpsertLink[] = "payment_upsert_link";
+constexpr char kUnlinkUser[] = "payment_unlink_user";
+constexpr char kUnlinkChat[] = "payment_unlink_chat";
+
+// 32 random bytes: 43 characters of base64url, within Telegram's 64 for a start parameter.
+constexpr size_t kLinkCodeBytes = 32;
+constexpr size_t kMaxLinkCodeLength = 64;
+// Expired codes are kept this long so that a late Start hears "expired", not "unknown".
+constexpr char kKeepExpiredCodes[] = "1 day";
 
 // Page tokens: the list each belongs to and the range of its key column. Ids are positive
 // bigserials; seats are paged by seat_number, a Postgres int.
@@ -107,9 +123,10 @@ void Payments::Prepare(pqxx::connection& conn) {
   // here and, under read committed, see the winner's PAID status once it commits.
   conn.prepare(kLockReservation,
                "SELECT r.user_id, r.seat_id, r.amount_won, r.status, r.expires_at <= now(), "
-               "u.mail, c.title, " CONCERT_MICROS("sch.starts_at") " "
+               "u.mail, c.title, " CONCERT_MICROS("sch.starts_at") ", coalesce(tl.chat_id, 0) "
                "FROM payment.reservations r "
                "JOIN payment.users u ON u.id = r.user_id "
+               "LEFT JOIN payment.telegram_links tl ON tl.user_id = r.user_id "
                "JOIN payment.seats s ON s.id = r.seat_id "
                "JOIN payment.schedules sch ON sch.id = s.schedule_id "
                "JOIN payment.concerts c ON c.id = sch.concert_id "
@@ -158,7 +175,36 @@ void Payments::Prepare(pqxx::connection& conn) {
                "VALUES ($1, $2, $3, 'HELD', now() + $4 * interval '1 millisecond') "
                "ON CONFLICT (seat_id) WHERE status IN ('HELD', 'PAID') DO NOTHING "
                "RETURNING id, " CONCERT_MICROS("expires_at"));
-  conn.prepare(kAccount, "SELECT id, name, mail, balance_won FROM payment.users WHERE id = $1");
+  conn.prepare(kAccount,
+               "SELECT id, name, mail, balance_won, "
+               "EXISTS (SELECT 1 FROM payment.telegram_links WHERE user_id = u.id) "
+               "FROM payment.users u WHERE id = $1");
+  // Codes are looked up by their sha256, computed by Postgres from the text the bot received.
+  conn.prepare(kInsertLinkCode,
+               "INSERT INTO payment.telegram_link_codes (code_hash, user_id, expires_at) "
+               "VALUES (sha256(convert_to($1, 'UTF8')), $2, "
+               "now() + $3 * interval '1 millisecond') "
+               "RETURNING " CONCERT_MICROS("expires_at"));
+  conn.prepare(kForgetOldLinkCodes,
+               absl::StrCat("DELETE FROM payment.telegram_link_codes "
+                            "WHERE expires_at < now() - interval '", kKeepExpiredCodes, "'"));
+  conn.prepare(kLockLinkCode,
+               "SELECT user_id, expires_at <= now(), used_at IS NOT NULL "
+               "FROM payment.telegram_link_codes "
+               "WHERE code_hash = sha256(convert_to($1, 'UTF8')) FOR UPDATE");
+  conn.prepare(kUseLinkCode,
+               "UPDATE payment.telegram_link_codes SET used_at = now() "
+               "WHERE code_hash = sha256(convert_to($1, 'UTF8'))");
+  conn.prepare(kLinkOfUser, "SELECT chat_id FROM payment.telegram_links WHERE user_id = $1");
+  conn.prepare(kFreeChat,
+               "DELETE FROM payment.telegram_links WHERE chat_id = $1 AND user_id <> $2");
+  conn.prepare(kUpsertLink,
+               "INSERT INTO payment.telegram_links (user_id, chat_id) VALUES ($1, $2) "
+               "ON CONFLICT (user_id) DO UPDATE SET chat_id = excluded.chat_id, linked_at = now()");
+  conn.prepare(kUnlinkUser,
+               "DELETE FROM payment.telegram_links WHERE user_id = $1 RETURNING chat_id");
+  conn.prepare(kUnlinkChat,
+               "DELETE FROM payment.telegram_links WHERE chat_id = $1 RETURNING user_id");
   conn.prepare(kConcertsPage,
                "SELECT id, title FROM payment.concerts WHERE id > $1 ORDER BY id LIMIT $2");
   // $1 is an array literal of the page's concert ids.
@@ -279,6 +325,7 @@ absl::StatusOr<v1::Payment> Payments::PayConcert(int64_t user_id, int64_t reserv
     *event.mutable_paid_at() = payment.paid_at();
     event.set_amount_won(amount);
     event.set_seat_id(seat_id);
+    event.set_telegram_chat_id(r[8].as<int64_t>());
     tx.exec_prepared(kInsertOutbox, payment.event_id(), absl::StrCat(reservation_id),
                      absl::BytesToHexString(event.SerializeAsString()), headers);
     if (options_.before_commit_for_test) {
@@ -344,9 +391,97 @@ absl::StatusOr<v1::Account> Payments::GetAccount(int64_t user_id) {
     account.set_name(rows[0][1].as<std::string>());
     account.set_mail(rows[0][2].as<std::string>());
     account.set_balance_won(rows[0][3].as<int64_t>());
+    account.set_telegram_linked(rows[0][4].as<bool>());
     return absl::OkStatus();
   }));
   return account;
+}
+
+absl::StatusOr<v1::TelegramLink> Payments::LinkTelegram(int64_t user_id) {
+  if (options_.telegram_bot_username.empty()) {
+    return absl::FailedPreconditionError(
+        "Telegram linking is not configured on this server (no TELEGRAM_BOT_USERNAME)");
+  }
+  unsigned char random[kLinkCodeBytes];
+  if (RAND_bytes(random, sizeof(random)) != 1) {
+    return absl::InternalError("no randomness for a link code (RAND_bytes failed)");
+  }
+  std::string code = absl::WebSafeBase64Escape(
+      absl::string_view(reinterpret_cast<const char*>(random), sizeof(random)));
+  v1::TelegramLink link;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    if (tx.exec_prepared(kUserExists, user_id).empty()) {
+      return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist"));
+    }
+    tx.exec_prepared(kForgetOldLinkCodes);
+    pqxx::row row = tx.exec_prepared(kInsertLinkCode, code, user_id,
+                                      absl::ToInt64Milliseconds(options_.telegram_link_ttl))[0];
+    link.set_link(absl::StrCat("https://t.me/", options_.telegram_bot_username, "?start=", code));
+    *link.mutable_expires_at() = TimestampFromMicros(row[0].as<int64_t>());
+    return absl::OkStatus();
+  }));
+  log::Info("telegram link code issued", {{"user_id", user_id}});
+  return link;
+}
+
+absl::StatusOr<v1::UnlinkTelegramResponse> Payments::UnlinkTelegram(int64_t user_id) {
+  v1::UnlinkTelegramResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    response.set_unlinked(!tx.exec_prepared(kUnlinkUser, user_id).empty());
+    return absl::OkStatus();
+  }));
+  if (response.unlinked()) log::Info("telegram unlinked by the user", {{"user_id", user_id}});
+  return response;
+}
+
+absl::StatusOr<internal::v1::ConfirmLinkResponse> Payments::ConfirmLink(
+    const internal::v1::ConfirmLinkRequest& request) {
+  const std::string& code = request.code();
+  int64_t chat_id = request.chat_id();
+  if (code.empty() || code.size() > kMaxLinkCodeLength) {
+    return absl::InvalidArgumentError("code must be 1 to 64 characters");
+  }
+  if (chat_id == 0) return absl::InvalidArgumentError("chat_id must not be 0");
+  internal::v1::ConfirmLinkResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    pqxx::result found = tx.exec_prepared(kLockLinkCode, code);
+    if (found.empty()) return absl::NotFoundError("unknown link code");
+    int64_t user_id = found[0][0].as<int64_t>();
+    if (found[0][2].as<bool>()) {
+      // A retry of a confirmation whose answer was lost finds its own link: same answer.
+      pqxx::result link = tx.exec_prepared(kLinkOfUser, user_id);
+      if (!link.empty() && link[0][0].as<int64_t>() == chat_id) {
+        response.set_user_id(user_id);
+        return absl::OkStatus();
+      }
+      return absl::FailedPreconditionError("link code already used");
+    }
+    if (found[0][1].as<bool>()) return absl::FailedPreconditionError("link code expired");
+    tx.exec_prepared(kUseLinkCode, code);
+    tx.exec_prepared(kFreeChat, chat_id, user_id);
+    tx.exec_prepared(kUpsertLink, user_id, chat_id);
+    response.set_user_id(user_id);
+    return absl::OkStatus();
+  }));
+  log::Info("telegram chat linked", {{"user_id", response.user_id()}, {"chat_id", chat_id}});
+  return response;
+}
+
+absl::StatusOr<internal::v1::UnlinkChatResponse> Payments::UnlinkChat(
+    const internal::v1::UnlinkChatRequest& request) {
+  if (request.chat_id() == 0) return absl::InvalidArgumentError("chat_id must not be 0");
+  internal::v1::UnlinkChatResponse response;
+  RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+    pqxx::result removed = tx.exec_prepared(kUnlinkChat, request.chat_id());
+    response.set_user_id(removed.empty() ? 0 : removed[0][0].as<int64_t>());
+    return absl::OkStatus();
+  }));
+  if (response.user_id() != 0) {
+    log::Info("telegram chat unlinked", {{"user_id", response.user_id()},
+                                         {"chat_id", request.chat_id()},
+                                         {"reason", request.reason()}});
+  }
+  return response;
 }
 
 absl::StatusOr<v1::ListConcertsResponse> Payments::ListConcerts(

@@ -22,6 +22,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/postgres.h"
+#include "concert/internal/v1/telegram_link.pb.h"
 #include "concert/v1/account.pb.h"
 #include "concert/v1/concert.pb.h"
 #include "concert/v1/payment.pb.h"
@@ -36,6 +37,11 @@ struct PaymentsOptions {
   // and its outbox row were inserted, just before commit. An error aborts the transaction and
   // is returned to the caller, which is how tests prove that a failure there leaves nothing.
   std::function<absl::Status(int64_t payment_id)> before_commit_for_test;
+  // The bot's username for LinkTelegram's deep links (TELEGRAM_BOT_USERNAME); empty: no bot,
+  // LinkTelegram is FAILED_PRECONDITION.
+  std::string telegram_bot_username;
+  // How long a LinkTelegram code stays valid (TELEGRAM_LINK_TTL).
+  absl::Duration telegram_link_ttl = absl::Minutes(15);
 };
 
 class Payments {
@@ -65,6 +71,17 @@ class Payments {
 
   // See concert.v1.AccountService.GetAccount. NOT_FOUND when the user does not exist.
   absl::StatusOr<v1::Account> GetAccount(int64_t user_id);
+
+  // See concert.v1.AccountService.LinkTelegram: a new random code for `user_id`, stored as
+  // its hash, in a t.me deep link.
+  absl::StatusOr<v1::TelegramLink> LinkTelegram(int64_t user_id);
+  // See concert.v1.AccountService.UnlinkTelegram.
+  absl::StatusOr<v1::UnlinkTelegramResponse> UnlinkTelegram(int64_t user_id);
+  // See concert.internal.v1.TelegramLinkService.
+  absl::StatusOr<internal::v1::ConfirmLinkResponse> ConfirmLink(
+      const internal::v1::ConfirmLinkRequest& request);
+  absl::StatusOr<internal::v1::UnlinkChatResponse> UnlinkChat(
+      const internal::v1::UnlinkChatRequest& request);
 
   // See concert.v1.ConcertService.ListConcerts (any caller sees every concert).
   absl::StatusOr<v1::ListConcertsResponse> ListConcerts(const v1::ListConcertsRequest& request);

@@ -9,6 +9,7 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -33,6 +34,8 @@ using ::concert::testing::ScratchDatabase;
 using ::concert::testing::WaitUntil;
 
 constexpr char kSecret[] = "payments-test-secret";
+constexpr char kInternalToken[] = "payments-test-internal";
+constexpr char kBot[] = "concert_test_bot";
 
 std::string Auth(int64_t user_id, absl::Duration ttl = absl::Hours(1)) {
   return absl::StrCat("Bearer ", MintToken(kSecret, user_id, absl::Now() + ttl));
@@ -46,7 +49,8 @@ class Client {
         payments_(v1::PaymentService::NewStub(channel_)),
         reservations_(v1::ReservationService::NewStub(channel_)),
         concerts_(v1::ConcertService::NewStub(channel_)),
-        accounts_(v1::AccountService::NewStub(channel_)) {}
+        accounts_(v1::AccountService::NewStub(channel_)),
+        links_(internal::v1::TelegramLinkService::NewStub(channel_)) {}
 
   grpc::Status Reserve(const std::string& auth, int64_t seat_id, v1::Reservation* out = nullptr) {
     grpc::ClientContext context;
@@ -114,6 +118,44 @@ class Client {
     return payments_->ListPayments(&context, request, out);
   }
 
+  grpc::Status LinkTelegram(const std::string& auth, v1::TelegramLink* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    return accounts_->LinkTelegram(&context, v1::LinkTelegramRequest(), out);
+  }
+
+  grpc::Status UnlinkTelegram(const std::string& auth, v1::UnlinkTelegramResponse* out) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    return accounts_->UnlinkTelegram(&context, v1::UnlinkTelegramRequest(), out);
+  }
+
+  // As the notifier calls it: `auth` is "Bearer <INTERNAL_TOKEN>".
+  grpc::Status ConfirmLink(const std::string& auth, const std::string& code, int64_t chat_id,
+                           int64_t* user_id = nullptr) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    internal::v1::ConfirmLinkRequest request;
+    request.set_code(code);
+    request.set_chat_id(chat_id);
+    internal::v1::ConfirmLinkResponse response;
+    grpc::Status status = links_->ConfirmLink(&context, request, &response);
+    if (user_id != nullptr) *user_id = response.user_id();
+    return status;
+  }
+
+  grpc::Status UnlinkChat(const std::string& auth, int64_t chat_id, int64_t* user_id) {
+    grpc::ClientContext context;
+    Prepare(context, auth);
+    internal::v1::UnlinkChatRequest request;
+    request.set_chat_id(chat_id);
+    request.set_reason("blocked");
+    internal::v1::UnlinkChatResponse response;
+    grpc::Status status = links_->UnlinkChat(&context, request, &response);
+    *user_id = response.user_id();
+    return status;
+  }
+
   int Health() { return HealthStatus(channel_); }
 
  private:
@@ -127,6 +169,7 @@ class Client {
   std::unique_ptr<v1::ReservationService::Stub> reservations_;
   std::unique_ptr<v1::ConcertService::Stub> concerts_;
   std::unique_ptr<v1::AccountService::Stub> accounts_;
+  std::unique_ptr<internal::v1::TelegramLinkService::Stub> links_;
 };
 
 class PaymentsTest : public ::testing::Test {
@@ -139,6 +182,8 @@ class PaymentsTest : public ::testing::Test {
     options.database_url = db_.url();
     options.grpc_address = "127.0.0.1:0";
     options.auth_token_secret = kSecret;
+    options.telegram_bot_username = kBot;
+    options.internal_token = kInternalToken;
     options.db_pool_size = 8;
     options.grpc_max_threads = 64;
     options.before_commit_for_test = [this](int64_t payment_id) -> absl::Status {
@@ -662,6 +707,115 @@ TEST_F(PaymentsTest, GetAccountShowsTheCallersOwnAccountWithTheDebitedBalance) {
   status = client_->GetAccount(Auth(77), &account);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::NOT_FOUND) << status.error_message();
   EXPECT_EQ(client_->GetAccount("", &account).error_code(), grpc::StatusCode::UNAUTHENTICATED);
+}
+
+// The code in a LinkTelegram link, or "" when the link is not of the documented form.
+std::string CodeOf(const v1::TelegramLink& link) {
+  std::string prefix = absl::StrCat("https://t.me/", kBot, "?start=");
+  if (!absl::StartsWith(link.link(), prefix)) return "";
+  std::string code = link.link().substr(prefix.size());
+  if (code.empty() || code.size() > 64) return "";
+  for (char c : code) {
+    if (!absl::ascii_isalnum(c) && c != '_' && c != '-') return "";
+  }
+  return code;
+}
+
+TEST_F(PaymentsTest, TelegramLinkBindsTheCallersChatAndThePaymentEventCarriesIt) {
+  const std::string internal = absl::StrCat("Bearer ", kInternalToken);
+  v1::TelegramLink link;
+  ASSERT_TRUE(client_->LinkTelegram(Auth(1), &link).ok());
+  std::string code = CodeOf(link);
+  ASSERT_FALSE(code.empty()) << link.link();
+  EXPECT_GE(code.size(), 43u);  // 32 random bytes
+  absl::Duration ttl = absl::FromUnixSeconds(link.expires_at().seconds()) - absl::Now();
+  EXPECT_GT(ttl, absl::Minutes(14));
+  EXPECT_LE(ttl, absl::Minutes(15));
+  // Only the code's hash is stored.
+  EXPECT_EQ(QueryInt(db_.url(), absl::StrCat("SELECT count(*) FROM payment.telegram_link_codes "
+                                             "WHERE code_hash = sha256('", code, "')")),
+            1);
+  v1::TelegramLink second;
+  ASSERT_TRUE(client_->LinkTelegram(Auth(1), &second).ok());
+  EXPECT_NE(CodeOf(second), code);
+
+  v1::Account account;
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
+
+  int64_t user = 0;
+  EXPECT_EQ(client_->ConfirmLink("Bearer wrong", code, 5001).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(client_->ConfirmLink(Auth(1), code, 5001).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);  // a user's token is not the internal one
+  grpc::Status confirmed = client_->ConfirmLink(internal, code, 5001, &user);
+  ASSERT_TRUE(confirmed.ok()) << confirmed.error_message();
+  EXPECT_EQ(user, 1);
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  EXPECT_TRUE(account.telegram_linked());
+
+  // A retry after a lost answer gets the same answer; another chat with a used code does not.
+  EXPECT_TRUE(client_->ConfirmLink(internal, code, 5001, &user).ok());
+  grpc::Status reused = client_->ConfirmLink(internal, code, 6001);
+  EXPECT_EQ(reused.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(reused.error_message(), "link code already used");
+  EXPECT_EQ(client_->ConfirmLink(internal, "forged-code", 6001).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+  Exec(db_.url(), absl::StrCat("UPDATE payment.telegram_link_codes SET expires_at = now() "
+                               "WHERE code_hash = sha256('", CodeOf(second), "')"));
+  grpc::Status expired = client_->ConfirmLink(internal, CodeOf(second), 6001);
+  EXPECT_EQ(expired.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+  EXPECT_EQ(expired.error_message(), "link code expired");
+
+  // The payment's event names the chat linked when it was paid; an unlinked payer's names 0.
+  auto chat_in_event = [&](int64_t payer, int64_t seat) {
+    v1::Payment payment;
+    EXPECT_TRUE(client_->Pay(Auth(payer), Hold(payer, seat), &payment).ok());
+    events::v1::PaymentCompleted event;
+    EXPECT_TRUE(event.ParseFromString(absl::HexStringToBytes(QueryString(
+        db_.url(), absl::StrCat("SELECT encode(payload, 'hex') FROM payment.outbox_events "
+                                "WHERE event_id = '", payment.event_id(), "'")))));
+    return event.telegram_chat_id();
+  };
+  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[0]), 5001);
+  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[1]), 0);
+
+  // A chat belongs to one user: user 2 linking chat 5001 takes it from user 1.
+  v1::TelegramLink of_two;
+  ASSERT_TRUE(client_->LinkTelegram(Auth(2), &of_two).ok());
+  ASSERT_TRUE(client_->ConfirmLink(internal, CodeOf(of_two), 5001, &user).ok());
+  EXPECT_EQ(user, 2);
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
+  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[2]), 0);
+  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[3]), 5001);
+
+  ASSERT_TRUE(client_->UnlinkChat(internal, 5001, &user).ok());
+  EXPECT_EQ(user, 2);
+  ASSERT_TRUE(client_->UnlinkChat(internal, 5001, &user).ok());
+  EXPECT_EQ(user, 0);
+  v1::UnlinkTelegramResponse unlinked;
+  ASSERT_TRUE(client_->UnlinkTelegram(Auth(2), &unlinked).ok());
+  EXPECT_FALSE(unlinked.unlinked());
+  EXPECT_EQ(Count("telegram_links"), 0);
+}
+
+TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
+  server_.reset();
+  ServerOptions options;
+  options.database_url = db_.url();
+  options.grpc_address = "127.0.0.1:0";
+  options.auth_token_secret = kSecret;
+  PaymentServer server(options);
+  ASSERT_TRUE(server.Start().ok());
+  ASSERT_TRUE(WaitUntil([&] { return server.ready(); }, absl::Seconds(30)));
+  Client client(server.grpc_server());
+  v1::TelegramLink link;
+  grpc::Status status = client.LinkTelegram(Auth(1), &link);
+  EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
+  // Without INTERNAL_TOKEN the internal service is not there at all.
+  EXPECT_EQ(client.ConfirmLink(absl::StrCat("Bearer ", kInternalToken), "x", 1).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
 }
 
 TEST_F(PaymentsTest, ListPaymentsShowsOnlyTheCallersNewestFirstAndStablePages) {

@@ -92,6 +92,26 @@ CREATE INDEX schedules_by_concert ON payment.schedules (concert_id, starts_at);
 DROP INDEX payment.payments_by_user;
 CREATE INDEX payments_by_user ON payment.payments (user_id, id);
 )sql"},
+      {4, "telegram", R"sql(
+-- Telegram deep-link codes (LinkTelegram). Only a hash of each code is kept: whoever reads
+-- this table cannot link a chat to someone else's account. Expired rows stay a day so that a
+-- late Start is told "expired" rather than "unknown"; LinkTelegram removes older ones.
+CREATE TABLE payment.telegram_link_codes (
+  code_hash   bytea PRIMARY KEY,          -- sha256 of the code
+  user_id     bigint NOT NULL REFERENCES payment.users (id),
+  expires_at  timestamptz NOT NULL,
+  used_at     timestamptz,
+  created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX telegram_link_codes_by_expiry ON payment.telegram_link_codes (expires_at);
+
+-- A user's chat for notifications. A chat belongs to one user (UNIQUE): linking it again moves it.
+CREATE TABLE payment.telegram_links (
+  user_id    bigint PRIMARY KEY REFERENCES payment.users (id),
+  chat_id    bigint NOT NULL UNIQUE,
+  linked_at  timestamptz NOT NULL DEFAULT now()
+);
+)sql"},
   };
   return *migrations;
 }

@@ -1,6 +1,6 @@
-// The `payment` schema: users, concerts, seats, reservations, payments and the transactional
-// outbox. payment-server applies it at start (and with its `migrate` subcommand); the relay's
-// tests apply it to get a real outbox table.
+// The `payment` schema: users, concerts, seats, reservations, payments, the transactional
+// outbox and the users' Telegram links. payment-server applies it at start (and with its
+// `migrate` subcommand); the relay's tests apply it to get a real outbox table.
 #ifndef CONCERT_PAYMENT_SERVER_SCHEMA_H_
 #define CONCERT_PAYMENT_SERVER_SCHEMA_H_
 

@@ -170,8 +170,62 @@ class PaymentServer::AccountApi final : public v1::AccountService::Service {
     });
   }
 
+  grpc::Status LinkTelegram(grpc::ServerContext* context, const v1::LinkTelegramRequest*,
+                            v1::TelegramLink* response) override {
+    return c_.Authenticated("LinkTelegram", *context, [&](int64_t user_id) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->LinkTelegram(user_id));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status UnlinkTelegram(grpc::ServerContext* context, const v1::UnlinkTelegramRequest*,
+                              v1::UnlinkTelegramResponse* response) override {
+    return c_.Authenticated("UnlinkTelegram", *context, [&](int64_t user_id) -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->UnlinkTelegram(user_id));
+      return absl::OkStatus();
+    });
+  }
+
  private:
   ApiContext c_;
+};
+
+// Called by the notifier only, with the shared INTERNAL_TOKEN instead of a user's token.
+class PaymentServer::TelegramLinkApi final : public internal::v1::TelegramLinkService::Service {
+ public:
+  TelegramLinkApi(ApiContext context, std::string internal_token)
+      : c_(std::move(context)), internal_token_(std::move(internal_token)) {}
+
+  grpc::Status ConfirmLink(grpc::ServerContext* context,
+                           const internal::v1::ConfirmLinkRequest* request,
+                           internal::v1::ConfirmLinkResponse* response) override {
+    return Internal("ConfirmLink", *context, [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->ConfirmLink(*request));
+      return absl::OkStatus();
+    });
+  }
+
+  grpc::Status UnlinkChat(grpc::ServerContext* context,
+                          const internal::v1::UnlinkChatRequest* request,
+                          internal::v1::UnlinkChatResponse* response) override {
+    return Internal("UnlinkChat", *context, [&]() -> absl::Status {
+      ASSIGN_OR_RETURN(*response, c_.payments->UnlinkChat(*request));
+      return absl::OkStatus();
+    });
+  }
+
+ private:
+  grpc::Status Internal(const char* method, const grpc::ServerContext& context,
+                        const std::function<absl::Status()>& body) const {
+    return c_.Observe(method, [&]() -> absl::Status {
+      RETURN_IF_ERROR(VerifySharedBearer(context, internal_token_, "INTERNAL_TOKEN"));
+      RETURN_IF_ERROR(c_.CheckReady());
+      return body();
+    });
+  }
+
+  ApiContext c_;
+  std::string internal_token_;
 };
 
 ServerOptions ReadServerOptions(Settings& s) {
@@ -198,6 +252,15 @@ ServerOptions ReadServerOptions(Settings& s) {
   o.health_check_interval = s.Duration(
       "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
       "how often the database is probed for grpc.health.v1 while healthy");
+  o.telegram_bot_username =
+      s.String("TELEGRAM_BOT_USERNAME", "",
+               "the bot's username for LinkTelegram's t.me links; empty: LinkTelegram is refused");
+  o.telegram_link_ttl =
+      s.Duration("TELEGRAM_LINK_TTL", o.telegram_link_ttl, absl::Minutes(1), absl::Hours(24),
+                 "how long a LinkTelegram code can be used");
+  o.internal_token = s.String(
+      "INTERNAL_TOKEN", "",
+      "shared secret of the notifier's TelegramLinkService calls; empty: that service is off");
   o.shutdown_grace =
       s.Duration("SHUTDOWN_GRACE", o.shutdown_grace, absl::ZeroDuration(), absl::Minutes(5),
                  "how long in-flight calls may take to finish on SIGTERM");
@@ -218,12 +281,17 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
                                                    .max_attempts = options_.db_max_attempts});
   payments_ = std::make_unique<Payments>(
       *pool_, PaymentsOptions{.reservation_hold = options_.reservation_hold,
-                              .before_commit_for_test = options_.before_commit_for_test});
+                              .before_commit_for_test = options_.before_commit_for_test,
+                              .telegram_bot_username = options_.telegram_bot_username,
+                              .telegram_link_ttl = options_.telegram_link_ttl});
   ApiContext context{payments_.get(), options_.auth_token_secret, &ready_, registry_};
   payment_api_ = std::make_unique<PaymentApi>(context);
   reservation_api_ = std::make_unique<ReservationApi>(context);
   concert_api_ = std::make_unique<ConcertApi>(context);
   account_api_ = std::make_unique<AccountApi>(context);
+  if (!options_.internal_token.empty()) {
+    telegram_link_api_ = std::make_unique<TelegramLinkApi>(context, options_.internal_token);
+  }
 
   metrics::Gauge& in_use =
       registry_->GetGauge("payment_db_pool_in_use", "Postgres connections in use");
@@ -243,11 +311,11 @@ PaymentServer::~PaymentServer() { Stop(); }
 
 absl::Status PaymentServer::Start() {
   int max_threads = options_.grpc_max_threads;
+  std::vector<grpc::Service*> services = {payment_api_.get(), reservation_api_.get(),
+                                          concert_api_.get(), account_api_.get()};
+  if (telegram_link_api_ != nullptr) services.push_back(telegram_link_api_.get());
   ASSIGN_OR_RETURN(server_,
-                   StartGrpcServer(options_.grpc_address,
-                                   {payment_api_.get(), reservation_api_.get(),
-                                    concert_api_.get(), account_api_.get()},
-                                   &port_,
+                   StartGrpcServer(options_.grpc_address, services, &port_,
                                    [max_threads](grpc::ServerBuilder& builder) {
                                      grpc::ResourceQuota quota("payment-server");
                                      quota.SetMaxThreads(max_threads);

@@ -26,6 +26,7 @@
 #include "common/config.h"
 #include "common/metrics.h"
 #include "common/postgres.h"
+#include "concert/internal/v1/telegram_link.grpc.pb.h"
 #include "concert/v1/account.grpc.pb.h"
 #include "concert/v1/concert.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
@@ -58,6 +59,12 @@ struct ServerOptions {
   // HEALTH_CHECK_INTERVAL: how often the database is probed while healthy. While it is down
   // (or the schema not yet migrated) the probe backs off from 250 ms up to 10 s.
   absl::Duration health_check_interval = absl::Seconds(5);
+  // TELEGRAM_BOT_USERNAME and TELEGRAM_LINK_TTL: see PaymentsOptions.
+  std::string telegram_bot_username;
+  absl::Duration telegram_link_ttl = absl::Minutes(15);
+  // INTERNAL_TOKEN: the bearer secret of concert.internal.v1.TelegramLinkService (the
+  // notifier's calls); empty leaves that service out.
+  std::string internal_token;
   // SHUTDOWN_GRACE: how long in-flight calls may take to finish on SIGTERM.
   absl::Duration shutdown_grace = absl::Seconds(10);
   // Metrics go here; null gives the server a registry of its own (tests run several servers).
@@ -95,6 +102,7 @@ class PaymentServer {
   class ReservationApi;
   class ConcertApi;
   class AccountApi;
+  class TelegramLinkApi;
   void WatchDatabase();
 
   ServerOptions options_;
@@ -106,6 +114,7 @@ class PaymentServer {
   std::unique_ptr<ReservationApi> reservation_api_;
   std::unique_ptr<ConcertApi> concert_api_;
   std::unique_ptr<AccountApi> account_api_;
+  std::unique_ptr<TelegramLinkApi> telegram_link_api_;  // null without INTERNAL_TOKEN
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::atomic<bool> ready_{false};

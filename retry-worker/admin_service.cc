@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -12,18 +13,6 @@ namespace concert::retry {
 namespace {
 
 using ops::v1::FailedMessageStatus;
-
-// Same time whatever the first differing byte, so the token cannot be guessed byte by byte.
-bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
-  size_t n = std::max(a.size(), b.size());
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < n; ++i) {
-    unsigned char x = i < a.size() ? a[i] : 0;
-    unsigned char y = i < b.size() ? b[i] : 0;
-    diff |= x ^ y;
-  }
-  return diff == 0;
-}
 
 void SetTime(absl::Time t, google::protobuf::Timestamp* out) {
   *out = google::protobuf::util::TimeUtil::MicrosecondsToTimestamp(absl::ToUnixMicros(t));
@@ -81,17 +70,7 @@ AdminService::AdminService(FailedMessageStore& store, std::string admin_token)
     : store_(store), admin_token_(std::move(admin_token)) {}
 
 grpc::Status AdminService::Authenticate(const grpc::ServerContext& context) const {
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED,
-                        "missing metadata authorization: Bearer <ADMIN_TOKEN>");
-  }
-  absl::string_view value(it->second.data(), it->second.size());
-  if (!absl::ConsumePrefix(&value, "Bearer ") || !ConstantTimeEquals(value, admin_token_)) {
-    return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid admin token");
-  }
-  return grpc::Status::OK;
+  return ToGrpcStatus(VerifySharedBearer(context, admin_token_, "ADMIN_TOKEN"));
 }
 
 grpc::Status AdminService::List(grpc::ServerContext* context,

@@ -65,6 +65,7 @@ class FailureLoopTest : public ::testing::Test {
         {"DLQ_TOPIC", dlq_},
         {"TELEGRAM_API_BASE", fake_.base_url()},
         {"TELEGRAM_BOT_TOKEN", "42:e2e-token"},
+        {"TELEGRAM_UPDATES", "off"},
         {"TELEGRAM_CHAT_ID", "4242"},
         // One request per delivery attempt: every retry goes through the DLQ loop.
         {"TELEGRAM_RETRIES", "0"},

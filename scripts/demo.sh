@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # scripts/demo.sh — `make demo`: the README's grpcurl session against a running `make up`, as a
 # client app plays it: a token for a demo user, the concerts with their schedules, the seats of
-# a schedule, a FREE one held and paid, the account's balance and the user's payments, and the
-# notification that arrived (the log sender's .local/notifications.jsonl).
+# a schedule, a FREE one held, the Telegram link (LinkTelegram; against `make up`'s local fake
+# Telegram the demo plays the user pressing Start, with a real bot it waits for you to), the
+# payment, the account's balance and the user's payments, and the message in the payer's chat.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
 GRPCURL=.local/bin/grpcurl
 SERVER=127.0.0.1:50051
-NOTIFICATIONS=.local/notifications.jsonl
+FAKE_TELEGRAM=http://127.0.0.1:8081
 [[ -f .local/dev.env ]] || die "the system is not up: run 'make up' first"
 "$GRPCURL" -plaintext -connect-timeout 2 "$SERVER" grpc.health.v1.Health/Check >/dev/null 2>&1 ||
   die "payment-server does not answer on $SERVER: run 'make up' first"
@@ -73,6 +74,44 @@ reservation=$(rpc concert.v1.ReservationService/ReserveSeat "$request")
 echo "$reservation"
 reservation_id=$(field reservation_id <<<"$reservation")
 
+# fake_messages CHAT: the texts the local fake Telegram accepted for CHAT, one JSON string a line.
+fake_messages() {
+  curl -fsS "$FAKE_TELEGRAM/control/messages?chat_id=$1" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    print(json.dumps(m["text"], ensure_ascii=False))'
+}
+
+# The user links Telegram: the app shows the link, the user opens it and presses Start, and the
+# bot's answer appears in that chat. From then on this user's messages go to that chat.
+show concert.v1.AccountService/LinkTelegram '{}'
+link=$(rpc concert.v1.AccountService/LinkTelegram '{}') ||
+  die "LinkTelegram refused (see above): payment-server needs TELEGRAM_BOT_USERNAME"
+echo "$link"
+url=$(field link <<<"$link")
+chat=$((700000 + user))
+if curl -fsS "$FAKE_TELEGRAM/botX/getMe" >/dev/null 2>&1; then
+  # Pressing Start sends "/start <code>" from the user's chat to the bot.
+  printf '
+$ curl -d %s %s/control/updates    # the user presses Start (local fake Telegram)
+' \
+    "'{\"chat_id\": $chat, \"text\": \"/start ${url#*start=}\"}'" "$FAKE_TELEGRAM"
+  seen=$(fake_messages "$chat" | wc -l)
+  curl -fsS -H 'Content-Type: application/json' \
+    -d "{\"chat_id\": $chat, \"text\": \"/start ${url#*start=}\"}" "$FAKE_TELEGRAM/control/updates"
+  echo
+  answered() { (($(fake_messages "$chat" | wc -l) > seen)); }
+  wait_until 30 answered ||
+    die "the bot did not answer in chat $chat within 30 s: see .local/run/notifier.log"
+  echo "chat $chat, the bot's answer:"
+  fake_messages "$chat" | tail -n 1
+else
+  echo
+  echo "Open $url in Telegram and press Start (waiting up to 120 s)..."
+  linked() { rpc concert.v1.AccountService/GetAccount '{}' | grep -q -E '"telegram_?[lL]inked": true'; }
+  wait_until 120 linked || die "the chat was not linked within 120 s; run 'make demo' again"
+fi
+
 request="{\"reservation_id\": $reservation_id}"
 show concert.v1.PaymentService/PayConcert "$request"
 payment=$(rpc concert.v1.PaymentService/PayConcert "$request") ||
@@ -85,10 +124,16 @@ rpc concert.v1.AccountService/GetAccount '{}'
 show concert.v1.PaymentService/ListPayments '{"page_size": 3}'
 rpc concert.v1.PaymentService/ListPayments '{"page_size": 3}'
 
-printf '\n$ grep "#%s" %s    # the notification (log sender; Telegram when TELEGRAM_BOT_TOKEN is set)\n' \
-  "$reservation_id" "$NOTIFICATIONS"
-if wait_until 30 grep -q "Reservation: #$reservation_id\\\\n" "$NOTIFICATIONS" 2>/dev/null; then
-  grep "Reservation: #$reservation_id\\\\n" "$NOTIFICATIONS"
+if curl -fsS "$FAKE_TELEGRAM/botX/getMe" >/dev/null 2>&1; then
+  printf '\n$ curl %s/control/messages?chat_id=%s    # the payer'"'"'s chat at the local fake Telegram\n' \
+    "$FAKE_TELEGRAM" "$chat"
+  paid_message() { fake_messages "$chat" | grep -F "#$reservation_id\\n"; }
+  if wait_until 30 paid_message >/dev/null; then
+    paid_message
+  else
+    die "no message for reservation $reservation_id within 30 s: see .local/run/*.log"
+  fi
 else
-  die "no notification for reservation $reservation_id within 30 s: see .local/run/*.log"
+  echo
+  echo "The payment's message is in your Telegram chat now."
 fi

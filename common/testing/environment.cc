@@ -14,10 +14,14 @@
 #include <thread>
 
 #include <gtest/gtest.h>
+#include <httplib.h>
 #include <pqxx/pqxx>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -243,5 +247,23 @@ std::string PrivateKafka::Script(const std::string& verb) const {
 bool PrivateKafka::Start() { return RunCommand(Script("start")) == 0; }
 bool PrivateKafka::Stop() { return RunCommand(Script("stop")) == 0; }
 bool PrivateKafka::Kill() { return RunCommand(Script("kill")) == 0; }
+
+double ScrapeMetric(int port, const std::string& name, const std::string& label_filter) {
+  httplib::Client client("127.0.0.1", port);
+  client.set_connection_timeout(1);
+  client.set_read_timeout(5);
+  auto r = client.Get("/metrics");
+  if (!r || r->status != 200) return -1;
+  double total = 0;
+  for (absl::string_view line : absl::StrSplit(r->body, '\n')) {
+    if (!absl::StartsWith(line, name) || absl::StartsWith(line, "#")) continue;
+    absl::string_view rest = line.substr(name.size());
+    if (!rest.empty() && rest[0] != ' ' && rest[0] != '{') continue;
+    if (!label_filter.empty() && !absl::StrContains(rest, label_filter)) continue;
+    double v = 0;
+    if (absl::SimpleAtod(rest.substr(rest.rfind(' ') + 1), &v)) total += v;
+  }
+  return total;
+}
 
 }  // namespace concert::testing

@@ -46,6 +46,10 @@ bool WaitUntil(const std::function<bool()>& done, absl::Duration timeout,
 int HealthStatus(const std::shared_ptr<grpc::Channel>& channel, const std::string& service = "");
 int HealthStatus(const std::string& address, const std::string& service = "");
 
+// The sum of the samples of metric `name` (lines whose labels contain `label_filter`) on the
+// Prometheus endpoint at 127.0.0.1:`port`; -1 when the endpoint does not answer.
+double ScrapeMetric(int port, const std::string& name, const std::string& label_filter = "");
+
 // A database of its own for one test, dropped (with its connections) at destruction.
 class ScratchDatabase {
  public:

@@ -102,20 +102,22 @@ TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
   absl::SleepFor(absl::Seconds(2));  // a late duplicate would arrive now
   ExpectEachExactlyOnce(*system_, paid);
 
-  // Content: the holder, the concert, the amount and the reservation, sent to our chat.
+  // Content: the seed's Korean message with the holder, the concert, the amount and the
+  // reservation, sent to the operator's chat (no payer linked one).
   std::string amount =
-      absl::StrCat("Amount: ", FormatThousands(system_->options().seat_price_won), " won");
+      absl::StrCat("결제 금액: ", FormatThousands(system_->options().seat_price_won), "원");
   for (const testing::TelegramMessage& m : system_->telegram().messages()) {
     EXPECT_EQ(m.chat_id, kChatId);
     int64_t reservation = 0;
     for (const auto& [id, user] : paid) {
-      if (m.text.find(absl::StrCat("Reservation: #", id, "\n")) != std::string::npos) {
+      if (m.text.find(absl::StrCat("예약 번호: #", id, "\n")) != std::string::npos) {
         reservation = id;
       }
     }
     ASSERT_NE(reservation, 0) << m.text;
-    EXPECT_THAT(m.text, HasSubstr(absl::StrCat("Reservation holder: ", paid[reservation].mail)));
-    EXPECT_THAT(m.text, HasSubstr(absl::StrCat("Concert: ", system_->seeded().concert_title)));
+    EXPECT_THAT(m.text, HasSubstr("🎫 콘서트 결제가 완료되었습니다!\n"));
+    EXPECT_THAT(m.text, HasSubstr(absl::StrCat("예약자 ID: ", paid[reservation].mail)));
+    EXPECT_THAT(m.text, HasSubstr(absl::StrCat("콘서트: ", system_->seeded().concert_title)));
     EXPECT_THAT(m.text, HasSubstr(amount));
   }
   // The notifier's durable record agrees: every event SENT, none uncertain.

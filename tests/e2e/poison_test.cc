@@ -328,7 +328,7 @@ TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePayments
   // Exactly one message per payment, none for anything else, and none late.
   std::map<int64_t, int> messages = system_->MessagesByReservation();
   std::map<int64_t, absl::Time> first_message;
-  static const std::regex kReservation("Reservation: #([0-9]+)");
+  static const std::regex kReservation("(?:Reservation|예약 번호): #([0-9]+)");
   for (const testing::TelegramMessage& m : system_->telegram().messages()) {
     std::smatch match;
     if (!std::regex_search(m.text, match, kReservation)) continue;

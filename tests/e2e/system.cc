@@ -62,9 +62,11 @@ System::System(SystemOptions options)
       publication_(UniqueName("e2e_pub")),
       auth_secret_(UniqueName("secret")),
       admin_token_(UniqueName("admin")),
+      internal_token_(UniqueName("internal")),
       bot_token_(UniqueName("bot")) {
   testing::FakeTelegram::Options fake;
   fake.token = bot_token_;
+  fake.bot_username = kBotUsername;
   telegram_ = std::make_unique<testing::FakeTelegram>(fake);
   auto add = [&](Service service, int index) {
     Instance instance;
@@ -111,6 +113,8 @@ std::map<std::string, std::string> System::EnvFor(const Instance& instance) cons
   switch (instance.service) {
     case Service::kPaymentServer:
       env["AUTH_TOKEN_SECRET"] = auth_secret_;
+      env["INTERNAL_TOKEN"] = internal_token_;
+      env["TELEGRAM_BOT_USERNAME"] = kBotUsername;
       extra = &options_.payment_env;
       break;
     case Service::kRelay:
@@ -127,6 +131,11 @@ std::map<std::string, std::string> System::EnvFor(const Instance& instance) cons
       env["TELEGRAM_RETRIES"] = "1";
       env["TELEGRAM_RETRY_BACKOFF"] = "200ms";
       env["NOTIFICATIONS_FILE"] = "/dev/null";
+      env["PAYMENT_SERVER_ADDRESS"] = payment_address();
+      env["INTERNAL_TOKEN"] = internal_token_;
+      // Short long polls: a replica taking over from a killed one waits at most this long for
+      // the dead one's poll to end at Telegram (409 meanwhile).
+      env["TELEGRAM_POLL_TIMEOUT"] = "2s";
       extra = &options_.notifier_env;
       break;
     case Service::kRetryWorker:
@@ -236,6 +245,13 @@ std::vector<std::string> System::CheckUnexpectedExits() {
   return dead;
 }
 
+double System::Metric(Service service, int index, const std::string& name,
+                      const std::string& label_filter) {
+  const std::string& address = Find(service, index).metrics_address;
+  return testing::ScrapeMetric(std::stoi(address.substr(address.rfind(':') + 1)), name,
+                               label_filter);
+}
+
 int System::Health(Service service, int index) {
   return testing::HealthStatus(Find(service, index).grpc_address);
 }
@@ -266,7 +282,7 @@ int64_t System::NextSeat() {
 }
 
 std::map<int64_t, int> System::MessagesByReservation() const {
-  static const std::regex kReservation("Reservation: #([0-9]+)");
+  static const std::regex kReservation("(?:Reservation|예약 번호): #([0-9]+)");
   std::map<int64_t, int> counts;
   for (const testing::TelegramMessage& m : telegram_->messages()) {
     std::smatch match;
@@ -282,6 +298,7 @@ PaymentClient::PaymentClient(const std::string& address, absl::Duration call_tim
     : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
       reservations_(v1::ReservationService::NewStub(channel_)),
       payments_(v1::PaymentService::NewStub(channel_)),
+      accounts_(v1::AccountService::NewStub(channel_)),
       call_timeout_(call_timeout),
       pay_retry_for_(pay_retry_for) {}
 
@@ -302,6 +319,26 @@ grpc::Status PaymentClient::Pay(const User& user, int64_t reservation_id, v1::Pa
   v1::PayConcertRequest request;
   request.set_reservation_id(reservation_id);
   return payments_->PayConcert(&context, request, payment);
+}
+
+grpc::Status PaymentClient::LinkTelegram(const User& user, v1::TelegramLink* link) {
+  grpc::ClientContext context;
+  context.set_deadline(Deadline(call_timeout_));
+  context.AddMetadata("authorization", absl::StrCat("Bearer ", user.token));
+  return accounts_->LinkTelegram(&context, v1::LinkTelegramRequest(), link);
+}
+
+grpc::Status PaymentClient::GetAccount(const User& user, v1::Account* account) {
+  grpc::ClientContext context;
+  context.set_deadline(Deadline(call_timeout_));
+  context.AddMetadata("authorization", absl::StrCat("Bearer ", user.token));
+  return accounts_->GetAccount(&context, v1::GetAccountRequest(), account);
+}
+
+std::string StartCommand(const v1::TelegramLink& link) {
+  size_t at = link.link().find("?start=");
+  if (at == std::string::npos) return "/start";
+  return absl::StrCat("/start ", link.link().substr(at + 7));
 }
 
 PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {

@@ -31,6 +31,7 @@
 #include "absl/time/time.h"
 #include "common/testing/environment.h"
 #include "concert/ops/v1/failed_messages.grpc.pb.h"
+#include "concert/v1/account.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
 #include "tests/fake_telegram/fake_telegram.h"
@@ -90,6 +91,9 @@ class System {
   std::vector<std::string> CheckUnexpectedExits();
   // 1 SERVING, 2 NOT_SERVING, -1 no answer.
   int Health(Service service, int index = 0);
+  // A metric of one instance (see testing::ScrapeMetric); -1 when it does not answer.
+  double Metric(Service service, int index, const std::string& name,
+                const std::string& label_filter = "");
   bool WaitHealthy(absl::Duration timeout);
   // Every child's log file, for failure messages.
   std::string LogPaths() const;
@@ -107,7 +111,8 @@ class System {
   // A seat nobody reserved yet, or 0 when all are used.
   int64_t NextSeat();
 
-  // Fake Telegram's accepted messages, counted per reservation id ("Reservation: #<id>");
+  // Fake Telegram's accepted messages, counted per reservation id ("예약 번호: #<id>", or
+  // "Reservation: #<id>" in English);
   // texts without one are counted under id 0.
   std::map<int64_t, int> MessagesByReservation() const;
 
@@ -127,14 +132,17 @@ class System {
   SystemOptions options_;
   std::unique_ptr<testing::FakeTelegram> telegram_;
   std::string topic_, dlq_topic_, notifier_group_, retry_group_, slot_, publication_;
-  std::string auth_secret_, admin_token_, bot_token_;
+  std::string auth_secret_, admin_token_, internal_token_, bot_token_;
   std::vector<Instance> instances_;
   Seeded seeded_;
   std::atomic<int64_t> next_seat_{0};
 };
 
-// The chat the notifiers are configured for.
+// The operator's chat the notifiers are configured for (TELEGRAM_CHAT_ID): payers without a
+// linked chat are announced there.
 inline constexpr char kChatId[] = "4242";
+// The fake bot's username (payment-server's TELEGRAM_BOT_USERNAME).
+inline constexpr char kBotUsername[] = "e2e_concert_bot";
 
 // What a paying client saw for one seat.
 struct PayOutcome {
@@ -163,14 +171,20 @@ class PaymentClient {
   PayOutcome ReserveAndPay(const User& user, int64_t seat_id);
   grpc::Status Reserve(const User& user, int64_t seat_id, v1::Reservation* reservation);
   grpc::Status Pay(const User& user, int64_t reservation_id, v1::Payment* payment);
+  grpc::Status LinkTelegram(const User& user, v1::TelegramLink* link);
+  grpc::Status GetAccount(const User& user, v1::Account* account);
 
  private:
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<v1::ReservationService::Stub> reservations_;
   std::unique_ptr<v1::PaymentService::Stub> payments_;
+  std::unique_ptr<v1::AccountService::Stub> accounts_;
   absl::Duration call_timeout_;
   absl::Duration pay_retry_for_;
 };
+
+// What the user sends when pressing Start on a LinkTelegram link: "/start <code>".
+std::string StartCommand(const v1::TelegramLink& link);
 
 // concert.ops.v1.FailedMessageService with `authorization: Bearer <token>`.
 class AdminClient {

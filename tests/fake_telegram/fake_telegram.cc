@@ -74,6 +74,8 @@ bool ParseFaultMode(const std::string& name, FaultMode* mode) {
                                                          {"5xx", FaultMode::k5xx},
                                                          {"429", FaultMode::k429},
                                                          {"400", FaultMode::k400},
+                                                         {"403", FaultMode::k403},
+                                                         {"chat_not_found", FaultMode::kChatNotFound},
                                                          {"stall", FaultMode::kStall}};
   auto it = kModes.find(name);
   if (it == kModes.end()) return false;
@@ -93,17 +95,45 @@ std::string FakeTelegram::base_url() const {
 absl::Status FakeTelegram::Start() {
   server_->Post(R"(/bot([^/]*)/sendMessage)",
                 [this](const httplib::Request& req, httplib::Response& res) { HandleSend(req, res); });
+  server_->Get(R"(/bot([^/]*)/getMe)", [this](const httplib::Request&, httplib::Response& res) {
+    Reply(res, 200,
+          json{{"ok", true},
+               {"result",
+                {{"id", 1}, {"is_bot", true}, {"first_name", "Fake Concert Bot"},
+                 {"username", options_.bot_username}}}});
+  });
+  auto get_updates = [this](const httplib::Request& req, httplib::Response& res) {
+    HandleGetUpdates(req, res);
+  };
+  server_->Get(R"(/bot([^/]*)/getUpdates)", get_updates);
+  server_->Post(R"(/bot([^/]*)/getUpdates)", get_updates);
+  server_->Post("/control/updates", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+    if (!body.is_object() || !body.contains("chat_id") || !body["chat_id"].is_number_integer() ||
+        !body.contains("text") || !body["text"].is_string()) {
+      Reply(res, 400, json{{"ok", false},
+                           {"description", "want {\"chat_id\": N, \"text\": \"..\"}"}});
+      return;
+    }
+    int64_t id = InjectUserMessage(body["chat_id"].get<int64_t>(), body["text"].get<std::string>());
+    Reply(res, 200, json{{"ok", true}, {"update_id", id}});
+  });
   server_->Post("/control/fail",
                 [this](const httplib::Request& req, httplib::Response& res) { HandleFail(req, res); });
-  server_->Get("/control/messages", [this](const httplib::Request&, httplib::Response& res) {
+  server_->Get("/control/messages", [this](const httplib::Request& req, httplib::Response& res) {
     json all = json::array();
-    for (const TelegramMessage& m : messages()) all.push_back(ToJson(m));
+    bool one_chat = req.has_param("chat_id");
+    for (const TelegramMessage& m :
+         one_chat ? MessagesTo(req.get_param_value("chat_id")) : messages()) {
+      all.push_back(ToJson(m));
+    }
     Reply(res, 200, all);
   });
   server_->Get("/control/stats", [this](const httplib::Request&, httplib::Response& res) {
     std::lock_guard lock(mu_);
     Reply(res, 200,
-          json{{"requests", requests_}, {"accepted", messages_.size()}, {"faulted", faulted_}});
+          json{{"requests", requests_}, {"accepted", messages_.size()}, {"faulted", faulted_},
+               {"get_updates", get_updates_}, {"conflicts", conflicts_}});
   });
   server_->Post("/control/reset", [this](const httplib::Request&, httplib::Response& res) {
     Reset();
@@ -133,6 +163,7 @@ void FakeTelegram::Stop() {
     stopping_ = true;
   }
   stop_cv_.notify_all();
+  updates_cv_.notify_all();
   server_->stop();
   if (thread_.joinable()) thread_.join();
 }
@@ -166,11 +197,101 @@ void FakeTelegram::Reset() {
   messages_.clear();
   requests_ = 0;
   faulted_ = 0;
+  updates_.clear();
+  update_ids_.clear();
+  conflicts_ = 0;
+  get_updates_ = 0;
 }
 
 std::vector<TelegramMessage> FakeTelegram::messages() const {
   std::lock_guard lock(mu_);
   return messages_;
+}
+
+std::vector<TelegramMessage> FakeTelegram::MessagesTo(const std::string& chat_id) const {
+  std::lock_guard lock(mu_);
+  std::vector<TelegramMessage> out;
+  for (const TelegramMessage& m : messages_) {
+    if (m.chat_id == chat_id) out.push_back(m);
+  }
+  return out;
+}
+
+int64_t FakeTelegram::InjectUserMessage(int64_t chat_id, const std::string& text) {
+  int64_t id;
+  {
+    std::lock_guard lock(mu_);
+    id = next_update_id_++;
+    json chat{{"id", chat_id}, {"type", "private"}, {"first_name", "Fan"}};
+    json update{{"update_id", id},
+                {"message",
+                 {{"message_id", id},
+                  {"date", absl::ToUnixSeconds(absl::Now())},
+                  {"from", {{"id", chat_id}, {"is_bot", false}, {"first_name", "Fan"}}},
+                  {"chat", chat},
+                  {"text", text}}}};
+    updates_.push_back(update.dump());
+    update_ids_.push_back(id);
+  }
+  updates_cv_.notify_all();
+  return id;
+}
+
+int FakeTelegram::get_updates() const {
+  std::lock_guard lock(mu_);
+  return get_updates_;
+}
+
+int FakeTelegram::conflicts() const {
+  std::lock_guard lock(mu_);
+  return conflicts_;
+}
+
+void FakeTelegram::HandleGetUpdates(const httplib::Request& req, httplib::Response& res) {
+  std::string token = req.matches.size() > 1 ? std::string(req.matches[1]) : "";
+  if (!options_.token.empty() && token != options_.token) {
+    ReplyError(res, 401, "Unauthorized");
+    return;
+  }
+  int64_t offset = 0;
+  int64_t timeout = 0;
+  json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
+  auto param = [&](const std::string& name, int64_t* out) {
+    if (body.is_object() && body.contains(name) && body[name].is_number_integer()) {
+      *out = body[name].get<int64_t>();
+    } else if (req.has_param(name)) {
+      absl::SimpleAtoi(req.get_param_value(name), out);
+    } else if (absl::StartsWith(req.get_header_value("Content-Type"),
+                                "application/x-www-form-urlencoded")) {
+      auto form = ParseForm(req.body);
+      if (auto it = form.find(name); it != form.end()) absl::SimpleAtoi(it->second, out);
+    }
+  };
+  param("offset", &offset);
+  param("timeout", &timeout);
+  std::unique_lock lock(mu_);
+  if (polling_) {
+    ++conflicts_;
+    lock.unlock();
+    ReplyError(res, 409,
+               "Conflict: terminated by other getUpdates request; make sure that only one bot "
+               "instance is running");
+    return;
+  }
+  ++get_updates_;
+  // Acknowledged updates are forgotten, as Telegram does.
+  while (!update_ids_.empty() && update_ids_.front() < offset) {
+    update_ids_.erase(update_ids_.begin());
+    updates_.erase(updates_.begin());
+  }
+  polling_ = true;
+  updates_cv_.wait_for(lock, std::chrono::seconds(std::max<int64_t>(timeout, 0)),
+                       [&] { return stopping_ || !updates_.empty(); });
+  polling_ = false;
+  json result = json::array();
+  for (const std::string& u : updates_) result.push_back(json::parse(u));
+  lock.unlock();
+  Reply(res, 200, json{{"ok", true}, {"result", result}});
 }
 
 int FakeTelegram::requests() const {
@@ -258,7 +379,13 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
                    json{{"retry_after", fault->retry_after_seconds}});
         return;
       case FaultMode::k400:
-        ReplyError(res, 400, "Bad Request: chat not found (injected)");
+        ReplyError(res, 400, "Bad Request: message text is malformed (injected)");
+        return;
+      case FaultMode::kChatNotFound:
+        ReplyError(res, 400, "Bad Request: chat not found");
+        return;
+      case FaultMode::k403:
+        ReplyError(res, 403, "Forbidden: bot was blocked by the user");
         return;
       case FaultMode::kStall:
         Stall(fault->stall);
@@ -300,7 +427,9 @@ void FakeTelegram::HandleFail(const httplib::Request& req, httplib::Response& re
   json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded() || !body.is_object() || !body.contains("mode") ||
       !body["mode"].is_string()) {
-    Reply(res, 400, json{{"ok", false}, {"description", "want {\"mode\": \"5xx|429|400|stall|off\"}"}});
+    Reply(res, 400,
+          json{{"ok", false},
+               {"description", "want {\"mode\": \"5xx|429|400|403|chat_not_found|stall|off\"}"}});
     return;
   }
   Fault fault;

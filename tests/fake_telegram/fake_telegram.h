@@ -1,7 +1,9 @@
 // A fake Telegram Bot API server for tests, on loopback over real HTTP (cpp-httplib). It accepts
 // what the notifier's TelegramSender sends, records every accepted message, and can be told to
-// misbehave: answer 5xx, 429 with parameters.retry_after, 400, or stall before answering, for the
-// next N requests, for one chat only, or always.
+// misbehave: answer 5xx, 429 with parameters.retry_after, 400 (a malformed message), 400 "chat
+// not found", 403 "bot was blocked by the user", or stall before answering, for the next N
+// requests, for one chat only, or always. It also plays the users' side of a bot: a test injects a message a user wrote
+// (InjectUserMessage, e.g. "/start <code>"), and the bot receives it through getUpdates.
 //
 // In-process (gtest):
 //
@@ -21,16 +23,26 @@
 //                                  chat_id=..&text=..; 200 {"ok":true,"result":{"message_id":N,..}}
 //                                  or the injected fault. Missing chat_id/text: 400. With --token
 //                                  set, another token: 401.
-//   POST /control/fail             JSON {"mode":"5xx"|"429"|"400"|"stall"|"off",
+//   POST /control/fail             JSON {"mode":"5xx"|"429"|"400"|"403"|"chat_not_found"|
+//                                               "stall"|"off",
 //                                        "count":N        (next N requests; 0 or absent = always),
 //                                        "status":503     (for 5xx; default 500),
 //                                        "retry_after":2  (seconds, for 429; default 1),
 //                                        "stall_ms":2000  (for stall: sleep, then answer normally),
 //                                        "chat_id":"42"   (only requests for this chat)}
 //                                  "off" removes every fault (or only that chat's with chat_id).
-//   GET  /control/messages         JSON array of accepted messages:
+//   GET|POST /bot<token>/getMe     {"ok":true,"result":{"id":..,"is_bot":true,"username":..}}
+//   GET|POST /bot<token>/getUpdates  offset, timeout (seconds, long poll) as JSON body, form or
+//                                  query. Updates with update_id < offset are forgotten; answers
+//                                  at once when one is pending, else when one arrives or timeout
+//                                  passes. A second getUpdates while one is in flight gets 409
+//                                  Conflict, as Telegram answers two bot instances.
+//   POST /control/updates          JSON {"chat_id": 42, "text": "/start abc"}: a user writes to
+//                                  the bot; answers {"ok":true,"update_id":N}.
+//   GET  /control/messages[?chat_id=42]  JSON array of accepted messages (to that chat only):
 //                                  [{"chat_id":"42","text":"..","token":"..","received_at_ms":..}]
-//   GET  /control/stats            {"requests":N,"accepted":N,"faulted":N}
+//   GET  /control/stats            {"requests":N,"accepted":N,"faulted":N,"get_updates":N,
+//                                   "conflicts":N}
 //   POST /control/reset            forgets messages, counters and faults.
 //
 // With --record / Options::record_path each accepted message is also appended as one JSON line
@@ -61,7 +73,7 @@ struct Response;
 
 namespace concert::testing {
 
-enum class FaultMode { kOff, k5xx, k429, k400, kStall };
+enum class FaultMode { kOff, k5xx, k429, k400, k403, kChatNotFound, kStall };
 
 struct Fault {
   FaultMode mode = FaultMode::kOff;
@@ -90,6 +102,8 @@ class FakeTelegram {
     std::string record_path;
     // When set, requests with another token get 401.
     std::string token;
+    // What getMe answers.
+    std::string bot_username = "fake_concert_bot";
   };
 
   explicit FakeTelegram(Options options);
@@ -113,12 +127,22 @@ class FakeTelegram {
   void Reset();
 
   std::vector<TelegramMessage> messages() const;
+  // Accepted messages to one chat (its text form).
+  std::vector<TelegramMessage> MessagesTo(const std::string& chat_id) const;
   int requests() const;
   int faulted() const;
+
+  // A user in private chat `chat_id` (the user's id too) writes `text` to the bot; the next
+  // getUpdates returns it. Returns its update_id.
+  int64_t InjectUserMessage(int64_t chat_id, const std::string& text);
+  // getUpdates requests answered, and those refused with 409 because another was in flight.
+  int get_updates() const;
+  int conflicts() const;
 
  private:
   void HandleSend(const httplib::Request& req, httplib::Response& res);
   void HandleFail(const httplib::Request& req, httplib::Response& res);
+  void HandleGetUpdates(const httplib::Request& req, httplib::Response& res);
   // The rule for this chat to apply now (consuming one of its count), if any.
   std::optional<Fault> TakeFault(const std::string& chat_id);
   // Sleeps up to `d`; returns early when stopping.
@@ -138,9 +162,17 @@ class FakeTelegram {
   int requests_ = 0;
   int faulted_ = 0;
   int64_t next_message_id_ = 1;
+  // Pending updates (JSON objects, update_id ascending) and the getUpdates long poll.
+  std::condition_variable updates_cv_;
+  std::vector<std::string> updates_;
+  std::vector<int64_t> update_ids_;
+  int64_t next_update_id_ = 1;
+  bool polling_ = false;
+  int get_updates_ = 0;
+  int conflicts_ = 0;
 };
 
-// "5xx", "429", "400", "stall", "off".
+// "5xx", "429", "400", "403", "chat_not_found", "stall", "off".
 bool ParseFaultMode(const std::string& name, FaultMode* mode);
 
 }  // namespace concert::testing

@@ -7,8 +7,10 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/testing/environment.h"
 #include "gtest/gtest.h"
 
@@ -45,6 +47,94 @@ TEST(FakeTelegram, AcceptsJsonAndFormAndRecordsThem) {
   auto listed = client.Get("/control/messages");
   ASSERT_TRUE(listed);
   EXPECT_EQ(json::parse(listed->body).size(), 2u);
+}
+
+TEST(FakeTelegram, GetMeNamesTheBot) {
+  FakeTelegram fake({.bot_username = "my_bot"});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  auto r = client.Get("/botT/getMe");
+  ASSERT_TRUE(r);
+  EXPECT_EQ(json::parse(r->body)["result"]["username"], "my_bot");
+}
+
+TEST(FakeTelegram, GetUpdatesLongPollsAndForgetsWhatTheOffsetAcknowledges) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  client.set_read_timeout(10);
+  // Nothing pending: the poll waits its timeout, then answers an empty list.
+  absl::Time start = absl::Now();
+  auto empty = client.Get("/botT/getUpdates?timeout=1");
+  ASSERT_TRUE(empty);
+  EXPECT_EQ(json::parse(empty->body)["result"].size(), 0u);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(900));
+
+  // A message injected during a poll ends it at once.
+  std::thread writer([&] {
+    absl::SleepFor(absl::Milliseconds(200));
+    fake.InjectUserMessage(42, "/start abc");
+  });
+  start = absl::Now();
+  auto one = client.Post("/botT/getUpdates", json{{"offset", 0}, {"timeout", 5}}.dump(),
+                         "application/json");
+  writer.join();
+  ASSERT_TRUE(one);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(4));
+  json result = json::parse(one->body)["result"];
+  ASSERT_EQ(result.size(), 1u);
+  int64_t id = result[0]["update_id"].get<int64_t>();
+  EXPECT_EQ(result[0]["message"]["chat"]["id"], 42);
+  EXPECT_EQ(result[0]["message"]["text"], "/start abc");
+  // Not acknowledged: returned again. Acknowledged (offset past it): gone.
+  auto again = client.Get("/botT/getUpdates?timeout=0");
+  ASSERT_TRUE(again);
+  EXPECT_EQ(json::parse(again->body)["result"].size(), 1u);
+  auto acked = client.Get(absl::StrCat("/botT/getUpdates?timeout=0&offset=", id + 1).c_str());
+  ASSERT_TRUE(acked);
+  EXPECT_EQ(json::parse(acked->body)["result"].size(), 0u);
+  EXPECT_EQ(fake.conflicts(), 0);
+}
+
+TEST(FakeTelegram, ASecondPollerGetsConflict) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  std::thread first([&] {
+    httplib::Client client = ClientFor(fake);
+    client.set_read_timeout(10);
+    client.Get("/botT/getUpdates?timeout=2");
+  });
+  absl::SleepFor(absl::Milliseconds(300));
+  httplib::Client second = ClientFor(fake);
+  auto r = second.Get("/botT/getUpdates?timeout=2");
+  first.join();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status, 409);
+  EXPECT_EQ(fake.conflicts(), 1);
+}
+
+TEST(FakeTelegram, BlockedAndMissingChatsAnswerLikeTelegram) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  fake.SetFault({.mode = FaultMode::k403, .chat_id = "1"});
+  fake.SetFault({.mode = FaultMode::kChatNotFound, .chat_id = "2"});
+  httplib::Client client = ClientFor(fake);
+  auto blocked = client.Post("/botT/sendMessage", json{{"chat_id", 1}, {"text", "x"}}.dump(),
+                             "application/json");
+  ASSERT_TRUE(blocked);
+  EXPECT_EQ(blocked->status, 403);
+  EXPECT_EQ(json::parse(blocked->body)["description"], "Forbidden: bot was blocked by the user");
+  auto missing = client.Post("/botT/sendMessage", json{{"chat_id", 2}, {"text", "x"}}.dump(),
+                             "application/json");
+  ASSERT_TRUE(missing);
+  EXPECT_EQ(missing->status, 400);
+  EXPECT_EQ(json::parse(missing->body)["description"], "Bad Request: chat not found");
+  auto fine = client.Post("/botT/sendMessage", json{{"chat_id", 3}, {"text", "x"}}.dump(),
+                          "application/json");
+  ASSERT_TRUE(fine);
+  EXPECT_EQ(fine->status, 200);
+  EXPECT_EQ(fake.MessagesTo("3").size(), 1u);
+  EXPECT_TRUE(fake.MessagesTo("1").empty());
 }
 
 TEST(FakeTelegram, RejectsMissingFields) {

@@ -2,6 +2,7 @@
 // tests that run the notifier as a child process. See fake_telegram.h for the HTTP API.
 //
 //   fake-telegram --port=8081 --record=messages.jsonl [--token=SECRET] [--host=127.0.0.1]
+//                 [--bot-username=fake_concert_bot]
 //
 // Prints "listening on http://127.0.0.1:<port>" once ready; SIGTERM stops it.
 #include <cstdio>
@@ -20,6 +21,9 @@ int main(int argc, char** argv) {
   options.record_path =
       settings.String("RECORD", "", "Append each accepted message as a JSON line to this file");
   options.token = settings.String("TOKEN", "", "When set, other bot tokens get 401");
+  options.bot_username =
+      settings.String("BOT_USERNAME", options.bot_username,
+                      "What getMe answers as the bot's username");
   settings.ExitIfInvalid();
   concert::log::Init("fake-telegram");
 

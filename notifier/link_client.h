@@ -1,0 +1,50 @@
+// The notifier's client of payment-server's concert.internal.v1.TelegramLinkService: confirming
+// a deep-link code from a chat, and dropping a chat's link when the user stops the bot or
+// Telegram says the chat is gone. Calls carry `authorization: Bearer <INTERNAL_TOKEN>`.
+//
+//   LinkClient links({.address = "127.0.0.1:50051", .token = internal_token});
+//   absl::StatusOr<int64_t> user = links.ConfirmLink(code, chat_id);
+//   // NOT_FOUND: unknown code; FAILED_PRECONDITION: expired or used (see the message);
+//   // anything else (UNAVAILABLE, DEADLINE_EXCEEDED...): payment-server did not decide, retry.
+//
+// Thread-safe (gRPC stubs are); every call blocks up to `timeout`.
+#ifndef CONCERT_NOTIFIER_LINK_CLIENT_H_
+#define CONCERT_NOTIFIER_LINK_CLIENT_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "concert/internal/v1/telegram_link.grpc.pb.h"
+
+namespace concert::notifier {
+
+struct LinkClientOptions {
+  // PAYMENT_SERVER_ADDRESS.
+  std::string address = "127.0.0.1:50051";
+  // INTERNAL_TOKEN, the same secret as payment-server's.
+  std::string token;
+  absl::Duration timeout = absl::Seconds(5);
+};
+
+class LinkClient {
+ public:
+  explicit LinkClient(LinkClientOptions options);
+
+  // The user now linked to `chat_id`.
+  absl::StatusOr<int64_t> ConfirmLink(const std::string& code, int64_t chat_id);
+  // `reason` goes to payment-server's log.
+  absl::Status UnlinkChat(int64_t chat_id, const std::string& reason);
+
+ private:
+  LinkClientOptions options_;
+  std::unique_ptr<internal::v1::TelegramLinkService::Stub> stub_;
+};
+
+}  // namespace concert::notifier
+
+#endif  // CONCERT_NOTIFIER_LINK_CLIENT_H_

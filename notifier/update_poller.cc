@@ -1,0 +1,287 @@
+#include "notifier/update_poller.h"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
+#include "common/log.h"
+#include "notifier/telegram_sender.h"
+
+namespace concert::notifier {
+namespace {
+
+using nlohmann::json;
+
+// The advisory lock that elects the one poller per notifier database ("tgupdate" in ASCII).
+constexpr int64_t kPollerLockKey = 0x7467757064617465;
+constexpr int kMaxCodeLength = 64;
+
+size_t Append(char* data, size_t size, size_t count, void* out) {
+  static_cast<std::string*>(out)->append(data, size * count);
+  return size * count;
+}
+
+// libcurl's progress callback: a non-zero answer aborts the transfer, so a stop ends a long
+// poll at once.
+int AbortOnStop(void* stop, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const absl::Notification*>(stop)->HasBeenNotified() ? 1 : 0;
+}
+
+// What Telegram allows in a deep-link start parameter; anything else cannot be our code.
+bool IsCodeShaped(const std::string& code) {
+  if (code.empty() || code.size() > kMaxCodeLength) return false;
+  return std::all_of(code.begin(), code.end(), [](char c) {
+    return absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+  });
+}
+
+}  // namespace
+
+std::optional<std::string> StartCode(const std::string& text) {
+  absl::string_view rest = absl::StripLeadingAsciiWhitespace(text);
+  if (!absl::ConsumePrefix(&rest, "/start")) return std::nullopt;
+  if (absl::ConsumePrefix(&rest, "@")) {
+    // "/start@<bot> ...": skip the bot's name.
+    size_t end = rest.find_first_of(" \t\n");
+    rest = end == absl::string_view::npos ? "" : rest.substr(end);
+  } else if (!rest.empty() && !absl::ascii_isspace(static_cast<unsigned char>(rest[0]))) {
+    return std::nullopt;  // "/startle" is another command
+  }
+  return std::string(absl::StripAsciiWhitespace(rest));
+}
+
+UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies,
+                           metrics::Registry& registry)
+    : options_(std::move(options)),
+      links_(links),
+      replies_(replies),
+      registry_(registry),
+      leader_(registry.GetGauge(
+          "notifier_telegram_poller_leader",
+          "1 while this replica holds the lock and polls the bot's updates")) {}
+
+void UpdatePoller::Run(const absl::Notification& stop) {
+  absl::Duration backoff = options_.standby_interval;
+  bool said_standby = false;
+  while (!stop.HasBeenNotified()) {
+    try {
+      // A connection of its own: the lock is the session's, and ends with it.
+      pqxx::connection conn(options_.database_url);
+      backoff = options_.standby_interval;
+      while (!stop.HasBeenNotified()) {
+        bool locked;
+        {
+          pqxx::nontransaction tx(conn);
+          locked = tx.exec_params1("SELECT pg_try_advisory_lock($1)", kPollerLockKey)[0].as<bool>();
+        }
+        if (locked) {
+          said_standby = false;
+          PollWhileLeader(conn, stop);
+          break;  // stopping, or the connection (and with it the lock) is in doubt: reconnect
+        }
+        if (!said_standby) {
+          log::Info("telegram updates: another replica polls; standing by");
+          said_standby = true;
+        }
+        stop.WaitForNotificationWithTimeout(options_.standby_interval);
+      }
+    } catch (const std::exception& e) {
+      leader_.Set(0);
+      log::Warn("telegram updates: database unavailable; retrying", {{"error", e.what()}});
+      stop.WaitForNotificationWithTimeout(backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    }
+  }
+  leader_.Set(0);
+}
+
+void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop) {
+  int64_t offset;
+  {
+    pqxx::nontransaction tx(conn);
+    offset = tx.exec("SELECT next_update_id FROM notification.telegram_updates")[0][0]
+                 .as<int64_t>();
+  }
+  leader_.Set(1);
+  log::Info("telegram updates: this replica holds the lock and polls", {{"offset", offset}});
+  absl::Duration backoff = absl::Milliseconds(500);
+  while (!stop.HasBeenNotified()) {
+    absl::StatusOr<std::vector<Update>> updates = GetUpdates(offset, stop);
+    if (stop.HasBeenNotified()) break;
+    bool retry = !updates.ok();
+    if (!updates.ok()) {
+      log::Warn("telegram getUpdates failed; retrying",
+                {{"error", RedactToken(updates.status().message(), options_.token)}});
+    } else {
+      for (const Update& update : *updates) {
+        if (Handle(update) == Outcome::kRetry) {
+          retry = true;
+          break;
+        }
+        offset = update.update_id + 1;
+        pqxx::work tx(conn);
+        tx.exec_params("UPDATE notification.telegram_updates SET next_update_id = $1, "
+                       "updated_at = now()",
+                       offset);
+        tx.commit();
+      }
+    }
+    // Proves the session (and so the lock) is still there before the next poll; a broken
+    // connection throws and ends the leadership.
+    pqxx::nontransaction(conn).exec("SELECT 1");
+    if (retry) {
+      stop.WaitForNotificationWithTimeout(backoff);
+      backoff = std::min(backoff * 2, options_.max_backoff);
+    } else {
+      backoff = absl::Milliseconds(500);
+    }
+  }
+  leader_.Set(0);
+}
+
+absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(int64_t offset,
+                                                             const absl::Notification& stop) {
+  std::string url = absl::StrCat(absl::StripSuffix(options_.api_base, "/"), "/bot",
+                                 options_.token, "/getUpdates?offset=", offset, "&timeout=",
+                                 absl::ToInt64Seconds(options_.poll_timeout),
+                                 "&allowed_updates=%5B%22message%22%5D");
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return absl::UnavailableError("curl_easy_init failed");
+  std::string response;
+  char error[CURL_ERROR_SIZE] = {0};
+  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
+  // The long poll itself plus room for Telegram's answer.
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(options_.poll_timeout +
+                                                               absl::Seconds(10))));
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");  // the token goes to api_base only
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
+  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, AbortOnStop);
+  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &stop);
+  CURLcode code = curl_easy_perform(curl);
+  long status = 0;
+  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_cleanup(curl);
+  if (code != CURLE_OK) {
+    return absl::UnavailableError(
+        absl::StrCat("getUpdates: ", error[0] != '\0' ? error : curl_easy_strerror(code)));
+  }
+  json body = json::parse(response, nullptr, /*allow_exceptions=*/false);
+  if (status != 200 || !body.is_object() || !body.value("ok", false) ||
+      !body.contains("result") || !body["result"].is_array()) {
+    // 409 (another poller: the lock holder that just died may still have a poll in flight)
+    // and 5xx pass with time; a 401 needs an operator, and the warning says so.
+    std::string description =
+        body.is_object() && body.contains("description") && body["description"].is_string()
+            ? body["description"].get<std::string>()
+            : "";
+    return absl::UnavailableError(absl::StrCat("getUpdates: HTTP ", status, " ", description));
+  }
+  std::vector<Update> updates;
+  for (const json& u : body["result"]) {
+    if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) continue;
+    Update update;
+    update.update_id = u["update_id"].get<int64_t>();
+    if (u.contains("message") && u["message"].is_object()) {
+      const json& m = u["message"];
+      if (m.contains("chat") && m["chat"].is_object() && m["chat"].contains("id") &&
+          m["chat"]["id"].is_number_integer() && m.contains("text") && m["text"].is_string()) {
+        update.chat_id = m["chat"]["id"].get<int64_t>();
+        update.text = m["text"].get<std::string>();
+      }
+    }
+    updates.push_back(std::move(update));
+  }
+  return updates;
+}
+
+UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
+  auto count = [&](const std::string& outcome) {
+    registry_
+        .GetCounter("notifier_telegram_updates_total",
+                    "Bot updates handled, by outcome (linked, expired, used, unknown_code, "
+                    "no_code, unlinked, ignored, retry)",
+                    {{"outcome", outcome}})
+        .Increment();
+  };
+  if (update.chat_id == 0) {
+    count("ignored");
+    return Outcome::kDone;
+  }
+  if (std::optional<std::string> code = StartCode(update.text)) {
+    if (code->empty()) {
+      Reply(update.chat_id, LinkReply::kNoCode);
+      count("no_code");
+      return Outcome::kDone;
+    }
+    absl::StatusOr<int64_t> user = IsCodeShaped(*code)
+                                       ? links_.ConfirmLink(*code, update.chat_id)
+                                       : absl::NotFoundError("not a link code");
+    LinkReply reply;
+    std::string outcome;
+    if (user.ok()) {
+      reply = LinkReply::kLinked;
+      outcome = "linked";
+    } else if (user.status().code() == absl::StatusCode::kNotFound ||
+               user.status().code() == absl::StatusCode::kInvalidArgument) {
+      reply = LinkReply::kUnknown;
+      outcome = "unknown_code";
+    } else if (user.status().code() == absl::StatusCode::kFailedPrecondition) {
+      bool expired = absl::StrContains(user.status().message(), "expired");
+      reply = expired ? LinkReply::kExpired : LinkReply::kUsed;
+      outcome = expired ? "expired" : "used";
+    } else {
+      // payment-server did not decide: keep the update for the next poll.
+      log::Warn("confirming a telegram link failed; will retry",
+                {{"update_id", update.update_id}, {"error", std::string(user.status().message())}});
+      count("retry");
+      return Outcome::kRetry;
+    }
+    log::Info("telegram /start", {{"update_id", update.update_id},
+                                  {"chat_id", update.chat_id},
+                                  {"outcome", outcome},
+                                  {"user_id", user.ok() ? *user : 0}});
+    Reply(update.chat_id, reply);
+    count(outcome);
+    return Outcome::kDone;
+  }
+  if (absl::StripAsciiWhitespace(update.text) == "/stop") {
+    if (absl::Status s = links_.UnlinkChat(update.chat_id, "stop"); !s.ok()) {
+      log::Warn("unlinking a telegram chat failed; will retry",
+                {{"update_id", update.update_id}, {"error", std::string(s.message())}});
+      count("retry");
+      return Outcome::kRetry;
+    }
+    Reply(update.chat_id, LinkReply::kUnlinked);
+    count("unlinked");
+    return Outcome::kDone;
+  }
+  count("ignored");
+  return Outcome::kDone;
+}
+
+void UpdatePoller::Reply(int64_t chat_id, LinkReply reply) {
+  // The decision is made and durable at payment-server; a lost answer is logged, not retried
+  // (the update is acknowledged either way).
+  SendResult sent = replies_.Send({.event_id = "",
+                                   .reservation_id = "",
+                                   .chat_id = std::to_string(chat_id),
+                                   .text = FormatLinkReply(reply, options_.locale)});
+  if (!sent.ok()) {
+    log::Warn("telegram reply failed", {{"chat_id", chat_id}, {"error", sent.message}});
+  }
+}
+
+}  // namespace concert::notifier

@@ -1,0 +1,101 @@
+// The bot's side of the Telegram link flow: reads what users write to the bot with getUpdates
+// long polling and acts on it.
+//
+//   /start <code>  -> LinkClient::ConfirmLink(code, chat); answers in that chat: linked, or a
+//                     polite refusal (expired, used, unknown code). Nothing else happens.
+//   /start         -> a hint to start from the app's link
+//   /stop          -> LinkClient::UnlinkChat(chat); answers "unlinked"
+//   anything else  -> acknowledged, ignored
+//
+// Telegram allows one getUpdates poller per bot (a second gets 409), however many notifier
+// replicas run. So the poller first takes a session-level Postgres advisory lock on a
+// connection of its own; only the holder polls, the others retry the lock every
+// standby_interval. The lock lives as long as that connection: when the holder's process dies
+// Postgres ends its session and another replica takes over within seconds; when the holder
+// loses its connection it stops polling at once (its lock is gone).
+//
+// The offset (the next update_id to ask for) is a row in notification.telegram_updates,
+// written through the lock's connection after each update is handled: a restart or a takeover
+// neither replays nor skips updates. An update whose outcome payment-server could not decide
+// (unreachable, timeout) is not acknowledged: the poller backs off and asks for it again.
+//
+//   UpdatePoller poller(options, links, replies, metrics::Default());
+//   std::thread t([&] { poller.Run(StopRequested()); });
+//
+// Run() blocks (long polls, database calls) on its own thread until `stop`; the rest is not
+// thread-safe.
+#ifndef CONCERT_NOTIFIER_UPDATE_POLLER_H_
+#define CONCERT_NOTIFIER_UPDATE_POLLER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+
+#include <pqxx/pqxx>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
+#include "common/metrics.h"
+#include "notifier/link_client.h"
+#include "notifier/message.h"
+#include "notifier/sender.h"
+
+namespace concert::notifier {
+
+struct UpdatePollerOptions {
+  // DATABASE_URL: the notifier's database (the lock and the offset live there).
+  std::string database_url;
+  // TELEGRAM_API_BASE and TELEGRAM_BOT_TOKEN.
+  std::string api_base = "https://api.telegram.org";
+  std::string token;
+  // TELEGRAM_POLL_TIMEOUT: how long one getUpdates waits for an update. Longer means fewer
+  // requests; a replica taking over may get 409 until the dead holder's last poll ends.
+  absl::Duration poll_timeout = absl::Seconds(25);
+  // How often a standby replica tries the lock.
+  absl::Duration standby_interval = absl::Seconds(1);
+  // Bound of the backoff after a failed poll or an undecided update.
+  absl::Duration max_backoff = absl::Seconds(10);
+  MessageLocale locale = MessageLocale::kKorean;
+};
+
+class UpdatePoller {
+ public:
+  // `replies` sends the bot's answers (to the update's chat).
+  UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies,
+               metrics::Registry& registry);
+
+  void Run(const absl::Notification& stop);
+
+ private:
+  enum class Outcome { kDone, kRetry };
+  struct Update {
+    int64_t update_id = 0;
+    int64_t chat_id = 0;  // 0: not a message with text (acknowledged, ignored)
+    std::string text;
+  };
+
+  // Polls while this replica holds the lock; returns when stopping or the connection broke.
+  void PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop);
+  // One getUpdates; an error for anything but 200 ok:true.
+  absl::StatusOr<std::vector<Update>> GetUpdates(int64_t offset, const absl::Notification& stop);
+  Outcome Handle(const Update& update);
+  void Reply(int64_t chat_id, LinkReply reply);
+
+  UpdatePollerOptions options_;
+  LinkClient& links_;
+  Sender& replies_;
+  metrics::Registry& registry_;
+  metrics::Gauge& leader_;
+};
+
+// The code of a "/start <code>" message ("" for a bare /start), or nullopt for other text.
+// "/start@<bot> <code>" (a group's form) counts too.
+std::optional<std::string> StartCode(const std::string& text);
+
+}  // namespace concert::notifier
+
+#endif  // CONCERT_NOTIFIER_UPDATE_POLLER_H_
