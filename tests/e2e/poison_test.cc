@@ -11,7 +11,6 @@
 #include <functional>
 #include <map>
 #include <mutex>
-#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -328,19 +327,15 @@ TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePayments
   // Exactly one message per payment, none for anything else, and none late.
   std::map<int64_t, int> messages = system_->MessagesByReservation();
   std::map<int64_t, absl::Time> first_message;
-  static const std::regex kReservation("(?:Reservation|예약 번호): #([0-9]+)");
   for (const testing::TelegramMessage& m : system_->telegram().messages()) {
-    std::smatch match;
-    if (!std::regex_search(m.text, match, kReservation)) continue;
-    int64_t id = std::stoll(match[1].str());
-    if (!first_message.count(id)) first_message[id] = m.received_at;
+    int64_t id = ReservationIn(m.text);
+    if (id != 0 && !first_message.count(id)) first_message[id] = m.received_at;
   }
   absl::Duration slowest;
   for (const auto& [reservation, at] : acked) {
     EXPECT_EQ(messages[reservation], 1) << "reservation " << reservation;
-    if (first_message.count(reservation)) {
-      slowest = std::max(slowest, first_message[reservation] - at);
-    }
+    ASSERT_TRUE(first_message.count(reservation)) << "reservation " << reservation;
+    slowest = std::max(slowest, first_message[reservation] - at);
   }
   int total = 0;
   for (const auto& [reservation, n] : messages) total += n;

@@ -281,15 +281,15 @@ int64_t System::NextSeat() {
   return seat <= seeded_.last_seat ? seat : 0;
 }
 
-std::map<int64_t, int> System::MessagesByReservation() const {
+int64_t ReservationIn(const std::string& text) {
   static const std::regex kReservation("(?:Reservation|예약 번호): #([0-9]+)");
+  std::smatch match;
+  return std::regex_search(text, match, kReservation) ? std::stoll(match[1].str()) : 0;
+}
+
+std::map<int64_t, int> System::MessagesByReservation() const {
   std::map<int64_t, int> counts;
-  for (const testing::TelegramMessage& m : telegram_->messages()) {
-    std::smatch match;
-    int64_t id = 0;
-    if (std::regex_search(m.text, match, kReservation)) id = std::stoll(match[1].str());
-    ++counts[id];
-  }
+  for (const testing::TelegramMessage& m : telegram_->messages()) ++counts[ReservationIn(m.text)];
   return counts;
 }
 

@@ -111,9 +111,8 @@ class System {
   // A seat nobody reserved yet, or 0 when all are used.
   int64_t NextSeat();
 
-  // Fake Telegram's accepted messages, counted per reservation id ("예약 번호: #<id>", or
-  // "Reservation: #<id>" in English);
-  // texts without one are counted under id 0.
+  // Fake Telegram's accepted messages, counted per reservation id (ReservationIn); texts
+  // without one are counted under id 0.
   std::map<int64_t, int> MessagesByReservation() const;
 
  private:
@@ -137,6 +136,10 @@ class System {
   Seeded seeded_;
   std::atomic<int64_t> next_seat_{0};
 };
+
+// The reservation a notification is about ("예약 번호: #<id>", or "Reservation: #<id>" in
+// English); 0 when the text names none.
+int64_t ReservationIn(const std::string& text);
 
 // The operator's chat the notifiers are configured for (TELEGRAM_CHAT_ID): payers without a
 // linked chat are announced there.
