@@ -60,6 +60,10 @@ class Settings {
   const std::vector<std::string>& positional() const { return positional_; }
   bool help_requested() const { return help_requested_; }
 
+  // Records a problem found by a check across settings (e.g. a first backoff longer than the
+  // longest); it is reported like a bad value of `name`.
+  void Fail(absl::string_view name, absl::string_view problem);
+
   // The first problem found: a bad value (naming its setting) or an unknown flag.
   absl::Status Validate() const;
   // Every setting read so far: name, flag, default and help, one per line.
@@ -73,7 +77,6 @@ class Settings {
   };
   std::optional<std::string> Lookup(absl::string_view name, absl::string_view default_value,
                                     absl::string_view help, absl::string_view allowed = "");
-  void Fail(absl::string_view name, absl::string_view problem);
 
   std::string program_;
   GetEnv getenv_;

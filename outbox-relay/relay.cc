@@ -93,6 +93,11 @@ absl::Status ValidateOptions(const RelayOptions& o) {
   if (o.topic_partitions < 1 || o.dlq_partitions < 1) {
     return absl::InvalidArgumentError("TOPIC_PARTITIONS and DLQ_PARTITIONS must be at least 1");
   }
+  if (o.backoff_initial > o.backoff_max) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "BACKOFF_INITIAL (", absl::FormatDuration(o.backoff_initial),
+        ") must not exceed BACKOFF_MAX (", absl::FormatDuration(o.backoff_max), ")"));
+  }
   return absl::OkStatus();
 }
 

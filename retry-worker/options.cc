@@ -1,5 +1,7 @@
 #include "retry-worker/options.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace concert::retry {
 
 Options ReadOptions(Settings& s) {
@@ -20,6 +22,10 @@ Options ReadOptions(Settings& s) {
                  "backoff after the first failed attempt, doubled per attempt");
   o.backoff_cap = s.Duration("RETRY_BACKOFF_CAP", o.backoff_cap, absl::Milliseconds(100),
                              absl::Hours(24 * 7), "longest backoff");
+  if (o.backoff_base > o.backoff_cap) {
+    s.Fail("RETRY_BACKOFF_BASE", absl::StrCat("must not exceed RETRY_BACKOFF_CAP (",
+                                              absl::FormatDuration(o.backoff_cap), ")"));
+  }
   o.backoff_jitter_percent = static_cast<int>(s.Int(
       "RETRY_BACKOFF_JITTER_PERCENT", o.backoff_jitter_percent, 0, 100,
       "share of the backoff that is random (100 = full jitter)"));

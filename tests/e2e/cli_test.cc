@@ -103,6 +103,28 @@ TEST_P(CliTest, OutOfRangeValueIsExitTwoWithOneLineNamingTheSettingAndItsRange) 
   }
 }
 
+// Settings each valid alone that contradict each other (a first backoff longer than the
+// longest): the same one line and exit 2. Binaries without such a pair have none.
+std::vector<std::string> ContradictorySettings(const std::string& binary) {
+  if (binary == "outbox-relay") return {"BACKOFF_INITIAL=20s", "BACKOFF_MAX=10s"};
+  if (binary == "retry-worker") return {"RETRY_BACKOFF_BASE=20m", "RETRY_BACKOFF_CAP=10m"};
+  return {};
+}
+
+TEST_P(CliTest, ContradictorySettingsAreExitTwoWithOneLineNamingThem) {
+  std::vector<std::string> pair = ContradictorySettings(GetParam());
+  if (pair.empty()) GTEST_SKIP() << "no settings that must agree";
+  std::vector<std::string> env = ValidEnv();
+  env.push_back("DATABASE_URL=postgresql://concert:concert@127.0.0.1:1/nothing");
+  env.insert(env.end(), pair.begin(), pair.end());
+  CommandOutput run = RunBinary(GetParam(), env, /*limit_seconds=*/5);
+  EXPECT_EQ(run.exit_code, 2) << run.out;
+  ASSERT_EQ(Lines(run.out).size(), 1u) << run.out;
+  for (const std::string& setting : pair) {
+    EXPECT_THAT(run.out, HasSubstr(setting.substr(0, setting.find('='))));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Binaries, CliTest,
                          ::testing::Values("payment-server", "outbox-relay", "notifier",
                                            "retry-worker"),
