@@ -17,10 +17,14 @@ LinkClient::LinkClient(LinkClientOptions options)
       stub_(internal::v1::TelegramLinkService::NewStub(
           grpc::CreateChannel(options_.address, grpc::InsecureChannelCredentials()))) {}
 
-absl::StatusOr<int64_t> LinkClient::ConfirmLink(const std::string& code, int64_t chat_id) {
-  grpc::ClientContext context;
+void LinkClient::Prepare(grpc::ClientContext& context) const {
   context.set_deadline(Deadline(options_.timeout));
   context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+}
+
+absl::StatusOr<int64_t> LinkClient::ConfirmLink(const std::string& code, int64_t chat_id) {
+  grpc::ClientContext context;
+  Prepare(context);
   internal::v1::ConfirmLinkRequest request;
   request.set_code(code);
   request.set_chat_id(chat_id);
@@ -32,8 +36,7 @@ absl::StatusOr<int64_t> LinkClient::ConfirmLink(const std::string& code, int64_t
 
 absl::Status LinkClient::UnlinkChat(int64_t chat_id, const std::string& reason) {
   grpc::ClientContext context;
-  context.set_deadline(Deadline(options_.timeout));
-  context.AddMetadata("authorization", absl::StrCat("Bearer ", options_.token));
+  Prepare(context);
   internal::v1::UnlinkChatRequest request;
   request.set_chat_id(chat_id);
   request.set_reason(reason);

@@ -41,6 +41,9 @@ class LinkClient {
   absl::Status UnlinkChat(int64_t chat_id, const std::string& reason);
 
  private:
+  // The deadline and the internal token every call carries.
+  void Prepare(grpc::ClientContext& context) const;
+
   LinkClientOptions options_;
   std::unique_ptr<internal::v1::TelegramLinkService::Stub> stub_;
 };

@@ -17,14 +17,13 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/kafka.h"
-#include "tests/e2e/system.h"
+#include "tests/e2e/system_test.h"
 
 namespace concert::e2e {
 namespace {
 
 using ::testing::HasSubstr;
 using testing::KafkaBootstrap;
-using testing::ScratchDatabase;
 using testing::WaitUntil;
 
 std::string FormatThousands(int64_t n) {
@@ -71,24 +70,9 @@ void ExpectEachExactlyOnce(System& system, const std::map<int64_t, User>& paid) 
   EXPECT_EQ(total, static_cast<int>(paid.size())) << "messages for no payment of this test";
 }
 
-class EndToEndTest : public ::testing::Test {
+class EndToEndTest : public SystemTest {
  protected:
-  void StartSystem(SystemOptions options) {
-    options.database_url = db_.url();
-    options.kafka_bootstrap = KafkaBootstrap();
-    system_ = std::make_unique<System>(std::move(options));
-    absl::Status started = system_->Start();
-    ASSERT_TRUE(started.ok()) << started;
-  }
-  void TearDown() override {
-    if (HasFailure() && system_ != nullptr) {
-      std::cerr << "service logs: " << system_->LogPaths() << "\n";
-    }
-    system_.reset();  // services stop before the database goes
-  }
-
-  ScratchDatabase db_{"e2e"};
-  std::unique_ptr<System> system_;
+  EndToEndTest() : SystemTest("e2e") {}
 };
 
 TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {

@@ -24,13 +24,12 @@
 #include "absl/time/clock.h"
 #include "common/kafka.h"
 #include "concert/events/v1/payment_events.pb.h"
-#include "tests/e2e/system.h"
+#include "tests/e2e/system_test.h"
 
 namespace concert::e2e {
 namespace {
 
 using testing::KafkaBootstrap;
-using testing::ScratchDatabase;
 using testing::WaitUntil;
 
 // Pays one seat after another on a thread of its own until stopped; remembers when each
@@ -92,14 +91,9 @@ std::string QueryText(const std::string& url, const std::string& sql) {
   return rows.empty() || rows[0].empty() ? "" : rows[0][0];
 }
 
-class PoisonTest : public ::testing::Test {
+class PoisonTest : public SystemTest {
  protected:
-  void TearDown() override {
-    if (HasFailure() && system_ != nullptr) {
-      std::cerr << "service logs: " << system_->LogPaths() << "\n";
-    }
-    system_.reset();
-  }
+  PoisonTest() : SystemTest("poison") {}
 
   // An outbox row written by hand, as a buggy writer could; returns its id.
   int64_t InsertOutboxRow(const std::string& marker, const std::string& event_type,
@@ -147,18 +141,13 @@ class PoisonTest : public ::testing::Test {
     return producer_->ProduceAndWait(std::move(record), absl::Seconds(10));
   }
 
-  ScratchDatabase db_{"poison"};
-  std::unique_ptr<System> system_;
   std::unique_ptr<kafka::Producer> producer_;
 };
 
 TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePaymentsFlow) {
-  SystemOptions options{.database_url = db_.url(), .kafka_bootstrap = KafkaBootstrap(),
-                        .users = 4, .seats = 2000};
-  options.relay_env = {{"STRANDED_AFTER", "2s"}, {"SLOT_STATS_INTERVAL", "1s"}};
-  system_ = std::make_unique<System>(options);
-  absl::Status started = system_->Start();
-  ASSERT_TRUE(started.ok()) << started;
+  StartSystem({.users = 4,
+               .seats = 2000,
+               .relay_env = {{"STRANDED_AFTER", "2s"}, {"SLOT_STATS_INTERVAL", "1s"}}});
   BackgroundPayer payer(*system_);
   ASSERT_TRUE(WaitUntil([&] { return !system_->MessagesByReservation().empty(); },
                         absl::Seconds(60)));

@@ -12,14 +12,12 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "tests/e2e/system.h"
+#include "tests/e2e/system_test.h"
 
 namespace concert::e2e {
 namespace {
 
 using ::testing::HasSubstr;
-using testing::KafkaBootstrap;
-using testing::ScratchDatabase;
 using testing::WaitUntil;
 
 constexpr char kLinked[] = "✅ 연결되었습니다";
@@ -27,21 +25,15 @@ constexpr char kExpired[] = "만료되었습니다";
 constexpr char kUsed[] = "이미 사용되었습니다";
 constexpr char kUnknown[] = "확인할 수 없습니다";
 
-class TelegramLinkTest : public ::testing::Test {
+class TelegramLinkTest : public SystemTest {
  protected:
+  TelegramLinkTest() : SystemTest("e2e") {}
+
+  // The system, and a client app talking to it.
   void StartSystem(SystemOptions options) {
-    options.database_url = db_.url();
-    options.kafka_bootstrap = KafkaBootstrap();
-    system_ = std::make_unique<System>(std::move(options));
-    absl::Status started = system_->Start();
-    ASSERT_TRUE(started.ok()) << started;
+    SystemTest::StartSystem(std::move(options));
+    if (HasFatalFailure()) return;
     client_ = std::make_unique<PaymentClient>(system_->payment_address());
-  }
-  void TearDown() override {
-    if (HasFailure() && system_ != nullptr) {
-      std::cerr << "service logs: " << system_->LogPaths() << "\n";
-    }
-    system_.reset();
   }
 
   std::vector<testing::TelegramMessage> Chat(int64_t chat) {
@@ -84,8 +76,6 @@ class TelegramLinkTest : public ::testing::Test {
 
   int64_t Query(const std::string& sql) { return QueryInt(db_.url(), sql); }
 
-  ScratchDatabase db_{"e2e"};
-  std::unique_ptr<System> system_;
   std::unique_ptr<PaymentClient> client_;
 };
 
