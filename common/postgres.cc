@@ -140,6 +140,20 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& bo
   return status;
 }
 
+absl::Status PgPool::Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body) {
+  ASSIGN_OR_RETURN(std::unique_ptr<pqxx::connection> conn, Acquire());
+  absl::Status status;
+  try {
+    pqxx::nontransaction tx(*conn);
+    status = body(tx);
+  } catch (const std::exception& e) {
+    status = StatusFromException(e);
+    if (status.code() == absl::StatusCode::kUnavailable) conn.reset();  // reconnect next time
+  }
+  Release(std::move(conn));
+  return status;
+}
+
 absl::Status Migrate(const std::string& url, absl::string_view schema,
                      const std::vector<Migration>& migrations) {
   try {

@@ -62,6 +62,10 @@ class PgPool {
 
   // Runs `body` in a read-committed transaction and commits when it returns OK.
   absl::Status Transact(const std::function<absl::Status(pqxx::work&)>& body);
+  // Runs `body` without a transaction block: each statement commits on its own, in one round
+  // trip (Transact needs three for one statement). Never retried: a broken connection leaves a
+  // write's outcome unknown (UNAVAILABLE), so the caller decides.
+  absl::Status Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body);
 
   int in_use() const;
   int waiting() const;

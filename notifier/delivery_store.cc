@@ -2,6 +2,7 @@
 
 #include <cctype>
 
+#include "absl/strings/str_cat.h"
 #include "common/status.h"
 
 namespace concert::notifier {
@@ -72,16 +73,23 @@ bool IsUuid(const std::string& text) {
 }
 
 absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
-                                                 UncertainPolicy policy) {
+                                                 UncertainPolicy policy, int incoming_attempt) {
+  // First sight, by far the common case: one autocommitted statement.
+  bool inserted = false;
+  RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    inserted = !tx.exec_params(
+                      "INSERT INTO notification.deliveries (event_id, state, attempts) "
+                      "VALUES ($1::uuid, 'SENDING', 1) ON CONFLICT (event_id) DO NOTHING "
+                      "RETURNING 1",
+                      event_id)
+                    .empty();
+    return absl::OkStatus();
+  }));
   BeginResult result;
+  if (inserted) return result;
+
   RETURN_IF_ERROR(pool_.Transact([&](pqxx::work& tx) -> absl::Status {
     result = BeginResult();
-    pqxx::result inserted = tx.exec_params(
-        "INSERT INTO notification.deliveries (event_id, state, attempts) "
-        "VALUES ($1::uuid, 'SENDING', 1) ON CONFLICT (event_id) DO NOTHING RETURNING attempts",
-        event_id);
-    if (!inserted.empty()) return absl::OkStatus();  // first sight: send
-
     // Seen before. The row lock orders us after any other instance working on it.
     pqxx::row row = tx.exec_params1(
         "SELECT state, attempts FROM notification.deliveries WHERE event_id = $1::uuid FOR UPDATE",
@@ -93,8 +101,8 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
       result.attempts = attempts;
       return absl::OkStatus();
     }
-    result.uncertain = state == "SENDING";
-    result.retry = state == "FAILED";
+    result.uncertain = state == "SENDING" && attempts >= incoming_attempt;
+    result.retry = !result.uncertain;
     if (result.uncertain && policy == UncertainPolicy::kSkip) {
       result.action = BeginResult::Action::kSkip;
       result.attempts = attempts;
@@ -115,35 +123,56 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
   return result;
 }
 
-absl::Status DeliveryStore::MarkSent(const std::string& event_id) {
-  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    tx.exec_params(
-        "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), updated_at = now() "
-        "WHERE event_id = $1::uuid",
-        event_id);
+namespace {
+
+// One autocommitted UPDATE of the event's row.
+template <typename... Params>
+absl::Status Update(PgPool& pool, const char* sql, const Params&... params) {
+  return pool.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    tx.exec_params(sql, params...);
     return absl::OkStatus();
   });
 }
 
-absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::string& error) {
-  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    tx.exec_params(
-        "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, updated_at = now() "
-        "WHERE event_id = $1::uuid",
-        event_id, error);
-    return absl::OkStatus();
-  });
+}  // namespace
+
+absl::Status DeliveryStore::MarkSent(const std::string& event_id) {
+  return Update(pool_,
+                "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), "
+                "updated_at = now() WHERE event_id = $1::uuid",
+                event_id);
+}
+
+absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::string& error,
+                                       bool possibly_delivered) {
+  return Update(pool_,
+                "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, "
+                "uncertain = uncertain OR $3, updated_at = now() WHERE event_id = $1::uuid",
+                event_id, error, possibly_delivered);
+}
+
+absl::Status DeliveryStore::MarkSentUncertain(const std::string& event_id,
+                                              const std::string& error) {
+  return Update(pool_,
+                "UPDATE notification.deliveries SET state = 'SENT', uncertain = true, "
+                "sent_at = now(), updated_at = now(), last_error = $2 "
+                "WHERE event_id = $1::uuid",
+                event_id, absl::StrCat("uncertain: not resent (UNCERTAIN_POLICY=skip): ", error));
 }
 
 absl::Status DeliveryStore::MarkUndeliverable(const std::string& event_id,
                                               const std::string& reason) {
-  return pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    tx.exec_params(
-        "UPDATE notification.deliveries SET state = 'UNDELIVERABLE', last_error = $2, "
-        "updated_at = now() WHERE event_id = $1::uuid",
-        event_id, reason);
-    return absl::OkStatus();
-  });
+  return Update(pool_,
+                "UPDATE notification.deliveries SET state = 'UNDELIVERABLE', last_error = $2, "
+                "updated_at = now() WHERE event_id = $1::uuid",
+                event_id, reason);
+}
+
+absl::Status DeliveryStore::Release(const std::string& event_id, const std::string& reason) {
+  return Update(pool_,
+                "UPDATE notification.deliveries SET state = 'FAILED', attempts = attempts - 1, "
+                "last_error = $2, updated_at = now() WHERE event_id = $1::uuid",
+                event_id, reason);
 }
 
 absl::Status DeliveryStore::Ping() {

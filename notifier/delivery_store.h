@@ -4,15 +4,20 @@
 //   (none) --Begin--> SENDING --MarkSent--> SENT
 //                        |  \--MarkUndeliverable--> UNDELIVERABLE (no chat takes it; final)
 //                        |  \--MarkFailed--> FAILED --Begin (a retry)--> SENDING
+//                        |  \--MarkSentUncertain--> SENT (outcome unknown, skip policy)
+//                        |  \--Release--> FAILED, this send not counted (never went out)
 //                        \--Begin again (found SENDING: we died mid-send, or its outcome is
 //                           unknown) --> "uncertain": resend (SENDING, attempts+1) or, with
 //                           the skip policy, SENT without sending.
 //
 // Begin commits SENDING *before* the send, so a crash between sending and MarkSent leaves
 // evidence: the redelivered record finds SENDING and the notifier counts it as uncertain
-// instead of silently sending twice (or silently dropping).
+// instead of silently sending twice (or silently dropping). A send whose outcome is unknown
+// (MarkFailed with possibly_delivered) sets `uncertain` too: every possible duplicate has its
+// row marked.
 //
-// Thread-safe (PgPool is); every call blocks on Postgres.
+// Thread-safe (PgPool is); every call blocks on Postgres. The first Begin of an event and the
+// Mark* calls are one statement each, one round trip.
 #ifndef CONCERT_NOTIFIER_DELIVERY_STORE_H_
 #define CONCERT_NOTIFIER_DELIVERY_STORE_H_
 
@@ -61,10 +66,22 @@ class DeliveryStore {
  public:
   explicit DeliveryStore(PgPool& pool) : pool_(pool) {}
 
-  // `event_id` must be a UUID (the caller validates it).
-  absl::StatusOr<BeginResult> Begin(const std::string& event_id, UncertainPolicy policy);
+  // `event_id` must be a UUID (the caller validates it). `incoming_attempt` is the attempt
+  // number the record carries (1 unless the retry-worker re-published it after a dead letter):
+  // a row found SENDING with fewer attempts than that is not uncertain, since the dead letter
+  // proves how its last send ended (only a send known not to have been delivered is
+  // dead-lettered without its FAILED mark).
+  absl::StatusOr<BeginResult> Begin(const std::string& event_id, UncertainPolicy policy,
+                                    int incoming_attempt = 1);
   absl::Status MarkSent(const std::string& event_id);
-  absl::Status MarkFailed(const std::string& event_id, const std::string& error);
+  // `possibly_delivered`: the send's outcome is unknown (sets `uncertain`).
+  absl::Status MarkFailed(const std::string& event_id, const std::string& error,
+                          bool possibly_delivered = false);
+  // The send's outcome is unknown and UNCERTAIN_POLICY=skip: SENT, uncertain, never resent.
+  absl::Status MarkSentUncertain(const std::string& event_id, const std::string& error);
+  // Begin was committed but nothing was sent (stopping during a 429 pause): FAILED, and the
+  // send is not counted, so the next Begin resends it as an ordinary retry.
+  absl::Status Release(const std::string& event_id, const std::string& reason);
   // Final: no retry, no DLQ. `reason` is kept in last_error.
   absl::Status MarkUndeliverable(const std::string& event_id, const std::string& reason);
   // SELECT 1, for health.

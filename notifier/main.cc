@@ -17,6 +17,7 @@
 #include "common/metrics.h"
 #include "common/postgres.h"
 #include "common/shutdown.h"
+#include "notifier/dead_letters.h"
 #include "notifier/delivery_store.h"
 #include "notifier/link_client.h"
 #include "notifier/log_sender.h"
@@ -32,6 +33,7 @@ struct Options {
   std::string database_url;
   notifier::NotifierOptions notifier;
   int topic_partitions = 3;
+  std::string dlq_topic;
   int dlq_partitions = 1;
   notifier::TelegramOptions telegram;
   std::string time_zone;
@@ -84,7 +86,7 @@ int main(int argc, char** argv) {
                               "Topic of PaymentCompleted events");
   o.topic_partitions = static_cast<int>(s.Int("PAYMENT_COMPLETED_PARTITIONS", 3, 1, 1000,
                                               "Partitions when the notifier creates the topic"));
-  o.notifier.dlq_topic = s.String("DLQ_TOPIC", "payment-notification-dlq", "Dead-letter topic");
+  o.dlq_topic = s.String("DLQ_TOPIC", "payment-notification-dlq", "Dead-letter topic");
   o.dlq_partitions = static_cast<int>(
       s.Int("DLQ_PARTITIONS", 1, 1, 1000, "Partitions when the notifier creates the DLQ topic"));
   o.telegram.api_base = s.String("TELEGRAM_API_BASE", "https://api.telegram.org",
@@ -116,16 +118,47 @@ int main(int argc, char** argv) {
   o.telegram.total_timeout =
       s.Duration("TELEGRAM_TIMEOUT", absl::Seconds(10), absl::Milliseconds(100), absl::Minutes(5),
                  "Telegram whole-request timeout");
-  // The backoff doubles per retry while the record's partition waits: at most
+  // The backoff doubles per retry while the record's lane waits: at most
   // 10 s * (2^10 - 1), about 3 hours, and a SIGTERM cuts it short.
-  o.telegram.retries = static_cast<int>(s.Int(
-      "TELEGRAM_RETRIES", 3, 0, 10, "In-process retries after a 5xx, timeout or connection error"));
+  o.telegram.retries = static_cast<int>(
+      s.Int("TELEGRAM_RETRIES", 3, 0, 10,
+            "In-process retries after a 5xx or a connection that never carried the request"));
   o.telegram.retry_backoff =
       s.Duration("TELEGRAM_RETRY_BACKOFF", absl::Milliseconds(500), absl::Milliseconds(10),
                  absl::Seconds(10), "First backoff between those retries (doubles)");
   o.telegram.max_retry_after =
       s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30), absl::Seconds(1), absl::Hours(1),
-                 "Longest 429 retry_after honoured before retrying");
+                 "Longest 429 retry_after honoured (every send pauses that long)");
+  o.notifier.concurrency = static_cast<int>(
+      s.Int("SEND_CONCURRENCY", 32, 1, 1000,
+            "Records worked on at once, at most one per reservation (sends in flight); about "
+            "rate x answer time is enough"));
+  o.notifier.max_pending = static_cast<int>(
+      s.Int("MAX_PENDING", 2000, 10, 1000000,
+            "Records read and unfinished before the consumer pauses its partitions"));
+  o.telegram.paid_broadcast =
+      s.Bool("TELEGRAM_PAID_BROADCAST", false,
+             "Send with allow_paid_broadcast (paid per message in Stars) at TELEGRAM_PAID_RATE");
+  int64_t bot_rate = s.Int("TELEGRAM_RATE", 30, 1, 1000, "Messages per second across chats");
+  int64_t paid_rate = s.Int("TELEGRAM_PAID_RATE", 1000, 1, 1000,
+                            "Messages per second across chats with TELEGRAM_PAID_BROADCAST");
+  o.notifier.pacing.bot_rate =
+      static_cast<double>(o.telegram.paid_broadcast ? paid_rate : bot_rate);
+  o.notifier.pacing.bot_burst = static_cast<int>(
+      s.Int("TELEGRAM_BURST", 5, 1, 1000, "Messages at once across chats after a quiet spell"));
+  absl::Duration chat_interval =
+      s.Duration("TELEGRAM_CHAT_INTERVAL", absl::Seconds(1), absl::Milliseconds(10),
+                 absl::Minutes(10), "Least time between messages to one private chat, on average");
+  o.notifier.pacing.chat_rate = 1 / absl::ToDoubleSeconds(chat_interval);
+  o.notifier.pacing.chat_burst = static_cast<int>(
+      s.Int("TELEGRAM_CHAT_BURST", 2, 1, 100, "Messages at once to one private chat"));
+  absl::Duration group_interval =
+      s.Duration("TELEGRAM_GROUP_INTERVAL", absl::Seconds(3), absl::Milliseconds(10),
+                 absl::Minutes(10),
+                 "Least time between messages to one group or channel, on average (3s: 20/min)");
+  o.notifier.pacing.group_rate = 1 / absl::ToDoubleSeconds(group_interval);
+  o.notifier.pacing.group_burst = static_cast<int>(
+      s.Int("TELEGRAM_GROUP_BURST", 3, 1, 100, "Messages at once to one group or channel"));
   o.time_zone = s.String("NOTIFY_TIME_ZONE", "Asia/Seoul", "Time zone of times in the message");
   o.notifications_file = s.String("NOTIFICATIONS_FILE", ".local/notifications.jsonl",
                                   "Log sender's output (JSON lines)");
@@ -200,14 +233,16 @@ int main(int argc, char** argv) {
       RetryUntilOk("creating topics", [&] {
         return kafka::EnsureTopics(o.notifier.bootstrap_servers,
                                    {{o.notifier.topic, o.topic_partitions},
-                                    {o.notifier.dlq_topic, o.dlq_partitions}});
+                                    {o.dlq_topic, o.dlq_partitions}});
       });
   int code = 0;
   if (ready) {
-    absl::StatusOr<std::unique_ptr<kafka::Producer>> dlq =
-        kafka::Producer::Create(kafka::ProducerConfig(o.notifier.bootstrap_servers, "notifier-dlq"));
-    if (!dlq.ok()) Die(std::string(dlq.status().message()), 1);
-    PgPool pool({.url = o.database_url, .size = 2});
+    notifier::DeadLetters dlq({.topic = o.dlq_topic, .group_id = o.notifier.group_id}, [&] {
+      return kafka::Producer::Create(
+          kafka::ProducerConfig(o.notifier.bootstrap_servers, "notifier-dlq"));
+    });
+    // Workers wait for a connection while others hold one: a few suffice, most time is HTTP.
+    PgPool pool({.url = o.database_url, .size = std::min(o.notifier.concurrency, 8)});
     notifier::DeliveryStore store(pool);
     std::unique_ptr<notifier::Sender> sender;
     if (o.telegram.token.empty()) {
@@ -222,7 +257,7 @@ int main(int argc, char** argv) {
     }
     std::unique_ptr<notifier::LinkClient> links;
     if (!o.links.token.empty()) links = std::make_unique<notifier::LinkClient>(o.links);
-    notifier::Notifier worker(o.notifier, store, *sender, **dlq, metrics::Default(), links.get());
+    notifier::Notifier worker(o.notifier, store, *sender, dlq, metrics::Default(), links.get());
     std::unique_ptr<notifier::UpdatePoller> poller;
     std::thread poller_thread;
     // Notified once the consumer is done (stop requested, or it failed), so both end together.

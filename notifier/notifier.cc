@@ -15,21 +15,26 @@ namespace concert::notifier {
 namespace {
 
 constexpr int kMaxTriesAfterStop = 5;
-
-std::string TimestampType(RdKafka::MessageTimestamp::MessageTimestampType type) {
-  switch (type) {
-    case RdKafka::MessageTimestamp::MSG_TIMESTAMP_CREATE_TIME:
-      return "CREATE_TIME";
-    case RdKafka::MessageTimestamp::MSG_TIMESTAMP_LOG_APPEND_TIME:
-      return "LOG_APPEND_TIME";
-    default:
-      return "NO_TIMESTAMP_TYPE";
-  }
-}
+constexpr char kEventType[] = "PaymentCompleted";
+constexpr char kContentType[] = "application/x-protobuf";
 
 // Sleeps `d` unless stopping; returns false when stop was requested.
 bool Backoff(absl::Duration d, const absl::Notification& stop) {
   return !stop.WaitForNotificationWithTimeout(d);
+}
+
+// Why the record's headers say it is not a PaymentCompleted in protobuf, or "" when they do (or
+// say nothing: records written before the relay set them).
+std::string ForeignHeaders(const RdKafka::Message& message) {
+  if (auto type = kafka::HeaderValue(message, kafka::kEventTypeHeader);
+      type.has_value() && *type != kEventType) {
+    return absl::StrCat("event type \"", *type, "\" is not ", kEventType);
+  }
+  if (auto content = kafka::HeaderValue(message, kafka::kContentTypeHeader);
+      content.has_value() && !absl::StartsWith(*content, kContentType)) {
+    return absl::StrCat("content type \"", *content, "\" is not ", kContentType);
+  }
+  return "";
 }
 
 }  // namespace
@@ -46,7 +51,8 @@ bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy) {
   return false;
 }
 
-// Eager rebalancing: on revoke, commit what is finished for those partitions, then let go.
+// Eager rebalancing: on revoke, finish or drop what the workers have of those partitions,
+// commit what is finished, then let go.
 class Notifier::Rebalancer : public RdKafka::RebalanceCb {
  public:
   explicit Rebalancer(Notifier& notifier) : notifier_(notifier) {}
@@ -57,18 +63,17 @@ class Notifier::Rebalancer : public RdKafka::RebalanceCb {
     for (const RdKafka::TopicPartition* p : partitions) ids.push_back(p->partition());
     if (err == RdKafka::ERR__ASSIGN_PARTITIONS) {
       for (int32_t id : ids) {
-        notifier_.done_.erase(id);
-        notifier_.committed_.erase(id);
+        PartitionState& state = notifier_.partitions_[id];
+        state = PartitionState();
+        state.assignment = std::make_shared<Assignment>();
+        state.assignment->partition = id;
       }
       consumer->assign(partitions);
+      notifier_.paused_ = false;
       notifier_.kafka_ok_ = true;
       log::Info("partitions assigned", {{"partitions", ids}});
     } else {
-      if (err == RdKafka::ERR__REVOKE_PARTITIONS) notifier_.CommitDone(&ids);
-      for (int32_t id : ids) {
-        notifier_.done_.erase(id);
-        notifier_.committed_.erase(id);
-      }
+      notifier_.Revoke(ids);
       consumer->unassign();
       log::Info("partitions revoked", {{"partitions", ids}});
     }
@@ -80,156 +85,82 @@ class Notifier::Rebalancer : public RdKafka::RebalanceCb {
 };
 
 Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender,
-                   kafka::Producer& dlq, metrics::Registry& registry, LinkClient* links)
+                   DeadLetters& dlq, metrics::Registry& registry, LinkClient* links)
     : options_(std::move(options)),
       store_(store),
       sender_(sender),
       dlq_(dlq),
       links_(links),
+      pacer_(options_.pacing),
+      registry_(registry),
       sent_(registry.GetCounter("notifier_sent_total", "Notifications delivered by the sender")),
       duplicates_(registry.GetCounter("notifier_duplicates_total",
                                       "Redelivered events already sent, skipped")),
       uncertain_(registry.GetCounter(
           "notifier_uncertain_total",
-          "Events found in flight (SENDING) on arrival: a crash or unknown outcome mid-send")),
-      registry_(registry),
+          "Possible duplicates: sends whose outcome is unknown (timeout, connection broken after "
+          "the request went out) and events found in flight (SENDING) on arrival after a crash")),
       send_seconds_(registry.GetHistogram("notifier_send_seconds",
-                                          "Time in the sender per notification, retries included",
-                                          metrics::LatencyBuckets())) {}
+                                          "Time of one sendMessage call, in-process retries "
+                                          "included, pacing excluded",
+                                          metrics::LatencyBuckets())),
+      in_flight_gauge_(registry.GetGauge("notifier_in_flight",
+                                         "Records a worker is on (pacing, Postgres, sending)")),
+      pending_gauge_(registry.GetGauge(
+          "notifier_pending", "Records read from Kafka and not finished (in flight included)")),
+      lag_gauge_(registry.GetGauge(
+          "notifier_consumer_lag",
+          "Records of the assigned partitions not finished: high watermark - committable offset")),
+      oldest_age_gauge_(registry.GetGauge(
+          "notifier_oldest_pending_age_seconds",
+          "Age (since the record's Kafka timestamp) of the oldest record read and not finished; "
+          "0 when none")) {}
 
 Notifier::~Notifier() = default;
 
-void Notifier::ReportHealth() {
-  bool healthy = postgres_ok_ && kafka_ok_ && dlq_ok_;
-  if (reported_health_ == static_cast<int>(healthy)) return;
-  reported_health_ = healthy;
-  log::Info(healthy ? "healthy" : "unhealthy",
-            {{"postgres_ok", postgres_ok_}, {"kafka_ok", kafka_ok_}, {"dlq_ok", dlq_ok_}});
-  if (on_health_) on_health_(healthy);
-}
+// --- workers ---------------------------------------------------------------------------------
 
-void Notifier::CheckHealth(bool force) {
-  absl::Time now = absl::Now();
-  if (!force && now - last_health_check_ < options_.health_interval) return;
-  last_health_check_ = now;
-  postgres_ok_ = store_.Ping().ok();
-  RdKafka::Metadata* metadata = nullptr;
-  RdKafka::ErrorCode err = consumer_->metadata(/*all_topics=*/false, nullptr, &metadata, 2000);
-  delete metadata;
-  kafka_ok_ = err == RdKafka::ERR_NO_ERROR;
-  ReportHealth();
-}
-
-void Notifier::CommitDone(const std::vector<int32_t>* only_partitions) {
-  std::vector<RdKafka::TopicPartition*> offsets;
-  for (const auto& [partition, next] : done_) {
-    if (only_partitions != nullptr &&
-        std::find(only_partitions->begin(), only_partitions->end(), partition) ==
-            only_partitions->end()) {
-      continue;
-    }
-    auto it = committed_.find(partition);
-    if (it != committed_.end() && it->second >= next) continue;
-    offsets.push_back(RdKafka::TopicPartition::create(options_.topic, partition, next));
-  }
-  last_commit_ = absl::Now();
-  if (offsets.empty()) return;
-  RdKafka::ErrorCode err = consumer_->commitSync(offsets);
-  if (err == RdKafka::ERR_NO_ERROR) {
-    for (const RdKafka::TopicPartition* p : offsets) {
-      if (p->err() == RdKafka::ERR_NO_ERROR) committed_[p->partition()] = p->offset();
-    }
-  } else {
-    // Nothing is lost: the offsets stay in done_ and go with the next commit; if the partition
-    // moves elsewhere first, its records are redelivered and skipped as duplicates.
-    log::Warn("offset commit failed", {{"error", RdKafka::err2str(err)}});
-  }
-  RdKafka::TopicPartition::destroy(offsets);
-}
+void Notifier::SetPostgresOk(bool ok) { postgres_ok_.store(ok); }
 
 bool Notifier::Persist(const std::function<absl::Status()>& op, const std::string& what,
-                       const std::string& event_id, const absl::Notification& stop) {
+                       const std::string& event_id) {
   absl::Duration backoff = absl::Milliseconds(100);
-  for (int tries_after_stop = 0;; ) {
+  for (int tries_after_stop = 0;;) {
     absl::Status s = op();
     if (s.ok()) {
-      if (!postgres_ok_) {
-        postgres_ok_ = true;
-        ReportHealth();
-      }
+      SetPostgresOk(true);
       return true;
     }
-    postgres_ok_ = false;
-    ReportHealth();
+    SetPostgresOk(false);
     log::Error(absl::StrCat(what, " failed; retrying"),
                {{"event_id", event_id}, {"error", std::string(s.message())}});
-    if (stop.HasBeenNotified() && ++tries_after_stop >= kMaxTriesAfterStop) return false;
-    std::this_thread::sleep_for(absl::ToChronoMilliseconds(backoff));
+    if (stop_->HasBeenNotified() && ++tries_after_stop >= kMaxTriesAfterStop) return false;
+    absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
 
-Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, const std::string& event_id,
-                                  const std::string& error_class, const std::string& error,
-                                  int attempt, bool possibly_delivered,
-                                  const absl::Notification& stop) {
-  kafka::Record record;
-  record.topic = options_.dlq_topic;
-  if (message.key() != nullptr) record.key = *message.key();
-  record.value.assign(static_cast<const char*>(message.payload()), message.len());
-  for (auto& [name, value] : kafka::AllHeaders(message)) {
-    // Our own headers are written fresh below; a retried record brings old ones along.
-    if (absl::StartsWith(name, "kafka_dlt-") || name == kafka::dlq::kAttempt) continue;
-    record.headers.emplace_back(std::move(name), std::move(value));
-  }
-  RdKafka::MessageTimestamp ts = message.timestamp();
-  record.headers.insert(
-      record.headers.end(),
-      {{kafka::dlq::kOriginalTopic, message.topic_name()},
-       {kafka::dlq::kOriginalPartition, std::to_string(message.partition())},
-       {kafka::dlq::kOriginalOffset, std::to_string(message.offset())},
-       {kafka::dlq::kOriginalTimestamp, std::to_string(ts.timestamp)},
-       {kafka::dlq::kOriginalTimestampType, TimestampType(ts.type)},
-       {kafka::dlq::kOriginalConsumerGroup, options_.group_id},
-       {kafka::dlq::kErrorClass, error_class},
-       {kafka::dlq::kErrorMessage, error},
-       {kafka::dlq::kAttempt, std::to_string(attempt)}});
-  if (possibly_delivered) record.headers.emplace_back(kafka::dlq::kPossiblyDelivered, "true");
-
-  absl::Duration backoff = absl::Milliseconds(100);
-  while (true) {
-    absl::Status s = dlq_.ProduceAndWait(record, options_.dlq_timeout);
-    if (s.ok()) break;
-    dlq_ok_ = false;
-    ReportHealth();
-    log::Error("DLQ produce failed; retrying",
-               {{"event_id", event_id}, {"error", std::string(s.message())}});
-    // Never skip: without the DLQ's acknowledgement the offset stays uncommitted.
-    if (!Backoff(backoff, stop)) return Outcome::kRetry;
-    backoff = std::min(backoff * 2, options_.max_backoff);
-  }
-  if (!dlq_ok_) {
-    dlq_ok_ = true;
-    ReportHealth();
-  }
-  registry_.GetCounter("notifier_dlq_total", "Records sent to the DLQ, by error class",
-                       {{"reason", error_class}})
+Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, DeadLetter letter) {
+  absl::Status s = dlq_.Send(message, letter, *stop_);
+  if (!s.ok()) return Outcome::kRetry;  // stopping: the offset stays uncommitted
+  registry_
+      .GetCounter("notifier_dlq_total", "Records sent to the DLQ, by error class",
+                  {{"reason", letter.error_class}})
       .Increment();
-  log::Warn("sent to DLQ", {{"event_id", event_id},
-                            {"error_class", error_class},
-                            {"error", error},
-                            {"attempt", attempt},
-                            {"possibly_delivered", possibly_delivered},
+  log::Warn("sent to DLQ", {{"event_id", letter.event_id},
+                            {"error_class", letter.error_class},
+                            {"error", letter.error},
+                            {"attempt", letter.attempt},
+                            {"possibly_delivered", letter.possibly_delivered},
                             {"partition", message.partition()},
                             {"offset", message.offset()}});
   return Outcome::kDone;
 }
 
 Notifier::Outcome Notifier::Undeliverable(const std::string& event_id, const std::string& reason,
-                                          const std::string& detail,
-                                          const absl::Notification& stop) {
+                                          const std::string& detail) {
   if (!Persist([&] { return store_.MarkUndeliverable(event_id, detail); },
-               "recording delivery as undeliverable", event_id, stop)) {
+               "recording delivery as undeliverable", event_id)) {
     return Outcome::kRetry;
   }
   registry_
@@ -243,43 +174,72 @@ Notifier::Outcome Notifier::Undeliverable(const std::string& event_id, const std
   return Outcome::kDone;
 }
 
-Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
-                                    const absl::Notification& stop) {
+Notifier::Outcome Notifier::Process(const Job& job) {
+  const RdKafka::Message& message = *job.message;
   int attempt = 1;
   if (auto header = kafka::HeaderValue(message, kafka::dlq::kAttempt)) {
     if (!absl::SimpleAtoi(*header, &attempt) || attempt < 1) attempt = 1;
   }
   std::string header_event_id = kafka::HeaderValue(message, kafka::kEventIdHeader).value_or("");
+  auto poison = [&](const std::string& event_id, std::string why) {
+    return ToDlq(message, {.event_id = event_id,
+                           .error_class = "poison",
+                           .error = std::move(why),
+                           .attempt = attempt});
+  };
 
+  if (std::string foreign = ForeignHeaders(message); !foreign.empty()) {
+    return poison(header_event_id, foreign);
+  }
   events::v1::PaymentCompleted event;
   if (!event.ParseFromArray(message.payload(), static_cast<int>(message.len()))) {
-    return ToDlq(message, header_event_id, "poison", "undecodable payload", attempt, false, stop);
+    return poison(header_event_id, "undecodable payload");
   }
   std::string event_id = event.event_id().empty() ? header_event_id : event.event_id();
-  if (event_id.empty()) {
-    return ToDlq(message, event_id, "poison", "missing event id", attempt, false, stop);
-  }
-  if (!IsUuid(event_id)) {
-    return ToDlq(message, event_id, "poison", absl::StrCat("invalid event id: ", event_id),
-                 attempt, false, stop);
-  }
+  if (event_id.empty()) return poison(event_id, "missing event id");
+  if (!IsUuid(event_id)) return poison(event_id, absl::StrCat("invalid event id: ", event_id));
   if (absl::Status complete = CheckPaymentCompleted(event); !complete.ok()) {
-    return ToDlq(message, event_id, "poison", std::string(complete.message()), attempt, false,
-                 stop);
+    return poison(event_id, std::string(complete.message()));
   }
+  return Send(job, event, event_id, attempt);
+}
 
-  absl::StatusOr<BeginResult> begin = store_.Begin(event_id, options_.uncertain_policy);
+bool Notifier::Pace(const std::string& chat_id, const Job& job) {
+  Pacer::Waits waits;
+  bool acquired = pacer_.Acquire(chat_id, job.assignment->cancelled, &waits);
+  auto count = [&](const char* scope, absl::Duration waited) {
+    if (waited <= absl::ZeroDuration()) return;
+    registry_
+        .GetCounter("notifier_pacing_wait_seconds_total",
+                    "Time sends waited to stay under Telegram's limits, by scope: bot, chat (a "
+                    "private chat), group, flood (a 429's retry_after)",
+                    {{"scope", scope}})
+        .Increment(absl::ToDoubleSeconds(waited));
+  };
+  count("bot", waits.bot);
+  count(IsGroupChat(chat_id) ? "group" : "chat", waits.chat);
+  count("flood", waits.flood);
+  return acquired;
+}
+
+Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentCompleted& event,
+                                 const std::string& event_id, int attempt) {
+  const RdKafka::Message& message = *job.message;
+  int64_t payer_chat = event.telegram_chat_id();
+  bool unlinked_skip = payer_chat == 0 && options_.unlinked_policy == UnlinkedPolicy::kSkip;
+  std::string chat_id = payer_chat != 0 ? std::to_string(payer_chat) : options_.operator_chat_id;
+
+  // Paced before Begin: a wait holds no SENDING row that a crash would turn into a doubt.
+  if (!unlinked_skip && !Pace(chat_id, job)) return Outcome::kRetry;
+
+  absl::StatusOr<BeginResult> begin = store_.Begin(event_id, options_.uncertain_policy, attempt);
   if (!begin.ok()) {
-    postgres_ok_ = false;
-    ReportHealth();
+    SetPostgresOk(false);
     log::Error("recording delivery intent failed; will retry",
                {{"event_id", event_id}, {"error", std::string(begin.status().message())}});
     return Outcome::kRetry;
   }
-  if (!postgres_ok_) {
-    postgres_ok_ = true;
-    ReportHealth();
-  }
+  SetPostgresOk(true);
   switch (begin->action) {
     case BeginResult::Action::kDuplicate:
       duplicates_.Increment();
@@ -300,22 +260,41 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
     log::Warn("uncertain delivery: found in flight, sending again (UNCERTAIN_POLICY=resend)",
               {{"event_id", event_id}, {"policy", "resend"}, {"attempts", begin->attempts}});
   }
-
-  int64_t payer_chat = event.telegram_chat_id();
-  std::string chat_id = payer_chat != 0 ? std::to_string(payer_chat) : options_.operator_chat_id;
-  if (payer_chat == 0 && options_.unlinked_policy == UnlinkedPolicy::kSkip) {
-    return Undeliverable(event_id, "no_link", "the payer has no linked Telegram chat", stop);
+  if (unlinked_skip) {
+    return Undeliverable(event_id, "no_link", "the payer has no linked Telegram chat");
   }
+
   Notification notification{event_id, std::to_string(event.reservation_id()), chat_id,
                             FormatPaymentMessage(event, options_.time_zone, options_.locale)};
   absl::Time start = absl::Now();
-  SendResult result = sender_.Send(notification);
-  send_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  SendResult result;
+  while (true) {
+    absl::Time request_start = absl::Now();
+    result = sender_.Send(notification);
+    send_seconds_.Observe(absl::ToDoubleSeconds(absl::Now() - request_start));
+    if (result.kind != SendResult::Kind::kRateLimited) break;
+    // Not a failed attempt: Telegram delivered nothing and asks the whole bot to wait.
+    pacer_.Block(result.retry_after);
+    registry_
+        .GetCounter("notifier_rate_limited_total",
+                    "429 answers from Telegram, by the chat's kind: private or group",
+                    {{"chat", IsGroupChat(chat_id) ? "group" : "private"}})
+        .Increment();
+    log::Warn("telegram rate limit: every send pauses",
+              {{"event_id", event_id},
+               {"retry_after_ms", absl::ToInt64Milliseconds(result.retry_after)}});
+    if (!Pace(chat_id, job)) {
+      // Nothing went out: undo this send's Begin so the next try is an ordinary retry.
+      Persist([&] { return store_.Release(event_id, "not sent: stopped during a 429 pause"); },
+              "releasing an unsent delivery", event_id);
+      return Outcome::kRetry;
+    }
+  }
 
   if (result.ok()) {
     sent_.Increment();
     if (!Persist([&] { return store_.MarkSent(event_id); }, "recording delivery as sent",
-                 event_id, stop)) {
+                 event_id)) {
       return Outcome::kRetry;  // stays SENDING: the next try will count it as uncertain
     }
     log::Info("notification sent", {{"event_id", event_id},
@@ -334,22 +313,247 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
       log::Warn("unlinking a gone chat failed",
                 {{"chat_id", payer_chat}, {"error", std::string(s.message())}});
     }
-    return Undeliverable(event_id, "chat_gone", result.message, stop);
+    return Undeliverable(event_id, "chat_gone", result.message);
   }
-  if (!Persist([&] { return store_.MarkFailed(event_id, result.message); },
-               "recording delivery as failed", event_id, stop)) {
-    return Outcome::kRetry;
+  if (result.possibly_delivered) {
+    // Every possible duplicate is counted where it arises, and its row marked, before anything
+    // may send it again.
+    uncertain_.Increment();
+    log::Warn("uncertain delivery: the request went out and no answer came",
+              {{"event_id", event_id},
+               {"error", result.message},
+               {"policy", options_.uncertain_policy == UncertainPolicy::kSkip ? "skip" : "resend"}});
+    if (options_.uncertain_policy == UncertainPolicy::kSkip) {
+      return Persist([&] { return store_.MarkSentUncertain(event_id, result.message); },
+                     "recording an uncertain delivery as sent", event_id)
+                 ? Outcome::kDone
+                 : Outcome::kRetry;
+    }
   }
+  bool marked = Persist(
+      [&] { return store_.MarkFailed(event_id, result.message, result.possibly_delivered); },
+      "recording delivery as failed", event_id);
+  // Unmarked (stopping with Postgres down), a send that may have been delivered stays SENDING
+  // for the next Begin to count; one known not delivered still goes to the DLQ, whose attempt
+  // number tells the next Begin so.
+  if (!marked && result.possibly_delivered) return Outcome::kRetry;
   // The attempt is our own send count, so that the retry-worker's row and this delivery record
   // agree (a resend after a crash is a send); the incoming number is a floor for an event this
-  // database has no record of. A copy may be in the chat already when this send resumed one
-  // found in flight, or timed out after the request went out.
-  bool possibly_delivered = begin->uncertain || result.error_class == "timeout";
-  return ToDlq(message, event_id, result.error_class, result.message,
-               std::max(attempt, begin->attempts), possibly_delivered, stop);
+  // database has no record of.
+  return ToDlq(message, {.event_id = event_id,
+                         .error_class = result.error_class,
+                         .error = result.message,
+                         .attempt = std::max(attempt, begin->attempts),
+                         .possibly_delivered = begin->uncertain || result.possibly_delivered});
+}
+
+bool Notifier::Complete(const Job& job) {
+  absl::Duration backoff = absl::Milliseconds(100);
+  while (true) {
+    if (Process(job) == Outcome::kDone) return true;
+    if (job.assignment->cancelled.HasBeenNotified()) return false;
+    // Postgres or the DLQ is down: this lane waits, the others go on as far as they can.
+    if (!Backoff(backoff, job.assignment->cancelled)) return false;
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+void Notifier::Work() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    work_cv_.wait(lock, [&] { return stopping_ || !ready_.empty(); });
+    if (stopping_) return;
+    std::string key = std::move(ready_.front());
+    ready_.pop_front();
+    Job& job = lanes_[key].front();  // stays put: only this worker pops this lane
+    bool start = !job.assignment->cancelled.HasBeenNotified();
+    if (start) {
+      ++job.assignment->busy;
+      ++in_flight_;
+    }
+    lock.unlock();
+    bool done = start && Complete(job);
+    lock.lock();
+    if (start) {
+      --job.assignment->busy;
+      --in_flight_;
+    }
+    finished_.push_back({job.assignment, job.message->offset(), done});
+    std::deque<Job>& lane = lanes_[key];
+    lane.pop_front();
+    --pending_;
+    if (lane.empty()) {
+      lanes_.erase(key);
+    } else {
+      ready_.push_back(key);
+      work_cv_.notify_one();
+    }
+    idle_cv_.notify_all();
+  }
+}
+
+// --- consumer thread -------------------------------------------------------------------------
+
+void Notifier::Enqueue(std::unique_ptr<RdKafka::Message> message) {
+  auto it = partitions_.find(message->partition());
+  if (it == partitions_.end()) return;  // not ours (any more): it will be read again
+  PartitionState& state = it->second;
+  state.unfinished.emplace(message->offset(), message->timestamp().timestamp);
+  state.next = std::max(state.next, message->offset() + 1);
+  // One lane per reservation (the key); a record without a key is a lane of its own.
+  std::string key = message->key() != nullptr
+                        ? *message->key()
+                        : absl::StrCat("\x01", message->partition(), ":", message->offset());
+  std::lock_guard lock(mu_);
+  std::deque<Job>& lane = lanes_[key];
+  lane.push_back({std::move(message), state.assignment});
+  ++pending_;
+  if (lane.size() == 1) {
+    ready_.push_back(key);
+    work_cv_.notify_one();
+  }
+}
+
+void Notifier::TakeFinished() {
+  std::vector<Finished> finished;
+  {
+    std::lock_guard lock(mu_);
+    finished.swap(finished_);
+  }
+  for (const Finished& f : finished) {
+    if (!f.done) continue;
+    auto it = partitions_.find(f.assignment->partition);
+    if (it == partitions_.end() || it->second.assignment != f.assignment) continue;
+    it->second.unfinished.erase(f.offset);
+  }
+}
+
+void Notifier::FlowControl() {
+  int pending;
+  {
+    std::lock_guard lock(mu_);
+    pending = pending_;
+  }
+  bool pause = pending >= options_.max_pending;
+  bool resume = pending <= options_.max_pending / 2;
+  if (paused_ ? !resume : !pause) return;
+  std::vector<RdKafka::TopicPartition*> assigned;
+  if (consumer_->assignment(assigned) != RdKafka::ERR_NO_ERROR) return;
+  RdKafka::ErrorCode err = paused_ ? consumer_->resume(assigned) : consumer_->pause(assigned);
+  RdKafka::TopicPartition::destroy(assigned);
+  if (err != RdKafka::ERR_NO_ERROR) {
+    log::Warn("pausing or resuming partitions failed", {{"error", RdKafka::err2str(err)}});
+    return;
+  }
+  paused_ = !paused_;
+  log::Debug(paused_ ? "partitions paused: the workers are behind" : "partitions resumed",
+             {{"pending", pending}});
+}
+
+void Notifier::CommitDone(const std::vector<int32_t>* only_partitions) {
+  TakeFinished();
+  std::vector<RdKafka::TopicPartition*> offsets;
+  for (const auto& [partition, state] : partitions_) {
+    if (only_partitions != nullptr &&
+        std::find(only_partitions->begin(), only_partitions->end(), partition) ==
+            only_partitions->end()) {
+      continue;
+    }
+    int64_t next = state.unfinished.empty() ? state.next : state.unfinished.begin()->first;
+    if (next < 0 || state.committed >= next) continue;
+    offsets.push_back(RdKafka::TopicPartition::create(options_.topic, partition, next));
+  }
+  last_commit_ = absl::Now();
+  if (offsets.empty()) return;
+  RdKafka::ErrorCode err = consumer_->commitSync(offsets);
+  if (err == RdKafka::ERR_NO_ERROR) {
+    for (const RdKafka::TopicPartition* p : offsets) {
+      if (p->err() == RdKafka::ERR_NO_ERROR) partitions_[p->partition()].committed = p->offset();
+    }
+  } else {
+    // Nothing is lost: the next commit carries the offsets; if the partition moves elsewhere
+    // first, its records are redelivered and skipped as duplicates.
+    log::Warn("offset commit failed", {{"error", RdKafka::err2str(err)}});
+  }
+  RdKafka::TopicPartition::destroy(offsets);
+}
+
+void Notifier::Revoke(const std::vector<int32_t>& partitions) {
+  std::vector<std::shared_ptr<Assignment>> revoked;
+  for (int32_t id : partitions) {
+    auto it = partitions_.find(id);
+    if (it == partitions_.end()) continue;
+    it->second.assignment->cancelled.Notify();  // unstarted records are dropped
+    revoked.push_back(it->second.assignment);
+  }
+  // Records already being sent finish here, so the next owner does not find them in flight.
+  {
+    std::unique_lock lock(mu_);
+    bool idle = idle_cv_.wait_for(lock, absl::ToChronoMilliseconds(options_.revoke_timeout), [&] {
+      return std::all_of(revoked.begin(), revoked.end(),
+                         [](const auto& a) { return a->busy == 0; });
+    });
+    if (!idle) log::Warn("revoking partitions with records still being sent");
+  }
+  CommitDone(&partitions);
+  for (int32_t id : partitions) partitions_.erase(id);
+}
+
+void Notifier::ReportHealth() {
+  bool postgres_ok = postgres_ok_.load();
+  bool dlq_ok = dlq_.healthy();
+  bool healthy = postgres_ok && kafka_ok_ && dlq_ok;
+  if (reported_health_ == static_cast<int>(healthy)) return;
+  reported_health_ = healthy;
+  log::Info(healthy ? "healthy" : "unhealthy",
+            {{"postgres_ok", postgres_ok}, {"kafka_ok", kafka_ok_}, {"dlq_ok", dlq_ok}});
+  if (on_health_) on_health_(healthy);
+}
+
+void Notifier::CheckHealth(bool force) {
+  absl::Time now = absl::Now();
+  if (!force && now - last_health_check_ < options_.health_interval) return;
+  last_health_check_ = now;
+  SetPostgresOk(store_.Ping().ok());
+  RdKafka::Metadata* metadata = nullptr;
+  RdKafka::ErrorCode err = consumer_->metadata(/*all_topics=*/false, nullptr, &metadata, 2000);
+  delete metadata;
+  kafka_ok_ = err == RdKafka::ERR_NO_ERROR;
+  ReportHealth();
+}
+
+void Notifier::UpdateGauges() {
+  absl::Time now = absl::Now();
+  if (now - last_gauges_ < absl::Milliseconds(500)) return;
+  last_gauges_ = now;
+  int64_t lag = 0;
+  int64_t oldest_ms = 0;
+  for (const auto& [partition, state] : partitions_) {
+    int64_t low = 0, high = 0;
+    // Cached from the last fetch: no request to the broker.
+    if (consumer_->get_watermark_offsets(options_.topic, partition, &low, &high) ==
+            RdKafka::ERR_NO_ERROR &&
+        high >= 0) {
+      int64_t from = !state.unfinished.empty() ? state.unfinished.begin()->first
+                     : state.next >= 0         ? state.next
+                                               : state.committed;
+      if (from >= 0) lag += std::max<int64_t>(0, high - from);
+    }
+    for (const auto& [offset, timestamp_ms] : state.unfinished) {
+      if (timestamp_ms > 0 && (oldest_ms == 0 || timestamp_ms < oldest_ms)) oldest_ms = timestamp_ms;
+    }
+  }
+  lag_gauge_.Set(static_cast<double>(lag));
+  oldest_age_gauge_.Set(oldest_ms == 0
+                            ? 0.0
+                            : std::max(0.0, absl::ToDoubleSeconds(now - absl::FromUnixMillis(oldest_ms))));
+  std::lock_guard lock(mu_);
+  in_flight_gauge_.Set(in_flight_);
+  pending_gauge_.Set(pending_);
 }
 
 absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bool)> on_health) {
+  stop_ = &stop;
   on_health_ = std::move(on_health);
   rebalancer_ = std::make_unique<Rebalancer>(*this);
   kafka::Config config =
@@ -362,36 +566,20 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
   consumer_.reset(RdKafka::KafkaConsumer::create(conf.get(), error));
   if (!consumer_) return absl::InvalidArgumentError(absl::StrCat("kafka consumer: ", error));
   RETURN_IF_ERROR(kafka::StatusFromError(consumer_->subscribe({options_.topic}), "subscribing"));
-  log::Info("consuming", {{"topic", options_.topic}, {"group", options_.group_id},
-                          {"dlq_topic", options_.dlq_topic}, {"sender", sender_.name()}});
+  log::Info("consuming", {{"topic", options_.topic},
+                          {"group", options_.group_id},
+                          {"sender", sender_.name()},
+                          {"concurrency", options_.concurrency}});
+  for (int i = 0; i < options_.concurrency; ++i) workers_.emplace_back([this] { Work(); });
   CheckHealth(/*force=*/true);
 
-  absl::Duration backoff = absl::Milliseconds(100);
   while (!stop.HasBeenNotified()) {
-    std::unique_ptr<RdKafka::Message> message(consumer_->consume(100));
+    std::unique_ptr<RdKafka::Message> message(consumer_->consume(50));
     switch (message->err()) {
-      case RdKafka::ERR_NO_ERROR: {
-        if (!kafka_ok_) {
-          kafka_ok_ = true;
-          ReportHealth();
-        }
-        if (Process(*message, stop) == Outcome::kDone) {
-          done_[message->partition()] = message->offset() + 1;
-          backoff = absl::Milliseconds(100);
-        } else {
-          // Read it again after a pause; seek drops what was fetched after it.
-          std::unique_ptr<RdKafka::TopicPartition> tp(RdKafka::TopicPartition::create(
-              options_.topic, message->partition(), message->offset()));
-          RdKafka::ErrorCode err = consumer_->seek(*tp, 5000);
-          if (err != RdKafka::ERR_NO_ERROR) {
-            log::Warn("seek back failed", {{"error", RdKafka::err2str(err)}});
-          }
-          Backoff(backoff, stop);
-          backoff = std::min(backoff * 2, options_.max_backoff);
-          CheckHealth(/*force=*/false);
-        }
+      case RdKafka::ERR_NO_ERROR:
+        if (!kafka_ok_) kafka_ok_ = true;
+        Enqueue(std::move(message));
         break;
-      }
       case RdKafka::ERR__TIMED_OUT:
       case RdKafka::ERR__PARTITION_EOF:
         CheckHealth(/*force=*/false);
@@ -400,17 +588,27 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
       case RdKafka::ERR__TRANSPORT:
         log::Warn("kafka unavailable", {{"error", message->errstr()}});
         kafka_ok_ = false;
-        ReportHealth();
         break;
       default:
         log::Warn("consumer error", {{"error", message->errstr()}});
         break;
     }
+    ReportHealth();
+    FlowControl();
+    UpdateGauges();
     if (absl::Now() - last_commit_ >= options_.commit_interval) CommitDone(nullptr);
   }
-  log::Info("stopping: committing finished offsets and leaving the group");
+  log::Info("stopping: finishing the records being sent, committing, leaving the group");
+  for (auto& [partition, state] : partitions_) state.assignment->cancelled.Notify();
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  work_cv_.notify_all();
+  for (std::thread& worker : workers_) worker.join();
+  workers_.clear();
   CommitDone(nullptr);
-  consumer_->close();  // revokes through rebalance_cb, which commits again (no-op)
+  consumer_->close();  // revokes through rebalance_cb: nothing busy, commits again (no-op)
   consumer_.reset();
   return absl::OkStatus();
 }

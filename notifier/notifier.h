@@ -1,36 +1,54 @@
-// The notifier's consumer loop: reads PaymentCompleted records from payment-completed-topic in
-// group notification-group, turns each into one message through a Sender, keeps the delivery
-// record in Postgres (DeliveryStore), and sends what cannot be delivered to the DLQ topic.
+// The notifier's consumer: reads PaymentCompleted records from payment-completed-topic in group
+// notification-group, turns each into one message through a Sender, keeps the delivery record in
+// Postgres (DeliveryStore), and sends what cannot be delivered to the DLQ topic (DeadLetters).
 //
-// Per record, in partition order:
-//   decode          -> poison (undecodable payload, missing or invalid event id): DLQ at once
+// Concurrency. The consumer thread only reads records and hands them to a pool of `concurrency`
+// workers; it never waits for HTTP, so it stays in its group. Records with the same key (one
+// reservation) form a lane and are worked on strictly one after another, in offset order;
+// different lanes go in parallel. An offset is committed only below the lowest unfinished record
+// of its partition (every `commit_interval`, at a revoke and at stop). Beyond `max_pending`
+// records read and unfinished, the partitions are paused (polling goes on) until half drained.
+//
+// Per record, in a worker:
+//   headers, decode -> poison (another event type or content type, undecodable payload, no or
+//                      invalid event id, missing fields): DLQ at once
+//   route           -> the payer's chat (event.telegram_chat_id); none linked: the operator's
+//                      chat, or with UNLINKED_POLICY=skip UNDELIVERABLE, counted, done
+//   pace            -> Pacer: the bot's, the chat's or group's rate, and any 429 pause
 //   Begin           -> SENT or UNDELIVERABLE already: duplicate, skipped and counted
 //                      SENDING found: uncertain, counted, UNCERTAIN_POLICY decides
-//   route           -> the payer's chat (event.telegram_chat_id); none linked: the operator's
-//                      chat, or with UNLINKED_POLICY=skip MarkUndeliverable, counted, done
-//   send            -> ok: MarkSent;  the payer's chat blocked the bot or is gone (403, 400
-//                      "chat not found"): MarkUndeliverable, UnlinkChat, counted, done (no DLQ:
-//                      retrying cannot help);  other failures: MarkFailed, then DLQ (error
-//                      class, attempt = the delivery record's send count, possibly-delivered
-//                      when uncertain or timed out)
-// An offset is committed only after its record's outcome is durable (SENT in Postgres, or the
-// DLQ acknowledged the record); commits are batched every commit_interval and made for the
-// partitions being revoked inside the (eager) rebalance callback. When Postgres or the DLQ is
-// unavailable the record is retried with backoff, never skipped: the consumer seeks back to it,
-// so polling (and group membership) goes on meanwhile.
+//   send            -> ok: MarkSent
+//                      429: every send pauses for retry_after, then this one goes again (not a
+//                      failed attempt, nothing to the DLQ)
+//                      the payer's chat blocked the bot or is gone (403, 400 "chat not found"):
+//                      UNDELIVERABLE, the link removed, counted, done (no DLQ)
+//                      outcome unknown (timeout, connection broken after the request went out):
+//                      uncertain, counted; UNCERTAIN_POLICY=skip: SENT, never resent; resend:
+//                      FAILED and DLQ with kafka_dlt-possibly-delivered
+//                      other failures: FAILED, then DLQ (error class, attempt = the delivery
+//                      record's send count)
+// When Postgres or the DLQ is unavailable the record is retried with backoff in its lane, never
+// skipped. A known outcome is written before the record counts as finished; at stop, a send
+// known to have failed goes to the DLQ even when its FAILED mark could not be written (the dead
+// letter's attempt number tells the next Begin it was not delivered).
 //
-//   Notifier notifier(options, store, sender, dlq_producer, metrics::Default(), &links);
+//   Notifier notifier(options, store, sender, dead_letters, metrics::Default(), &links);
 //   notifier.Run(StopRequested(), [&](bool ok) { SetServing(*grpc, ok); });
-//
-// Run() is single-threaded (librdkafka callbacks arrive on its thread); not thread-safe itself.
 #ifndef CONCERT_NOTIFIER_NOTIFIER_H_
 #define CONCERT_NOTIFIER_NOTIFIER_H_
 
+#include <atomic>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
+#include <unordered_map>
+#include <vector>
 
 #include <librdkafka/rdkafkacpp.h>
 
@@ -39,9 +57,11 @@
 #include "absl/time/time.h"
 #include "common/kafka.h"
 #include "common/metrics.h"
+#include "notifier/dead_letters.h"
 #include "notifier/delivery_store.h"
 #include "notifier/link_client.h"
 #include "notifier/message.h"
+#include "notifier/pacer.h"
 #include "notifier/sender.h"
 
 namespace concert::notifier {
@@ -58,7 +78,6 @@ struct NotifierOptions {
   std::string bootstrap_servers = "127.0.0.1:9092";
   std::string group_id = "notification-group";
   std::string topic = "payment-completed-topic";
-  std::string dlq_topic = "payment-notification-dlq";
   std::string client_id = "notifier";
   // Zone of the times in the message text.
   absl::TimeZone time_zone = absl::UTCTimeZone();
@@ -67,13 +86,18 @@ struct NotifierOptions {
   std::string operator_chat_id;
   UnlinkedPolicy unlinked_policy = UnlinkedPolicy::kOperator;
   UncertainPolicy uncertain_policy = UncertainPolicy::kResend;
+  // Records worked on at once (sends in flight, at most one per reservation).
+  int concurrency = 32;
+  // Records read and not yet finished before the partitions pause.
+  int max_pending = 2000;
+  PacingOptions pacing;
   // How often finished offsets are committed (and at every rebalance and at stop). Shorter
   // means fewer redeliveries (duplicates skipped) after a crash; longer, fewer commit requests.
   absl::Duration commit_interval = absl::Milliseconds(200);
-  // Wait for one DLQ acknowledgement before trying again.
-  absl::Duration dlq_timeout = absl::Seconds(10);
   // Bound of the backoff between retries of a record while Postgres or the DLQ is down.
   absl::Duration max_backoff = absl::Seconds(5);
+  // How long a revoke waits for records being sent before letting their partitions go.
+  absl::Duration revoke_timeout = absl::Seconds(20);
   // How often Postgres and Kafka are probed for health when nothing else shows their state.
   absl::Duration health_interval = absl::Seconds(5);
 };
@@ -82,57 +106,111 @@ class Notifier {
  public:
   // `links` (may be null: no INTERNAL_TOKEN) removes the link of a payer's chat that Telegram
   // refuses for good.
-  Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, kafka::Producer& dlq,
+  Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, DeadLetters& dlq,
            metrics::Registry& registry, LinkClient* links);
   ~Notifier();
 
-  // Consumes until `stop` is notified, then commits what is done and leaves the group.
-  // `on_health` is called (on this thread) whenever the health changes: true when consuming
-  // with Postgres and Kafka reachable. Fails only when the consumer cannot be created.
+  // Consumes until `stop` is notified, lets the workers finish the records they are on,
+  // commits what is finished and leaves the group. `on_health` is called (on this thread)
+  // whenever the health changes: true when consuming with Postgres and Kafka reachable. Fails
+  // only when the consumer cannot be created. Call once.
   absl::Status Run(const absl::Notification& stop, std::function<void(bool)> on_health = nullptr);
 
  private:
   enum class Outcome { kDone, kRetry };
   class Rebalancer;
+  // One partition's assignment; its records are dropped unstarted once it is revoked.
+  struct Assignment {
+    int32_t partition = 0;
+    // Notified at revoke and at stop: pacing waits end, unstarted records are dropped.
+    absl::Notification cancelled;
+    int busy = 0;  // records of it a worker is on (guarded by mu_)
+  };
+  struct Job {
+    std::unique_ptr<RdKafka::Message> message;
+    std::shared_ptr<Assignment> assignment;
+  };
+  struct Finished {
+    std::shared_ptr<Assignment> assignment;
+    int64_t offset = 0;
+    bool done = false;  // false: abandoned (stop or revoke), not to be committed
+  };
+  // The consumer thread's view of a partition.
+  struct PartitionState {
+    std::shared_ptr<Assignment> assignment;
+    std::map<int64_t, int64_t> unfinished;  // offset -> record timestamp (ms)
+    int64_t next = -1;                      // one past the highest offset read
+    int64_t committed = -1;
+  };
 
-  Outcome Process(const RdKafka::Message& message, const absl::Notification& stop);
-  // `possibly_delivered` adds the dead-letter header saying a copy may already be in the chat.
-  Outcome ToDlq(const RdKafka::Message& message, const std::string& event_id,
-                const std::string& error_class, const std::string& error, int attempt,
-                bool possibly_delivered, const absl::Notification& stop);
+  // Workers.
+  void Work();
+  // Process() until done, or abandoned at stop or revoke; true when done.
+  bool Complete(const Job& job);
+  Outcome Process(const Job& job);
+  Outcome Send(const Job& job, const events::v1::PaymentCompleted& event,
+               const std::string& event_id, int attempt);
+  // Pacer::Acquire for `chat_id`, its waits counted by scope; false when cancelled.
+  bool Pace(const std::string& chat_id, const Job& job);
+  Outcome ToDlq(const RdKafka::Message& message, DeadLetter letter);
   // Retries `op` with backoff until it succeeds or (after stop) a few more tries failed.
   bool Persist(const std::function<absl::Status()>& op, const std::string& what,
-               const std::string& event_id, const absl::Notification& stop);
+               const std::string& event_id);
   // MarkUndeliverable (retried like every record of an outcome), then counts it by `reason`.
   Outcome Undeliverable(const std::string& event_id, const std::string& reason,
-                        const std::string& detail, const absl::Notification& stop);
+                        const std::string& detail);
+  void SetPostgresOk(bool ok);
+
+  // Consumer thread.
+  void Enqueue(std::unique_ptr<RdKafka::Message> message);
+  void TakeFinished();
+  void FlowControl();
   void CommitDone(const std::vector<int32_t>* only_partitions);
+  void Revoke(const std::vector<int32_t>& partitions);
   void CheckHealth(bool force);
   void ReportHealth();
+  void UpdateGauges();
 
   NotifierOptions options_;
   DeliveryStore& store_;
   Sender& sender_;
-  kafka::Producer& dlq_;
+  DeadLetters& dlq_;
   LinkClient* links_;
+  Pacer pacer_;
+  const absl::Notification* stop_ = nullptr;
 
+  metrics::Registry& registry_;
   metrics::Counter& sent_;
   metrics::Counter& duplicates_;
   metrics::Counter& uncertain_;
-  metrics::Registry& registry_;
   metrics::Histogram& send_seconds_;
+  metrics::Gauge& in_flight_gauge_;
+  metrics::Gauge& pending_gauge_;
+  metrics::Gauge& lag_gauge_;
+  metrics::Gauge& oldest_age_gauge_;
 
+  // Shared between the consumer thread and the workers.
+  std::mutex mu_;
+  std::condition_variable work_cv_;  // a lane became ready, or stopping
+  std::condition_variable idle_cv_;  // a worker finished a record
+  std::unordered_map<std::string, std::deque<Job>> lanes_;  // key -> its records, in order
+  std::deque<std::string> ready_;  // lanes whose first record no worker is on yet
+  std::vector<Finished> finished_;
+  int pending_ = 0;    // records in lanes
+  int in_flight_ = 0;  // records a worker is on
+  bool stopping_ = false;
+  std::vector<std::thread> workers_;
+  std::atomic<bool> postgres_ok_{true};
+
+  // Consumer thread only.
   std::unique_ptr<RdKafka::KafkaConsumer> consumer_;
   std::unique_ptr<Rebalancer> rebalancer_;
-  // partition -> next offset to commit (one past the last finished record), and what Kafka has.
-  std::map<int32_t, int64_t> done_;
-  std::map<int32_t, int64_t> committed_;
+  std::map<int32_t, PartitionState> partitions_;
+  bool paused_ = false;
   absl::Time last_commit_ = absl::InfinitePast();
   absl::Time last_health_check_ = absl::InfinitePast();
-
-  bool postgres_ok_ = true;
+  absl::Time last_gauges_ = absl::InfinitePast();
   bool kafka_ok_ = false;
-  bool dlq_ok_ = true;
   int reported_health_ = -1;
   std::function<void(bool)> on_health_;
 };

@@ -84,6 +84,9 @@ class NotifierTest : public ::testing::Test {
             {"TELEGRAM_UPDATES", "off"},
             {"TELEGRAM_RETRY_BACKOFF", "50ms"},
             {"TELEGRAM_TIMEOUT", "5s"},
+            // The fake here answers at once and has no limits; pacing is tested on its own.
+            {"TELEGRAM_RATE", "1000"},
+            {"TELEGRAM_CHAT_INTERVAL", "10ms"},
             {"NOTIFY_TIME_ZONE", "Asia/Seoul"},
             {"UNCERTAIN_POLICY", "resend"},
             {"GRPC_ADDRESS", grpc_address_},

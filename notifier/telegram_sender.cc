@@ -2,11 +2,12 @@
 
 #include <curl/curl.h>
 
-#include <mutex>
+#include <cmath>
 
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/strip.h"
@@ -28,13 +29,28 @@ size_t Append(char* data, size_t size, size_t count, void* out) {
   return size * count;
 }
 
-std::string ClassifyCurlError(CURLcode code) {
-  switch (code) {
-    case CURLE_OPERATION_TIMEDOUT:
-      return "timeout";
-    default:
-      return "connection";
+// The field as a boolean: true, or the string "true".
+bool JsonTrue(const json& object, const char* field) {
+  if (!object.is_object() || !object.contains(field)) return false;
+  const json& v = object[field];
+  return (v.is_boolean() && v.get<bool>()) || (v.is_string() && v.get<std::string>() == "true");
+}
+
+// parameters.retry_after in whole seconds, whether a number or a numeric string; 1 when absent
+// or unreadable.
+int64_t RetryAfterSeconds(const json& answer) {
+  if (!answer.is_object() || !answer.contains("parameters")) return 1;
+  const json& parameters = answer["parameters"];
+  if (!parameters.is_object() || !parameters.contains("retry_after")) return 1;
+  const json& v = parameters["retry_after"];
+  double seconds = 1;
+  if (v.is_number()) {
+    seconds = v.get<double>();
+  } else if (v.is_string() && !absl::SimpleAtod(v.get<std::string>(), &seconds)) {
+    seconds = 1;
   }
+  if (!std::isfinite(seconds)) return 1;
+  return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(std::min(seconds, 1e6))));
 }
 
 }  // namespace
@@ -50,13 +66,31 @@ TelegramSender::TelegramSender(TelegramOptions options) : options_(std::move(opt
                       "/sendMessage");
 }
 
-TelegramSender::Attempt TelegramSender::SendOnce(const std::string& body) {
-  Attempt attempt;
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) {
-    attempt.result = SendResult::Transient("connection", "curl_easy_init failed");
-    return attempt;
+TelegramSender::~TelegramSender() {
+  for (void* handle : idle_handles_) curl_easy_cleanup(static_cast<CURL*>(handle));
+}
+
+void* TelegramSender::AcquireHandle() {
+  {
+    std::lock_guard lock(mu_);
+    if (!idle_handles_.empty()) {
+      void* handle = idle_handles_.back();
+      idle_handles_.pop_back();
+      return handle;
+    }
   }
+  return curl_easy_init();
+}
+
+void TelegramSender::ReleaseHandle(void* handle) {
+  std::lock_guard lock(mu_);
+  idle_handles_.push_back(handle);
+}
+
+SendResult TelegramSender::SendOnce(const std::string& body) {
+  CURL* curl = static_cast<CURL*>(AcquireHandle());
+  if (curl == nullptr) return SendResult::Transient("connection", "curl_easy_init failed");
+  curl_easy_reset(curl);  // options only: the handle keeps its open connection
   std::string response;
   char error[CURL_ERROR_SIZE] = {0};
   curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
@@ -78,49 +112,39 @@ TelegramSender::Attempt TelegramSender::SendOnce(const std::string& body) {
 
   CURLcode code = curl_easy_perform(curl);
   long status = 0;
+  long request_bytes = 0;  // what went out on the wire: 0 means Telegram never saw the request
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
+  curl_easy_getinfo(curl, CURLINFO_REQUEST_SIZE, &request_bytes);
   curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
+  ReleaseHandle(curl);
 
   if (code != CURLE_OK) {
     std::string what = error[0] != '\0' ? error : curl_easy_strerror(code);
-    attempt.result = SendResult::Transient(ClassifyCurlError(code),
-                                           RedactToken(absl::StrCat("telegram: ", what),
-                                                       options_.token));
-    return attempt;
+    return SendResult::Transient(code == CURLE_OPERATION_TIMEDOUT ? "timeout" : "connection",
+                                 RedactToken(absl::StrCat("telegram: ", what), options_.token),
+                                 /*possibly_delivered=*/request_bytes > 0);
   }
-  json parsed = json::parse(response, nullptr, /*allow_exceptions=*/false);
+  json answer = json::parse(response, nullptr, /*allow_exceptions=*/false);
   std::string description;
-  if (parsed.is_object() && parsed.contains("description") && parsed["description"].is_string()) {
-    description = RedactToken(parsed["description"].get<std::string>(), options_.token);
+  if (answer.is_object() && answer.contains("description") && answer["description"].is_string()) {
+    description = RedactToken(answer["description"].get<std::string>(), options_.token);
   }
   if (status == 200) {
-    if (parsed.is_object() && parsed.value("ok", false)) {
-      attempt.result = SendResult::Sent();
-    } else {
-      // A 200 without ok:true is not something Telegram does; retrying will not fix it.
-      attempt.result = SendResult::Permanent("telegram_4xx", "telegram: 200 without ok:true");
-    }
-    return attempt;
+    if (JsonTrue(answer, "ok")) return SendResult::Sent();
+    // A 200 without ok:true is not something Telegram does; retrying will not fix it.
+    return SendResult::Permanent("telegram_4xx", "telegram: 200 without ok:true");
   }
   std::string message = absl::StrCat("telegram: HTTP ", status, description.empty() ? "" : ": ",
                                      description);
   if (status == 429) {
-    int retry_after = 1;
-    if (parsed.is_object() && parsed.contains("parameters") && parsed["parameters"].is_object()) {
-      retry_after = parsed["parameters"].value("retry_after", 1);
-    }
-    attempt.rate_limited = true;
-    attempt.retry_after = std::min(absl::Seconds(std::max(retry_after, 0)), options_.max_retry_after);
-    attempt.result = SendResult::Transient("telegram_429", message);
-  } else if (status >= 500) {
-    attempt.result = SendResult::Transient("telegram_5xx", message);
-  } else if (status == 403 || (status == 400 && absl::StrContains(description, "chat not found"))) {
-    attempt.result = SendResult::Permanent(kChatGone, message);
-  } else {
-    attempt.result = SendResult::Permanent("telegram_4xx", message);
+    return SendResult::RateLimited(
+        message, std::min(absl::Seconds(RetryAfterSeconds(answer)), options_.max_retry_after));
   }
-  return attempt;
+  if (status >= 500) return SendResult::Transient("telegram_5xx", message);
+  if (status == 403 || (status == 400 && absl::StrContains(description, "chat not found"))) {
+    return SendResult::Permanent(kChatGone, message);
+  }
+  return SendResult::Permanent("telegram_4xx", message);
 }
 
 bool TelegramSender::Wait(absl::Duration d) const {
@@ -132,31 +156,23 @@ bool TelegramSender::Wait(absl::Duration d) const {
 }
 
 SendResult TelegramSender::Send(const Notification& notification) {
-  std::string body = json{{"chat_id", notification.chat_id}, {"text", notification.text}}.dump(
-      -1, ' ', false, json::error_handler_t::replace);
-  int failures = 0;
-  int rate_limit_waits = 0;
+  json request{{"chat_id", notification.chat_id}, {"text", notification.text}};
+  if (options_.paid_broadcast) request["allow_paid_broadcast"] = true;
+  std::string body = request.dump(-1, ' ', false, json::error_handler_t::replace);
   absl::Duration backoff = options_.retry_backoff;
-  while (true) {
-    Attempt attempt = SendOnce(body);
-    if (attempt.result.ok() || attempt.result.kind == SendResult::Kind::kPermanent) {
-      return attempt.result;
+  for (int failures = 0;; ++failures) {
+    SendResult result = SendOnce(body);
+    if (result.kind != SendResult::Kind::kTransient || result.possibly_delivered ||
+        failures >= options_.retries) {
+      return result;
     }
-    if (attempt.rate_limited) {
-      if (rate_limit_waits++ >= options_.max_rate_limit_waits) return attempt.result;
-      log::Warn("telegram rate limit; waiting", {{"event_id", notification.event_id},
-                                                 {"retry_after_ms", absl::ToInt64Milliseconds(attempt.retry_after)}});
-      if (!Wait(attempt.retry_after)) return attempt.result;
-      continue;
-    }
-    if (failures++ >= options_.retries) return attempt.result;
-    log::Warn("telegram send failed; retrying",
+    log::Warn("telegram send failed before reaching the chat; retrying",
               {{"event_id", notification.event_id},
-               {"error_class", attempt.result.error_class},
-               {"error", attempt.result.message},
-               {"attempt", failures},
+               {"error_class", result.error_class},
+               {"error", result.message},
+               {"attempt", failures + 1},
                {"backoff_ms", absl::ToInt64Milliseconds(backoff)}});
-    if (!Wait(backoff)) return attempt.result;
+    if (!Wait(backoff)) return result;
     backoff *= 2;
   }
 }

@@ -1,27 +1,30 @@
-// TelegramSender: POST {api_base}/bot{token}/sendMessage with JSON {chat_id, text} (the
-// notification's chat) through
-// libcurl, with connect and total timeouts and a bounded retry policy:
+// TelegramSender: POST {api_base}/bot{token}/sendMessage with JSON {chat_id, text} (and
+// allow_paid_broadcast in paid-broadcast mode) through libcurl, with connect and total timeouts:
 //   200 ok:true                  -> sent
-//   429                          -> sleep min(parameters.retry_after, max_retry_after), retry
-//                                   (at most max_rate_limit_waits times, then transient
-//                                   "telegram_429")
-//   5xx, timeout, connection err -> up to `retries` more attempts with exponential backoff,
-//                                   then transient "telegram_5xx" / "timeout" / "connection"
+//   429                          -> kRateLimited with parameters.retry_after (capped at
+//                                   max_retry_after): the caller pauses every send, then resends
+//   5xx, connection refused      -> up to `retries` more attempts with exponential backoff
+//   (nothing reached Telegram)      (Telegram said no, or never heard us), then transient
+//                                   "telegram_5xx" / "connection"
+//   timeout, connection broken   -> transient "timeout" / "connection", possibly_delivered, at
+//   after the request went out      once: Telegram has no idempotency key, so only the caller,
+//                                   after recording the doubt, may send it again
 //   403, 400 "chat not found"    -> permanent kChatGone at once (that chat will never accept)
-//   other 4xx                    -> permanent "telegram_4xx" at once
-// A stop request ends any of those waits at once: Send() returns the last transient result, so
-// the message takes the DLQ route instead of holding up a graceful stop for up to 30 s.
-// Telegram has no idempotency key: a request that timed out may still have been delivered, so
-// a retry after a timeout can repeat a message. That is the price of not losing one.
+//   other 4xx, a malformed answer-> permanent "telegram_4xx" at once
+// An answer with unexpected JSON types ("ok":"true", "retry_after":"5") is read leniently where
+// the meaning is clear and never throws.
+// A stop request ends a backoff at once: Send() returns the last transient result.
 //
 // The bot token is part of the URL; it is never logged and never appears in a SendResult
 // (RedactToken replaces it in anything that might carry it).
 //
-// Thread-safe: each Send() uses its own curl handle.
+// Thread-safe: curl handles are pooled, one per concurrent Send(), and keep their connections.
 #ifndef CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 #define CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
@@ -37,37 +40,38 @@ struct TelegramOptions {
   absl::Duration connect_timeout = absl::Seconds(3);
   // The whole request, connection included.
   absl::Duration total_timeout = absl::Seconds(10);
-  // Extra attempts after a 5xx, timeout or connection error.
+  // Extra attempts after a 5xx or a connection that never carried the request.
   int retries = 3;
   // First backoff; doubles each retry.
   absl::Duration retry_backoff = absl::Milliseconds(500);
   // Upper bound of a 429's retry_after that we honour (longer asks are cut to this).
   absl::Duration max_retry_after = absl::Seconds(30);
-  // 429 answers waited out per Send() before giving up as transient.
-  int max_rate_limit_waits = 5;
-  // When set and notified, waits between attempts end at once (see above).
+  // Sets allow_paid_broadcast on every message (Bot API 7.11): up to 1,000 messages/s, paid
+  // per message in Stars.
+  bool paid_broadcast = false;
+  // When set and notified, backoffs end at once (see above).
   const absl::Notification* stop = nullptr;
 };
 
 class TelegramSender final : public Sender {
  public:
   explicit TelegramSender(TelegramOptions options);
+  ~TelegramSender() override;
 
   SendResult Send(const Notification& notification) override;
   std::string name() const override { return "telegram"; }
 
  private:
-  struct Attempt {
-    SendResult result;
-    absl::Duration retry_after;  // for 429
-    bool rate_limited = false;
-  };
-  Attempt SendOnce(const std::string& body);
+  SendResult SendOnce(const std::string& body);
   // Sleeps `d`; false when a stop was requested before or during the wait.
   bool Wait(absl::Duration d) const;
+  void* AcquireHandle();
+  void ReleaseHandle(void* handle);
 
   TelegramOptions options_;
   std::string url_;
+  std::mutex mu_;
+  std::vector<void*> idle_handles_;  // CURL*, kept with their open connections
 };
 
 // `text` with every occurrence of `token` replaced by "<redacted>".
