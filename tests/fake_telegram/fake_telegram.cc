@@ -1,5 +1,11 @@
+// The fake Telegram Bot API: routes, faults, the getUpdates long poll, and the profile's latency,
+// token buckets, flood waits and slow answers (see fake_telegram.h for what each does).
 #include "tests/fake_telegram/fake_telegram.h"
 
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include <httplib.h>
@@ -52,8 +58,24 @@ json ToJson(const TelegramMessage& m) {
   return json{{"chat_id", m.chat_id},
               {"text", m.text},
               {"token", m.token},
-              {"received_at_ms", absl::ToUnixMillis(m.received_at)}};
+              {"received_at_ms", absl::ToUnixMillis(m.received_at)},
+              {"accepted_at_ms", absl::ToUnixMillis(m.accepted_at)},
+              {"paid_broadcast", m.paid_broadcast}};
 }
+
+// Telegram's retry_after: whole seconds, rounded up, at least 1.
+int WholeSecondsAtLeastOne(absl::Duration d) {
+  return std::max<int>(1, static_cast<int>(std::ceil(absl::ToDoubleSeconds(d))));
+}
+
+// Groups and channels have negative ids or are addressed as "@name"; private chats are positive.
+bool IsGroupChat(const std::string& chat_id) {
+  return !chat_id.empty() && (chat_id[0] == '-' || chat_id[0] == '@');
+}
+
+// The backlog that listen() gets after cpp-httplib's own (5, compiled into Debian's library):
+// hundreds of clients may connect at once.
+constexpr int kListenBacklog = 1024;
 
 void Reply(httplib::Response& res, int status, const json& body) {
   res.status = status;
@@ -68,6 +90,40 @@ void ReplyError(httplib::Response& res, int status, const std::string& descripti
 }
 
 }  // namespace
+
+Profile Profile::Telegram() {
+  Profile p;
+  p.latency_median = absl::Milliseconds(100);
+  p.latency_spread = 0.5;
+  p.latency_max = absl::Seconds(1);
+  p.bot_per_second = 30;
+  p.bot_burst = 30;
+  p.paid_bot_per_second = 1000;
+  p.paid_bot_burst = 1000;
+  p.chat_per_second = 1;
+  p.chat_burst = 3;
+  p.group_per_minute = 20;
+  p.group_burst = 5;
+  return p;
+}
+
+class FakeTelegram::InFlight {
+ public:
+  explicit InFlight(FakeTelegram* fake) : fake_(fake) {
+    std::lock_guard lock(fake_->mu_);
+    ++fake_->requests_;
+    fake_->peak_in_flight_ = std::max(fake_->peak_in_flight_, ++fake_->in_flight_);
+  }
+  ~InFlight() {
+    std::lock_guard lock(fake_->mu_);
+    --fake_->in_flight_;
+  }
+  InFlight(const InFlight&) = delete;
+  InFlight& operator=(const InFlight&) = delete;
+
+ private:
+  FakeTelegram* fake_;
+};
 
 bool ParseFaultMode(const std::string& name, FaultMode* mode) {
   static const std::map<std::string, FaultMode> kModes = {{"off", FaultMode::kOff},
@@ -84,7 +140,9 @@ bool ParseFaultMode(const std::string& name, FaultMode* mode) {
 }
 
 FakeTelegram::FakeTelegram(Options options)
-    : options_(std::move(options)), server_(std::make_unique<httplib::Server>()) {}
+    : options_(std::move(options)),
+      server_(std::make_unique<httplib::Server>()),
+      random_(std::random_device{}()) {}
 
 FakeTelegram::~FakeTelegram() { Stop(); }
 
@@ -131,15 +189,44 @@ absl::Status FakeTelegram::Start() {
   });
   server_->Get("/control/stats", [this](const httplib::Request&, httplib::Response& res) {
     std::lock_guard lock(mu_);
+    const RateLimited& r = rate_limited_;
     Reply(res, 200,
-          json{{"requests", requests_}, {"accepted", messages_.size()}, {"faulted", faulted_},
-               {"get_updates", get_updates_}, {"conflicts", conflicts_}});
+          json{{"requests", requests_},
+               {"accepted", messages_.size()},
+               {"faulted", faulted_},
+               {"rate_limited",
+                {{"bot", r.bot},
+                 {"paid_bot", r.paid_bot},
+                 {"chat", r.chat},
+                 {"group", r.group},
+                 {"blocked", r.blocked},
+                 {"total", r.total()}}},
+               {"slow_answers", slow_answers_},
+               {"in_flight", in_flight_},
+               {"peak_in_flight", peak_in_flight_},
+               {"get_updates", get_updates_},
+               {"conflicts", conflicts_}});
   });
   server_->Post("/control/reset", [this](const httplib::Request&, httplib::Response& res) {
     Reset();
     Reply(res, 200, json{{"ok", true}});
   });
 
+  // Many clients at once: a pool as large as the connections we mean to serve (each kept-alive
+  // connection holds a thread), connections kept for many requests (cpp-httplib closes one after
+  // 5 by default), and a listen backlog that does not drop a burst of connects. An idle
+  // kept-alive connection still holds its thread for cpp-httplib's 5 s keep-alive timeout, which
+  // Stop() waits for too.
+  const size_t threads = static_cast<size_t>(std::max(1, options_.threads));
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_keep_alive_max_count(1000000);
+  // Without it a kept-alive connection waits for the client's delayed ACK (40 ms) per answer.
+  server_->set_tcp_nodelay(true);
+  int listen_fd = -1;
+  server_->set_socket_options([&listen_fd](int fd) {
+    httplib::default_socket_options(fd);
+    listen_fd = fd;
+  });
   if (options_.port == 0) {
     port_ = server_->bind_to_any_port(options_.host);
     if (port_ <= 0) return absl::UnavailableError("fake telegram: cannot bind a port");
@@ -149,6 +236,9 @@ absl::Status FakeTelegram::Start() {
     }
     port_ = options_.port;
   }
+  // Listening again on a listening socket only changes its backlog.
+  if (listen_fd >= 0) ::listen(listen_fd, kListenBacklog);
+  server_->set_socket_options(httplib::default_socket_options);
   thread_ = std::thread([this] { server_->listen_after_bind(); });
   // listen_after_bind() marks the server running from its thread; wait for it (bounded).
   for (int i = 0; i < 500 && !server_->is_running(); ++i) {
@@ -197,6 +287,10 @@ void FakeTelegram::Reset() {
   messages_.clear();
   requests_ = 0;
   faulted_ = 0;
+  slow_answers_ = 0;
+  peak_in_flight_ = in_flight_;
+  rate_limited_ = {};
+  bots_.clear();
   updates_.clear();
   update_ids_.clear();
   conflicts_ = 0;
@@ -304,6 +398,104 @@ int FakeTelegram::faulted() const {
   return faulted_;
 }
 
+int FakeTelegram::accepted() const {
+  std::lock_guard lock(mu_);
+  return static_cast<int>(messages_.size());
+}
+
+int FakeTelegram::slow_answers() const {
+  std::lock_guard lock(mu_);
+  return slow_answers_;
+}
+
+RateLimited FakeTelegram::rate_limited() const {
+  std::lock_guard lock(mu_);
+  return rate_limited_;
+}
+
+int FakeTelegram::peak_in_flight() const {
+  std::lock_guard lock(mu_);
+  return peak_in_flight_;
+}
+
+absl::Duration FakeTelegram::SampleLatency() {
+  const Profile& p = options_.profile;
+  if (p.latency_median <= absl::ZeroDuration()) return absl::ZeroDuration();
+  absl::Duration latency = p.latency_median;
+  if (p.latency_spread > 0) {
+    latency *= std::exp(p.latency_spread * std::normal_distribution<double>(0, 1)(random_));
+  }
+  if (p.latency_max > absl::ZeroDuration()) latency = std::min(latency, p.latency_max);
+  return latency;
+}
+
+FakeTelegram::Admission FakeTelegram::Admit(const std::string& token, const std::string& chat_id,
+                                            bool paid, absl::Time now) {
+  const Profile& p = options_.profile;
+  Bot& bot = bots_[token];
+  if (now < bot.blocked_until) {
+    return {Scope::kBlocked, WholeSecondsAtLeastOne(bot.blocked_until - now)};
+  }
+  struct Need {
+    Bucket* bucket;
+    double per_second;
+    double capacity;
+    Scope scope;
+  };
+  std::vector<Need> needs;
+  double bot_rate = paid ? p.paid_bot_per_second : p.bot_per_second;
+  if (bot_rate > 0) {
+    double capacity = std::max(1, paid ? p.paid_bot_burst : p.bot_burst);
+    std::optional<Bucket>& b = paid ? bot.paid : bot.bot;
+    if (!b) b = Bucket{capacity, now};
+    needs.push_back({&*b, bot_rate, capacity, paid ? Scope::kPaidBot : Scope::kBot});
+  }
+  bool group = IsGroupChat(chat_id);
+  double chat_rate = group ? p.group_per_minute / 60 : p.chat_per_second;
+  if (chat_rate > 0) {
+    double capacity = std::max(1, group ? p.group_burst : p.chat_burst);
+    Bucket& b = bot.chats.try_emplace(chat_id, Bucket{capacity, now}).first->second;
+    needs.push_back({&b, chat_rate, capacity, group ? Scope::kGroup : Scope::kChat});
+  }
+
+  Admission admission;
+  double longest_wait = 0;  // seconds
+  for (Need& n : needs) {
+    double elapsed = std::max(0.0, absl::ToDoubleSeconds(now - n.bucket->updated));
+    n.bucket->tokens = std::min(n.capacity, n.bucket->tokens + elapsed * n.per_second);
+    n.bucket->updated = now;
+    if (n.bucket->tokens < 1) {
+      double wait = (1 - n.bucket->tokens) / n.per_second;
+      if (wait > longest_wait) longest_wait = wait, admission.refused_by = n.scope;
+    }
+  }
+  if (admission.refused_by != Scope::kNone) {
+    // Nothing taken; the whole bot waits, as Telegram's flood wait is read by careful clients.
+    admission.retry_after_seconds = WholeSecondsAtLeastOne(absl::Seconds(longest_wait));
+    bot.blocked_until = now + absl::Seconds(admission.retry_after_seconds);
+    return admission;
+  }
+  for (Need& n : needs) n.bucket->tokens -= 1;
+
+  // A bench may write to many chats once each: forget the buckets that have refilled (an absent
+  // bucket is a full one) whenever the map has doubled since the last sweep.
+  if (bot.chats.size() > bot.prune_at) {
+    for (auto it = bot.chats.begin(); it != bot.chats.end();) {
+      bool is_group = IsGroupChat(it->first);
+      double rate = is_group ? p.group_per_minute / 60 : p.chat_per_second;
+      double capacity = std::max(1, is_group ? p.group_burst : p.chat_burst);
+      double elapsed = std::max(0.0, absl::ToDoubleSeconds(now - it->second.updated));
+      if (it->second.tokens + elapsed * rate >= capacity) {
+        it = bot.chats.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    bot.prune_at = std::max<size_t>(1024, 2 * bot.chats.size());
+  }
+  return admission;
+}
+
 std::optional<Fault> FakeTelegram::TakeFault(const std::string& chat_id) {
   std::lock_guard lock(mu_);
   auto take = [&](Fault& f) -> std::optional<Fault> {
@@ -323,18 +515,27 @@ void FakeTelegram::Stall(absl::Duration d) {
 }
 
 void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& res) {
-  std::string token = req.matches.size() > 1 ? std::string(req.matches[1]) : "";
+  InFlight in_flight(this);
+  absl::Time received_at = absl::Now();
+  absl::Duration latency;
   {
     std::lock_guard lock(mu_);
-    ++requests_;
+    latency = SampleLatency();
   }
+  // The request's way to Telegram and back, for every answer; the limits are decided after it.
+  if (latency > absl::ZeroDuration()) Stall(latency);
+
+  std::string token = req.matches.size() > 1 ? std::string(req.matches[1]) : "";
   std::string chat_id, text;
-  bool have_chat = false, have_text = false;
+  bool have_chat = false, have_text = false, paid = false;
   std::string content_type = req.get_header_value("Content-Type");
   if (absl::StartsWith(content_type, "application/x-www-form-urlencoded")) {
     auto form = ParseForm(req.body);
     if (auto it = form.find("chat_id"); it != form.end()) chat_id = it->second, have_chat = true;
     if (auto it = form.find("text"); it != form.end()) text = it->second, have_text = true;
+    if (auto it = form.find("allow_paid_broadcast"); it != form.end()) {
+      paid = absl::EqualsIgnoreCase(it->second, "true");
+    }
   } else {
     json body = json::parse(req.body, nullptr, /*allow_exceptions=*/false);
     if (body.is_discarded() || !body.is_object()) {
@@ -350,6 +551,8 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
       text = body["text"].get<std::string>();
       have_text = true;
     }
+    paid = body.contains("allow_paid_broadcast") && body["allow_paid_broadcast"].is_boolean() &&
+           body["allow_paid_broadcast"].get<bool>();
   }
   if (!options_.token.empty() && token != options_.token) {
     ReplyError(res, 401, "Unauthorized");
@@ -395,12 +598,29 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
     }
   }
 
-  TelegramMessage message{chat_id, text, token, absl::Now()};
+  TelegramMessage message{chat_id, text, token, received_at, absl::InfinitePast(), paid};
   int64_t message_id;
+  bool slow = false;
   {
     std::lock_guard lock(mu_);
     if (stopping_) {
       ReplyError(res, 503, "Service Unavailable: stopping");
+      return;
+    }
+    message.accepted_at = absl::Now();
+    Admission admission = Admit(token, chat_id, paid, message.accepted_at);
+    switch (admission.refused_by) {
+      case Scope::kNone: break;
+      case Scope::kBot: ++rate_limited_.bot; break;
+      case Scope::kPaidBot: ++rate_limited_.paid_bot; break;
+      case Scope::kChat: ++rate_limited_.chat; break;
+      case Scope::kGroup: ++rate_limited_.group; break;
+      case Scope::kBlocked: ++rate_limited_.blocked; break;
+    }
+    if (admission.refused_by != Scope::kNone) {
+      ReplyError(res, 429,
+                 absl::StrCat("Too Many Requests: retry after ", admission.retry_after_seconds),
+                 json{{"retry_after", admission.retry_after_seconds}});
       return;
     }
     message_id = next_message_id_++;
@@ -410,7 +630,12 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
       out << ToJson(message).dump() << "\n";
       out.flush();
     }
+    double p = options_.profile.slow_answer_probability;
+    slow = p > 0 && std::uniform_real_distribution<double>(0, 1)(random_) < p;
+    if (slow) ++slow_answers_;
   }
+  // Delivered, but the answer comes after the client has given up.
+  if (slow) Stall(options_.profile.slow_answer_delay);
   json chat_json = chat_id;
   int64_t numeric_chat;
   if (absl::SimpleAtoi(chat_id, &numeric_chat)) chat_json = numeric_chat;
@@ -418,7 +643,7 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
         json{{"ok", true},
              {"result",
               {{"message_id", message_id},
-               {"date", absl::ToUnixSeconds(message.received_at)},
+               {"date", absl::ToUnixSeconds(message.accepted_at)},
                {"chat", {{"id", chat_json}}},
                {"text", text}}}});
 }

@@ -1,4 +1,5 @@
-// The fake Telegram server over real HTTP: accepted messages, injected faults, control API.
+// The fake Telegram server over real HTTP: accepted messages, injected faults, control API, and
+// the profile's latency, rate limits (429 and the flood wait) and slow answers.
 #include "tests/fake_telegram/fake_telegram.h"
 
 #include <httplib.h>
@@ -8,6 +9,7 @@
 #include <filesystem>
 #include <fstream>
 #include <thread>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -21,6 +23,26 @@ using nlohmann::json;
 
 // httplib::Client needs the port at construction, so the tests build their own client.
 httplib::Client ClientFor(const FakeTelegram& fake) { return httplib::Client("127.0.0.1", fake.port()); }
+
+// sendMessage to `chat` (a number, or a string such as "@chan") as bot `token`.
+httplib::Result Send(httplib::Client& client, const json& chat, const std::string& token = "T",
+                     bool paid = false) {
+  json body{{"chat_id", chat}, {"text", "x"}};
+  if (paid) body["allow_paid_broadcast"] = true;
+  return client.Post(absl::StrCat("/bot", token, "/sendMessage").c_str(), body.dump(),
+                     "application/json");
+}
+
+int RetryAfter(const httplib::Result& r) {
+  return json::parse(r->body)["parameters"]["retry_after"].get<int>();
+}
+
+// Only the limits under test; no latency.
+FakeTelegram::Options Limited(Profile profile) {
+  FakeTelegram::Options options;
+  options.profile = profile;
+  return options;
+}
 
 TEST(FakeTelegram, AcceptsJsonAndFormAndRecordsThem) {
   FakeTelegram fake({});
@@ -225,8 +247,11 @@ TEST(FakeTelegramBinary, RecordsToFileAndServesControlApi) {
   int port = FreePort();
   std::string record = (std::filesystem::temp_directory_path() / (UniqueName("fake_tg") + ".jsonl"))
                            .string();
+  // The default (telegram) profile, without its rare slow answers: one would outlast the client.
   ChildProcess fake(BinaryPath("fake-telegram"),
-                    {absl::StrCat("--port=", port), "--record=" + record}, {});
+                    {absl::StrCat("--port=", port), "--record=" + record,
+                     "--slow-answer-probability=0"},
+                    {});
   httplib::Client client("127.0.0.1", port);
   ASSERT_TRUE(WaitUntil([&] { return static_cast<bool>(client.Get("/control/stats")); },
                         absl::Seconds(10)))
@@ -252,6 +277,268 @@ TEST(FakeTelegramBinary, RecordsToFileAndServesControlApi) {
   int status = fake.Stop(SIGTERM);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
   std::filesystem::remove(record);
+}
+
+TEST(FakeTelegramProfile, AnswersTakeTheConfiguredLatency) {
+  Profile profile;
+  profile.latency_median = absl::Milliseconds(200);
+  profile.latency_max = absl::Milliseconds(200);  // spread 0: always the median
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  for (int i = 0; i < 3; ++i) {
+    absl::Time start = absl::Now();
+    auto r = Send(client, 1);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    EXPECT_GE(absl::Now() - start, absl::Milliseconds(190));
+  }
+  // Accepted after the latency: that is when the limits are decided.
+  for (const TelegramMessage& m : fake.messages()) {
+    EXPECT_GE(m.accepted_at - m.received_at, absl::Milliseconds(190));
+  }
+}
+
+TEST(FakeTelegramProfile, OverTheBotBucketThe429BlocksEveryChatUntilRetryAfter) {
+  Profile profile;
+  profile.bot_per_second = 2;  // a burst of 2, then one token per 0.5 s: retry after 1 s
+  profile.bot_burst = 2;
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  EXPECT_EQ(Send(client, 1)->status, 200);
+  EXPECT_EQ(Send(client, 2)->status, 200);
+  auto limited = Send(client, 3);
+  ASSERT_TRUE(limited);
+  ASSERT_EQ(limited->status, 429);
+  json body = json::parse(limited->body);
+  EXPECT_FALSE(body["ok"].get<bool>());
+  EXPECT_EQ(body["error_code"], 429);
+  EXPECT_EQ(body["description"], "Too Many Requests: retry after 1");
+  EXPECT_EQ(RetryAfter(limited), 1);
+  absl::Time limited_at = absl::Now();
+
+  // The flood wait covers every chat of this bot, not other bots.
+  auto blocked = Send(client, 4);
+  ASSERT_TRUE(blocked);
+  EXPECT_EQ(blocked->status, 429);
+  EXPECT_EQ(RetryAfter(blocked), 1);
+  EXPECT_EQ(Send(client, 4, "OTHER")->status, 200);
+
+  // Once it has passed, the bucket has refilled (the refusals took nothing).
+  absl::SleepFor(limited_at + absl::Milliseconds(1100) - absl::Now());
+  EXPECT_EQ(Send(client, 3)->status, 200);
+  EXPECT_EQ(Send(client, 4)->status, 200);
+
+  RateLimited counts = fake.rate_limited();
+  EXPECT_EQ(counts.bot, 1);
+  EXPECT_EQ(counts.blocked, 1);
+  EXPECT_EQ(counts.total(), 2);
+  EXPECT_EQ(fake.accepted(), 5);
+  EXPECT_EQ(fake.MessagesTo("3").size(), 1u);
+  auto stats = json::parse(client.Get("/control/stats")->body);
+  EXPECT_EQ(stats["accepted"], 5);
+  EXPECT_EQ(stats["rate_limited"]["bot"], 1);
+  EXPECT_EQ(stats["rate_limited"]["blocked"], 1);
+  EXPECT_EQ(stats["rate_limited"]["total"], 2);
+  EXPECT_EQ(stats["requests"], 7);
+}
+
+TEST(FakeTelegramProfile, APrivateChatTakesABurstOfThreeThen429) {
+  FakeTelegram fake(Limited(Profile::Telegram()));  // 1/s per chat, burst 3
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  client.set_read_timeout(5);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Send(client, 7)->status, 200) << i;
+  auto limited = Send(client, 7);
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429);
+  EXPECT_EQ(RetryAfter(limited), 1);
+  EXPECT_EQ(fake.rate_limited().chat, 1);
+  EXPECT_EQ(Send(client, 8)->status, 429) << "the whole bot waits";
+  EXPECT_EQ(fake.rate_limited().blocked, 1);
+  EXPECT_EQ(fake.MessagesTo("7").size(), 3u);
+}
+
+TEST(FakeTelegramProfile, GroupsAndChannelsTakeTwentyPerMinuteWithABurstOfFive) {
+  Profile profile;
+  profile.group_per_minute = 20;  // one token per 3 s
+  profile.group_burst = 5;
+  profile.chat_per_second = 1;
+  profile.chat_burst = 3;
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(Send(client, -100123, "A")->status, 200) << i;
+  auto limited = Send(client, -100123, "A");
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429);
+  EXPECT_GE(RetryAfter(limited), 1);
+  EXPECT_LE(RetryAfter(limited), 3);
+  // "@name" is a channel: the group bucket, not the private chat's burst of 3 (another bot, so
+  // that A's flood wait does not apply).
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(Send(client, "@chan", "B")->status, 200) << i;
+  EXPECT_EQ(Send(client, "@chan", "B")->status, 429);
+  EXPECT_EQ(fake.rate_limited().group, 2);
+  EXPECT_EQ(fake.rate_limited().chat, 0);
+}
+
+TEST(FakeTelegramProfile, PaidBroadcastUsesItsOwnBotBucket) {
+  Profile profile;
+  profile.bot_per_second = 1;
+  profile.bot_burst = 1;
+  profile.paid_bot_per_second = 1;
+  profile.paid_bot_burst = 2;
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  EXPECT_EQ(Send(client, 1)->status, 200);  // the ordinary bucket is empty now
+  EXPECT_EQ(Send(client, 2, "T", /*paid=*/true)->status, 200);
+  auto form = client.Post("/botT/sendMessage", "chat_id=3&text=x&allow_paid_broadcast=true",
+                          "application/x-www-form-urlencoded");
+  ASSERT_TRUE(form);
+  EXPECT_EQ(form->status, 200);
+  EXPECT_EQ(Send(client, 4, "T", /*paid=*/true)->status, 429);  // the paid one is empty too
+  EXPECT_EQ(fake.rate_limited().paid_bot, 1);
+
+  auto messages = fake.messages();
+  ASSERT_EQ(messages.size(), 3u);
+  EXPECT_FALSE(messages[0].paid_broadcast);
+  EXPECT_TRUE(messages[1].paid_broadcast);
+  EXPECT_TRUE(messages[2].paid_broadcast);
+
+  // Without the flag, the ordinary bucket (another bot: T is in its flood wait).
+  EXPECT_EQ(Send(client, 1, "U")->status, 200);
+  EXPECT_EQ(Send(client, 2, "U")->status, 429);
+  EXPECT_EQ(fake.rate_limited().bot, 1);
+}
+
+TEST(FakeTelegramProfile, PaidBroadcastStillMeetsThePerChatLimit) {
+  Profile profile = Profile::Telegram();
+  profile.latency_median = absl::ZeroDuration();
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Send(client, 9, "T", /*paid=*/true)->status, 200);
+  EXPECT_EQ(Send(client, 9, "T", /*paid=*/true)->status, 429);
+  EXPECT_EQ(fake.rate_limited().chat, 1);
+}
+
+TEST(FakeTelegramProfile, ASlowAnswerIsDeliveredThoughTheClientGivesUp) {
+  Profile profile;
+  profile.slow_answer_probability = 1;
+  profile.slow_answer_delay = absl::Seconds(3);
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  client.set_read_timeout(1, 0);
+  auto r = Send(client, 5);
+  EXPECT_FALSE(r) << "the client timed out";
+  EXPECT_EQ(fake.MessagesTo("5").size(), 1u);
+  EXPECT_EQ(fake.accepted(), 1);
+  EXPECT_EQ(fake.slow_answers(), 1);
+  EXPECT_EQ(json::parse(ClientFor(fake).Get("/control/stats")->body)["slow_answers"], 1);
+  // Stop() (the destructor) wakes the held-back answer.
+}
+
+TEST(FakeTelegramProfile, TheDefaultIsInstantAndLimitless) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  for (int i = 0; i < 50; ++i) ASSERT_EQ(Send(client, 1)->status, 200) << i;
+  for (int i = 0; i < 10; ++i) ASSERT_EQ(Send(client, -1)->status, 200) << i;
+  EXPECT_EQ(fake.accepted(), 60);
+  EXPECT_EQ(fake.rate_limited().total(), 0);
+  EXPECT_EQ(fake.slow_answers(), 0);
+}
+
+TEST(FakeTelegramProfile, ResetForgetsBucketsAndFloodWaits) {
+  FakeTelegram fake(Limited(Profile::Telegram()));
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  client.set_read_timeout(5);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(Send(client, 7)->status, 200);
+  EXPECT_EQ(Send(client, 7)->status, 429);
+  ASSERT_EQ(client.Post("/control/reset", "", "application/json")->status, 200);
+  EXPECT_EQ(Send(client, 7)->status, 200);
+  EXPECT_EQ(fake.rate_limited().total(), 0);
+}
+
+TEST(FakeTelegramServer, ServesHundredsOfSlowRequestsAtOnce) {
+  Profile profile;
+  profile.latency_median = absl::Seconds(1);
+  FakeTelegram fake(Limited(profile));
+  ASSERT_TRUE(fake.Start().ok());
+  constexpr int kClients = 300;
+  std::vector<int> status(kClients, 0);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      httplib::Client client = ClientFor(fake);
+      client.set_connection_timeout(10);
+      client.set_read_timeout(10);
+      if (auto r = Send(client, i + 1)) status[i] = r->status;
+    });
+  }
+  for (std::thread& t : clients) t.join();
+  for (int i = 0; i < kClients; ++i) EXPECT_EQ(status[i], 200) << i;
+  EXPECT_EQ(fake.accepted(), kClients);
+  // Sleeping handlers do not wait for each other (serialized, the peak would be 1).
+  EXPECT_GE(fake.peak_in_flight(), kClients / 2);
+}
+
+TEST(FakeTelegramServer, KeepsAConnectionAliveForManyRequests) {
+  FakeTelegram fake({});
+  ASSERT_TRUE(fake.Start().ok());
+  httplib::Client client = ClientFor(fake);
+  client.set_keep_alive(true);
+  for (int i = 0; i < 20; ++i) {
+    auto r = Send(client, 1);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    // cpp-httplib's default closes a connection after 5 requests.
+    EXPECT_NE(r->get_header_value("Connection"), "close") << i;
+  }
+}
+
+TEST(FakeTelegramBinary, TelegramProfileLimitsAndDelays) {
+  int port = FreePort();
+  ChildProcess fake(BinaryPath("fake-telegram"),
+                    {absl::StrCat("--port=", port), "--profile=telegram", "--chat-burst=1",
+                     "--latency-median=150ms", "--latency-spread=0", "--latency-max=150ms",
+                     "--slow-answer-probability=0"},
+                    {});
+  httplib::Client client("127.0.0.1", port);
+  ASSERT_TRUE(WaitUntil([&] { return static_cast<bool>(client.Get("/control/stats")); },
+                        absl::Seconds(10)))
+      << fake.ReadLog();
+  absl::Time start = absl::Now();
+  EXPECT_EQ(Send(client, 5)->status, 200);
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(140));
+  auto limited = Send(client, 5);
+  ASSERT_TRUE(limited);
+  EXPECT_EQ(limited->status, 429);
+  EXPECT_EQ(RetryAfter(limited), 1);
+  json stats = json::parse(client.Get("/control/stats")->body);
+  EXPECT_EQ(stats["accepted"], 1);
+  EXPECT_EQ(stats["rate_limited"]["chat"], 1);
+  EXPECT_EQ(stats["slow_answers"], 0);
+  int status = fake.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+TEST(FakeTelegramBinary, InstantProfileHasNoLimits) {
+  int port = FreePort();
+  ChildProcess fake(BinaryPath("fake-telegram"),
+                    {absl::StrCat("--port=", port), "--profile=instant"}, {});
+  httplib::Client client("127.0.0.1", port);
+  ASSERT_TRUE(WaitUntil([&] { return static_cast<bool>(client.Get("/control/stats")); },
+                        absl::Seconds(10)))
+      << fake.ReadLog();
+  for (int i = 0; i < 10; ++i) EXPECT_EQ(Send(client, 5)->status, 200) << i;
+  EXPECT_EQ(json::parse(client.Get("/control/stats")->body)["rate_limited"]["total"], 0);
+  int status = fake.Stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
 }
 
 }  // namespace
