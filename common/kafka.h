@@ -89,6 +89,8 @@ class Producer {
   absl::Status Flush(absl::Duration timeout);
   // A fatal error (e.g. the idempotent producer lost its sequence); OK when none.
   absl::Status FatalError();
+  // The librdkafka handle, for what this wrapper does not offer (tests inject fatal errors).
+  RdKafka::Producer& handle() { return *producer_; }
 
  private:
   explicit Producer(std::unique_ptr<RdKafka::Producer> producer);

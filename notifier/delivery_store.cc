@@ -43,6 +43,12 @@ CREATE TABLE notification.telegram_updates (
 );
 INSERT INTO notification.telegram_updates (next_update_id) VALUES (0);
 )sql"},
+      {3, "dead_lettered_attempt", R"sql(
+-- The attempt number of the dead letter the DLQ acknowledged for this event's last failure:
+-- a redelivery of the same record (a rebalance before its offset was committed) is then a
+-- duplicate; only the retry-worker's re-publish (a higher attempt) sends again.
+ALTER TABLE notification.deliveries ADD COLUMN dead_lettered_attempt int;
+)sql"},
   };
   return kMigrations;
 }
@@ -92,11 +98,13 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
     result = BeginResult();
     // Seen before. The row lock orders us after any other instance working on it.
     pqxx::row row = tx.exec_params1(
-        "SELECT state, attempts FROM notification.deliveries WHERE event_id = $1::uuid FOR UPDATE",
+        "SELECT state, attempts, coalesce(dead_lettered_attempt, 0) FROM notification.deliveries "
+        "WHERE event_id = $1::uuid FOR UPDATE",
         event_id);
     std::string state = row[0].as<std::string>();
     int attempts = row[1].as<int>();
-    if (state == "SENT" || state == "UNDELIVERABLE") {
+    bool dead_lettered = state == "FAILED" && incoming_attempt <= row[2].as<int>();
+    if (state == "SENT" || state == "UNDELIVERABLE" || dead_lettered) {
       result.action = BeginResult::Action::kDuplicate;
       result.attempts = attempts;
       return absl::OkStatus();
@@ -149,6 +157,13 @@ absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::s
                 "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, "
                 "uncertain = uncertain OR $3, updated_at = now() WHERE event_id = $1::uuid",
                 event_id, error, possibly_delivered);
+}
+
+absl::Status DeliveryStore::MarkDeadLettered(const std::string& event_id, int attempt) {
+  return Update(pool_,
+                "UPDATE notification.deliveries SET dead_lettered_attempt = $2, "
+                "updated_at = now() WHERE event_id = $1::uuid AND state = 'FAILED'",
+                event_id, attempt);
 }
 
 absl::Status DeliveryStore::MarkSentUncertain(const std::string& event_id,

@@ -4,6 +4,8 @@
 //   (none) --Begin--> SENDING --MarkSent--> SENT
 //                        |  \--MarkUndeliverable--> UNDELIVERABLE (no chat takes it; final)
 //                        |  \--MarkFailed--> FAILED --Begin (a retry)--> SENDING
+//                        |                      \--MarkDeadLettered: a redelivery of the same
+//                        |                         attempt is a duplicate
 //                        |  \--MarkSentUncertain--> SENT (outcome unknown, skip policy)
 //                        |  \--Release--> FAILED, this send not counted (never went out)
 //                        \--Begin again (found SENDING: we died mid-send, or its outcome is
@@ -50,7 +52,7 @@ bool ParseUncertainPolicy(const std::string& name, UncertainPolicy* policy);
 struct BeginResult {
   enum class Action {
     kSend,       // SENDING is committed: send now, then MarkSent / MarkFailed
-    kDuplicate,  // already SENT or UNDELIVERABLE: skip
+    kDuplicate,  // already SENT or UNDELIVERABLE, or FAILED and dead-lettered: skip
     kSkip,       // uncertain and the policy is skip: now SENT, do not send
   };
   Action action = Action::kSend;
@@ -77,6 +79,9 @@ class DeliveryStore {
   // `possibly_delivered`: the send's outcome is unknown (sets `uncertain`).
   absl::Status MarkFailed(const std::string& event_id, const std::string& error,
                           bool possibly_delivered = false);
+  // The DLQ acknowledged the dead letter of this FAILED delivery, numbered `attempt`: until a
+  // record with a higher attempt arrives (the retry-worker's), Begin takes it as a duplicate.
+  absl::Status MarkDeadLettered(const std::string& event_id, int attempt);
   // The send's outcome is unknown and UNCERTAIN_POLICY=skip: SENT, uncertain, never resent.
   absl::Status MarkSentUncertain(const std::string& event_id, const std::string& error);
   // Begin was committed but nothing was sent (stopping during a 429 pause): FAILED, and the

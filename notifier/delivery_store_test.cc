@@ -81,6 +81,51 @@ TEST_F(DeliveryStoreTest, FailedMaySendAgain) {
   EXPECT_EQ(State(), "SENDING/2/false");
 }
 
+// A send that failed for sure, whose FAILED mark could not be written (stopping with Postgres
+// down), went to the DLQ with attempt 1; the retry-worker re-publishes it as attempt 2. Under
+// the skip policy it must be sent, not taken as delivered.
+TEST_F(DeliveryStoreTest, InFlightButDeadLetteredIsARetryEvenWithSkipPolicy) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kSkip).ok());  // SENDING, attempt 1
+  auto retry = store_.Begin(kId, UncertainPolicy::kSkip, /*incoming_attempt=*/2);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->action, BeginResult::Action::kSend);
+  EXPECT_FALSE(retry->uncertain);
+  EXPECT_EQ(retry->attempts, 2);
+  EXPECT_EQ(State(), "SENDING/2/false");
+}
+
+TEST_F(DeliveryStoreTest, UnknownOutcomeMarksTheRowUncertain) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: timeout", /*possibly_delivered=*/true).ok());
+  EXPECT_EQ(State(), "FAILED/1/true");
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.MarkSentUncertain(kId, "telegram: timeout").ok());
+  EXPECT_EQ(State(), "SENT/2/true");
+}
+
+TEST_F(DeliveryStoreTest, ReleaseUndoesABeginThatSentNothing) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.Release(kId, "not sent: stopped during a 429 pause").ok());
+  auto again = store_.Begin(kId, UncertainPolicy::kSkip);
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->action, BeginResult::Action::kSend);
+  EXPECT_FALSE(again->uncertain);
+  EXPECT_EQ(State(), "SENDING/1/false");
+}
+
+TEST_F(DeliveryStoreTest, ARedeliveryOfADeadLetteredFailureIsADuplicate) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: HTTP 502").ok());
+  ASSERT_TRUE(store_.MarkDeadLettered(kId, 1).ok());
+  // The same record again (its offset was not committed before a rebalance).
+  EXPECT_EQ(store_.Begin(kId, UncertainPolicy::kResend)->action, BeginResult::Action::kDuplicate);
+  // The retry-worker's re-publish, attempt 2, sends.
+  auto retry = store_.Begin(kId, UncertainPolicy::kResend, 2);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->action, BeginResult::Action::kSend);
+  EXPECT_EQ(retry->attempts, 2);
+}
+
 TEST(IsUuid, CanonicalFormOnly) {
   EXPECT_TRUE(IsUuid(kId));
   EXPECT_TRUE(IsUuid("0B5F2A52-6F5B-4C4E-9A53-1B2F7F0F6A11"));

@@ -72,6 +72,11 @@ bool RetryUntilOk(const std::string& what, const std::function<absl::Status()>& 
   }
 }
 
+// 1 / interval; 0 (unpaced) for a zero interval.
+double PerSecond(absl::Duration interval) {
+  return interval > absl::ZeroDuration() ? 1 / absl::ToDoubleSeconds(interval) : 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -139,24 +144,28 @@ int main(int argc, char** argv) {
   o.telegram.paid_broadcast =
       s.Bool("TELEGRAM_PAID_BROADCAST", false,
              "Send with allow_paid_broadcast (paid per message in Stars) at TELEGRAM_PAID_RATE");
-  int64_t bot_rate = s.Int("TELEGRAM_RATE", 30, 1, 1000, "Messages per second across chats");
-  int64_t paid_rate = s.Int("TELEGRAM_PAID_RATE", 1000, 1, 1000,
+  int64_t bot_rate = s.Int("TELEGRAM_RATE", 30, 0, 1000000,
+                           "Messages per second across chats; 0: unpaced (a stand-in without "
+                           "limits)");
+  int64_t paid_rate = s.Int("TELEGRAM_PAID_RATE", 1000, 0, 1000000,
                             "Messages per second across chats with TELEGRAM_PAID_BROADCAST");
   o.notifier.pacing.bot_rate =
       static_cast<double>(o.telegram.paid_broadcast ? paid_rate : bot_rate);
   o.notifier.pacing.bot_burst = static_cast<int>(
       s.Int("TELEGRAM_BURST", 5, 1, 1000, "Messages at once across chats after a quiet spell"));
   absl::Duration chat_interval =
-      s.Duration("TELEGRAM_CHAT_INTERVAL", absl::Seconds(1), absl::Milliseconds(10),
-                 absl::Minutes(10), "Least time between messages to one private chat, on average");
-  o.notifier.pacing.chat_rate = 1 / absl::ToDoubleSeconds(chat_interval);
+      s.Duration("TELEGRAM_CHAT_INTERVAL", absl::Seconds(1), absl::ZeroDuration(),
+                 absl::Minutes(10),
+                 "Least time between messages to one private chat, on average; 0: unpaced");
+  o.notifier.pacing.chat_rate = PerSecond(chat_interval);
   o.notifier.pacing.chat_burst = static_cast<int>(
       s.Int("TELEGRAM_CHAT_BURST", 2, 1, 100, "Messages at once to one private chat"));
   absl::Duration group_interval =
-      s.Duration("TELEGRAM_GROUP_INTERVAL", absl::Seconds(3), absl::Milliseconds(10),
+      s.Duration("TELEGRAM_GROUP_INTERVAL", absl::Seconds(3), absl::ZeroDuration(),
                  absl::Minutes(10),
-                 "Least time between messages to one group or channel, on average (3s: 20/min)");
-  o.notifier.pacing.group_rate = 1 / absl::ToDoubleSeconds(group_interval);
+                 "Least time between messages to one group or channel, on average (3s: "
+                 "20/min); 0: unpaced");
+  o.notifier.pacing.group_rate = PerSecond(group_interval);
   o.notifier.pacing.group_burst = static_cast<int>(
       s.Int("TELEGRAM_GROUP_BURST", 3, 1, 100, "Messages at once to one group or channel"));
   o.time_zone = s.String("NOTIFY_TIME_ZONE", "Asia/Seoul", "Time zone of times in the message");

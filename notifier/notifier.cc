@@ -243,7 +243,7 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
   switch (begin->action) {
     case BeginResult::Action::kDuplicate:
       duplicates_.Increment();
-      log::Info("duplicate skipped: already sent",
+      log::Info("duplicate skipped: already sent, undeliverable or dead-lettered",
                 {{"event_id", event_id}, {"partition", message.partition()},
                  {"offset", message.offset()}, {"attempt", attempt}});
       return Outcome::kDone;
@@ -340,11 +340,20 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
   // The attempt is our own send count, so that the retry-worker's row and this delivery record
   // agree (a resend after a crash is a send); the incoming number is a floor for an event this
   // database has no record of.
-  return ToDlq(message, {.event_id = event_id,
-                         .error_class = result.error_class,
-                         .error = result.message,
-                         .attempt = std::max(attempt, begin->attempts),
-                         .possibly_delivered = begin->uncertain || result.possibly_delivered});
+  int dead_letter_attempt = std::max(attempt, begin->attempts);
+  Outcome outcome =
+      ToDlq(message, {.event_id = event_id,
+                      .error_class = result.error_class,
+                      .error = result.message,
+                      .attempt = dead_letter_attempt,
+                      .possibly_delivered = begin->uncertain || result.possibly_delivered});
+  // Best effort: unwritten, a redelivery of this record (a rebalance before its offset was
+  // committed) sends once more instead of being skipped.
+  if (outcome == Outcome::kDone && marked) {
+    Persist([&] { return store_.MarkDeadLettered(event_id, dead_letter_attempt); },
+            "recording the dead letter", event_id);
+  }
+  return outcome;
 }
 
 bool Notifier::Complete(const Job& job) {
@@ -478,12 +487,17 @@ void Notifier::CommitDone(const std::vector<int32_t>* only_partitions) {
   RdKafka::TopicPartition::destroy(offsets);
 }
 
+void Notifier::Cancel(Assignment& assignment) {
+  // Only this thread notifies; at stop, the revoke that closing brings comes second.
+  if (!assignment.cancelled.HasBeenNotified()) assignment.cancelled.Notify();
+}
+
 void Notifier::Revoke(const std::vector<int32_t>& partitions) {
   std::vector<std::shared_ptr<Assignment>> revoked;
   for (int32_t id : partitions) {
     auto it = partitions_.find(id);
     if (it == partitions_.end()) continue;
-    it->second.assignment->cancelled.Notify();  // unstarted records are dropped
+    Cancel(*it->second.assignment);  // unstarted records are dropped
     revoked.push_back(it->second.assignment);
   }
   // Records already being sent finish here, so the next owner does not find them in flight.
@@ -599,7 +613,7 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
     if (absl::Now() - last_commit_ >= options_.commit_interval) CommitDone(nullptr);
   }
   log::Info("stopping: finishing the records being sent, committing, leaving the group");
-  for (auto& [partition, state] : partitions_) state.assignment->cancelled.Notify();
+  for (auto& [partition, state] : partitions_) Cancel(*state.assignment);
   {
     std::lock_guard lock(mu_);
     stopping_ = true;

@@ -167,6 +167,7 @@ class Notifier {
   void FlowControl();
   void CommitDone(const std::vector<int32_t>* only_partitions);
   void Revoke(const std::vector<int32_t>& partitions);
+  static void Cancel(Assignment& assignment);
   void CheckHealth(bool force);
   void ReportHealth();
   void UpdateGauges();

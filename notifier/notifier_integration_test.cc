@@ -417,6 +417,151 @@ TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
   EXPECT_EQ(CountRows("state = 'FAILED'"), 1);
 }
 
+// Headers that name another event or encoding make a record poison, however well its payload
+// happens to parse; so does a payload without the fields a message needs.
+TEST_F(NotifierTest, ForeignOrIncompleteRecordsArePoisonNotMessages) {
+  int port = concert::testing::FreePort();
+  auto on_p0 = [](kafka::Record r) {
+    r.partition = 0;
+    r.key = "2002";
+    return r;
+  };
+  PaymentCompleted refund = MakeEvent(1), json = MakeEvent(2), good = MakeEvent(3);
+  kafka::Record other_type = on_p0(RecordFor(refund));
+  other_type.headers[1].second = "PaymentRefunded";
+  kafka::Record other_encoding = on_p0(RecordFor(json));
+  other_encoding.headers[2].second = "application/json";
+  PaymentCompleted empty;
+  empty.set_event_id(RandomUuid());
+  Produce(other_type);
+  Produce(other_encoding);
+  Produce(on_p0({.topic = topic_, .value = empty.SerializeAsString()}));
+  Produce(on_p0(RecordFor(good)));
+  auto notifier = StartNotifier(port);
+
+  std::vector<DlqRecord> dlq = ReadDlq(3, absl::Seconds(60));
+  ASSERT_EQ(dlq.size(), 3u) << notifier->log_path();
+  for (const DlqRecord& r : dlq) EXPECT_EQ(r.Header(kafka::dlq::kErrorClass), "poison");
+  EXPECT_TRUE(absl::StrContains(dlq[0].Header(kafka::dlq::kErrorMessage), "PaymentRefunded"));
+  EXPECT_TRUE(absl::StrContains(dlq[1].Header(kafka::dlq::kErrorMessage), "application/json"));
+  EXPECT_TRUE(absl::StrContains(dlq[2].Header(kafka::dlq::kErrorMessage), "reservation_id"));
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(30)));
+  EXPECT_EQ(fake_.messages()[0].text, FormatPaymentMessage(good, Seoul(), MessageLocale::kKorean));
+  EXPECT_TRUE(WaitUntil([&] { return CommittedOffset(0) == 4; }, absl::Seconds(20)));
+}
+
+// A record the DLQ producer cannot take (over its 1 MB message.max.bytes) is set aside by
+// reference, and the records behind it go on.
+TEST_F(NotifierTest, ARecordTooLargeForTheDlqIsSetAsideByReference) {
+  int port = concert::testing::FreePort();
+  kafka::Record huge{.topic = topic_, .partition = 1, .key = "3003",
+                     .value = std::string(1100 * 1000, 'x')};
+  {
+    kafka::Config config = kafka::ProducerConfig(bootstrap_, "big");
+    config["message.max.bytes"] = "2000000";
+    auto big = kafka::Producer::Create(config);
+    ASSERT_TRUE(big.ok());
+    ASSERT_TRUE((*big)->ProduceAndWait(huge, absl::Seconds(30)).ok());
+  }
+  PaymentCompleted good = MakeEvent(4);
+  kafka::Record after = RecordFor(good);
+  after.partition = 1;
+  after.key = "3003";
+  Produce(after);
+  auto notifier = StartNotifier(port);
+
+  std::vector<DlqRecord> dlq = ReadDlq(1, absl::Seconds(60));
+  ASSERT_EQ(dlq.size(), 1u) << notifier->log_path();
+  EXPECT_TRUE(dlq[0].value.empty());
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kErrorClass), "poison");
+  EXPECT_EQ(dlq[0].Header("kafka_dlt-original-value-bytes"), "1100000");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kOriginalOffset), "0");
+  EXPECT_TRUE(absl::StrContains(dlq[0].Header(kafka::dlq::kErrorMessage), "too large"));
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(30)))
+      << notifier->log_path();
+  EXPECT_TRUE(WaitUntil([&] { return CommittedOffset(1) == 2; }, absl::Seconds(20)));
+}
+
+// A request that went out and timed out may be in the chat: it is counted and marked uncertain
+// before anything sends it again, and its dead letter says so. Never resent in process.
+TEST_F(NotifierTest, ATimedOutSendIsCountedUncertainAndNotResentInProcess) {
+  int port = concert::testing::FreePort();
+  fake_.SetFault({.mode = FaultMode::kStall, .count = 1, .stall = absl::Seconds(3)});
+  auto env = Env(port);
+  env["TELEGRAM_TIMEOUT"] = "1s";
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  PaymentCompleted e = MakeEvent(5);
+  Produce(RecordFor(e));
+
+  std::vector<DlqRecord> dlq = ReadDlq(1, absl::Seconds(60));
+  ASSERT_EQ(dlq.size(), 1u) << notifier.log_path();
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kErrorClass), "timeout");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kPossiblyDelivered), "true");
+  EXPECT_EQ(Metric(port, "notifier_uncertain_total"), 1);
+  EXPECT_EQ(CountRows("uncertain AND state = 'FAILED'"), 1);
+  // The stalled request lands; nothing else was sent.
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(10)));
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_EQ(fake_.requests(), 1);
+}
+
+// With UNCERTAIN_POLICY=skip the same doubt ends the delivery: SENT (uncertain), no resend.
+TEST_F(NotifierTest, ATimedOutSendUnderSkipPolicyIsNeverResent) {
+  int port = concert::testing::FreePort();
+  fake_.SetFault({.mode = FaultMode::kStall, .count = 1, .stall = absl::Seconds(3)});
+  auto env = Env(port);
+  env["TELEGRAM_TIMEOUT"] = "1s";
+  env["UNCERTAIN_POLICY"] = "skip";
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  Produce(RecordFor(MakeEvent(6)));
+  ASSERT_TRUE(WaitUntil([&] { return CountRows("uncertain AND state = 'SENT'") == 1; },
+                        absl::Seconds(60)))
+      << notifier.log_path();
+  EXPECT_EQ(Metric(port, "notifier_uncertain_total"), 1);
+  EXPECT_TRUE(ReadDlq(1, absl::Seconds(3)).empty());
+  EXPECT_EQ(fake_.requests(), 1);
+}
+
+// Against a Telegram with its real latency and limits: many sends in flight across
+// reservations, each reservation's messages in order, and pacing keeps the limits (no 429).
+TEST_F(NotifierTest, ConcurrentSendsKeepEachReservationInOrderAndTelegramsLimits) {
+  FakeTelegram::Options options;
+  options.profile = concert::testing::Profile::Telegram();
+  FakeTelegram telegram(options);
+  ASSERT_TRUE(telegram.Start().ok());
+  constexpr int kReservations = 12, kPerReservation = 4;
+  std::vector<kafka::Record> records;
+  std::vector<std::vector<std::string>> texts(kReservations);
+  for (int n = 0; n < kPerReservation; ++n) {
+    for (int r = 0; r < kReservations; ++r) {
+      PaymentCompleted e = MakeEvent(r * 10 + n);
+      e.set_reservation_id(9000 + r);
+      // A chat per reservation: its messages are paced at 1/s, the others go meanwhile.
+      e.set_telegram_chat_id(500 + r);
+      texts[r].push_back(FormatPaymentMessage(e, Seoul(), MessageLocale::kKorean));
+      records.push_back(RecordFor(e));
+    }
+  }
+  auto env = Env(concert::testing::FreePort());
+  env["TELEGRAM_API_BASE"] = telegram.base_url();
+  env.erase("TELEGRAM_RATE");
+  env.erase("TELEGRAM_CHAT_INTERVAL");
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  for (auto& r : records) ASSERT_TRUE(producer_->Produce(r, [](const absl::Status&) {}).ok());
+  ASSERT_TRUE(producer_->Flush(absl::Seconds(20)).ok());
+
+  ASSERT_TRUE(WaitUntil([&] { return telegram.messages().size() >= records.size(); },
+                        absl::Seconds(90)))
+      << telegram.messages().size() << " messages; log: " << notifier.log_path();
+  for (int r = 0; r < kReservations; ++r) {
+    std::vector<std::string> got;
+    for (const auto& m : telegram.MessagesTo(std::to_string(500 + r))) got.push_back(m.text);
+    EXPECT_EQ(got, texts[r]) << "reservation " << 9000 + r << " out of order or incomplete";
+  }
+  EXPECT_EQ(telegram.rate_limited().total(), 0) << "pacing let a 429 through";
+  EXPECT_GT(telegram.peak_in_flight(), 1) << "one send at a time";
+}
+
 TEST_F(NotifierTest, WithoutTokenTheLogSenderWritesJsonLines) {
   std::string file = (std::filesystem::temp_directory_path() /
                       concert::testing::UniqueName("notifications") / "out.jsonl")
@@ -465,6 +610,45 @@ TEST_F(NotifierTest, BadConfigurationStopsAtStartNamingTheSetting) {
   // Polling the bot's updates confirms links at payment-server, which needs the shared secret.
   expect_refused({{"TELEGRAM_UPDATES", "poll"}}, "INTERNAL_TOKEN");
   expect_refused({{"TELEGRAM_UPDATES", "sometimes"}}, "TELEGRAM_UPDATES");
+}
+
+// The same tests' tools on a Kafka of its own, which the test stops and starts.
+class NotifierKafkaOutageTest : public NotifierTest {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(kafka_.Start());
+    bootstrap_ = kafka_.bootstrap();
+    NotifierTest::SetUp();
+  }
+  concert::testing::PrivateKafka kafka_;
+};
+
+// A dead letter produced while Kafka is down waits for its one copy's delivery report; it is
+// never queued again beside it (which became duplicate dead letters once Kafka came back).
+TEST_F(NotifierKafkaOutageTest, ADeadLetterWaitsForKafkaAsOneCopy) {
+  // Every answer comes after 4 s and is a 400: Kafka goes down while the send is out.
+  FakeTelegram::Options options;
+  options.profile.latency_median = absl::Seconds(4);
+  FakeTelegram telegram(options);
+  ASSERT_TRUE(telegram.Start().ok());
+  telegram.SetFault({.mode = FaultMode::k400});
+  auto env = Env(concert::testing::FreePort());
+  env["TELEGRAM_API_BASE"] = telegram.base_url();
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  PaymentCompleted e = MakeEvent(7);
+  Produce(RecordFor(e));
+  ASSERT_TRUE(WaitUntil([&] { return telegram.requests() >= 1; }, absl::Seconds(60)))
+      << notifier.log_path();
+  ASSERT_TRUE(kafka_.Stop());
+  // Longer than any wait for one acknowledgement the notifier ever had (10 s), twice over.
+  absl::SleepFor(absl::Seconds(25));
+  ASSERT_TRUE(kafka_.Start());
+
+  std::vector<DlqRecord> dlq = ReadDlq(3, absl::Seconds(30));
+  ASSERT_GE(dlq.size(), 1u) << notifier.log_path();
+  EXPECT_EQ(dlq.size(), 1u) << "duplicate dead letters";
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kErrorClass), "telegram_4xx");
+  EXPECT_EQ(telegram.requests(), 1);
 }
 
 }  // namespace

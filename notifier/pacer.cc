@@ -22,7 +22,8 @@ bool IsGroupChat(const std::string& chat_id) {
 }
 
 Pacer::Bucket Pacer::MakeBucket(double rate, int burst) {
-  absl::Duration interval = absl::Seconds(1.0 / std::max(rate, 1e-6));
+  if (rate <= 0) return {absl::ZeroDuration(), absl::ZeroDuration()};
+  absl::Duration interval = absl::Seconds(1.0 / rate);
   return {interval, interval * std::max(burst - 1, 0)};
 }
 
@@ -32,12 +33,15 @@ Pacer::Pacer(PacingOptions options)
       group_(MakeBucket(options.group_rate, options.group_burst)) {}
 
 absl::Time Pacer::Take(const Bucket& bucket, absl::Time now, absl::Time* tat) {
+  if (bucket.interval == absl::ZeroDuration()) return now;
   absl::Time at = std::max(now, *tat - bucket.tolerance);
   *tat = std::max(*tat, at) + bucket.interval;
   return at;
 }
 
 absl::Time Pacer::ReserveChat(const std::string& chat_id, absl::Time now) {
+  const Bucket& bucket = IsGroupChat(chat_id) ? group_ : chat_;
+  if (bucket.interval == absl::ZeroDuration()) return now;
   std::lock_guard lock(mu_);
   // A bucket whose arrival time has passed is full again: forgetting it changes nothing.
   if (chat_tat_.size() > 10000 && now - last_sweep_ > absl::Seconds(10)) {
@@ -47,7 +51,7 @@ absl::Time Pacer::ReserveChat(const std::string& chat_id, absl::Time now) {
     }
   }
   auto [it, inserted] = chat_tat_.try_emplace(chat_id, absl::InfinitePast());
-  return Take(IsGroupChat(chat_id) ? group_ : chat_, now, &it->second);
+  return Take(bucket, now, &it->second);
 }
 
 absl::Time Pacer::ReserveBot(absl::Time now) {

@@ -29,6 +29,8 @@
 
 namespace concert::notifier {
 
+// A rate of 0 (or less) leaves that bucket out: no pacing of that kind, for a Bot API stand-in
+// without limits.
 struct PacingOptions {
   // Messages per second across all chats, and how many may go at once after a quiet spell.
   double bot_rate = 30;
@@ -70,7 +72,7 @@ class Pacer {
 
  private:
   struct Bucket {
-    absl::Duration interval;  // 1 / rate
+    absl::Duration interval;   // 1 / rate; zero: unlimited
     absl::Duration tolerance;  // (burst - 1) * interval
   };
   static Bucket MakeBucket(double rate, int burst);

@@ -54,6 +54,18 @@ TEST(PacerTest, A429PausesTheBotAndSlotsStartAfterIt) {
   EXPECT_GE(pacer.ReserveBot(kT0 + absl::Seconds(1)), kT0 + absl::Seconds(5));
 }
 
+TEST(PacerTest, ARateOfZeroIsUnpaced) {
+  Pacer pacer({.bot_rate = 0, .chat_rate = 0, .group_rate = 0});
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_EQ(pacer.ReserveBot(kT0), kT0);
+    EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0);
+    EXPECT_EQ(pacer.ReserveChat("-42", kT0), kT0);
+  }
+  // A 429 still pauses everything.
+  pacer.BlockUntil(kT0 + absl::Seconds(3));
+  EXPECT_EQ(pacer.ReserveBot(kT0), kT0 + absl::Seconds(3));
+}
+
 TEST(PacerTest, AcquireEndsAtOnceWhenCancelled) {
   Pacer pacer({.chat_rate = 0.001, .chat_burst = 1});
   absl::Notification stop;

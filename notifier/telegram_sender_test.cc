@@ -172,6 +172,7 @@ TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
         res.set_content(R"({"ok":null})", "application/json");
     }
   });
+  server.set_keep_alive_max_count(1);  // no idle connection for stop() to wait out
   int port = server.bind_to_any_port("127.0.0.1");
   ASSERT_GT(port, 0);
   std::thread thread([&] { server.listen_after_bind(); });
