@@ -215,6 +215,116 @@ def e2e_stage(raw, dists):
     return out
 
 
+# ---------------------------------------------------------------- 5. Telegram limits
+CASES = {  # name: (what it is, how its goal reads)
+    "a": ("a. 30/s over many chats", "≥ 95% of 30/s, 429s ≤ 1% of requests, 0 parked"),
+    "b": ("b. paid broadcast 1,000/s", "≥ 90% of 1,000/s"),
+    "c": ("c. no latency, no limits (= 3a)", "≥ 5,000/s, dedup re-sends nothing"),
+    "d": ("d. payment spike, drain at 30/s", "no payment error, DLQ 0, 0 parked, drain ≥ 90% of 30/s"),
+    "e": ("e. every message to one chat", "≥ 90% of 1/s, 429s ≤ 1"),
+}
+
+
+def case_messages(raw, name, phase):
+    """Accepted messages of the case's own reservations: (reservation, chat, accepted ms)."""
+    out = []
+    path = os.path.join(raw, f"limits-{name}.jsonl")
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
+            if rid and int(rid.group(1)) // 100000000 == phase:
+                out.append((int(rid.group(1)), str(m.get("chat_id")),
+                            int(m.get("accepted_at_ms") or m["received_at_ms"])))
+    return out
+
+
+def pacing_waits(raw, name):
+    """notifier_pacing_wait_seconds_total by scope, seconds."""
+    waits = {}
+    for line in (read(raw, f"limits-{name}-metrics.txt", "") or "").splitlines():
+        m = re.match(r'notifier_pacing_wait_seconds_total\{scope="(\w+)"\}\s+([0-9.eE+-]+)', line)
+        if m:
+            waits[m.group(1)] = round(float(m.group(2)), 1)
+    return waits
+
+
+def limits_case(raw, name):
+    info = {k: v for k, v in lines(raw, f"limits-{name}.txt")} if read(raw, f"limits-{name}.txt") else None
+    if not info or "limit" not in info:
+        return None
+    limit, payments, phase = float(info["limit"]), int(info["payments"]), int(info["phase"])
+    msgs = case_messages(raw, name, phase)
+    times = sorted(t for _, _, t in msgs)
+    stats = json.loads(read(raw, f"limits-{name}-stats.json", "{}") or "{}")
+    requests = stats.get("requests")
+    r429 = (stats.get("rate_limited") or {}).get("total")
+    row = {
+        "case": name, "limit_per_s": limit, "payments": payments, "delivered": len(msgs),
+        "delivered_distinct": len(set(r for r, _, _ in msgs)), "chats": len(set(c for _, c, _ in msgs)),
+        "requests": requests, "rate_limited": r429, "rate_limited_by": stats.get("rate_limited"),
+        "slow_answers": stats.get("slow_answers"), "peak_in_flight": stats.get("peak_in_flight"),
+        "dlq": int(info.get("dlq", 0)), "parked": int(info.get("parked", 0)),
+        "dead_lettered": int(info.get("dead_lettered", 0)), "pacing_wait_s": pacing_waits(raw, name),
+    }
+    start = int(info.get("start_ms", 0))
+    if name == "d":
+        ours, _ = ghz_summary(os.path.join(raw, "limits-d-ghz-0.json"))
+        paid = int(info.get("paid_ms", 0))
+        row.update({"payment_rps": ours["rps"], "payment_errors": ours["errors"],
+                    "payment_error_kinds": ours["error_kinds"]})
+        if times:
+            drain = (times[-1] - start) / 1000.0
+            row.update({"drain_s": round(drain, 1), "ideal_drain_s": round(payments / limit, 1),
+                        "after_payments_s": round((times[-1] - paid) / 1000.0, 1) if paid else None,
+                        "rate": round(len(msgs) / drain, 2) if drain > 0 else None})
+    elif len(times) > 1:
+        span = (times[-1] - times[0]) / 1000.0
+        row.update({"rate": round((len(times) - 1) / span, 2) if span > 0 else None,
+                    "span_s": round(span, 1),
+                    "rate_from_start": round(len(times) / ((times[-1] - start) / 1000.0), 2)
+                    if start and times[-1] > start else None})
+    row["ratio"] = round(row["rate"] / limit, 3) if row.get("rate") else None
+    share = r429 / requests if requests else None
+    all_in = row["delivered_distinct"] >= payments
+    ratio = row["ratio"] or 0
+    if name == "a":
+        met = ratio >= 0.95 and share is not None and share <= 0.01 and row["parked"] == 0 and all_in
+    elif name == "b":
+        met = ratio >= 0.90 and all_in
+    elif name == "d":
+        met = (row.get("payment_errors") == 0 and row["dlq"] == 0 and row["parked"] == 0
+               and all_in and ratio >= 0.90)
+    else:
+        met = ratio >= 0.90 and r429 is not None and r429 <= 1 and all_in
+    row["goal_met"] = met
+    return row
+
+
+def limits_stage(raw, e2e):
+    rows = []
+    for name in "abcde":
+        if name == "c":
+            nb, nr = e2e.get("notifier_backlog"), e2e.get("notifier_replay_dedup")
+            if nb:
+                rows.append({"case": "c", "limit_per_s": None, "payments": nb["events"],
+                             "delivered": nb["delivered"], "rate": nb["rps"], "ratio": None,
+                             "rate_limited": 0, "parked": None,
+                             "resent_on_replay": nr and nr["resent"],
+                             "goal_met": nb["rps"] >= 5000 and nb["duplicates_delivered"] == 0
+                             and bool(nr) and nr["resent"] == 0})
+            continue
+        row = limits_case(raw, name)
+        if row:
+            rows.append(row)
+    return rows
+
+
 def memory(raw):
     out = {}
     for name, phase, rss, hwm in lines(raw, "memory.txt"):
@@ -294,6 +404,31 @@ def markdown(r):
           "|---|---:|---:|"]
     for name, v in sorted(r["memory"].items()):
         m.append(f"| {name} | {fmt(v['idle_rss_mb'])} | {fmt(v['peak_hwm_mb'])} |")
+    if r.get("telegram_limits"):
+        m += ["", "## 5. Telegram limits (fake-telegram --profile=telegram, slow answers off)", "",
+              "Ours is the delivery rate at the fake Telegram (first to last message of a backlog; "
+              "for d, from the first payment to the last message), the limit the rate the notifier "
+              "is held to.", "",
+              "| case | ours msgs/s | limit /s | ours/limit | 429s (of requests) | parked | goal met | detail |",
+              "|---|---:|---:|---:|---:|---:|---|---|"]
+        for x in r["telegram_limits"]:
+            what, goal = CASES[x["case"]]
+            r429 = f"{x['rate_limited']} ({x['requests']:,})" if x.get("requests") else fmt(x.get("rate_limited"))
+            if x["case"] == "c":
+                detail = f"{x['delivered']:,} of {x['payments']:,}; replay re-sent {fmt(x.get('resent_on_replay'))}"
+            else:
+                detail = (f"{x['delivered_distinct']:,} of {x['payments']:,} to {x['chats']:,} chats; "
+                          f"DLQ {x['dlq']}; pacing waits (s, summed over sends): "
+                          + (", ".join(f"{k} {v:,.0f}" for k, v in sorted(x["pacing_wait_s"].items())) or "–"))
+                if x["case"] == "d":
+                    detail += (f"; payments {fmt(x.get('payment_rps'))}/s, {x.get('payment_errors')} errors; "
+                               f"drain {fmt(x.get('drain_s'))} s vs ideal {fmt(x.get('ideal_drain_s'))} s "
+                               f"({fmt(x.get('after_payments_s'))} s after the last payment)")
+            m.append(f"| {what} | {fmt(x.get('rate'))} | {fmt(x['limit_per_s'])} | {fmt(x.get('ratio'))} | "
+                     f"{r429} | {fmt(x.get('parked'))} | {'yes' if x['goal_met'] else 'no'} ({goal}) | {detail} |")
+        if r.get("profile"):
+            m += ["", "Notifier profile at its highest unlimited rate (perf, top entries):", "", "```",
+                  r["profile"], "```"]
     return "\n".join(m) + "\n"
 
 
@@ -344,6 +479,8 @@ def main():
     r["payconcert"] = pay_stage(a.raw, dists)
     r["relay"] = relay_stage(a.raw, dists)
     r["end_to_end"] = e2e_stage(a.raw, dists)
+    r["telegram_limits"] = limits_stage(a.raw, r["end_to_end"])
+    r["profile"] = read(a.raw, "profile-top.txt")
     r["memory"] = memory(a.raw)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=2)

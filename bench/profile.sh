@@ -1,19 +1,24 @@
 #!/usr/bin/env bash
 # bench/profile.sh — profiles the notifier (the slowest stage in bench/run.sh) while it works
-# through a backlog: perf stat (CPU used vs wall time, context switches) and perf record -g
-# (where its CPU time goes). Same private Postgres/Kafka setup as run.sh, stopped at the end.
+# through a backlog at its highest unlimited rate (bench/run.sh's case c / 3a: fake-telegram
+# --profile=instant, the notifier unpaced): perf stat (CPU used vs wall time, context switches)
+# and perf record -g (where its CPU time goes). Same private Postgres/Kafka setup as run.sh
+# (do not run both at once: they share .local/bench/), stopped at the end.
 #
-#   BUILD_DIR=build bench/profile.sh        output in .local/bench/profile/
+#   BUILD_DIR=build bench/profile.sh        output in .local/bench/profile/ (top.txt: top entries)
 #
-# Environment: BUILD_DIR (default build), PROFILE_EVENTS (payments queued, default 20000:
-# enough that the notifier is busy for the whole 10 s window).
+# Environment: BUILD_DIR (default build), PROFILE_EVENTS (payments queued, default 40000: enough
+# that the notifier is busy for the whole window at ~5,000/s), PROFILE_SECONDS (window, default 6),
+# PROFILE_SEND_CONCURRENCY (the notifier's SEND_CONCURRENCY, default 64).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 # shellcheck source=../scripts/lib.sh
 . scripts/lib.sh
 BIN=$(realpath -m "${BUILD_DIR:-build}")/bin
-N=${PROFILE_EVENTS:-20000}
+N=${PROFILE_EVENTS:-40000}
+WINDOW=${PROFILE_SECONDS:-6}
+CONCURRENCY=${PROFILE_SEND_CONCURRENCY:-64}
 OUT="$LOCAL/bench/profile"
 command -v perf >/dev/null && perf stat -e instructions true >/dev/null 2>&1 ||
   die "perf is not usable here (try valgrind --tool=callgrind on $BIN/notifier instead)"
@@ -44,35 +49,53 @@ INSERT INTO payment.users (id, name, mail, balance_won) VALUES (1, 'bench', 'ben
 INSERT INTO payment.seats (id, schedule_id, seat_number, price_won) SELECT n, 1, n, 50000 FROM generate_series(1, $N) n;
 INSERT INTO payment.reservations (id, user_id, seat_id, amount_won, status, expires_at)
   SELECT n, 1, n, 50000, 'HELD', now() + interval '1 day' FROM generate_series(1, $N) n;
+ANALYZE payment.reservations;
 EOF
 PAY="127.0.0.1:$(free_port)" SECRET=profile
 "$BIN/payment-server" --database-url="$DB" --grpc-address="$PAY" --metrics-address="127.0.0.1:$(free_port)" \
   --auth-token-secret="$SECRET" --log-level=warn >"$OUT/payment-server.log" 2>&1 & PIDS+=($!)
+RELAY_METRICS="127.0.0.1:$(free_port)"
 "$BIN/outbox-relay" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" --grpc-address="127.0.0.1:$(free_port)" \
-  --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/relay.log" 2>&1 & PIDS+=($!)
+  --metrics-address="$RELAY_METRICS" --log-level=warn >"$OUT/relay.log" 2>&1 & PIDS+=($!)
 wait_for_port 127.0.0.1 "${PAY##*:}" 60 || die "payment-server did not listen"
 sleep 3
 TOKEN=$("$BIN/payment-server" mint-token --user-id=1 --auth-token-secret="$SECRET")
 "$LOCAL/bin/ghz" --insecure --call concert.v1.PaymentService/PayConcert \
-  --data '{"reservation_id":"{{.RequestNumber}}"}' --metadata "{\"authorization\":\"Bearer $TOKEN\"}" \
+  --data '{"reservation_id":"{{add .RequestNumber 1}}"}' --metadata "{\"authorization\":\"Bearer $TOKEN\"}" \
   -c 8 -n "$N" --skipFirst 0 -O summary "$PAY" >"$OUT/ghz.txt" 2>&1 || true
-sleep 5  # the relay publishes the backlog while the notifier is not running yet
+# The relay publishes the backlog while the notifier is not running yet.
+relayed() { curl -s -m 5 "http://$RELAY_METRICS/metrics" | awk '$1 == "relay_events_total" {print int($2)}'; }
+paid=$(/usr/lib/postgresql/15/bin/psql -X -q -t -A "$DB" -c "SELECT count(*) FROM payment.payments")
+caught_up() { local n; n=$(relayed); ((${n:-0} >= paid)); }
+wait_until 300 caught_up || die "the relay published $(relayed) of $paid events"
 TG=$(free_port)
-"$BIN/fake-telegram" --port="$TG" --record="$OUT/telegram.jsonl" >"$OUT/fake.log" 2>&1 & PIDS+=($!)
+"$BIN/fake-telegram" --port="$TG" --record="$OUT/telegram.jsonl" --profile=instant >"$OUT/fake.log" 2>&1 & PIDS+=($!)
 wait_for_port 127.0.0.1 "$TG" 20
 "$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" --telegram-api-base="http://127.0.0.1:$TG" \
   --telegram-bot-token=bench --telegram-chat-id=42 --telegram-updates=off \
+  --telegram-rate=0 --telegram-chat-interval=0 --telegram-group-interval=0 --send-concurrency="$CONCURRENCY" \
   --grpc-address="127.0.0.1:$(free_port)" \
   --metrics-address="127.0.0.1:$(free_port)" --log-level=warn >"$OUT/notifier.log" 2>&1 & NPID=$!; PIDS+=("$NPID")
 wait_until 30 test -s "$OUT/telegram.jsonl" || die "notifier sent nothing"
-# 10 s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.
-perf stat -e task-clock,context-switches,cpu-migrations -p "$NPID" -- sleep 10 2>"$OUT/perf-stat.txt" &
+# WINDOW s of the catch-up: CPU it used vs wall time, and its on-CPU call graph.
+before=$(wc -l <"$OUT/telegram.jsonl")
+perf stat -e task-clock,context-switches,cpu-migrations -p "$NPID" -- sleep "$WINDOW" 2>"$OUT/perf-stat.txt" &
 STAT=$!
-perf record -F 499 -g -p "$NPID" -o "$OUT/perf.data" -- sleep 10 >/dev/null 2>&1
+perf record -F 499 -g -p "$NPID" -o "$OUT/perf.data" -- sleep "$WINDOW" >/dev/null 2>&1
 wait "$STAT"
+echo "$(( ($(wc -l <"$OUT/telegram.jsonl") - before) / WINDOW )) msgs/s during the window" >"$OUT/rate.txt"
 # (-g none: resolving the call graphs takes minutes on this machine.)
 perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso \
   >"$OUT/perf-report.txt" 2>/dev/null
 perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 \
   >>"$OUT/perf-report.txt" 2>/dev/null
-say "notified $(wc -l <"$OUT/telegram.jsonl") of $N; see $OUT/perf-stat.txt and $OUT/perf-report.txt"
+# Top entries: by shared object, then by symbol (self time, samples of every thread).
+{
+  cat "$OUT/rate.txt"
+  awk '/task-clock|context-switches|seconds time elapsed/ {$1 = $1; print}' "$OUT/perf-stat.txt"
+  perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso --percent-limit 2 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -8
+  perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null |
+    grep -v '^#' | grep -v '^$' | head -15
+} >"$OUT/top.txt"
+say "notified $(wc -l <"$OUT/telegram.jsonl") of $N; see $OUT/top.txt, $OUT/perf-stat.txt and $OUT/perf-report.txt"

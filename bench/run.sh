@@ -6,16 +6,25 @@
 #   1. PayConcert   ghz at several concurrency levels  vs  pgbench running the same transaction
 #   2. Relay        outbox rows -> acknowledged Kafka records (backlog + steady rates)
 #                   vs  Kafka's ProducerPerformance (same record size, acks=all, idempotence)
-#   3. End to end   steady payment rates -> notification at the fake Telegram; notifier
-#                   throughput over a backlog and over a replay that dedup must swallow
+#   3. End to end   the pipeline itself, against `fake-telegram --profile=instant` and an unpaced
+#                   notifier: 3a notifier throughput over a backlog and over a replay that dedup
+#                   must swallow; 3b steady payment rates -> notification
 #   4. Memory       idle and peak resident memory of each service
+#   5. Telegram limits   the notifier paced under Telegram's limits, against
+#                   `fake-telegram --profile=telegram --slow-answer-probability=0`, each case
+#                   beside the limit it is held to: a. 30/s over >= 1,000 payers' chats,
+#                   b. paid broadcast 1,000/s over >= 5,000 chats, c. = 3a (no latency, no
+#                   limits), d. a payment spike far above 30/s and the drain after it,
+#                   e. every message to one chat (1/s)
 #
 # It starts its own Postgres and Kafka on free ports (state in .local/bench/, wiped at start),
 # the services and the fake Telegram, and stops all of them at the end, on failure and on Ctrl-C.
 # Output: bench/results/<date>.{json,md,png}. Raw measurements stay in .local/bench/raw/.
 #
-# Environment (defaults = the full run; BENCH_QUICK=1 = a seconds-long smoke run):
+# Environment (defaults = the full run; BENCH_QUICK=1 = a short smoke run):
 #   BUILD_DIR              build directory holding bin/ (default build)
+#   BENCH_SECTIONS         which sections run (default "pay relay e2e limits"); e2e = backlog
+#                          (3a) + rates (3b), each also selectable alone; memory is always taken
 #   BENCH_PAY_CONCURRENCY  ghz/pgbench concurrency levels (default "1 8 32")
 #   BENCH_PAY_DURATION     seconds per level (default 30; quick 3)
 #   BENCH_RELAY_BACKLOG    outbox rows inserted at once (default 100000; quick 5000)
@@ -26,8 +35,20 @@
 #                          "max" = 0.8 x the lowest stage limit this run measured
 #   BENCH_E2E_DURATION     seconds per rate (default 60; quick 4)
 #   BENCH_NOTIFY_BACKLOG   payments queued before the notifier starts (default 20000; quick 1000)
+#   BENCH_SEND_CONCURRENCY the unpaced notifier's SEND_CONCURRENCY in section 3 (default 64)
 #   BENCH_RATE_CAP         upper bound of any phase's rate, used to size the seeded data (15000/s)
-#   BENCH_USERS            users the reservations are spread over (default 64)
+#   BENCH_USERS            users the reservations of sections 1-3 are spread over (default 64;
+#                          none has a linked chat: their notifications go to the operator chat)
+#   Section 5 (its payers are other users, each with a linked private chat of its own):
+#   BENCH_LIMIT_CHATS      case a: payers/chats (default 1000); backlog BENCH_LIMIT_BACKLOG
+#                          payments (default 1800 = 60 s at 30/s; quick 300)
+#   BENCH_PAID_CHATS       case b: payers/chats (default 5000); backlog BENCH_PAID_BACKLOG
+#                          (default 60000 = 60 s at 1,000/s; quick 5000); the notifier's
+#                          SEND_CONCURRENCY there: BENCH_PAID_CONCURRENCY (default 250)
+#   BENCH_SPIKE_RATE       case d: payments/s (default 500; quick 100) for BENCH_SPIKE_DURATION s
+#                          (default 60; quick 5) over BENCH_SPIKE_CHATS payers (default 1000)
+#   BENCH_ONE_CHAT_MESSAGES  case e: messages to the one chat (default 60; quick 15)
+#   BENCH_SLOW_ANSWERS     the fake's --slow-answer-probability in section 5 (default 0)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -39,9 +60,17 @@ BIN="$BUILD_DIR/bin"
 QUICK=${BENCH_QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
   d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000
+  l_backlog=300 l_paid=5000 l_spike_rate=100 l_spike_s=5 l_one=15
 else
   d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000
+  l_backlog=1800 l_paid=60000 l_spike_rate=500 l_spike_s=60 l_one=60
 fi
+SECTIONS=" ${BENCH_SECTIONS:-pay relay e2e limits} "
+want() {  # SECTION...: true when any of them was asked for
+  local s
+  for s in "$@"; do [[ "$SECTIONS" == *" $s "* ]] && return 0; done
+  return 1
+}
 PAY_LEVELS=${BENCH_PAY_CONCURRENCY:-"1 8 32"}
 PAY_DURATION=${BENCH_PAY_DURATION:-$d_pay}
 RELAY_BACKLOG=${BENCH_RELAY_BACKLOG:-$backlog}
@@ -55,6 +84,17 @@ RATE_CAP=${BENCH_RATE_CAP:-15000}
 # n % USERS + 1 in ghz and pgbench alike; with at least as many users as concurrent calls, calls
 # in flight seldom queue on the same user's row (BENCH_USERS=1 measures that worst case).
 USERS=${BENCH_USERS:-64}
+SEND_CONCURRENCY=${BENCH_SEND_CONCURRENCY:-64}
+LIMIT_CHATS=${BENCH_LIMIT_CHATS:-1000}
+LIMIT_BACKLOG=${BENCH_LIMIT_BACKLOG:-$l_backlog}
+PAID_CHATS=${BENCH_PAID_CHATS:-5000}
+PAID_BACKLOG=${BENCH_PAID_BACKLOG:-$l_paid}
+PAID_CONCURRENCY=${BENCH_PAID_CONCURRENCY:-250}
+SPIKE_RATE=${BENCH_SPIKE_RATE:-$l_spike_rate}
+SPIKE_DURATION=${BENCH_SPIKE_DURATION:-$l_spike_s}
+SPIKE_CHATS=${BENCH_SPIKE_CHATS:-1000}
+ONE_CHAT_MESSAGES=${BENCH_ONE_CHAT_MESSAGES:-$l_one}
+SLOW_ANSWERS=${BENCH_SLOW_ANSWERS:-0}
 
 GHZ="$LOCAL/bin/ghz"
 GRPCURL="$LOCAL/bin/grpcurl"
@@ -155,7 +195,7 @@ scripts/postgres.sh stop >/dev/null 2>&1 || true
 rm -rf "$PG_DIR" "$KAFKA_DIR" "$RAW" "$STATE/logs"
 mkdir -p "$RAW" "$STATE/logs"
 date -u +%Y-%m-%dT%H:%M:%SZ >"$RAW/started_at"
-echo "quick=$QUICK pay_duration=$PAY_DURATION relay_duration=$RELAY_DURATION e2e_duration=$E2E_DURATION" >"$RAW/config.txt"
+echo "quick=$QUICK sections=$(echo $SECTIONS) pay_duration=$PAY_DURATION relay_duration=$RELAY_DURATION e2e_duration=$E2E_DURATION" >"$RAW/config.txt"
 
 scripts/postgres.sh start >/dev/null
 scripts/kafka.sh start >/dev/null
@@ -173,16 +213,17 @@ INSERT INTO payment.users (id, name, mail, balance_won)
   SELECT u, 'bench ' || u, 'bench' || u || '@example.com', 4000000000000000000
   FROM generate_series(1, $USERS) u;
 EOF
-# seed_range PHASE COUNT: COUNT held reservations PHASE*10^8 + n (n = 0..COUNT-1), owned by
-# user n % USERS + 1, each on its own seat (of the phase's own schedule).
+# seed_range PHASE COUNT [PAYERS FIRST]: COUNT held reservations PHASE*10^8 + n (n = 0..COUNT-1),
+# owned by user FIRST + n % PAYERS (default: the USERS bench users from 1), each on its own seat
+# (of the phase's own schedule).
 seed_range() {
-  local base=$(($1 * 100000000)) n=$2
+  local base=$(($1 * 100000000)) n=$2 payers=${3:-$USERS} first=${4:-1}
   sql <<EOF
 INSERT INTO payment.schedules (id, concert_id, starts_at) VALUES ($1 + 1, 1, now() + interval '30 days');
 INSERT INTO payment.seats (id, schedule_id, seat_number, price_won)
   SELECT $base + n, $1 + 1, n, 50000 FROM generate_series(0, $n - 1) n;
 INSERT INTO payment.reservations (id, user_id, seat_id, amount_won, status, expires_at)
-  SELECT $base + n, n % $USERS + 1, $base + n, 50000, 'HELD', now() + interval '1 day'
+  SELECT $base + n, $first + n % $payers, $base + n, 50000, 'HELD', now() + interval '1 day'
   FROM generate_series(0, $n - 1) n;
 ANALYZE payment.reservations;
 EOF
@@ -216,6 +257,7 @@ start_payment_server() {
 }
 
 # ---------------------------------------------------------------- 1. PayConcert
+if want pay; then
 say "1. PayConcert: ghz at concurrency $PAY_LEVELS, ${PAY_DURATION}s each; pgbench reference"
 start_payment_server
 sleep 1; mem payment-server idle
@@ -264,8 +306,31 @@ for c in $PAY_LEVELS; do
   cat "$RAW"/pgbench-c"$c".[0-9]* >"$RAW/pgbench-c$c.txt"; rm -f "$RAW"/pgbench-c"$c".[0-9]*
   phase=$((phase + 1))
 done
+fi
 
 # ---------------------------------------------------------------- 2. Relay
+RELAY_METRICS=""
+start_relay() {  # TOPIC
+  RELAY_METRICS="127.0.0.1:$(free_port)"
+  start outbox-relay "$BIN/outbox-relay" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
+    --payment-completed-topic="$1" --grpc-address="$RELAY_HEALTH" \
+    --metrics-address="$RELAY_METRICS" --log-level=warn
+  wait_serving outbox-relay "$RELAY_HEALTH"
+}
+RELAY_HEALTH="127.0.0.1:$(free_port)"
+# consume TOPIC COUNT OUT: read COUNT records from the beginning (bounded), one line each:
+# <TimestampType:ms>\t<headers>\t<key>.
+consume() {
+  timeout 600 scripts/kafka.sh run-class org.apache.kafka.tools.consumer.ConsoleConsumer \
+    --bootstrap-server "$BOOT" --topic "$1" --from-beginning --max-messages "$2" --timeout-ms 60000 \
+    --property print.timestamp=true --property print.headers=true --property print.key=true \
+    --property print.value=false \
+    >"$3" 2>>"$STATE/logs/consumer.log" || true
+  local got; got=$(wc -l <"$3")
+  ((got >= $2)) || die "consumed $got of $2 records from $1"
+}
+if want relay; then
+PAYLOAD_BYTES=${PAYLOAD_BYTES:-$(sqlv "SELECT coalesce(round(avg(length(payload))), 150) FROM payment.outbox_events")}
 say "2. Relay: backlog $RELAY_BACKLOG rows, steady $RELAY_RATES rows/s; ProducerPerformance reference"
 sql -c "TRUNCATE payment.outbox_events"
 # Records in the bench topics carry the broker's append time (LogAppendTime): with acks=all on a
@@ -274,13 +339,6 @@ for t in bench-relay bench-reference; do
   kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" --create --topic "$t" \
     --partitions 3 --replication-factor 1 --config message.timestamp.type=LogAppendTime >/dev/null
 done
-RELAY_HEALTH="127.0.0.1:$(free_port)"
-start_relay() {  # TOPIC
-  start outbox-relay "$BIN/outbox-relay" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
-    --payment-completed-topic="$1" --grpc-address="$RELAY_HEALTH" \
-    --metrics-address="127.0.0.1:$(free_port)" --log-level=warn
-  wait_serving outbox-relay "$RELAY_HEALTH"
-}
 # Creates the slot and publication, so rows inserted while it is stopped are streamed later.
 start_relay bench-relay
 mem outbox-relay idle
@@ -295,17 +353,6 @@ outbox_row() {
 }
 sql -c "INSERT INTO payment.outbox_events (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
         SELECT $(outbox_row r) FROM generate_series(1, $RELAY_BACKLOG) n"
-# consume TOPIC COUNT OUT: read COUNT records from the beginning (bounded), one line each:
-# <TimestampType:ms>\t<headers>\t<key>.
-consume() {
-  timeout 600 scripts/kafka.sh run-class org.apache.kafka.tools.consumer.ConsoleConsumer \
-    --bootstrap-server "$BOOT" --topic "$1" --from-beginning --max-messages "$2" --timeout-ms 60000 \
-    --property print.timestamp=true --property print.headers=true --property print.key=true \
-    --property print.value=false \
-    >"$3" 2>>"$STATE/logs/consumer.log" || true
-  local got; got=$(wc -l <"$3")
-  ((got >= $2)) || die "consumed $got of $2 records from $1"
-}
 now_ms >"$RAW/relay-backlog-start-ms"
 start_relay bench-relay
 consume bench-relay "$RELAY_BACKLOG" "$RAW/relay-backlog.txt"
@@ -339,32 +386,30 @@ for rate in $RELAY_RATES; do
     --command-property acks=all enable.idempotence=true bootstrap.servers="$BOOT" \
     >"$RAW/ref-rate$rate.txt" 2>>"$STATE/logs/producer-perf.log"
 done
+fi
 
 # ---------------------------------------------------------------- 3. End to end
-say "3. End to end: notifier backlog $NOTIFY_BACKLOG, steady payments at $E2E_RATES per s, ${E2E_DURATION}s each"
-TG_PORT=$(free_port)
-start fake-telegram "$BIN/fake-telegram" --port="$TG_PORT" --record="$RAW/telegram.jsonl"
-wait_for_port 127.0.0.1 "$TG_PORT" 20 || die "fake-telegram did not listen"
+# The pipeline itself: a fake Telegram without latency or limits and a notifier that does not pace
+# itself, so that what is measured is our own work (section 5 measures Telegram's limits).
+NOTIFIER_UNPACED=(--telegram-rate=0 --telegram-chat-interval=0 --telegram-group-interval=0
+  --send-concurrency="$SEND_CONCURRENCY")
+TG_PORT="" TG_RECORD=""
+# start_fake RECORD ARGS...: a fresh fake Telegram (new port, empty buckets and stats).
+start_fake() {
+  local record=$1; shift
+  TG_PORT=$(free_port) TG_RECORD=$record
+  start fake-telegram "$BIN/fake-telegram" --port="$TG_PORT" --record="$record" "$@"
+  wait_for_port 127.0.0.1 "$TG_PORT" 20 || die "fake-telegram did not listen"
+}
 NOTIFIER_HEALTH="127.0.0.1:$(free_port)" NOTIFIER_METRICS="127.0.0.1:$(free_port)"
-start_notifier() {
+start_notifier() {  # ARGS...: settings beyond the common ones (pacing, concurrency)
   start notifier "$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
     --telegram-api-base="http://127.0.0.1:$TG_PORT" --telegram-bot-token=bench \
     --telegram-chat-id=42 --telegram-updates=off --grpc-address="$NOTIFIER_HEALTH" \
-    --metrics-address="$NOTIFIER_METRICS" \
-    --log-level=warn
+    --metrics-address="$NOTIFIER_METRICS" --log-level=warn "$@"
   wait_serving notifier "$NOTIFIER_HEALTH"
 }
-RETRY_ADDR="127.0.0.1:$(free_port)"
-start retry-worker "$BIN/retry-worker" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
-  --admin-token="$ADMIN_TOKEN" --grpc-address="$RETRY_ADDR" \
-  --metrics-address="127.0.0.1:$(free_port)" --log-level=warn
-start_payment_server
-start_relay payment-completed-topic
-start_notifier
-wait_serving retry-worker "$RETRY_ADDR"
-sleep 2
-for s in payment-server outbox-relay notifier retry-worker; do mem "$s" e2e-idle; done
-delivered() { wc -l <"$RAW/telegram.jsonl" 2>/dev/null || echo 0; }
+delivered() { wc -l <"$TG_RECORD" 2>/dev/null || echo 0; }
 wait_delivered() {  # COUNT SECONDS
   local deadline=$((SECONDS + $2))
   until (($(delivered) >= $1)); do
@@ -372,18 +417,49 @@ wait_delivered() {  # COUNT SECONDS
     sleep 0.5
   done
 }
-metric() { curl -s "http://$NOTIFIER_METRICS/metrics" | awk -v m="$1" '$1 == m {print int($2)}'; }
+# metric NAME: the notifier's value of an unlabelled metric; metric_sum NAME: the sum over labels.
+metric() { curl -s -m 5 "http://$NOTIFIER_METRICS/metrics" | awk -v m="$1" '$1 == m {print int($2)}'; }
+metric_sum() {
+  curl -s -m 5 "http://$NOTIFIER_METRICS/metrics" |
+    awk -v m="$1" '$1 == m || index($1, m "{") == 1 {s += $NF} END {print int(s)}'
+}
+relay_events() {
+  curl -s -m 5 "http://$RELAY_METRICS/metrics" | awk '$1 == "relay_events_total" {print int($2)}'
+}
+wait_relayed() {  # COUNT SECONDS: until the relay has had COUNT events acknowledged in all
+  local deadline=$((SECONDS + $2))
+  until (($(relay_events) >= $1)); do
+    ((SECONDS < deadline)) || die "the relay published $(relay_events) of $1 events after $2 s"
+    sleep 0.5
+  done
+}
+
+if want e2e backlog rates limits; then
+start_fake "$RAW/telegram.jsonl" --profile=instant
+RETRY_ADDR="127.0.0.1:$(free_port)"
+start retry-worker "$BIN/retry-worker" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
+  --admin-token="$ADMIN_TOKEN" --grpc-address="$RETRY_ADDR" \
+  --metrics-address="127.0.0.1:$(free_port)" --log-level=warn
+start_payment_server
+start_relay payment-completed-topic
+start_notifier "${NOTIFIER_UNPACED[@]}"
+wait_serving retry-worker "$RETRY_ADDR"
+sleep 2
+for s in payment-server outbox-relay notifier retry-worker; do mem "$s" e2e-idle; done
+fi
 
 # 3a. Notifier throughput: a backlog of payments is relayed while the notifier is stopped, then
 # it starts and works through it (a dedup row per event); then its group is rewound and it reads
 # the same events again, which dedup must swallow without sending anything.
+if want e2e backlog; then
+say "3a. Notifier backlog of $NOTIFY_BACKLOG (fake-telegram --profile=instant, notifier unpaced, SEND_CONCURRENCY=$SEND_CONCURRENCY)"
 stop notifier
 phase=50
 seed_range "$phase" "$NOTIFY_BACKLOG"
 pay_ghz "$phase" "$RAW/e2e-backlog-ghz.json" -c 16 -n "$NOTIFY_BACKLOG"
 consume payment-completed-topic "$NOTIFY_BACKLOG" "$RAW/e2e-backlog-records.txt"
 now_ms >"$RAW/notify-backlog-start-ms"
-start_notifier
+start_notifier "${NOTIFIER_UNPACED[@]}"
 wait_delivered "$NOTIFY_BACKLOG" 600 || die "notifier backlog not delivered"
 now_ms >"$RAW/notify-backlog-end-ms"
 mem notifier backlog
@@ -392,7 +468,7 @@ sent_before=$(delivered)
 kafka_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$BOOT" \
   --group notification-group --reset-offsets --to-earliest --all-topics --execute >/dev/null
 now_ms >"$RAW/notify-replay-start-ms"
-start_notifier
+start_notifier "${NOTIFIER_UNPACED[@]}"
 deadline=$((SECONDS + 600))
 until dups=$(metric notifier_duplicates_total); ((${dups:-0} >= NOTIFY_BACKLOG)); do
   ((SECONDS < deadline)) || die "replay: duplicates never reached $NOTIFY_BACKLOG"
@@ -401,11 +477,14 @@ done
 now_ms >"$RAW/notify-replay-end-ms"
 echo "$(( $(delivered) - sent_before ))" >"$RAW/notify-replay-resent"
 echo "$NOTIFY_BACKLOG" >"$RAW/notify-backlog-count"
+fi
 
 # 3b. Steady payment rates (ghz's constant-rate schedule).
 max_rate() {  # the highest rate this run found every stage able to carry, times 0.8
   "$PY" "$ROOT/bench/analyze.py" --raw "$RAW" --max-rate
 }
+if want e2e rates; then
+say "3b. Steady payments at $E2E_RATES per s, ${E2E_DURATION}s each"
 phase=60
 for rate in $E2E_RATES; do
   [[ "$rate" == max ]] && rate=$(max_rate)
@@ -421,7 +500,161 @@ for rate in $E2E_RATES; do
 done
 for s in payment-server outbox-relay notifier retry-worker; do mem "$s" e2e-load; done
 sql -At -c "SELECT reservation_id, (extract(epoch FROM paid_at) * 1000)::bigint FROM payment.payments
-            WHERE reservation_id >= 5000000000" >"$RAW/e2e-paid.txt"
+            WHERE reservation_id >= 5000000000 AND reservation_id < 7000000000" >"$RAW/e2e-paid.txt"
+fi
+
+# ---------------------------------------------------------------- 5. Telegram limits
+# Each case pays through the whole pipeline and reports the notifier's delivery rate at a fake
+# Telegram with the real API's latency and limits, beside the limit it is held to. The payers are
+# users LIMIT_FIRST.. (other than sections 1-3's), each with a private chat of its own (chat id =
+# user id) linked in payment.telegram_links, so that PaymentCompleted carries the payer's chat.
+LIMIT_FIRST=1000001
+FAKE_TELEGRAM=(--profile=telegram --slow-answer-probability="$SLOW_ANSWERS")
+# mint_tokens FIRST COUNT OUT: bearer tokens of users FIRST.., one a line. Thousands of
+# `payment-server mint-token` calls take minutes: the format of payment-server/token.h is minted
+# here instead, and checked against one token the binary minted.
+mint_tokens() {
+  local probe
+  probe=$("$BIN/payment-server" mint-token --user-id="$1" --auth-token-secret="$SECRET" --ttl=24h)
+  "$PY" - "$SECRET" "$1" "$2" "$probe" >"$3" <<'PYEOF'
+import hashlib, hmac, sys
+secret, first, count, probe = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+expiry = probe.split(".")[2]
+def token(user):
+    body = f"v1.{user}.{expiry}"
+    return body + "." + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+if token(first) != probe:
+    sys.exit("tokens minted here differ from `payment-server mint-token`'s (see payment-server/token.h)")
+for user in range(first, first + count):
+    print(token(user))
+PYEOF
+}
+# spread_metadata PAYERS START COUNT OUT: ghz metadata naming, for request r, the token of the
+# owner of the run's reservation START + r (user LIMIT_FIRST + (START + r) % PAYERS). ghz parses
+# the template on every call: beyond 1,000 payers the list holds only this run's COUNT owners.
+spread_metadata() {
+  "$PY" - "$RAW/limit-tokens.txt" "$@" <<'PYEOF'
+import json, sys
+tokens = open(sys.argv[1]).read().split()
+payers, start, count, out = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+if payers <= 1000:
+    owners, index = tokens[:payers], f"(mod (add .RequestNumber {start}) {payers})"
+else:
+    owners, index = [tokens[(start + r) % payers] for r in range(count)], ".RequestNumber"
+listing = " ".join(f"`{t}`" for t in owners)
+with open(out, "w") as f:
+    json.dump({"authorization": "Bearer {{index (list " + listing + ") " + index + "}}"}, f)
+PYEOF
+}
+# pay_spread PHASE COUNT PAYERS OUT ARGS...: ghz pays phase PHASE's reservations 0..COUNT-1 (seeded
+# over PAYERS payers), in runs of at most 500 calls when there are more than 1,000 payers;
+# reports OUT-<run>.json.
+pay_spread() {
+  local phase=$1 count=$2 payers=$3 out=$4; shift 4
+  local start=0 run=0 n chunk=$count
+  ((payers <= 1000)) || chunk=500
+  while ((start < count)); do
+    n=$((count - start < chunk ? count - start : chunk))
+    spread_metadata "$payers" "$start" "$n" "$RAW/spread-metadata.json"
+    "$GHZ" --insecure --call concert.v1.PaymentService/PayConcert \
+      --data '{"reservation_id":"{{printf `%d%08d` '"$phase"' (add .RequestNumber '"$start"')}}"}' \
+      --metadata-file "$RAW/spread-metadata.json" --duration-stop=wait -O json -o "$out-$run.json" \
+      "$@" -n "$n" "$PAY_ADDR" || true
+    [[ -s "$out-$run.json" ]] || die "ghz wrote no report ($out-$run.json)"
+    start=$((start + n)) run=$((run + 1))
+  done
+}
+ghz_ok() {  # REPORT...: calls answered OK
+  "$PY" -c 'import json,sys; print(sum(json.load(open(p))["statusCodeDistribution"].get("OK", 0) for p in sys.argv[1:]))' "$@"
+}
+parked() { sqlv "SELECT count(*) FROM retry.failed_messages WHERE status = 'FAILED'"; }
+dead_lettered() { sqlv "SELECT count(*) FROM retry.failed_messages"; }
+# case_end NAME LIMIT PAYMENTS PHASE: what the case's fake and notifier counted, then stop both.
+case_end() {
+  local name=$1
+  curl -s -m 5 "http://127.0.0.1:$TG_PORT/control/stats" >"$RAW/limits-$name-stats.json" || true
+  curl -s -m 5 "http://$NOTIFIER_METRICS/metrics" >"$RAW/limits-$name-metrics.txt" || true
+  mem notifier "limits-$name"
+  {
+    echo "limit $2"; echo "payments $3"; echo "phase $4"; echo "end_ms $(now_ms)"
+    echo "dlq $(metric_sum notifier_dlq_total)"
+    echo "parked $(parked)"; echo "dead_lettered $(dead_lettered)"
+  } >>"$RAW/limits-$name.txt"
+  stop notifier
+  stop fake-telegram
+}
+# backlog_case NAME LIMIT PHASE COUNT PAYERS NOTIFIER_ARGS...: COUNT payments by PAYERS payers are
+# relayed while the notifier is stopped; a fresh fake Telegram and a notifier with NOTIFIER_ARGS
+# then work through them.
+backlog_case() {
+  local name=$1 limit=$2 phase=$3 count=$4 payers=$5; shift 5
+  say "   $name: backlog of $count payments over $payers chats, limit $limit/s"
+  stop notifier
+  stop fake-telegram
+  seed_range "$phase" "$count" "$payers" "$LIMIT_FIRST"
+  local before ok
+  before=$(relay_events)
+  pay_spread "$phase" "$count" "$payers" "$RAW/limits-$name-ghz" -c 16
+  ok=$(ghz_ok "$RAW/limits-$name-ghz"-*.json)
+  wait_relayed $((before + ok)) 300
+  start_fake "$RAW/limits-$name.jsonl" "${FAKE_TELEGRAM[@]}"
+  echo "start_ms $(now_ms)" >"$RAW/limits-$name.txt"
+  start_notifier "$@"
+  wait_delivered "$ok" $((ok / limit * 2 + 120)) || true
+  case_end "$name" "$limit" "$ok" "$phase"
+}
+
+if want limits; then
+payers=$LIMIT_CHATS
+((PAID_CHATS > payers)) && payers=$PAID_CHATS
+((SPIKE_CHATS > payers)) && payers=$SPIKE_CHATS
+((SPIKE_CHATS <= 1000)) || die "BENCH_SPIKE_CHATS is at most 1000 (one ghz run names every payer's token)"
+say "5. Telegram limits (fake-telegram ${FAKE_TELEGRAM[*]}; payers with linked chats: $payers)"
+sql <<EOF
+INSERT INTO payment.users (id, name, mail, balance_won)
+  SELECT u, 'payer ' || u, 'payer' || u || '@example.com', 4000000000000000000
+  FROM generate_series($LIMIT_FIRST, $LIMIT_FIRST + $payers - 1) u;
+INSERT INTO payment.telegram_links (user_id, chat_id)
+  SELECT u, u FROM generate_series($LIMIT_FIRST, $LIMIT_FIRST + $payers - 1) u;
+EOF
+mint_tokens "$LIMIT_FIRST" "$payers" "$RAW/limit-tokens.txt"
+# Whatever sections 3 left unsent goes first, unpaced, so that no case starts behind.
+deadline=$((SECONDS + 300))
+until [[ "$(metric notifier_consumer_lag)" == 0 && "$(metric notifier_pending)" == 0 ]]; do
+  ((SECONDS < deadline)) || { say "   the notifier still has a lag after 300 s"; break; }
+  sleep 0.5
+done
+
+# a. 30/s over many chats (each chat takes 1/s): the bot's limit binds.
+backlog_case a 30 70 "$LIMIT_BACKLOG" "$LIMIT_CHATS"
+# b. Paid broadcast, 1,000/s: enough sends in flight to cover 1,000/s x ~100 ms answers, twice.
+backlog_case b 1000 71 "$PAID_BACKLOG" "$PAID_CHATS" \
+  --telegram-paid-broadcast=true --send-concurrency="$PAID_CONCURRENCY"
+# e. Every message to one chat: that chat's 1/s binds.
+backlog_case e 1 73 "$ONE_CHAT_MESSAGES" 1
+
+# d. A spike of payments far above 30/s, then the drain at 30/s. ghz's constant rate; every
+# payment must succeed and every notification arrive, none in the DLQ.
+say "   d: $SPIKE_RATE payments/s for ${SPIKE_DURATION}s over $SPIKE_CHATS chats, limit 30/s"
+phase=72
+stop notifier
+stop fake-telegram
+seed_range "$phase" $((SPIKE_RATE * SPIKE_DURATION * 11 / 10 + 100)) "$SPIKE_CHATS" "$LIMIT_FIRST"
+start_fake "$RAW/limits-d.jsonl" "${FAKE_TELEGRAM[@]}"
+start_notifier
+spread_metadata "$SPIKE_CHATS" 0 0 "$RAW/spread-metadata.json"
+echo "start_ms $(now_ms)" >"$RAW/limits-d.txt"
+"$GHZ" --insecure --call concert.v1.PaymentService/PayConcert \
+  --data "$(ghz_data "$phase")" --metadata-file "$RAW/spread-metadata.json" \
+  --duration-stop=wait -O json -o "$RAW/limits-d-ghz-0.json" \
+  -c 64 --rps "$SPIKE_RATE" -z "${SPIKE_DURATION}s" "$PAY_ADDR" || true
+[[ -s "$RAW/limits-d-ghz-0.json" ]] || die "ghz wrote no report (limits-d)"
+echo "paid_ms $(now_ms)" >>"$RAW/limits-d.txt"
+ok=$(ghz_ok "$RAW/limits-d-ghz-0.json")
+say "   d: $ok payments; draining at 30/s (ideal $((ok / 30)) s)"
+wait_delivered "$ok" $((ok / 30 * 3 / 2 + 120)) || true
+case_end d 30 "$ok" "$phase"
+fi
 
 # ---------------------------------------------------------------- report
 say "writing the report"
