@@ -77,7 +77,7 @@ class EndToEndTest : public SystemTest {
 
 TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
   constexpr int kPayments = 50;
-  StartSystem({.users = 5});
+  StartSystem({.users = 5, .link_chats = true});
   std::map<int64_t, User> paid = PayMany(*system_, kPayments);
   ASSERT_EQ(paid.size(), kPayments);
 
@@ -87,11 +87,10 @@ TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
   ExpectEachExactlyOnce(*system_, paid);
 
   // Content: the seed's Korean message with the holder, the concert, the amount and the
-  // reservation, sent to the operator's chat (no payer linked one).
+  // reservation, sent to the payer's own chat.
   std::string amount =
       absl::StrCat("결제 금액: ", FormatThousands(system_->options().seat_price_won), "원");
   for (const testing::TelegramMessage& m : system_->telegram().messages()) {
-    EXPECT_EQ(m.chat_id, kChatId);
     int64_t reservation = 0;
     for (const auto& [id, user] : paid) {
       if (m.text.find(absl::StrCat("예약 번호: #", id, "\n")) != std::string::npos) {
@@ -99,6 +98,7 @@ TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
       }
     }
     ASSERT_NE(reservation, 0) << m.text;
+    EXPECT_EQ(m.chat_id, std::to_string(paid[reservation].chat_id));
     EXPECT_THAT(m.text, HasSubstr("🎫 콘서트 결제가 완료되었습니다!\n"));
     EXPECT_THAT(m.text, HasSubstr(absl::StrCat("예약자 ID: ", paid[reservation].mail)));
     EXPECT_THAT(m.text, HasSubstr(absl::StrCat("콘서트: ", system_->seeded().concert_title)));

@@ -1,7 +1,8 @@
 // The fault test: clients pay continuously while a fault loop, at random moments, SIGKILLs and
 // restarts the payment-server, the relay, one of two notifiers and the retry-worker, kills and
-// restarts Kafka, crashes Postgres (immediate shutdown) and restarts it, and makes the fake
-// Telegram answer 5xx for a few seconds. Then faults stop, the system drains, and a checker
+// restarts Kafka, crashes Postgres (immediate shutdown) and restarts it, makes the fake
+// Telegram answer 5xx for a few seconds or 429 a few times. The fake behaves like the real Bot
+// API throughout (latency, limits, and 1% of answers later than the notifier's timeout). Then faults stop, the system drains, and a checker
 // reading Postgres and the fake Telegram's record asserts the promise: every acknowledged
 // payment committed, one message per committed payment (apart from deliveries the notifier
 // itself counted as uncertain), none for anything else, nothing PENDING, every parked row
@@ -56,8 +57,9 @@ enum class Fault {
   kKafka,
   kPostgres,
   kTelegram5xx,
+  kTelegram429,
 };
-constexpr int kFaultKinds = 7;
+constexpr int kFaultKinds = 8;
 
 const char* FaultName(Fault fault) {
   switch (fault) {
@@ -68,6 +70,7 @@ const char* FaultName(Fault fault) {
     case Fault::kKafka: return "kill+restart Kafka";
     case Fault::kPostgres: return "Postgres stop immediate+start";
     case Fault::kTelegram5xx: return "Telegram 5xx window";
+    case Fault::kTelegram429: return "Telegram 429s (retry after 2 s)";
   }
   return "?";
 }
@@ -103,7 +106,12 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   options.database_url = postgres.url();
   options.kafka_bootstrap = kafka.bootstrap();
   options.notifiers = 2;
-  options.users = 6;
+  // Payers in their own chats (Telegram allows ~1 message/s per chat), against a Telegram that
+  // answers in ~100 ms, keeps its limits, and now and then answers only after the notifier
+  // gave up (a message it has: every such send must be counted uncertain).
+  options.users = 30;
+  options.link_chats = true;
+  options.telegram.slow_answer_probability = 0.01;
   options.poor_user_payments = 3;  // a few payments are refused for the balance
   options.seats = static_cast<int>(duration_s * 4 * clients + 2000);
   // Generous attempts: a Telegram window is short, so everything should get through; a FAILED
@@ -192,6 +200,12 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
         system.telegram().ClearFaults();
         break;
       }
+      case Fault::kTelegram429:
+        // A few requests refused as if a limit had been crossed: every send pauses.
+        system.telegram().SetFault(
+            {.mode = testing::FaultMode::k429, .count = 3, .retry_after_seconds = 2});
+        absl::SleepFor(uniform_ms(3000, 6000));
+        break;
     }
     for (const std::string& dead : system.CheckUnexpectedExits()) {
       Log(absl::StrCat("UNEXPECTED EXIT: ", dead));

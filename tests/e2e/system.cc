@@ -67,6 +67,7 @@ System::System(SystemOptions options)
   testing::FakeTelegram::Options fake;
   fake.token = bot_token_;
   fake.bot_username = kBotUsername;
+  fake.profile = options_.telegram;
   telegram_ = std::make_unique<testing::FakeTelegram>(fake);
   auto add = [&](Service service, int index) {
     Instance instance;
@@ -184,6 +185,11 @@ absl::Status System::Seed() {
                     name, user.mail, balance)[0]
                   .as<int64_t>();
     user.token = payment::MintToken(auth_secret_, user.id, absl::Now() + absl::Hours(24));
+    if (options_.link_chats) {
+      user.chat_id = 7'000'000 + user.id;
+      tx.exec_params("INSERT INTO payment.telegram_links (user_id, chat_id) VALUES ($1, $2)",
+                     user.id, user.chat_id);
+    }
     seeded_.users.push_back(user);
   };
   for (int i = 1; i <= options_.users; ++i) add_user(absl::StrCat("fan", i), options_.balance_won);

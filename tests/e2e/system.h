@@ -53,6 +53,12 @@ struct SystemOptions {
   int poor_user_payments = 0;
   int seats = 1000;
   int64_t seat_price_won = 50'000;
+  // Each user's Telegram chat linked at seeding (User::chat_id), so that payments go to the
+  // payers' own chats instead of the operator's.
+  bool link_chats = false;
+  // How the fake Telegram behaves: by default like the real one (answer latency, per bot, chat
+  // and group limits, 429 with retry_after), without answers slower than the notifier's timeout.
+  testing::Profile telegram = testing::Profile::Telegram();
   // Extra settings per service (override the defaults below).
   std::map<std::string, std::string> payment_env, relay_env, notifier_env, retry_env;
 };
@@ -62,6 +68,7 @@ struct User {
   int64_t id = 0;
   std::string mail;
   std::string token;
+  int64_t chat_id = 0;  // with SystemOptions::link_chats
 };
 
 struct Seeded {
