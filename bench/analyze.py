@@ -427,7 +427,7 @@ def markdown(r):
             m.append(f"| {what} | {fmt(x.get('rate'))} | {fmt(x['limit_per_s'])} | {fmt(x.get('ratio'))} | "
                      f"{r429} | {fmt(x.get('parked'))} | {'yes' if x['goal_met'] else 'no'} ({goal}) | {detail} |")
         if r.get("profile"):
-            m += ["", "Notifier profile at its highest unlimited rate (perf, top entries):", "", "```",
+            m += ["", "Notifier profile at its highest unlimited rate (bench/profile.sh, perf; top entries):", "", "```",
                   r["profile"], "```"]
     return "\n".join(m) + "\n"
 

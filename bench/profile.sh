@@ -97,5 +97,5 @@ perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol 
     grep -v '^#' | grep -v '^$' | head -8
   perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol --percent-limit 1 2>/dev/null |
     grep -v '^#' | grep -v '^$' | head -15
-} >"$OUT/top.txt"
+} | sed -E 's/[ -]+$//; s/  +/  /g' | cut -c1-140 >"$OUT/top.txt"
 say "notified $(wc -l <"$OUT/telegram.jsonl") of $N; see $OUT/top.txt, $OUT/perf-stat.txt and $OUT/perf-report.txt"

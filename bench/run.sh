@@ -661,6 +661,8 @@ say "writing the report"
 for s in payment-server outbox-relay notifier retry-worker fake-telegram; do stop "$s"; done
 echo "CMake $(awk -F= '/^CMAKE_BUILD_TYPE:/ {print $2}' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null), $(git rev-parse --short HEAD)" >"$RAW/build.txt"
 { uname -srm; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; nproc; free -g | awk '/Mem:/ {print $2 " GiB"}'; } >"$RAW/machine.txt"
+# The notifier's profile, when bench/profile.sh left one (it runs apart: same state directory).
+[[ -s "$STATE/profile/top.txt" ]] && cp "$STATE/profile/top.txt" "$RAW/profile-top.txt"
 mkdir -p bench/results
 "$PY" bench/analyze.py --raw "$RAW" --out "bench/results/$(date -u +%Y-%m-%d)"
 say "done: bench/results/$(date -u +%Y-%m-%d).{json,md,png}"

@@ -172,8 +172,8 @@ int main(int argc, char** argv) {
   o.notifications_file = s.String("NOTIFICATIONS_FILE", ".local/notifications.jsonl",
                                   "Log sender's output (JSON lines)");
   o.uncertain_policy = s.String("UNCERTAIN_POLICY", "resend",
-                                "Event found in flight after a crash: resend (maybe a duplicate) "
-                                "or skip (maybe lost)");
+                                "A send whose outcome is unknown (no answer, or a crash "
+                                "mid-send): resend (maybe a duplicate) or skip (maybe lost)");
   o.notifier.commit_interval =
       s.Duration("COMMIT_INTERVAL", absl::Milliseconds(200), absl::Milliseconds(10),
                  absl::Minutes(1), "How often finished offsets are committed");

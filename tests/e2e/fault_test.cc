@@ -151,9 +151,12 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   int telegram_windows_ms = 0;
   absl::Time faults_end = absl::Now() + absl::Seconds(duration_s);
   std::vector<Fault> bag;
+  int bags = 0;
   absl::SleepFor(uniform_ms(2000, 5000));
-  while (absl::Now() < faults_end) {
+  // Until the time is up, and at least once every kind of fault (the first bag emptied).
+  while (absl::Now() < faults_end || (bags == 1 && !bag.empty())) {
     if (bag.empty()) {
+      ++bags;
       for (int k = 0; k < kFaultKinds; ++k) bag.push_back(static_cast<Fault>(k));
       std::shuffle(bag.begin(), bag.end(), rng);
     }
