@@ -421,7 +421,8 @@ def markdown(r):
                           f"DLQ {x['dlq']}; pacing waits (s, summed over sends): "
                           + (", ".join(f"{k} {v:,.0f}" for k, v in sorted(x["pacing_wait_s"].items())) or "–"))
                 if x["case"] == "d":
-                    detail += (f"; payments {fmt(x.get('payment_rps'))}/s, {x.get('payment_errors')} errors; "
+                    detail += (f"; payments {fmt(x.get('payment_rps'))}/s, {x.get('payment_errors')} errors "
+                               f"{x.get('payment_error_kinds') or ''}; "
                                f"drain {fmt(x.get('drain_s'))} s vs ideal {fmt(x.get('ideal_drain_s'))} s "
                                f"({fmt(x.get('after_payments_s'))} s after the last payment)")
             m.append(f"| {what} | {fmt(x.get('rate'))} | {fmt(x['limit_per_s'])} | {fmt(x.get('ratio'))} | "

@@ -409,7 +409,7 @@ start_notifier() {  # ARGS...: settings beyond the common ones (pacing, concurre
     --metrics-address="$NOTIFIER_METRICS" --log-level=warn "$@"
   wait_serving notifier "$NOTIFIER_HEALTH"
 }
-delivered() { wc -l <"$TG_RECORD" 2>/dev/null || echo 0; }
+delivered() { if [[ -f "$TG_RECORD" ]]; then wc -l <"$TG_RECORD"; else echo 0; fi; }
 wait_delivered() {  # COUNT SECONDS
   local deadline=$((SECONDS + $2))
   until (($(delivered) >= $1)); do
