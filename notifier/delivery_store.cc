@@ -3,6 +3,7 @@
 #include <cctype>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status.h"
 
 namespace concert::notifier {
@@ -78,19 +79,46 @@ bool IsUuid(const std::string& text) {
   return true;
 }
 
+namespace {
+
+// '{a,b,c}': a Postgres array literal of ids validated as UUIDs (nothing to quote).
+std::string UuidArray(const std::vector<std::string>& ids) {
+  return absl::StrCat("{", absl::StrJoin(ids, ","), "}");
+}
+
+}  // namespace
+
+DeliveryStore::DeliveryStore(PgPool& pool)
+    : pool_(pool),
+      first_sights_([this](const std::vector<std::string>& ids) -> Batcher::Answer {
+        absl::flat_hash_set<std::string> inserted;
+        RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+          for (const pqxx::row& row : tx.exec_params(
+                   "INSERT INTO notification.deliveries (event_id, state, attempts) "
+                   "SELECT unnest($1::uuid[]), 'SENDING', 1 ON CONFLICT (event_id) DO NOTHING "
+                   "RETURNING event_id::text",
+                   UuidArray(ids))) {
+            inserted.insert(row[0].as<std::string>());
+          }
+          return absl::OkStatus();
+        }));
+        return inserted;
+      }),
+      sent_([this](const std::vector<std::string>& ids) -> Batcher::Answer {
+        RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+          tx.exec_params(
+              "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), "
+              "updated_at = now() WHERE event_id = ANY($1::uuid[])",
+              UuidArray(ids));
+          return absl::OkStatus();
+        }));
+        return absl::flat_hash_set<std::string>();
+      }) {}
+
 absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
                                                  UncertainPolicy policy, int incoming_attempt) {
-  // First sight, by far the common case: one autocommitted statement.
-  bool inserted = false;
-  RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
-    inserted = !tx.exec_params(
-                      "INSERT INTO notification.deliveries (event_id, state, attempts) "
-                      "VALUES ($1::uuid, 'SENDING', 1) ON CONFLICT (event_id) DO NOTHING "
-                      "RETURNING 1",
-                      event_id)
-                    .empty();
-    return absl::OkStatus();
-  }));
+  // First sight, by far the common case: one autocommitted statement, batched.
+  ASSIGN_OR_RETURN(bool inserted, first_sights_.Submit(event_id));
   BeginResult result;
   if (inserted) return result;
 
@@ -145,10 +173,7 @@ absl::Status Update(PgPool& pool, const char* sql, const Params&... params) {
 }  // namespace
 
 absl::Status DeliveryStore::MarkSent(const std::string& event_id) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), "
-                "updated_at = now() WHERE event_id = $1::uuid",
-                event_id);
+  return sent_.Submit(event_id).status();
 }
 
 absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::string& error,

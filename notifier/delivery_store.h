@@ -19,7 +19,8 @@
 // row marked.
 //
 // Thread-safe (PgPool is); every call blocks on Postgres. The first Begin of an event and the
-// Mark* calls are one statement each, one round trip.
+// Mark* calls are one statement each, one round trip; the first Begin and MarkSent of
+// concurrent callers are batched into one statement (Batcher).
 #ifndef CONCERT_NOTIFIER_DELIVERY_STORE_H_
 #define CONCERT_NOTIFIER_DELIVERY_STORE_H_
 
@@ -29,6 +30,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "common/postgres.h"
+#include "notifier/batcher.h"
 
 namespace concert::notifier {
 
@@ -66,7 +68,7 @@ struct BeginResult {
 
 class DeliveryStore {
  public:
-  explicit DeliveryStore(PgPool& pool) : pool_(pool) {}
+  explicit DeliveryStore(PgPool& pool);
 
   // `event_id` must be a UUID (the caller validates it). `incoming_attempt` is the attempt
   // number the record carries (1 unless the retry-worker re-published it after a dead letter):
@@ -94,6 +96,9 @@ class DeliveryStore {
 
  private:
   PgPool& pool_;
+  // The two writes every message makes, batched across concurrent callers.
+  Batcher first_sights_;  // INSERT SENDING ... ON CONFLICT DO NOTHING: returns the inserted
+  Batcher sent_;          // SENDING -> SENT
 };
 
 // True for the canonical 8-4-4-4-12 hex form.
