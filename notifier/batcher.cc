@@ -7,7 +7,7 @@ absl::StatusOr<bool> Batcher::Submit(const std::string& id) {
   if (open_ == nullptr) open_ = std::make_shared<Batch>();
   std::shared_ptr<Batch> batch = open_;
   batch->ids.push_back(id);
-  cv_.wait(lock, [&] { return batch->done || !running_; });
+  while (!batch->done && running_) batch->cv.wait(lock);
   if (!batch->done) {
     // Nobody is running a batch: run the open one, ours included.
     running_ = true;
@@ -18,7 +18,9 @@ absl::StatusOr<bool> Batcher::Submit(const std::string& id) {
     batch->answer = std::move(answer);
     batch->done = true;
     running_ = false;
-    cv_.notify_all();
+    batch->cv.notify_all();
+    // One caller of the batch that filled meanwhile runs it next.
+    if (open_ != nullptr) open_->cv.notify_one();
   }
   if (!batch->answer.ok()) return batch->answer.status();
   return batch->answer->erase(id) > 0;

@@ -44,11 +44,13 @@ class Batcher {
     std::vector<std::string> ids;
     bool done = false;
     Answer answer;
+    // Its callers wait here: for the answer, or (the open batch) for a turn to run it. One
+    // per batch, so that an answer wakes only the callers it answers.
+    std::condition_variable cv;
   };
 
   Statement statement_;
   std::mutex mu_;
-  std::condition_variable cv_;
   std::shared_ptr<Batch> open_;
   bool running_ = false;
 };

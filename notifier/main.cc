@@ -139,8 +139,9 @@ int main(int argc, char** argv) {
             "Records worked on at once, at most one per reservation (sends in flight); about "
             "rate x answer time is enough"));
   o.notifier.max_pending = static_cast<int>(
-      s.Int("MAX_PENDING", 2000, 10, 1000000,
-            "Records read and unfinished before the consumer pauses its partitions"));
+      s.Int("MAX_PENDING", 10000, 10, 1000000,
+            "Records read and unfinished before the consumer pauses its partitions (about 1 KiB "
+            "each)"));
   o.telegram.paid_broadcast =
       s.Bool("TELEGRAM_PAID_BROADCAST", false,
              "Send with allow_paid_broadcast (paid per message in Stars) at TELEGRAM_PAID_RATE");

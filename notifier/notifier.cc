@@ -443,8 +443,10 @@ void Notifier::FlowControl() {
     std::lock_guard lock(mu_);
     pending = pending_;
   }
+  // Resuming costs a fetch round trip (pausing drops what librdkafka had fetched ahead): resume
+  // while a quarter is still queued, so the workers never run dry meanwhile.
   bool pause = pending >= options_.max_pending;
-  bool resume = pending <= options_.max_pending / 2;
+  bool resume = pending <= options_.max_pending * 3 / 4;
   if (paused_ ? !resume : !pause) return;
   std::vector<RdKafka::TopicPartition*> assigned;
   if (consumer_->assignment(assigned) != RdKafka::ERR_NO_ERROR) return;

@@ -7,7 +7,8 @@
 // reservation) form a lane and are worked on strictly one after another, in offset order;
 // different lanes go in parallel. An offset is committed only below the lowest unfinished record
 // of its partition (every `commit_interval`, at a revoke and at stop). Beyond `max_pending`
-// records read and unfinished, the partitions are paused (polling goes on) until half drained.
+// records read and unfinished, the partitions are paused (polling goes on) until a quarter
+// drained.
 //
 // Per record, in a worker:
 //   headers, decode -> poison (another event type or content type, undecodable payload, no or
@@ -88,8 +89,8 @@ struct NotifierOptions {
   UncertainPolicy uncertain_policy = UncertainPolicy::kResend;
   // Records worked on at once (sends in flight, at most one per reservation).
   int concurrency = 32;
-  // Records read and not yet finished before the partitions pause.
-  int max_pending = 2000;
+  // Records read and not yet finished before the partitions pause (resumed at three quarters).
+  int max_pending = 10000;
   PacingOptions pacing;
   // How often finished offsets are committed (and at every rebalance and at stop). Shorter
   // means fewer redeliveries (duplicates skipped) after a crash; longer, fewer commit requests.

@@ -64,10 +64,12 @@ TelegramSender::TelegramSender(TelegramOptions options) : options_(std::move(opt
   GlobalInitOnce();
   url_ = absl::StrCat(absl::StripSuffix(options_.api_base, "/"), "/bot", options_.token,
                       "/sendMessage");
+  headers_ = curl_slist_append(nullptr, "Content-Type: application/json");
 }
 
 TelegramSender::~TelegramSender() {
   for (void* handle : idle_handles_) curl_easy_cleanup(static_cast<CURL*>(handle));
+  curl_slist_free_all(headers_);
 }
 
 void* TelegramSender::AcquireHandle() {
@@ -79,7 +81,22 @@ void* TelegramSender::AcquireHandle() {
       return handle;
     }
   }
-  return curl_easy_init();
+  // What every request of this sender shares is set once per handle; a handle keeps its
+  // connection open between requests.
+  CURL* curl = curl_easy_init();
+  if (curl == nullptr) return nullptr;
+  curl_easy_setopt(curl, CURLOPT_URL, url_.c_str());
+  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers_);
+  curl_easy_setopt(curl, CURLOPT_POST, 1L);
+  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
+                   static_cast<long>(absl::ToInt64Milliseconds(options_.total_timeout)));
+  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: we are threaded
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  // No proxies from the environment: the token must only ever go to api_base.
+  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
+  return curl;
 }
 
 void TelegramSender::ReleaseHandle(void* handle) {
@@ -90,32 +107,19 @@ void TelegramSender::ReleaseHandle(void* handle) {
 SendResult TelegramSender::SendOnce(const std::string& body) {
   CURL* curl = static_cast<CURL*>(AcquireHandle());
   if (curl == nullptr) return SendResult::Transient("connection", "curl_easy_init failed");
-  curl_easy_reset(curl);  // options only: the handle keeps its open connection
   std::string response;
   char error[CURL_ERROR_SIZE] = {0};
-  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  curl_easy_setopt(curl, CURLOPT_URL, url_.c_str());
-  curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-  curl_easy_setopt(curl, CURLOPT_POST, 1L);
   curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(options_.connect_timeout)));
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(options_.total_timeout)));
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: we are threaded
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
-  // No proxies from the environment: the token must only ever go to api_base.
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
 
   CURLcode code = curl_easy_perform(curl);
   long status = 0;
   long request_bytes = 0;  // what went out on the wire: 0 means Telegram never saw the request
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_getinfo(curl, CURLINFO_REQUEST_SIZE, &request_bytes);
-  curl_slist_free_all(headers);
+  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, nullptr);  // `error` ends with this call
   ReleaseHandle(curl);
 
   if (code != CURLE_OK) {

@@ -31,6 +31,8 @@
 #include "absl/time/time.h"
 #include "notifier/sender.h"
 
+struct curl_slist;
+
 namespace concert::notifier {
 
 struct TelegramOptions {
@@ -72,6 +74,7 @@ class TelegramSender final : public Sender {
   std::string url_;
   std::mutex mu_;
   std::vector<void*> idle_handles_;  // CURL*, kept with their open connections
+  curl_slist* headers_ = nullptr;    // shared by every handle
 };
 
 // `text` with every occurrence of `token` replaced by "<redacted>".
