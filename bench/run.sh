@@ -647,7 +647,7 @@ echo "start_ms $(now_ms)" >"$RAW/limits-d.txt"
 "$GHZ" --insecure --call concert.v1.PaymentService/PayConcert \
   --data "$(ghz_data "$phase")" --metadata-file "$RAW/spread-metadata.json" \
   --duration-stop=wait -O json -o "$RAW/limits-d-ghz-0.json" \
-  -c 64 --rps "$SPIKE_RATE" -z "${SPIKE_DURATION}s" "$PAY_ADDR" || true
+  -c 16 --rps "$SPIKE_RATE" -z "${SPIKE_DURATION}s" "$PAY_ADDR" || true
 [[ -s "$RAW/limits-d-ghz-0.json" ]] || die "ghz wrote no report (limits-d)"
 echo "paid_ms $(now_ms)" >>"$RAW/limits-d.txt"
 ok=$(ghz_ok "$RAW/limits-d-ghz-0.json")
