@@ -2,13 +2,14 @@
 # scripts/install-deps.sh — install what a fresh Debian 12 machine needs to build, run and
 # test this project. Idempotent: a second run finds everything in place and downloads nothing.
 #
-#   scripts/install-deps.sh [apt|kafka|gotools|all]     (default: all)
+#   scripts/install-deps.sh [apt|kafka|gotools|promtool|all]     (default: all)
 #
 #   apt      Debian packages (compilers, C++ libraries, PostgreSQL 15, Java 17, Maven, ...);
 #            skipped entirely when all are installed. Needs root.
 #   kafka    Apache Kafka jars (pinned in scripts/kafka/pom.xml) resolved by Maven into
 #            .local/kafka/libs/ (Maven's download cache is its usual ~/.m2).
-#   gotools  grpcurl and ghz (pinned below), built by `go install` into .local/bin/.
+#   gotools  grpcurl, ghz and promtool (pinned below), built by `go install` into .local/bin/.
+#   promtool promtool alone (the observability check installs it this way on first use).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -21,10 +22,13 @@ APT_PACKAGES=(
   libgtest-dev libgmock-dev libssl-dev
   postgresql-15 postgresql-client-15
   openjdk-17-jre-headless maven
-  curl python3 acl
+  curl python3 python3-yaml acl
 )
 GRPCURL_VERSION=v1.9.4   # needs go >= 1.25 (older go >= 1.21 fetches that toolchain itself)
 GHZ_VERSION=v0.121.0
+# Prometheus' Go module numbers release 3.N.M as v0.3NN.M; promtool checks and unit-tests the
+# alert rules under deploy/observability/. A long build (about 10 minutes on 2 cores), done once.
+PROMTOOL_VERSION=v0.316.0   # needs go >= 1.26.7 (like grpcurl, an older go may fetch it)
 
 KAFKA_POM="$ROOT/scripts/kafka/pom.xml"
 KAFKA_LIBS="$LOCAL/kafka/libs"
@@ -66,18 +70,18 @@ install_kafka() {
   say "kafka: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars"
 }
 
-# go_tool NAME MODULE_PATH VERSION: go install MODULE_PATH@VERSION into .local/bin unless the
-# stamp says that exact version is there already.
+# go_tool NAME MODULE_PATH VERSION [VAR=VALUE]: go install MODULE_PATH@VERSION into .local/bin
+# unless the stamp says that exact version is there already. VAR=VALUE (default
+# main.version=VERSION) is what the tool prints for --version (plain go install says "dev").
 go_tool() {
-  local name=$1 want="$2@$3" stamp="$BIN/.$1.version"
+  local name=$1 want="$2@$3" stamp="$BIN/.$1.version" version_flag=${4:-main.version=$3}
   if [[ -x "$BIN/$name" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
     say "gotools: $name $3 already installed"
     return
   fi
   say "gotools: go install $want"
   mkdir -p "$BIN"
-  # -X main.version: both tools print it for --version (plain go install says "dev").
-  (cd "$BIN" && GOBIN="$BIN" go install -ldflags "-s -w -X main.version=$3" "$want")
+  (cd "$BIN" && GOBIN="$BIN" go install -ldflags "-s -w -X $version_flag" "$want")
   echo "$want" >"$stamp"
 }
 
@@ -90,12 +94,23 @@ install_gotools() {
     die "gotools: go $v is too old (grpcurl $GRPCURL_VERSION needs go >= 1.21 to fetch its toolchain)"
   go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
   go_tool ghz github.com/bojand/ghz/cmd/ghz "$GHZ_VERSION"
+  install_promtool
+}
+
+install_promtool() {
+  command -v go >/dev/null || die "go not found: run '$0 apt' first"
+  # v0.316.0 -> 3.16.0, the number promtool --version shows.
+  local release=${PROMTOOL_VERSION#v0.}
+  release="${release:0:1}.$((10#${release:1:2})).${release#*.}"
+  go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" \
+    "github.com/prometheus/common/version.Version=$release"
 }
 
 case "${1:-all}" in
   apt) install_apt ;;
   kafka) install_kafka ;;
   gotools) install_gotools ;;
+  promtool) install_promtool ;;
   all) install_apt; install_kafka; install_gotools ;;
-  *) die "usage: $0 [apt|kafka|gotools|all]" ;;
+  *) die "usage: $0 [apt|kafka|gotools|promtool|all]" ;;
 esac
