@@ -157,20 +157,24 @@ def relay_stage(raw, dists):
 
 
 # ---------------------------------------------------------------- 3. End to end
+def recorded_messages(path):
+    """(reservation id, message) for each line of a fake-telegram --record file that names one."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        for line in f:
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
+            if rid:
+                yield int(rid.group(1)), m
+
+
 def telegram(raw):
-    msgs = []
-    path = os.path.join(raw, "telegram.jsonl")
-    if os.path.exists(path):
-        with open(path) as f:
-            for line in f:
-                try:
-                    m = json.loads(line)
-                except ValueError:
-                    continue
-                rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
-                if rid:
-                    msgs.append((int(rid.group(1)), int(m["received_at_ms"])))
-    return msgs
+    return [(rid, int(m["received_at_ms"]))
+            for rid, m in recorded_messages(os.path.join(raw, "telegram.jsonl"))]
 
 
 def e2e_stage(raw, dists):
@@ -227,21 +231,9 @@ CASES = {  # name: (what it is, how its goal reads)
 
 def case_messages(raw, name, phase):
     """Accepted messages of the case's own reservations: (reservation, chat, accepted ms)."""
-    out = []
-    path = os.path.join(raw, f"limits-{name}.jsonl")
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
-            if rid and int(rid.group(1)) // 100000000 == phase:
-                out.append((int(rid.group(1)), str(m.get("chat_id")),
-                            int(m.get("accepted_at_ms") or m["received_at_ms"])))
-    return out
+    return [(rid, str(m.get("chat_id")), int(m.get("accepted_at_ms") or m["received_at_ms"]))
+            for rid, m in recorded_messages(os.path.join(raw, f"limits-{name}.jsonl"))
+            if rid // 100000000 == phase]
 
 
 def pacing_waits(raw, name):

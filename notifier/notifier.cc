@@ -37,6 +37,19 @@ std::string ForeignHeaders(const RdKafka::Message& message) {
   return "";
 }
 
+metrics::Counter& PacingWaitSeconds(metrics::Registry& registry, const char* scope) {
+  return registry.GetCounter("notifier_pacing_wait_seconds_total",
+                             "Time sends waited to stay under Telegram's limits, by scope: bot, "
+                             "chat (a private chat), group, flood (a 429's retry_after)",
+                             {{"scope", scope}});
+}
+
+metrics::Counter& RateLimited(metrics::Registry& registry, const char* chat) {
+  return registry.GetCounter("notifier_rate_limited_total",
+                             "429 answers from Telegram, by the chat's kind: private or group",
+                             {{"chat", chat}});
+}
+
 }  // namespace
 
 bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy) {
@@ -114,7 +127,13 @@ Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender
       oldest_age_gauge_(registry.GetGauge(
           "notifier_oldest_pending_age_seconds",
           "Age (since the record's Kafka timestamp) of the oldest record read and not finished; "
-          "0 when none")) {}
+          "0 when none")),
+      pacing_wait_bot_(PacingWaitSeconds(registry, "bot")),
+      pacing_wait_chat_(PacingWaitSeconds(registry, "chat")),
+      pacing_wait_group_(PacingWaitSeconds(registry, "group")),
+      pacing_wait_flood_(PacingWaitSeconds(registry, "flood")),
+      rate_limited_private_(RateLimited(registry, "private")),
+      rate_limited_group_(RateLimited(registry, "group")) {}
 
 Notifier::~Notifier() = default;
 
@@ -207,18 +226,12 @@ Notifier::Outcome Notifier::Process(const Job& job) {
 bool Notifier::Pace(const std::string& chat_id, const Job& job) {
   Pacer::Waits waits;
   bool acquired = pacer_.Acquire(chat_id, job.assignment->cancelled, &waits);
-  auto count = [&](const char* scope, absl::Duration waited) {
-    if (waited <= absl::ZeroDuration()) return;
-    registry_
-        .GetCounter("notifier_pacing_wait_seconds_total",
-                    "Time sends waited to stay under Telegram's limits, by scope: bot, chat (a "
-                    "private chat), group, flood (a 429's retry_after)",
-                    {{"scope", scope}})
-        .Increment(absl::ToDoubleSeconds(waited));
+  auto count = [](metrics::Counter& counter, absl::Duration waited) {
+    if (waited > absl::ZeroDuration()) counter.Increment(absl::ToDoubleSeconds(waited));
   };
-  count("bot", waits.bot);
-  count(IsGroupChat(chat_id) ? "group" : "chat", waits.chat);
-  count("flood", waits.flood);
+  count(pacing_wait_bot_, waits.bot);
+  count(IsGroupChat(chat_id) ? pacing_wait_group_ : pacing_wait_chat_, waits.chat);
+  count(pacing_wait_flood_, waits.flood);
   return acquired;
 }
 
@@ -275,11 +288,7 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
     if (result.kind != SendResult::Kind::kRateLimited) break;
     // Not a failed attempt: Telegram delivered nothing and asks the whole bot to wait.
     pacer_.Block(result.retry_after);
-    registry_
-        .GetCounter("notifier_rate_limited_total",
-                    "429 answers from Telegram, by the chat's kind: private or group",
-                    {{"chat", IsGroupChat(chat_id) ? "group" : "private"}})
-        .Increment();
+    (IsGroupChat(chat_id) ? rate_limited_group_ : rate_limited_private_).Increment();
     log::Warn("telegram rate limit: every send pauses",
               {{"event_id", event_id},
                {"retry_after_ms", absl::ToInt64Milliseconds(result.retry_after)}});

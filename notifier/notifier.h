@@ -190,6 +190,13 @@ class Notifier {
   metrics::Gauge& pending_gauge_;
   metrics::Gauge& lag_gauge_;
   metrics::Gauge& oldest_age_gauge_;
+  // By scope and by chat kind, looked up once: they count on the hot path.
+  metrics::Counter& pacing_wait_bot_;
+  metrics::Counter& pacing_wait_chat_;
+  metrics::Counter& pacing_wait_group_;
+  metrics::Counter& pacing_wait_flood_;
+  metrics::Counter& rate_limited_private_;
+  metrics::Counter& rate_limited_group_;
 
   // Shared between the consumer thread and the workers.
   std::mutex mu_;
