@@ -109,6 +109,17 @@ void PgPool::Release(std::unique_ptr<pqxx::connection> conn) {
   cv_.notify_one();
 }
 
+namespace {
+
+// Whether an attempt that ended with `status` may run again: a serialization failure or
+// deadlock rolled it back, and a broken connection is reopened.
+bool Retryable(const absl::Status& status) {
+  return status.code() == absl::StatusCode::kAborted ||
+         status.code() == absl::StatusCode::kUnavailable;
+}
+
+}  // namespace
+
 absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& body) {
   absl::Status status;
   for (int attempt = 1; attempt <= options_.max_attempts; ++attempt) {
@@ -130,9 +141,7 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& bo
       }
     }
     Release(std::move(conn));
-    bool retryable = status.code() == absl::StatusCode::kAborted ||
-                     status.code() == absl::StatusCode::kUnavailable;
-    if (!retryable) return status;
+    if (!Retryable(status)) return status;
     if (attempt < options_.max_attempts) {
       log::Debug("retrying transaction", {{"attempt", attempt}, {"error", std::string(status.message())}});
     }
@@ -140,17 +149,25 @@ absl::Status PgPool::Transact(const std::function<absl::Status(pqxx::work&)>& bo
   return status;
 }
 
-absl::Status PgPool::Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body) {
-  ASSIGN_OR_RETURN(std::unique_ptr<pqxx::connection> conn, Acquire());
+absl::Status PgPool::Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body,
+                             Retry retry) {
+  int attempts = retry == Retry::kIdempotent ? options_.max_attempts : 1;
   absl::Status status;
-  try {
-    pqxx::nontransaction tx(*conn);
-    status = body(tx);
-  } catch (const std::exception& e) {
-    status = StatusFromException(e);
-    if (status.code() == absl::StatusCode::kUnavailable) conn.reset();  // reconnect next time
+  for (int attempt = 1; attempt <= attempts; ++attempt) {
+    ASSIGN_OR_RETURN(std::unique_ptr<pqxx::connection> conn, Acquire());
+    try {
+      pqxx::nontransaction tx(*conn);
+      status = body(tx);
+    } catch (const std::exception& e) {
+      status = StatusFromException(e);
+      if (status.code() == absl::StatusCode::kUnavailable) conn.reset();  // reconnect next time
+    }
+    Release(std::move(conn));
+    if (!Retryable(status)) return status;
+    if (attempt < attempts) {
+      log::Debug("retrying statement", {{"attempt", attempt}, {"error", std::string(status.message())}});
+    }
   }
-  Release(std::move(conn));
   return status;
 }
 

@@ -50,8 +50,8 @@ class PgPool {
     absl::Duration acquire_timeout = absl::Seconds(5);
     // Runs on each new connection (prepared statements, session settings).
     std::function<void(pqxx::connection&)> prepare;
-    // Attempts of one Transact() when it fails with ABORTED (serialization, deadlock) or with
-    // a connection that broke before commit.
+    // Attempts of one Transact() (or idempotent Execute()) when it fails with ABORTED
+    // (serialization, deadlock) or with a connection that broke before commit.
     int max_attempts = 3;
   };
 
@@ -62,10 +62,17 @@ class PgPool {
 
   // Runs `body` in a read-committed transaction and commits when it returns OK.
   absl::Status Transact(const std::function<absl::Status(pqxx::work&)>& body);
+  enum class Retry {
+    // A broken connection leaves a write's outcome unknown (UNAVAILABLE): the caller decides.
+    kNever,
+    // Retried like Transact (ABORTED, UNAVAILABLE): for a body whose repeat answers as its first
+    // run would have, whether or not that run committed.
+    kIdempotent,
+  };
   // Runs `body` without a transaction block: each statement commits on its own, in one round
-  // trip (Transact needs three for one statement). Never retried: a broken connection leaves a
-  // write's outcome unknown (UNAVAILABLE), so the caller decides.
-  absl::Status Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body);
+  // trip (Transact needs three for one statement).
+  absl::Status Execute(const std::function<absl::Status(pqxx::nontransaction&)>& body,
+                       Retry retry = Retry::kNever);
 
   int in_use() const;
   int waiting() const;

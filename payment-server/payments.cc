@@ -15,7 +15,6 @@
 #include "common/log.h"
 #include "common/paging.h"
 #include "common/status.h"
-#include "concert/events/v1/payment_events.pb.h"
 
 namespace concert::payment {
 namespace {
@@ -23,13 +22,8 @@ namespace {
 // Timestamps travel as microseconds since the epoch so that no text parsing is involved.
 #define CONCERT_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
 
-constexpr char kLockReservation[] = "payment_lock_reservation";
-constexpr char kPaymentByReservation[] = "payment_by_reservation";
+constexpr char kPay[] = "payment_pay";
 constexpr char kPaymentById[] = "payment_by_id";
-constexpr char kDebit[] = "payment_debit";
-constexpr char kMarkPaid[] = "payment_mark_paid";
-constexpr char kInsertPayment[] = "payment_insert_payment";
-constexpr char kInsertOutbox[] = "payment_insert_outbox";
 constexpr char kUserExists[] = "payment_user_exists";
 constexpr char kSeatInfo[] = "payment_seat_info";
 constexpr char kExpireStaleHolds[] = "payment_expire_stale_holds";
@@ -113,29 +107,47 @@ v1::SeatAvailability SeatAvailabilityFromText(const std::string& text) {
   return v1::SEAT_AVAILABILITY_UNSPECIFIED;  // payment.seat_availability gives none other
 }
 
+// The answer to one row of payment.pay_concert, whose outcomes schema.cc lists.
+absl::Status PayOutcome(const std::string& outcome, const pqxx::row& row, int64_t reservation_id,
+                        v1::Payment& payment) {
+  if (outcome == "PAID" || outcome == "REPLAYED") {
+    payment = PaymentFromRow(row);
+    return absl::OkStatus();
+  }
+  if (outcome == "NOT_FOUND") {
+    return absl::NotFoundError(absl::StrCat("reservation ", reservation_id, " does not exist"));
+  }
+  if (outcome == "NOT_YOURS") {
+    return absl::PermissionDeniedError(
+        absl::StrCat("reservation ", reservation_id, " belongs to another user"));
+  }
+  if (outcome == "EXPIRED") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "reservation hold expired (reservation ", reservation_id, "); reserve the seat again"));
+  }
+  if (outcome == "INSUFFICIENT_BALANCE") {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "insufficient balance: the reservation costs ", row[3].as<int64_t>(), " won"));
+  }
+  if (outcome == "PAID_WITHOUT_PAYMENT") {
+    return absl::InternalError(
+        absl::StrCat("reservation ", reservation_id, " is PAID but has no payment"));
+  }
+  return absl::InternalError(absl::StrCat("payment.pay_concert answered '", outcome, "'"));
+}
+
 }  // namespace
 
 Payments::Payments(PgPool& pool, PaymentsOptions options)
     : pool_(pool), options_(std::move(options)) {}
 
 void Payments::Prepare(pqxx::connection& conn) {
-  // FOR UPDATE OF r: only the reservation is locked; concurrent PayConcert calls for it queue
-  // here and, under read committed, see the winner's PAID status once it commits.
-  conn.prepare(kLockReservation,
-               "SELECT r.user_id, r.seat_id, r.amount_won, r.status, r.expires_at <= now(), "
-               "u.mail, c.title, " CONCERT_MICROS("sch.starts_at") ", coalesce(tl.chat_id, 0) "
-               "FROM payment.reservations r "
-               "JOIN payment.users u ON u.id = r.user_id "
-               "LEFT JOIN payment.telegram_links tl ON tl.user_id = r.user_id "
-               "JOIN payment.seats s ON s.id = r.seat_id "
-               "JOIN payment.schedules sch ON sch.id = s.schedule_id "
-               "JOIN payment.concerts c ON c.id = sch.concert_id "
-               "WHERE r.id = $1 FOR UPDATE OF r");
+  // payment.pay_concert (schema.cc) returns the PaymentFromRow columns, then the outcome.
+  conn.prepare(kPay, "SELECT * FROM payment.pay_concert($1, $2, $3::jsonb)");
   const char* payment_columns =
       "SELECT p.id, p.reservation_id, p.user_id, p.amount_won, " CONCERT_MICROS("p.paid_at")
       ", p.event_id::text, u.balance_won "
       "FROM payment.payments p JOIN payment.users u ON u.id = p.user_id ";
-  conn.prepare(kPaymentByReservation, absl::StrCat(payment_columns, "WHERE p.reservation_id = $1"));
   conn.prepare(kPaymentById, absl::StrCat(payment_columns, "WHERE p.id = $1"));
   // $2 = 0 on the first page; a page token carries the last (smallest) id of the previous one.
   // The cast types $2 as bigint: `$2 = 0` alone would make it an int, too small for an id.
@@ -143,22 +155,6 @@ void Payments::Prepare(pqxx::connection& conn) {
                absl::StrCat(payment_columns,
                             "WHERE p.user_id = $1 AND ($2::bigint = 0 OR p.id < $2) "
                             "ORDER BY p.id DESC LIMIT $3"));
-  // The balance check and the debit are one statement: concurrent payments of one user queue on
-  // the user's row and each re-checks the balance it finds, so it never goes below zero.
-  conn.prepare(kDebit,
-               "UPDATE payment.users SET balance_won = balance_won - $2 "
-               "WHERE id = $1 AND balance_won >= $2 RETURNING balance_won");
-  conn.prepare(kMarkPaid,
-               "UPDATE payment.reservations SET status = 'PAID', updated_at = now() WHERE id = $1");
-  conn.prepare(kInsertPayment,
-               "INSERT INTO payment.payments (reservation_id, user_id, amount_won, event_id) "
-               "VALUES ($1, $2, $3, gen_random_uuid()) "
-               "RETURNING id, event_id::text, " CONCERT_MICROS("paid_at"));
-  conn.prepare(kInsertOutbox,
-               "INSERT INTO payment.outbox_events "
-               "(event_id, aggregate_type, aggregate_id, event_type, payload, headers) "
-               "VALUES ($1::uuid, 'reservation', $2, 'PaymentCompleted', decode($3, 'hex'), "
-               "$4::jsonb)");
   conn.prepare(kUserExists, "SELECT 1 FROM payment.users WHERE id = $1");
   conn.prepare(kSeatInfo,
                "SELECT s.price_won, c.title, " CONCERT_MICROS("sch.starts_at") " "
@@ -265,76 +261,28 @@ absl::StatusOr<v1::Payment> Payments::PayConcert(int64_t user_id, int64_t reserv
     headers = nlohmann::json{{"traceparent", std::string(traceparent)}}.dump();
   }
   v1::Payment payment;
-  bool replayed = false;
-  // Transact may run the body again after a serialization failure or a broken connection; each
-  // run starts from a rolled-back state, so the outputs are reset at its top.
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    payment.Clear();
-    replayed = false;
-    pqxx::result locked = tx.exec_prepared(kLockReservation, reservation_id);
-    if (locked.empty()) {
-      return absl::NotFoundError(absl::StrCat("reservation ", reservation_id, " does not exist"));
-    }
-    const pqxx::row& r = locked[0];
-    if (r[0].as<int64_t>() != user_id) {
-      return absl::PermissionDeniedError(
-          absl::StrCat("reservation ", reservation_id, " belongs to another user"));
-    }
-    std::string state = r[3].as<std::string>();
-    if (state == "PAID") {
-      // A retry of a payment that went through: answer with the original, write nothing.
-      pqxx::result original = tx.exec_prepared(kPaymentByReservation, reservation_id);
-      if (original.empty()) {
-        return absl::InternalError(
-            absl::StrCat("reservation ", reservation_id, " is PAID but has no payment"));
-      }
-      payment = PaymentFromRow(original[0]);
-      replayed = true;
-      return absl::OkStatus();
-    }
-    if (state != "HELD" || r[4].as<bool>()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("reservation hold expired (reservation ", reservation_id,
-                       "); reserve the seat again"));
-    }
-    int64_t seat_id = r[1].as<int64_t>();
-    int64_t amount = r[2].as<int64_t>();
-    pqxx::result debited = tx.exec_prepared(kDebit, user_id, amount);
-    if (debited.empty()) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("insufficient balance: the reservation costs ", amount, " won"));
-    }
-    tx.exec_prepared(kMarkPaid, reservation_id);
-    pqxx::row inserted = tx.exec_prepared(kInsertPayment, reservation_id, user_id, amount)[0];
-    payment.set_payment_id(inserted[0].as<int64_t>());
-    payment.set_reservation_id(reservation_id);
-    payment.set_user_id(user_id);
-    payment.set_amount_won(amount);
-    *payment.mutable_paid_at() = TimestampFromMicros(inserted[2].as<int64_t>());
-    payment.set_event_id(inserted[1].as<std::string>());
-    payment.set_balance_won(debited[0][0].as<int64_t>());
-
-    events::v1::PaymentCompleted event;
-    event.set_event_id(payment.event_id());
-    event.set_payment_id(payment.payment_id());
-    event.set_reservation_id(reservation_id);
-    event.set_user_id(user_id);
-    event.set_user_mail(r[5].as<std::string>());
-    event.set_concert_title(r[6].as<std::string>());
-    *event.mutable_concert_start() = TimestampFromMicros(r[7].as<int64_t>());
-    *event.mutable_paid_at() = payment.paid_at();
-    event.set_amount_won(amount);
-    event.set_seat_id(seat_id);
-    event.set_telegram_chat_id(r[8].as<int64_t>());
-    tx.exec_prepared(kInsertOutbox, payment.event_id(), absl::StrCat(reservation_id),
-                     absl::BytesToHexString(event.SerializeAsString()), headers);
-    if (options_.before_commit_for_test) {
-      RETURN_IF_ERROR(options_.before_commit_for_test(payment.payment_id()));
-    }
-    return absl::OkStatus();
-  });
+  std::string outcome;
+  auto pay = [&](pqxx::transaction_base& tx) -> absl::Status {
+    pqxx::row row = tx.exec_prepared1(kPay, user_id, reservation_id, headers);
+    outcome = row[7].as<std::string>();
+    return PayOutcome(outcome, row, reservation_id, payment);
+  };
+  absl::Status status;
+  if (options_.before_commit_for_test) {
+    // The same statement inside a transaction block, so that a failure between its writes and
+    // the commit can be injected.
+    status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
+      RETURN_IF_ERROR(pay(tx));
+      if (outcome != "PAID") return absl::OkStatus();
+      return options_.before_commit_for_test(payment.payment_id());
+    });
+  } else {
+    // One round trip, committed on its own. Repeating it is safe even when a broken connection
+    // hid whether it committed: a payment that did is found and answered as REPLAYED.
+    status = pool_.Execute(pay, PgPool::Retry::kIdempotent);
+  }
   if (!status.ok()) return status;
-  if (replayed) {
+  if (outcome == "REPLAYED") {
     log::Info("payment replayed", {{"payment_id", payment.payment_id()},
                                    {"reservation_id", reservation_id},
                                    {"event_id", payment.event_id()}});

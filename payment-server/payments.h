@@ -34,8 +34,9 @@ struct PaymentsOptions {
   // How long ReserveSeat holds a seat before PayConcert refuses it (RESERVATION_HOLD).
   absl::Duration reservation_hold = absl::Minutes(5);
   // Test seam, never set in production: runs inside PayConcert's transaction after the payment
-  // and its outbox row were inserted, just before commit. An error aborts the transaction and
-  // is returned to the caller, which is how tests prove that a failure there leaves nothing.
+  // and its outbox row were inserted, just before commit (PayConcert then opens a transaction
+  // block around its one statement). An error aborts the transaction and is returned to the
+  // caller, which is how tests prove that a failure there leaves nothing.
   std::function<absl::Status(int64_t payment_id)> before_commit_for_test;
   // The bot's username for LinkTelegram's deep links (TELEGRAM_BOT_USERNAME); empty: no bot,
   // LinkTelegram is FAILED_PRECONDITION.

@@ -4,9 +4,11 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <thread>
 #include <vector>
 
+#include <google/protobuf/io/coded_stream.h>
 #include <gtest/gtest.h>
 
 #include "absl/strings/ascii.h"
@@ -313,6 +315,52 @@ TEST_F(PaymentsTest, TraceparentEndsUpInTheOutboxHeaders) {
   ASSERT_TRUE(client_->Pay(Auth(1), reservation, nullptr, traceparent).ok());
   EXPECT_EQ(QueryString(db_.url(), "SELECT headers->>'traceparent' FROM payment.outbox_events"),
             traceparent);
+}
+
+// The event payload is encoded in SQL (payment.pay_concert): its bytes must be exactly what
+// protobuf's serializer writes, for every field, including multi-byte lengths, non-ASCII text
+// and a negative (group) chat id, whose varint takes ten bytes.
+TEST_F(PaymentsTest, EventPayloadIsByteForByteWhatProtobufWrites) {
+  const std::string mail = absl::StrCat(std::string(150, 'm'), "@example.com");
+  Exec(db_.url(), absl::StrCat("UPDATE payment.users SET mail = '", mail, "' WHERE id = 1"));
+  Exec(db_.url(), "UPDATE payment.concerts SET title = '아이유 콘서트 – Seoul'");
+  Exec(db_.url(), "INSERT INTO payment.telegram_links (user_id, chat_id) "
+                  "VALUES (1, -1001234567890)");
+  v1::Payment payment;
+  ASSERT_TRUE(client_->Pay(Auth(1), Hold(1, demo_.seat_ids[0]), &payment).ok());
+
+  std::string payload = absl::HexStringToBytes(
+      QueryString(db_.url(), "SELECT encode(payload, 'hex') FROM payment.outbox_events"));
+  events::v1::PaymentCompleted event;
+  ASSERT_TRUE(event.ParseFromString(payload));
+  EXPECT_EQ(event.SerializeAsString(), payload);
+  // Every field is present (a field added to the event but not to the SQL would be missing).
+  const google::protobuf::Reflection* reflection = event.GetReflection();
+  const google::protobuf::Descriptor* descriptor = event.GetDescriptor();
+  for (int i = 0; i < descriptor->field_count(); ++i) {
+    EXPECT_TRUE(reflection->HasField(event, descriptor->field(i))) << descriptor->field(i)->name();
+  }
+  EXPECT_EQ(event.user_mail(), mail);
+  EXPECT_EQ(event.concert_title(), "아이유 콘서트 – Seoul");
+  EXPECT_EQ(event.telegram_chat_id(), -1001234567890);
+  EXPECT_EQ(event.payment_id(), payment.payment_id());
+  EXPECT_EQ(event.paid_at().seconds(), payment.paid_at().seconds());
+  EXPECT_EQ(event.paid_at().nanos(), payment.paid_at().nanos());
+}
+
+TEST_F(PaymentsTest, SqlVarintsMatchProtobufs) {
+  for (int64_t v : {int64_t{0}, int64_t{1}, int64_t{127}, int64_t{128}, int64_t{300},
+                    int64_t{1} << 35, std::numeric_limits<int64_t>::max(), int64_t{-1},
+                    int64_t{-1001234567890}, std::numeric_limits<int64_t>::min()}) {
+    uint8_t buffer[10];
+    uint8_t* end = google::protobuf::io::CodedOutputStream::WriteVarint64ToArray(
+        static_cast<uint64_t>(v), buffer);
+    std::string want(reinterpret_cast<const char*>(buffer), end - buffer);
+    EXPECT_EQ(QueryString(db_.url(), absl::StrCat("SELECT encode(payment.pb_varint('", v,
+                                                  "'::bigint), 'hex')")),
+              absl::BytesToHexString(want))
+        << v;
+  }
 }
 
 TEST_F(PaymentsTest, EveryErrorIsActionableAndWritesNothing) {

@@ -112,6 +112,137 @@ CREATE TABLE payment.telegram_links (
   linked_at  timestamptz NOT NULL DEFAULT now()
 );
 )sql"},
+      {5, "pay in one statement", R"sql(
+-- PayConcert in one round trip: payment.pay_concert does what the payment used to do in seven
+-- statements (lock the reservation, debit, mark it PAID, insert the payment and its outbox
+-- event), so the row locks are held for one statement's time instead of six network waits.
+--
+-- The outbox payload is the protobuf concert.events.v1.PaymentCompleted, encoded here because
+-- its payment id and paid_at exist only once the payment row is inserted. The pb_* functions
+-- write proto3's wire format exactly as protobuf's own serializer does: fields in number
+-- order, scalars equal to their default left out, messages always written (tests compare the
+-- bytes with protobuf's).
+
+-- An unsigned base-128 varint; a negative bigint takes ten bytes, as in protobuf.
+CREATE FUNCTION payment.pb_varint(v bigint) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+DECLARE
+  encoded bytea := '';
+BEGIN
+  WHILE v < 0 OR v > 127 LOOP
+    encoded := encoded || set_byte('\x00'::bytea, 0, (v & 127)::int | 128);
+    -- >> copies the sign bit; clearing the 7 bits it shifted in makes the shift logical.
+    v := (v >> 7) & 144115188075855871;  -- 2^57 - 1
+  END LOOP;
+  RETURN encoded || set_byte('\x00'::bytea, 0, v::int);
+END $$;
+
+-- Field tags: wire type 0 (varint) and 2 (length-delimited).
+CREATE FUNCTION payment.pb_int64(field int, v bigint) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT CASE WHEN v = 0 THEN ''::bytea
+              ELSE payment.pb_varint(field << 3) || payment.pb_varint(v) END
+$$;
+
+CREATE FUNCTION payment.pb_bytes(field int, v bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT payment.pb_varint(field << 3 | 2) || payment.pb_varint(length(v)) || v
+$$;
+
+CREATE FUNCTION payment.pb_string(field int, v text) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT CASE WHEN v = '' THEN ''::bytea
+              ELSE payment.pb_bytes(field, convert_to(v, 'UTF8')) END
+$$;
+
+-- google.protobuf.Timestamp at microsecond precision, as the server reports times.
+CREATE FUNCTION payment.pb_timestamp(field int, t timestamptz) RETURNS bytea
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
+  SELECT payment.pb_bytes(field, payment.pb_int64(1, s) || payment.pb_int64(2, (us - s * 1000000) * 1000))
+  FROM (SELECT us, floor(us / 1000000.0)::bigint AS s
+        FROM (SELECT (extract(epoch FROM t) * 1000000)::bigint AS us) micros) split
+$$;
+
+-- Outcomes: PAID (the payment columns are the new payment), REPLAYED (the reservation was paid
+-- before: its payment, nothing written), NOT_FOUND, NOT_YOURS, EXPIRED (not HELD or the hold
+-- ran out), INSUFFICIENT_BALANCE (amount_won is the price), PAID_WITHOUT_PAYMENT (a broken
+-- invariant). Every outcome but PAID writes nothing. Each statement takes its own snapshot
+-- under read committed, as the separate statements did: a call that queued on the reservation's
+-- lock behind a payment of it finds that payment.
+CREATE FUNCTION payment.pay_concert(
+    caller bigint, reservation bigint, event_headers jsonb,
+    OUT payment_id bigint, OUT reservation_id bigint, OUT user_id bigint, OUT amount_won bigint,
+    OUT paid_at_micros bigint, OUT event_id text, OUT balance_won bigint, OUT outcome text)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+  held record;
+  paid record;
+BEGIN
+  -- FOR UPDATE OF r: only the reservation is locked; concurrent payments of it queue here.
+  SELECT r.user_id, r.seat_id, r.amount_won, r.status, r.expires_at <= now() AS expired,
+         u.mail, c.title, sch.starts_at, coalesce(tl.chat_id, 0) AS chat_id
+    INTO held
+    FROM payment.reservations r
+    JOIN payment.users u ON u.id = r.user_id
+    LEFT JOIN payment.telegram_links tl ON tl.user_id = r.user_id
+    JOIN payment.seats s ON s.id = r.seat_id
+    JOIN payment.schedules sch ON sch.id = s.schedule_id
+    JOIN payment.concerts c ON c.id = sch.concert_id
+   WHERE r.id = reservation
+     FOR UPDATE OF r;
+  IF NOT FOUND THEN
+    outcome := 'NOT_FOUND';
+  ELSIF held.user_id <> caller THEN
+    outcome := 'NOT_YOURS';
+  ELSIF held.status = 'PAID' THEN
+    SELECT p.id, p.reservation_id, p.user_id, p.amount_won,
+           (extract(epoch FROM p.paid_at) * 1000000)::bigint, p.event_id::text, u.balance_won
+      INTO payment_id, reservation_id, user_id, amount_won, paid_at_micros, event_id, balance_won
+      FROM payment.payments p JOIN payment.users u ON u.id = p.user_id
+     WHERE p.reservation_id = reservation;
+    outcome := CASE WHEN FOUND THEN 'REPLAYED' ELSE 'PAID_WITHOUT_PAYMENT' END;
+  ELSIF held.status <> 'HELD' OR held.expired THEN
+    outcome := 'EXPIRED';
+  ELSE
+    amount_won := held.amount_won;
+    -- The balance check and the debit are one statement: concurrent payments of one user queue
+    -- on the user's row and each re-checks the balance it finds, so it never goes below zero.
+    UPDATE payment.users SET balance_won = balance_won - held.amount_won
+     WHERE id = caller AND balance_won >= held.amount_won
+    RETURNING balance_won INTO balance_won;
+    IF NOT FOUND THEN
+      outcome := 'INSUFFICIENT_BALANCE';
+      RETURN;
+    END IF;
+    UPDATE payment.reservations SET status = 'PAID', updated_at = now() WHERE id = reservation;
+    INSERT INTO payment.payments (reservation_id, user_id, amount_won, event_id)
+    VALUES (reservation, caller, held.amount_won, gen_random_uuid())
+    RETURNING id, event_id, paid_at INTO paid;
+    INSERT INTO payment.outbox_events
+      (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
+    VALUES (paid.event_id, 'reservation', reservation::text, 'PaymentCompleted',
+            payment.pb_string(1, paid.event_id::text) ||
+            payment.pb_int64(2, paid.id) ||
+            payment.pb_int64(3, reservation) ||
+            payment.pb_int64(4, caller) ||
+            payment.pb_string(5, held.mail) ||
+            payment.pb_string(6, held.title) ||
+            payment.pb_timestamp(7, held.starts_at) ||
+            payment.pb_timestamp(8, paid.paid_at) ||
+            payment.pb_int64(9, held.amount_won) ||
+            payment.pb_int64(10, held.seat_id) ||
+            payment.pb_int64(11, held.chat_id),
+            event_headers);
+    payment_id := paid.id;
+    reservation_id := reservation;
+    user_id := caller;
+    paid_at_micros := (extract(epoch FROM paid.paid_at) * 1000000)::bigint;
+    event_id := paid.event_id::text;
+    outcome := 'PAID';
+  END IF;
+END $$;
+)sql"},
   };
   return *migrations;
 }
