@@ -118,12 +118,19 @@ CREATE TABLE payment.telegram_links (
 -- event), so the row locks are held for one statement's time instead of six network waits.
 --
 -- The outbox payload is the protobuf concert.events.v1.PaymentCompleted, encoded here because
--- its payment id and paid_at exist only once the payment row is inserted. The pb_* functions
--- write proto3's wire format exactly as protobuf's own serializer does: fields in number
--- order, scalars equal to their default left out, messages always written (tests compare the
--- bytes with protobuf's).
+-- its payment id and paid_at exist only once the payment row is inserted. It is written exactly
+-- as protobuf's own serializer writes it (tests compare the bytes): fields in number order,
+-- scalars equal to their default left out, messages always written.
+--
+-- Cost matters here, on every payment. The pb_* helpers but pb_varint are single-expression SQL
+-- functions that Postgres inlines into the caller's plan, which holds only while each argument
+-- is a variable or a cheap expression (otherwise the function runs as a query planned again on
+-- every call, ten times slower): payment.payment_completed computes its inputs into variables
+-- first. pb_varint stays a PL/pgSQL loop: an inlined form is so large an expression that setting
+-- it up, once per transaction, costs more than the calls it saves.
 
--- An unsigned base-128 varint; a negative bigint takes ten bytes, as in protobuf.
+-- An unsigned base-128 varint. A negative bigint is its two's complement as an unsigned 64-bit
+-- number, ten bytes: as protobuf writes an int64.
 CREATE FUNCTION payment.pb_varint(v bigint) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
 DECLARE
@@ -137,31 +144,69 @@ BEGIN
   RETURN encoded || set_byte('\x00'::bytea, 0, v::int);
 END $$;
 
--- Field tags: wire type 0 (varint) and 2 (length-delimited).
+-- A field's tag, one byte for the field numbers 1 to 15 used here.
+CREATE FUNCTION payment.pb_tag(field int, wire_type int) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT set_byte('\x00'::bytea, 0, field << 3 | wire_type)
+$$;
+
+-- A varint field (wire type 0); zero is left out.
 CREATE FUNCTION payment.pb_int64(field int, v bigint) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-  SELECT CASE WHEN v = 0 THEN ''::bytea
-              ELSE payment.pb_varint(field << 3) || payment.pb_varint(v) END
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN v = 0 THEN ''::bytea ELSE payment.pb_tag(field, 0) || payment.pb_varint(v) END
 $$;
 
-CREATE FUNCTION payment.pb_bytes(field int, v bytea) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-  SELECT payment.pb_varint(field << 3 | 2) || payment.pb_varint(length(v)) || v
+-- A length-delimited field (wire type 2): a message, always written.
+CREATE FUNCTION payment.pb_message(field int, v bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT payment.pb_tag(field, 2) || payment.pb_varint(length(v)) || v
 $$;
 
-CREATE FUNCTION payment.pb_string(field int, v text) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-  SELECT CASE WHEN v = '' THEN ''::bytea
-              ELSE payment.pb_bytes(field, convert_to(v, 'UTF8')) END
+-- A string field, already UTF-8; empty is left out.
+CREATE FUNCTION payment.pb_string(field int, utf8 bytea) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT CASE WHEN length(utf8) = 0 THEN ''::bytea ELSE payment.pb_message(field, utf8) END
 $$;
 
--- google.protobuf.Timestamp at microsecond precision, as the server reports times.
-CREATE FUNCTION payment.pb_timestamp(field int, t timestamptz) RETURNS bytea
-LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE AS $$
-  SELECT payment.pb_bytes(field, payment.pb_int64(1, s) || payment.pb_int64(2, (us - s * 1000000) * 1000))
-  FROM (SELECT us, floor(us / 1000000.0)::bigint AS s
-        FROM (SELECT (extract(epoch FROM t) * 1000000)::bigint AS us) micros) split
+-- A google.protobuf.Timestamp's fields.
+CREATE FUNCTION payment.pb_timestamp(seconds bigint, nanos bigint) RETURNS bytea
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+  SELECT payment.pb_int64(1, seconds) || payment.pb_int64(2, nanos)
 $$;
+
+CREATE FUNCTION payment.payment_completed(
+    event_id uuid, payment_id bigint, reservation_id bigint, user_id bigint, user_mail text,
+    concert_title text, concert_start timestamptz, paid_at timestamptz, amount_won bigint,
+    seat_id bigint, telegram_chat_id bigint) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  event_utf8 bytea := convert_to(event_id::text, 'UTF8');
+  mail_utf8 bytea := convert_to(user_mail, 'UTF8');
+  title_utf8 bytea := convert_to(concert_title, 'UTF8');
+  start_micros bigint := (extract(epoch FROM concert_start) * 1000000)::bigint;
+  paid_micros bigint := (extract(epoch FROM paid_at) * 1000000)::bigint;
+  -- Timestamp's nanos are never negative: seconds round down.
+  start_fraction bigint := (start_micros % 1000000 + 1000000) % 1000000;
+  paid_fraction bigint := (paid_micros % 1000000 + 1000000) % 1000000;
+  start_seconds bigint := (start_micros - start_fraction) / 1000000;
+  paid_seconds bigint := (paid_micros - paid_fraction) / 1000000;
+  start_nanos bigint := start_fraction * 1000;
+  paid_nanos bigint := paid_fraction * 1000;
+  start_message bytea := payment.pb_timestamp(start_seconds, start_nanos);
+  paid_message bytea := payment.pb_timestamp(paid_seconds, paid_nanos);
+BEGIN
+  RETURN payment.pb_string(1, event_utf8) ||
+         payment.pb_int64(2, payment_id) ||
+         payment.pb_int64(3, reservation_id) ||
+         payment.pb_int64(4, user_id) ||
+         payment.pb_string(5, mail_utf8) ||
+         payment.pb_string(6, title_utf8) ||
+         payment.pb_message(7, start_message) ||
+         payment.pb_message(8, paid_message) ||
+         payment.pb_int64(9, amount_won) ||
+         payment.pb_int64(10, seat_id) ||
+         payment.pb_int64(11, telegram_chat_id);
+END $$;
 
 -- Outcomes: PAID (the payment columns are the new payment), REPLAYED (the reservation was paid
 -- before: its payment, nothing written), NOT_FOUND, NOT_YOURS, EXPIRED (not HELD or the hold
@@ -222,17 +267,9 @@ BEGIN
     INSERT INTO payment.outbox_events
       (event_id, aggregate_type, aggregate_id, event_type, payload, headers)
     VALUES (paid.event_id, 'reservation', reservation::text, 'PaymentCompleted',
-            payment.pb_string(1, paid.event_id::text) ||
-            payment.pb_int64(2, paid.id) ||
-            payment.pb_int64(3, reservation) ||
-            payment.pb_int64(4, caller) ||
-            payment.pb_string(5, held.mail) ||
-            payment.pb_string(6, held.title) ||
-            payment.pb_timestamp(7, held.starts_at) ||
-            payment.pb_timestamp(8, paid.paid_at) ||
-            payment.pb_int64(9, held.amount_won) ||
-            payment.pb_int64(10, held.seat_id) ||
-            payment.pb_int64(11, held.chat_id),
+            payment.payment_completed(paid.event_id, paid.id, reservation, caller, held.mail,
+                                      held.title, held.starts_at, paid.paid_at,
+                                      held.amount_won, held.seat_id, held.chat_id),
             event_headers);
     payment_id := paid.id;
     reservation_id := reservation;
