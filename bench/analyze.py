@@ -75,6 +75,18 @@ def pgbench_summary(raw, name):
     }, lat
 
 
+def cpu_per_call(raw, name, calls):
+    """CPU milliseconds per call of the load generator, Postgres and payment-server (run.sh's
+    `measured`), or None where not measured."""
+    fields = (read(raw, f"{name}.cpu", "") or "").split()
+    if len(fields) != 4 or not calls:
+        return None
+    own, postgres, server, hz = (int(f) for f in fields)
+    ms = lambda ticks: round(ticks * 1000.0 / hz / calls, 3)
+    return {"client": ms(own), "postgres": ms(postgres), "server": ms(server),
+            "total": ms(own + postgres + server)}
+
+
 def pay_stage(raw, dists):
     rows = []
     for c, _phase in lines(raw, "pay-levels.txt"):
@@ -84,6 +96,9 @@ def pay_stage(raw, dists):
         dists[f"PayConcert c={c} (ghz)"] = ("pay", lat)
         dists[f"pgbench 7 statements c={c}"] = ("pay", ref_lat)
         dists[f"pgbench 1 statement c={c}"] = ("pay", one_lat)
+        ours["cpu_ms"] = cpu_per_call(raw, f"pay-ghz-c{c}", ours["ok"])
+        ref["cpu_ms"] = cpu_per_call(raw, f"pgbench-c{c}", ref["transactions"])
+        one["cpu_ms"] = cpu_per_call(raw, f"pgbench-one-c{c}", one["transactions"])
         rows.append({"concurrency": int(c), "ours": ours, "pgbench": ref, "pgbench_one": one,
                      "ratio": ratio(ours["rps"], ref["tps"]),
                      "ratio_one": ratio(ours["rps"], one["tps"])})
@@ -365,6 +380,18 @@ def markdown(r):
                  f"{o['errors']} | {fmt(p['tps'])} | {fmt(p['p50_ms'])} | {fmt(p['p99_ms'])} | "
                  f"{fmt(x['ratio'])} | {fmt(q['tps'])} | {fmt(q['p50_ms'])} | {fmt(q['p99_ms'])} | "
                  f"{fmt(x['ratio_one'])} |")
+    m += ["", "CPU per call, ms (user + system; the two cores give 2,000 ms per second):", "",
+          "| concurrency | ours: ghz | payment-server | Postgres | total | 7 statements: pgbench | Postgres | total | 1 statement: pgbench | Postgres | total |",
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in r["payconcert"]:
+        o, p, q = (x[k].get("cpu_ms") or {} for k in ("ours", "pgbench", "pgbench_one"))
+        m.append(f"| {x['concurrency']} | {fmt(o.get('client'))} | {fmt(o.get('server'))} | "
+                 f"{fmt(o.get('postgres'))} | {fmt(o.get('total'))} | {fmt(p.get('client'))} | "
+                 f"{fmt(p.get('postgres'))} | {fmt(p.get('total'))} | {fmt(q.get('client'))} | "
+                 f"{fmt(q.get('postgres'))} | {fmt(q.get('total'))} |")
+    if r.get("profile_payment_server"):
+        m += ["", "PayConcert profile at concurrency 8 (bench/profile.sh payment-server, perf; top entries):", "",
+              "```", r["profile_payment_server"], "```"]
     rl = r["relay"]
     m += ["", "## 2. Relay (outbox row -> acknowledged Kafka record) vs ProducerPerformance", "",
           "| load | ours rps | commit->Kafka p50 ms | p99 ms | max ms | reference rps | ref p50 ms | ref p99 ms | ours/reference |",
@@ -423,9 +450,9 @@ def markdown(r):
                                f"({fmt(x.get('after_payments_s'))} s after the last payment)")
             m.append(f"| {what} | {fmt(x.get('rate'))} | {fmt(x['limit_per_s'])} | {fmt(x.get('ratio'))} | "
                      f"{r429} | {fmt(x.get('parked'))} | {'yes' if x['goal_met'] else 'no'} ({goal}) | {detail} |")
-        if r.get("profile"):
-            m += ["", "Notifier profile at its highest unlimited rate (bench/profile.sh, perf; top entries):", "", "```",
-                  r["profile"], "```"]
+        if r.get("profile_notifier"):
+            m += ["", "Notifier profile at its highest unlimited rate (bench/profile.sh notifier, perf; top entries):", "", "```",
+                  r["profile_notifier"], "```"]
     return "\n".join(m) + "\n"
 
 
@@ -477,7 +504,8 @@ def main():
     r["relay"] = relay_stage(a.raw, dists)
     r["end_to_end"] = e2e_stage(a.raw, dists)
     r["telegram_limits"] = limits_stage(a.raw, r["end_to_end"])
-    r["profile"] = read(a.raw, "profile-top.txt")
+    r["profile_notifier"] = read(a.raw, "profile-notifier.txt")
+    r["profile_payment_server"] = read(a.raw, "profile-payment-server.txt")
     r["memory"] = memory(a.raw)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=2)

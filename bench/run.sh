@@ -183,6 +183,30 @@ mem() {
   hwm=$(awk '/^VmHWM/ {print $2}' "/proc/$pid/status")
   echo "$1 $2 $rss $hwm" >>"$RAW/memory.txt"
 }
+# cpu_ticks PID...: CPU time (user + system, in clock ticks) the processes used so far, with
+# that of their children they reaped (fields 14-17 of /proc/PID/stat): a backend that exited is
+# counted in the postmaster, a command that finished in this shell.
+cpu_ticks() {
+  local p
+  for p in "$@"; do awk '{print $14 + $15 + $16 + $17}' "/proc/$p/stat" 2>/dev/null; done |
+    awk '{s += $1} END {print s + 0}'
+}
+postgres_pids() {
+  local postmaster; postmaster=$(head -1 "$PG_DIR/postmaster.pid")
+  echo "$postmaster" $(pgrep -P "$postmaster")
+}
+# measured NAME COMMAND...: runs COMMAND (in this shell), then writes the CPU ticks it, Postgres
+# and payment-server (if running) used meanwhile to $RAW/NAME.cpu: "<command> <postgres>
+# <payment-server> <ticks per second>".
+measured() {
+  local name=$1; shift
+  local server=${PIDS[payment-server]:-} pg0 server0 own0
+  pg0=$(cpu_ticks $(postgres_pids)); server0=$(cpu_ticks $server); own0=$(cpu_ticks $$)
+  "$@"
+  local own=$(( $(cpu_ticks $$) - own0 ))
+  echo "$own $(( $(cpu_ticks $(postgres_pids)) - pg0 )) $(( $(cpu_ticks $server) - server0 ))" \
+    "$(getconf CLK_TCK)" >"$RAW/$name.cpu"
+}
 sql() { "$PSQL" -X -q -v ON_ERROR_STOP=1 "$DB" "$@"; }
 sqlv() { "$PSQL" -X -q -t -A -v ON_ERROR_STOP=1 "$DB" -c "$1"; }
 kafka_tool() { scripts/kafka.sh run-class "$@"; }
@@ -265,7 +289,7 @@ phase=1
 for c in $PAY_LEVELS; do
   seed_range "$phase" $((RATE_CAP * PAY_DURATION))
   say "   ghz -c $c (reservations ${phase}xxxxxxxx)"
-  pay_ghz "$phase" "$RAW/pay-ghz-c$c.json" -c "$c" -z "${PAY_DURATION}s"
+  measured "pay-ghz-c$c" pay_ghz "$phase" "$RAW/pay-ghz-c$c.json" -c "$c" -z "${PAY_DURATION}s"
   echo "$c $phase" >>"$RAW/pay-levels.txt"
   phase=$((phase + 1))
 done
@@ -310,7 +334,7 @@ for c in $PAY_LEVELS; do
   sql -c "DROP SEQUENCE IF EXISTS bench_ref_reservation;
           CREATE SEQUENCE bench_ref_reservation START $((phase * 100000000));"
   say "   pgbench -c $c"
-  run_pgbench "pgbench-c$c" pay.pgbench "$c" -D payload="$PAYLOAD_HEX"
+  measured "pgbench-c$c" run_pgbench "pgbench-c$c" pay.pgbench "$c" -D payload="$PAYLOAD_HEX"
   phase=$((phase + 1))
 done
 
@@ -326,7 +350,8 @@ for c in $PAY_LEVELS; do
   base=$((phase * 100000000))
   sql -c "DROP SEQUENCE IF EXISTS bench_ref_reservation; CREATE SEQUENCE bench_ref_reservation START $base;"
   say "   pgbench -c $c, one statement"
-  run_pgbench "pgbench-one-c$c" pay-one.pgbench "$c" -D base="$base" -D users="$USERS"
+  measured "pgbench-one-c$c" run_pgbench "pgbench-one-c$c" pay-one.pgbench "$c" \
+    -D base="$base" -D users="$USERS"
   paid=$(sqlv "SELECT count(*) FROM payment.payments WHERE reservation_id >= $base")
   [[ "$paid" == "$(wc -l <"$RAW/pgbench-one-c$c.txt")" ]] ||
     die "pgbench's one-statement calls paid $paid reservations, not one per call"
@@ -687,8 +712,13 @@ say "writing the report"
 for s in payment-server outbox-relay notifier retry-worker fake-telegram; do stop "$s"; done
 echo "CMake $(awk -F= '/^CMAKE_BUILD_TYPE:/ {print $2}' "$BUILD_DIR/CMakeCache.txt" 2>/dev/null), $(git rev-parse --short HEAD)" >"$RAW/build.txt"
 { uname -srm; grep -m1 'model name' /proc/cpuinfo | cut -d: -f2; nproc; free -g | awk '/Mem:/ {print $2 " GiB"}'; } >"$RAW/machine.txt"
-# The notifier's profile, when bench/profile.sh left one (it runs apart: same state directory).
-[[ -s "$STATE/profile/top.txt" ]] && cp "$STATE/profile/top.txt" "$RAW/profile-top.txt"
+# The profiles bench/profile.sh left, if any (it runs apart: same state directory).
+for s in notifier payment-server; do
+  [[ -s "$STATE/profile/$s/top.txt" ]] && cp "$STATE/profile/$s/top.txt" "$RAW/profile-$s.txt"
+done
 mkdir -p bench/results
-"$PY" bench/analyze.py --raw "$RAW" --out "bench/results/$(date -u +%Y-%m-%d)"
-say "done: bench/results/$(date -u +%Y-%m-%d).{json,md,png}"
+# A run of chosen sections is named after them, so it never overwrites the day's full run.
+RESULT="bench/results/$(date -u +%Y-%m-%d)"
+[[ -n "${BENCH_SECTIONS:-}" ]] && RESULT+="-$(echo $BENCH_SECTIONS | tr ' ' '-')"
+"$PY" bench/analyze.py --raw "$RAW" --out "$RESULT"
+say "done: $RESULT.{json,md,png}"
