@@ -3,6 +3,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
@@ -48,12 +49,6 @@ void WriteKafkaLine(const rd_kafka_t* rk, int syslog_level, const char* facility
 // Every configuration a long-lived client is made from passes here (MakeConf).
 void RouteLogs(rd_kafka_conf_t* conf) { rd_kafka_conf_set_log_cb(conf, WriteKafkaLine); }
 
-// The short-lived admin client of EnsureTopics returns its failures in its status, which its
-// callers log (once, for a refusal); its own lines would repeat them at every retry.
-void WriteKafkaLineAsDebug(const rd_kafka_t* rk, int, const char* facility, const char* message) {
-  WriteKafkaLine(rk, /*syslog_level=*/7, facility, message);
-}
-
 // Errors that mean Kafka turned this client away, as opposed to being unreachable or busy.
 bool IsSecurityError(rd_kafka_resp_err_t err) {
   switch (err) {
@@ -67,17 +62,60 @@ bool IsSecurityError(rd_kafka_resp_err_t err) {
   }
 }
 
-// What the admin client's error callback saw while EnsureTopics waited.
-struct ConnectionErrors {
-  std::string refusal;  // the first security error, if any
-  std::string last;     // the last error of any kind
+// A broker's TLS alert (no client certificate where one is required) reaches librdkafka 2.0.2
+// as a receive failure, reported only in a log line: recognised by OpenSSL's and SASL's words.
+bool SaysRefused(absl::string_view line) {
+  return absl::StrContains(line, "SSL routines") || absl::StrContains(line, "SSL handshake") ||
+         absl::StrContains(line, "SASL authentication");
+}
+
+// "[thrd:x]: <reason> (after 5ms in state Y)" -> "<reason>": the same refusal reads the same
+// at every retry.
+std::string Reason(absl::string_view line) {
+  if (absl::StartsWith(line, "[thrd:")) {
+    size_t end = line.find("]: ");
+    if (end != absl::string_view::npos) line.remove_prefix(end + 3);
+  }
+  if (size_t after = line.find(" (after "); after != absl::string_view::npos) {
+    line = line.substr(0, after);
+  }
+  return std::string(line);
+}
+
+// What the admin client of EnsureTopics saw while it waited, from its error callback (our
+// thread) and its log callback (librdkafka's threads).
+class ConnectionErrors {
+ public:
+  void Record(absl::string_view line, bool refusal) {
+    std::lock_guard lock(mu_);
+    last_ = Reason(line);
+    if (refusal && refusal_.empty()) refusal_ = last_;
+  }
+  std::string refusal() const {
+    std::lock_guard lock(mu_);
+    return refusal_;
+  }
+  std::string last() const {
+    std::lock_guard lock(mu_);
+    return last_;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  std::string refusal_, last_;
 };
 
 void RecordError(rd_kafka_t*, int err, const char* reason, void* opaque) {
-  auto* errors = static_cast<ConnectionErrors*>(opaque);
-  errors->last = reason;
-  if (errors->refusal.empty() && IsSecurityError(static_cast<rd_kafka_resp_err_t>(err))) {
-    errors->refusal = reason;
+  static_cast<ConnectionErrors*>(opaque)->Record(
+      reason, IsSecurityError(static_cast<rd_kafka_resp_err_t>(err)));
+}
+
+// The admin client's failures come back in EnsureTopics' status, which its callers log (once,
+// for a refusal): its own lines go to the debug level, or they would repeat at every retry.
+void RecordLine(const rd_kafka_t* rk, int syslog_level, const char* facility, const char* message) {
+  WriteKafkaLine(rk, /*syslog_level=*/7, facility, message);
+  if (syslog_level <= 4) {
+    static_cast<ConnectionErrors*>(rd_kafka_opaque(rk))->Record(message, SaysRefused(message));
   }
 }
 
@@ -244,15 +282,16 @@ bool IsRefusal(const absl::Status& status) {
 
 bool RefusalLog::Report(const absl::Status& status, absl::string_view what) {
   if (!IsRefusal(status)) {
-    last_.clear();
+    logged_.reset();
     return false;
   }
-  std::string message(status.message());
-  if (message != last_) {
+  // librdkafka words one refusal in more than one way (a TLS failure from its error callback
+  // or from a log line): the kind of refusal, not its wording, says whether it is news.
+  if (logged_ != status.code()) {
     log::Error(absl::StrCat(what, ": Kafka refused this service; retrying in the background, "
                                   "health NOT_SERVING until it accepts"),
-               {{"error", message}});
-    last_ = message;
+               {{"error", std::string(status.message())}});
+    logged_ = status.code();
   }
   return true;
 }
@@ -333,7 +372,7 @@ absl::Status EnsureTopics(const Cluster& cluster, const std::vector<TopicSpec>& 
                           absl::Duration timeout) {
   char error[512];
   rd_kafka_conf_t* conf = rd_kafka_conf_new();
-  rd_kafka_conf_set_log_cb(conf, WriteKafkaLineAsDebug);
+  rd_kafka_conf_set_log_cb(conf, RecordLine);
   ConnectionErrors errors;
   rd_kafka_conf_set_opaque(conf, &errors);
   rd_kafka_conf_set_error_cb(conf, RecordError);
@@ -369,18 +408,18 @@ absl::Status EnsureTopics(const Cluster& cluster, const std::vector<TopicSpec>& 
   // answers, and must not look like a slow broker.
   rd_kafka_event_t* event = nullptr;
   absl::Time deadline = absl::Now() + timeout + absl::Seconds(1);
-  while (event == nullptr && errors.refusal.empty() && absl::Now() < deadline) {
+  while (event == nullptr && errors.refusal().empty() && absl::Now() < deadline) {
     event = rd_kafka_queue_poll(queue, 100);
     rd_kafka_poll(admin, 0);
   }
   absl::Status status;
-  if (!errors.refusal.empty()) {
+  if (!errors.refusal().empty()) {
     status = Refused(absl::UnauthenticatedError(
-        absl::StrCat("Kafka refused the connection: ", errors.refusal)));
+        absl::StrCat("Kafka refused the connection: ", errors.refusal())));
   } else if (event == nullptr) {
     status = absl::DeadlineExceededError(absl::StrCat(
         "creating topics: no answer from Kafka within ", absl::FormatDuration(timeout),
-        errors.last.empty() ? "" : absl::StrCat(" (last error: ", errors.last, ")")));
+        errors.last().empty() ? "" : absl::StrCat(" (last error: ", errors.last(), ")")));
   } else if (rd_kafka_event_error(event) != RD_KAFKA_RESP_ERR_NO_ERROR) {
     status = absl::UnavailableError(absl::StrCat("creating topics: ", rd_kafka_event_error_string(event)));
   } else {

@@ -86,14 +86,15 @@ inline bool IsRecordRejected(const absl::Status& status) {
 // or the cluster changes.
 bool IsRefusal(const absl::Status& status);
 
-// Logs each refusal once, as an error, however often a service retries it; a different
-// refusal is logged again. Report() returns false for any other status: the caller logs those.
+// Logs a refusal once, as an error, however often a service retries it; another kind of
+// refusal (credentials or TLS, topic creation), or one after a spell of other failures, is
+// logged again. Report() returns false for any other status: the caller logs those.
 class RefusalLog {
  public:
   bool Report(const absl::Status& status, absl::string_view what);
 
  private:
-  std::string last_;
+  std::optional<absl::StatusCode> logged_;
 };
 
 struct TopicSpec {

@@ -20,10 +20,12 @@
 # Secured listeners beside PLAINTEXT (off unless their port is set), for trying and testing
 # the services' TLS and SASL settings; certificates from scripts/tls.sh in KAFKA_DIR/tls
 # (ca.pem: the CA to trust; client.pem/client.key: a client certificate it signed):
-#   KAFKA_SASL_SSL_PORT   SASL_SSL, SCRAM-SHA-256 and SCRAM-SHA-512
+#   KAFKA_SASL_SSL_PORT   SASL_SSL: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
 #   KAFKA_MTLS_PORT       SSL requiring a client certificate signed by ca.pem
-#   KAFKA_SCRAM_USERS     "user:password ..." created (or updated) at every start with
-#                         Kafka's ConfigCommand, for both SCRAM mechanisms
+#   KAFKA_SASL_USERS      "user:password ...": PLAIN users (in the listener's JAAS) and SCRAM
+#                         users (created or updated at every start with Kafka's ConfigCommand)
+# (librdkafka before 2.6.1, Debian 12's 2.0.2 included, fails SCRAM against Kafka 4.x brokers:
+# confluentinc/librdkafka#4895. Kafka's own clients use SCRAM here; ours, PLAIN.)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -39,7 +41,7 @@ PID_FILE="$KAFKA_DIR/kafka.pid"
 LOG="$KAFKA_DIR/server.log"
 KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}
 KAFKA_MTLS_PORT=${KAFKA_MTLS_PORT:-}
-KAFKA_SCRAM_USERS=${KAFKA_SCRAM_USERS:-}
+KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-}
 TLS_DIR="$KAFKA_DIR/tls"
 
 [[ -f "$LIBS/.complete" ]] || die "Kafka jars missing in $LIBS: run scripts/install-deps.sh kafka"
@@ -100,7 +102,10 @@ secure_listeners() {
     SECURED_LISTENERS+=",MTLS://127.0.0.1:$KAFKA_MTLS_PORT" SECURED_MAP+=",MTLS:SSL"
   fi
   local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
-  SECURED_PROPERTIES="sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+  local plain="org.apache.kafka.common.security.plain.PlainLoginModule required" entry
+  for entry in $KAFKA_SASL_USERS; do plain+=" user_${entry%%:*}=\"${entry#*:}\""; done
+  SECURED_PROPERTIES="sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=$plain;
 listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
 listener.name.mtls.ssl.client.auth=required
@@ -164,15 +169,20 @@ format_once() {
   "${TOOL[@]}" kafka.tools.StorageTool format -t "$id" -c "$KAFKA_DIR/server.properties" >/dev/null
 }
 
-# SCRAM credentials live in the cluster's metadata: set them through the PLAINTEXT listener.
+# SCRAM credentials live in the cluster's metadata: set them through the PLAINTEXT listener,
+# one mechanism per request (the broker refuses two changes of one user in a request).
 create_scram_users() {
-  local entry user password
-  for entry in $KAFKA_SCRAM_USERS; do
+  local entry user password mechanism
+  for entry in $KAFKA_SASL_USERS; do
     user=${entry%%:*} password=${entry#*:}
-    timeout 60 "${TOOL[@]}" org.apache.kafka.tools.ConfigCommand --bootstrap-server "$BOOTSTRAP" \
-      --alter --entity-type users --entity-name "$user" \
-      --add-config "SCRAM-SHA-256=[password=$password],SCRAM-SHA-512=[password=$password]" \
-      >/dev/null || die "could not create SCRAM user $user"
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+      timeout 60 "${TOOL[@]}" org.apache.kafka.tools.ConfigCommand --bootstrap-server "$BOOTSTRAP" \
+        --alter --entity-type users --entity-name "$user" \
+        --add-config "$mechanism=[password=$password]" >/dev/null || {
+        say "could not create SCRAM user $user ($mechanism)"
+        return 1
+      }
+    done
   done
 }
 
@@ -207,7 +217,7 @@ start() {
     fi
     sleep 1
   done
-  create_scram_users
+  create_scram_users || { stop; die "Kafka stopped: its SCRAM users could not be created"; }
   say "ready on $BOOTSTRAP (pid $(broker_pid), up in ${SECONDS}s)"
   echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
 }

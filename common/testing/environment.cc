@@ -253,7 +253,7 @@ std::string PrivateKafka::Script(const std::string& verb) const {
       sasl_ssl_port_ == 0
           ? ""
           : absl::StrCat(" KAFKA_SASL_SSL_PORT=", sasl_ssl_port_, " KAFKA_MTLS_PORT=", mtls_port_,
-                         " KAFKA_SCRAM_USERS=", kScramUser, ":", kScramPassword);
+                         " KAFKA_SASL_USERS=", kSaslUser, ":", kSaslPassword);
   return absl::StrCat("KAFKA_PORT=", port_, " KAFKA_CONTROLLER_PORT=", controller_port_, secured,
                       " KAFKA_DIR=", dir_, " ", SourceRoot(), "/scripts/kafka.sh ", verb,
                       " >/dev/null 2>&1");

@@ -118,11 +118,12 @@ class PrivatePostgres {
 
 class PrivateKafka {
  public:
-  // kSecured: SASL_SSL and mTLS listeners as well (scripts/kafka.sh), with the SCRAM user
-  // kScramUser / kScramPassword and certificates of a CA of its own in tls_dir().
+  // kSecured: SASL_SSL and mTLS listeners as well (scripts/kafka.sh), with the SASL user
+  // kSaslUser / kSaslPassword (PLAIN and SCRAM) and certificates of a CA of its own in
+  // tls_dir().
   enum class Listeners { kPlaintext, kSecured };
-  static constexpr char kScramUser[] = "concert";
-  static constexpr char kScramPassword[] = "scram-test-secret";
+  static constexpr char kSaslUser[] = "concert";
+  static constexpr char kSaslPassword[] = "sasl-test-secret";
 
   explicit PrivateKafka(Listeners listeners = Listeners::kPlaintext);
   ~PrivateKafka();

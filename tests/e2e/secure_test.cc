@@ -1,4 +1,4 @@
-// Production connections on loopback: a Kafka of the test's own with a SASL_SSL (SCRAM) and an
+// Production connections on loopback: a Kafka of the test's own with a SASL_SSL and an
 // mTLS listener, and a Postgres with TLS on, certificates made by scripts/tls.sh at test time.
 // What a user notices: payments carried end to end over them; a wrong password, an untrusted CA
 // or a missing client certificate give one clear line and health NOT_SERVING, the process
@@ -51,12 +51,13 @@ class SecureConnectionsTest : public ::testing::Test {
   }
   static std::string Tls(const std::string& file) { return kafka_->tls_dir() + "/" + file; }
 
-  // SASL_SSL settings of a service, SCRAM with the broker's user.
+  // SASL_SSL settings of a service with the broker's user. PLAIN, not SCRAM: librdkafka 2.0.2
+  // (Debian 12) fails SCRAM against Kafka 4.x brokers (fixed in 2.6.1, librdkafka#4895).
   static std::map<std::string, std::string> SaslSsl(const std::string& mechanism) {
     return {{"KAFKA_SECURITY_PROTOCOL", "SASL_SSL"},
             {"KAFKA_SASL_MECHANISM", mechanism},
-            {"KAFKA_SASL_USERNAME", PrivateKafka::kScramUser},
-            {"KAFKA_SASL_PASSWORD", PrivateKafka::kScramPassword},
+            {"KAFKA_SASL_USERNAME", PrivateKafka::kSaslUser},
+            {"KAFKA_SASL_PASSWORD", PrivateKafka::kSaslPassword},
             {"KAFKA_SSL_CA_FILE", Tls("ca.pem")}};
   }
 
@@ -83,16 +84,16 @@ std::string DescribeTopic(const std::string& bootstrap, const std::string& topic
 }
 
 TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPostgres) {
-  std::string password_file = Tls("scram-password");
-  ASSERT_EQ(testing::RunCommand(absl::StrCat("printf '%s\\n' '", PrivateKafka::kScramPassword,
+  std::string password_file = Tls("sasl-password");
+  ASSERT_EQ(testing::RunCommand(absl::StrCat("printf '%s\\n' '", PrivateKafka::kSaslPassword,
                                              "' > ", password_file)),
             0);
   SystemOptions options{.database_url = TlsDatabaseUrl(),
                         .kafka_bootstrap = kafka_->sasl_ssl_bootstrap(),
                         .users = 2,
                         .link_chats = true};
-  options.relay_env = SaslSsl("SCRAM-SHA-512");
-  options.notifier_env = SaslSsl("SCRAM-SHA-256");
+  options.relay_env = SaslSsl("PLAIN");
+  options.notifier_env = SaslSsl("PLAIN");
   options.notifier_env.erase("KAFKA_SASL_PASSWORD");
   options.notifier_env["KAFKA_SASL_PASSWORD_FILE"] = password_file;
   // The retry-worker on the listener that demands a client certificate.
@@ -150,9 +151,9 @@ TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPo
                      "WHERE a.backend_type = 'walsender' AND s.ssl"),
             1);
   // The password is in no log.
-  for (const std::string& path : absl::StrSplit(system.LogPaths(), ' ', absl::SkipEmpty())) {
-    std::string log = testing::RunCommandCapturing("cat '" + path + "'").out;
-    EXPECT_THAT(log, Not(HasSubstr(PrivateKafka::kScramPassword))) << path;
+  for (absl::string_view path : absl::StrSplit(system.LogPaths(), ' ', absl::SkipEmpty())) {
+    std::string log = testing::RunCommandCapturing(absl::StrCat("cat '", path, "'")).out;
+    EXPECT_THAT(log, Not(HasSubstr(PrivateKafka::kSaslPassword))) << path;
   }
 }
 
@@ -195,10 +196,10 @@ TEST_F(SecureConnectionsTest, RefusedConnectionsAreOneClearLineAndNotServing) {
     std::map<std::string, std::string> env;
     std::string reason;  // in the one line
   };
-  std::map<std::string, std::string> wrong_password = SaslSsl("SCRAM-SHA-512");
+  std::map<std::string, std::string> wrong_password = SaslSsl("PLAIN");
   wrong_password["KAFKA_SASL_PASSWORD"] = "not-the-password";
   wrong_password["KAFKA_BOOTSTRAP_SERVERS"] = kafka_->sasl_ssl_bootstrap();
-  std::map<std::string, std::string> untrusted_ca = SaslSsl("SCRAM-SHA-512");
+  std::map<std::string, std::string> untrusted_ca = SaslSsl("PLAIN");
   untrusted_ca["KAFKA_SSL_CA_FILE"] = Tls("other/ca.pem");
   untrusted_ca["KAFKA_BOOTSTRAP_SERVERS"] = kafka_->sasl_ssl_bootstrap();
   std::map<std::string, std::string> no_certificate = {
@@ -207,7 +208,7 @@ TEST_F(SecureConnectionsTest, RefusedConnectionsAreOneClearLineAndNotServing) {
       {"KAFKA_SSL_CA_FILE", Tls("ca.pem")}};
   std::vector<Case> cases = {{"wrong password", wrong_password, "Authentication failed"},
                              {"untrusted CA", untrusted_ca, "certificate verify failed"},
-                             {"no client certificate", no_certificate, "SSL"}};
+                             {"no client certificate", no_certificate, "SSL routines"}};
 
   std::vector<std::pair<std::string, Service>> running;
   for (const Case& c : cases) {
@@ -235,7 +236,7 @@ TEST_F(SecureConnectionsTest, RefusedConnectionsAreOneClearLineAndNotServing) {
     EXPECT_EQ(testing::HealthStatus(service.grpc_address), 2) << name;
     EXPECT_EQ(CountLines(log, kRefusedLine), 1) << name << "\n" << log;
     EXPECT_THAT(log, HasSubstr(c.reason)) << name << "\n" << log;
-    EXPECT_THAT(log, Not(HasSubstr(PrivateKafka::kScramPassword))) << name;
+    EXPECT_THAT(log, Not(HasSubstr(PrivateKafka::kSaslPassword))) << name;
     EXPECT_THAT(log, Not(HasSubstr("not-the-password"))) << name;
   }
 }
