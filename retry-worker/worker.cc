@@ -14,10 +14,13 @@ RetryWorker::RetryWorker(Options options) : options_(std::move(options)) {}
 RetryWorker::~RetryWorker() { Stop(); }
 
 absl::Status RetryWorker::Start() {
-  RETURN_IF_ERROR(MigrateSchema(options_.database_url));
-  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka_bootstrap_servers, {{options_.dlq_topic, 1}}));
+  if (!serving()) RETURN_IF_ERROR(Serve());
+  return Connect();
+}
 
+absl::Status RetryWorker::Serve() {
   // Scheduler (1, holding its rows during a pass) + consumer (1) + admin calls + metrics.
+  // The pool connects on first use, so Postgres may still be away.
   pool_ = std::make_unique<PgPool>(PgPool::Options{.url = options_.database_url, .size = 6});
   store_ = std::make_unique<FailedMessageStore>(
       *pool_, FailedMessageStore::Options{
@@ -42,8 +45,26 @@ absl::Status RetryWorker::Start() {
     oldest.Set(counts->oldest_pending_age_seconds);
   });
 
-  kafka::Config consumer_config = kafka::ConsumerConfig(
-      options_.kafka_bootstrap_servers, options_.group_id, "retry-worker");
+  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
+  std::unique_ptr<grpc::Server> server;
+  ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_));
+  auto metrics_server = std::make_unique<metrics::HttpServer>(registry_);
+  if (absl::Status s = metrics_server->Start(options_.metrics_address); !s.ok()) {
+    server->Shutdown(Deadline(absl::Seconds(1)));
+    return s;
+  }
+  metrics_server_ = std::move(metrics_server);
+  server_ = std::move(server);
+  ReportHealth();  // NOT_SERVING until connected
+  return absl::OkStatus();
+}
+
+absl::Status RetryWorker::Connect() {
+  RETURN_IF_ERROR(MigrateSchema(options_.database_url));
+  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka, {{options_.dlq_topic, 1}}));
+
+  kafka::Config consumer_config =
+      kafka::ConsumerConfig(options_.kafka, options_.group_id, "retry-worker");
   ASSIGN_OR_RETURN(consumer_,
                    DlqConsumer::Create(consumer_config, options_.dlq_topic, *store_, registry_,
                                        [this](bool storing) {
@@ -52,7 +73,7 @@ absl::Status RetryWorker::Start() {
                                        }));
   ASSIGN_OR_RETURN(
       scheduler_,
-      Scheduler::Create({.bootstrap_servers = options_.kafka_bootstrap_servers,
+      Scheduler::Create({.kafka = options_.kafka,
                          .interval = options_.interval,
                          .batch = options_.batch,
                          .publish_timeout = options_.publish_timeout,
@@ -64,15 +85,6 @@ absl::Status RetryWorker::Start() {
                                ReportHealth();
                              }},
                         *store_, registry_));
-
-  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
-  ASSIGN_OR_RETURN(server_, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_));
-  metrics_server_ = std::make_unique<metrics::HttpServer>(registry_);
-  if (absl::Status s = metrics_server_->Start(options_.metrics_address); !s.ok()) {
-    server_->Shutdown(Deadline(absl::Seconds(1)));
-    server_.reset();
-    return s;
-  }
 
   started_ = true;
   ReportHealth();
@@ -91,16 +103,19 @@ void RetryWorker::ReportHealth() {
 }
 
 void RetryWorker::Stop() {
-  if (!started_) return;
-  started_ = false;
+  if (!serving()) return;
+  bool was_started = started_.exchange(false);
   ReportHealth();
   stop_.Notify();
-  scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
-  consumer_thread_.join();
+  if (was_started) {
+    scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
+    consumer_thread_.join();
+  }
   consumer_.reset();  // leaves the group
   server_->Shutdown(Deadline(absl::Seconds(5)));
   metrics_server_->Stop();
   scheduler_.reset();
+  server_.reset();
   log::Info("retry-worker stopped");
 }
 

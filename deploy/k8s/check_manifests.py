@@ -17,7 +17,10 @@ env   for each of our services, the variable names its pods get (explicit env, p
       default must be set; GRPC_ADDRESS and METRICS_ADDRESS must listen on all interfaces at the
       ports the container declares; the probes must be gRPC health probes on that port, liveness
       and startup asking for "liveness", readiness for ""; values must have the shape of the
-      default (a number where the default is a number, a duration where it is a duration).
+      default (a number where the default is a number, a duration where it is a duration);
+      a setting naming a file read at start (a CA, certificate, key or password *_FILE) must point
+      into one of the container's volume mounts, and, on a Secret volume that lists its items,
+      at one of them: a pod would otherwise start without it.
 """
 
 import argparse
@@ -31,6 +34,10 @@ import sys
 SERVICES = ("payment-server", "outbox-relay", "notifier", "retry-worker")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY", re.I)
+# A setting that names a file (KAFKA_SASL_PASSWORD_FILE): its value is a path, not a secret.
+FILE_SETTING = re.compile(r"_FILE$")
+# A file a binary reads at start (a CA, a client certificate or key, a password).
+INPUT_FILE_SETTING = re.compile(r"_(CA|CERT|KEY|PASSWORD)_FILE$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
 HELP_LINE = re.compile(r"^  ([A-Z][A-Z0-9_]*)  --([a-z0-9-]+)  \[default: (.*)\]$")
 DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")
@@ -98,7 +105,7 @@ def lint(objs, where):
 
     for name, cm in configmaps.items():
         for key, value in (cm.get("data") or {}).items():
-            if SECRET_WORDS.search(key):
+            if SECRET_WORDS.search(key) and not FILE_SETTING.search(key):
                 problems.append(f"ConfigMap {name}: key {key} looks secret: use a Secret")
             if URL_WITH_PASSWORD.search(str(value)):
                 problems.append(f"ConfigMap {name}: {key} holds a URL with a password")
@@ -160,7 +167,8 @@ def lint(objs, where):
             if seccomp not in ("RuntimeDefault", "Localhost"):
                 problems.append(f"{who}: seccompProfile is not RuntimeDefault")
             for e in c.get("env") or []:
-                if "value" in e and SECRET_WORDS.search(e["name"]) and e["value"]:
+                if "value" in e and SECRET_WORDS.search(e["name"]) and e["value"] \
+                        and not FILE_SETTING.search(e["name"]):
                     problems.append(f"{who}: env {e['name']} has a literal value: use a secretKeyRef")
                 ref = (e.get("valueFrom") or {})
                 if "secretKeyRef" in ref:
@@ -243,6 +251,28 @@ def port_of(address):
     return host, int(port) if port.isdigit() else None
 
 
+def file_problems(container, spec, values):
+    """Input *_FILE settings whose path no volume mount of `container` provides."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    problems = []
+    for name, path in sorted(values.items()):
+        if not INPUT_FILE_SETTING.search(name) or not path:
+            continue
+        mounts = [m for m in container.get("volumeMounts") or []
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not mounts:
+            problems.append(f"{name}={path}: on no volume mount of the container")
+            continue
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        secret = (volumes.get(mount["name"]) or {}).get("secret") or {}
+        items = [i["path"] for i in secret.get("items") or []]
+        inside = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        if items and inside not in items:
+            problems.append(f"{name}={path}: Secret {secret.get('secretName')} mounted at "
+                            f"{mount['mountPath']} has only {', '.join(items)}")
+    return problems
+
+
 def env_check(objs, where, bin_dir):
     configmaps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
     seen = set()
@@ -283,6 +313,7 @@ def env_check(objs, where, bin_dir):
             for name, default in sorted(settings.items()):
                 if (default == REQUIRED or name in ALWAYS_SET) and name not in values:
                     problems.append(f"{name} is required (no default) and is not set")
+            problems += file_problems(c, spec, values)
             for name, value in sorted(values.items()):
                 default = settings.get(name)
                 if value is None or default in (None, "", REQUIRED):

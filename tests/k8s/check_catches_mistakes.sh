@@ -108,5 +108,21 @@ fresh
 sed -i 's/^  maxReplicas: 3/  maxReplicas: three/' "$SCRATCH/k8s/base/notifier.yaml"
 run_case "HPA with a wrong type (schema)" "FAIL  schema .*"
 
+fresh
+sed -i 's|^  KAFKA_SASL_USERNAME: "concert-notifier"|&\n  KAFKA_SASL_PASSWORD: "hunter2"|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "Kafka password in a ConfigMap" "key KAFKA_SASL_PASSWORD looks secret"
+
+fresh
+sed -i 's|KAFKA_SSL_CA_FILE: "/etc/concert/kafka-ca/ca.crt"|KAFKA_SSL_CA_FILE: "/etc/kafka/ca.crt"|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "Kafka CA file outside every mount" "KAFKA_SSL_CA_FILE=/etc/kafka/ca.crt: on no volume mount"
+
+fresh
+sed -i 's|items: \[{key: password, path: password}\]|items: [{key: password, path: user-password}]|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "SASL password file not in its Secret's items" \
+  "KAFKA_SASL_PASSWORD_FILE=/etc/concert/kafka-user/password: Secret concert-[a-z-]+ mounted at /etc/concert/kafka-user has only user-password"
+
 echo "check_catches_mistakes: $passed passed, $failed failed"
 ((failed == 0))
