@@ -56,7 +56,8 @@ Parsed Parse(const std::string& text) {
 
 class LogJsonTest : public ::testing::TestWithParam<std::string> {};
 
-// Kafka is down (nothing listens on its port): librdkafka reports every failed connection.
+// Kafka is down (nothing listens on its port): librdkafka reports every failed connection (the
+// admin client's lines at the debug level, hence LOG_LEVEL).
 TEST_P(LogJsonTest, EveryLineIsJsonWhileKafkaIsDown) {
   ScratchDatabase db("log_json");
   std::vector<std::string> env = {
@@ -65,6 +66,7 @@ TEST_P(LogJsonTest, EveryLineIsJsonWhileKafkaIsDown) {
       absl::StrCat("GRPC_ADDRESS=127.0.0.1:", FreePort()),
       absl::StrCat("METRICS_ADDRESS=127.0.0.1:", FreePort()),
       "ADMIN_TOKEN=log-json-test",
+      "LOG_LEVEL=debug",
       "REPLICATION_SLOT=" + db.name(),
   };
   Parsed p = Parse(StderrOf(GetParam(), env, 8));
