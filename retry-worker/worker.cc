@@ -66,11 +66,26 @@ absl::Status RetryWorker::Start() {
                         *store_, registry_));
 
   admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
-  ASSIGN_OR_RETURN(server_, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_));
+  ASSIGN_OR_RETURN(server_, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
+                                            nullptr, options_.tls));
+  auto stop_servers = [this] {
+    for (auto* server : {&server_, &health_server_}) {
+      if (*server != nullptr) (*server)->Shutdown(Deadline(absl::Seconds(1)));
+      server->reset();
+    }
+  };
+  if (!options_.tls.health_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> health =
+        StartGrpcServer(options_.tls.health_address, {}, &health_port_);
+    if (!health.ok()) {
+      stop_servers();
+      return health.status();
+    }
+    health_server_ = std::move(*health);
+  }
   metrics_server_ = std::make_unique<metrics::HttpServer>(registry_);
   if (absl::Status s = metrics_server_->Start(options_.metrics_address); !s.ok()) {
-    server_->Shutdown(Deadline(absl::Seconds(1)));
-    server_.reset();
+    stop_servers();
     return s;
   }
 
@@ -79,6 +94,9 @@ absl::Status RetryWorker::Start() {
   consumer_thread_ = std::thread([this] { consumer_->Run(stop_); });
   scheduler_thread_ = std::thread([this] { scheduler_->Run(stop_); });
   log::Info("retry-worker started", {{"grpc_port", grpc_port_},
+                                     {"tls", options_.tls.enabled()},
+                                     {"client_certificates", !options_.tls.client_ca.empty()},
+                                     {"health_port", health_port_},
                                      {"metrics_port", metrics_server_->port()},
                                      {"dlq_topic", options_.dlq_topic},
                                      {"group_id", options_.group_id}});
@@ -87,7 +105,9 @@ absl::Status RetryWorker::Start() {
 
 void RetryWorker::ReportHealth() {
   std::lock_guard lock(health_mu_);
-  if (server_) SetServing(*server_, started_ && consumer_ok_ && scheduler_ok_);
+  bool serving = started_ && consumer_ok_ && scheduler_ok_;
+  if (server_) SetServing(*server_, serving);
+  if (health_server_) SetServing(*health_server_, serving);
 }
 
 void RetryWorker::Stop() {
@@ -99,6 +119,7 @@ void RetryWorker::Stop() {
   consumer_thread_.join();
   consumer_.reset();  // leaves the group
   server_->Shutdown(Deadline(absl::Seconds(5)));
+  if (health_server_) health_server_->Shutdown(Deadline(absl::Seconds(1)));
   metrics_server_->Stop();
   scheduler_.reset();
   log::Info("retry-worker stopped");
