@@ -13,10 +13,9 @@
 #include "grpc/health/v1/health.pb.h"
 
 namespace concert {
-namespace {
 
-// The content of the file a setting names, or "" when unset; a problem goes to `settings`.
-std::string ReadPemFile(Settings& settings, absl::string_view name, absl::string_view help) {
+std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
+                               absl::string_view help) {
   std::string path = settings.String(name, "", help);
   if (path.empty()) return "";
   std::ifstream in(path, std::ios::binary);
@@ -29,14 +28,12 @@ std::string ReadPemFile(Settings& settings, absl::string_view name, absl::string
   return content.str();
 }
 
-}  // namespace
-
 GrpcTls ReadGrpcTls(Settings& s) {
   GrpcTls tls;
-  tls.cert_chain = ReadPemFile(s, "GRPC_TLS_CERT_FILE",
+  tls.cert_chain = ReadPemFileSetting(s, "GRPC_TLS_CERT_FILE",
                                "PEM certificate chain; set with GRPC_TLS_KEY_FILE: gRPC over TLS");
-  tls.private_key = ReadPemFile(s, "GRPC_TLS_KEY_FILE", "PEM private key of GRPC_TLS_CERT_FILE");
-  tls.client_ca = ReadPemFile(
+  tls.private_key = ReadPemFileSetting(s, "GRPC_TLS_KEY_FILE", "PEM private key of GRPC_TLS_CERT_FILE");
+  tls.client_ca = ReadPemFileSetting(
       s, "GRPC_TLS_CLIENT_CA_FILE",
       "PEM CA bundle; set: mTLS, clients need a certificate it signed");
   tls.health_address = s.String(

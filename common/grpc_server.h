@@ -39,6 +39,11 @@ struct GrpcTls {
   bool enabled() const { return !cert_chain.empty(); }
 };
 
+// The content of the PEM file that setting `name` names ("" when unset); a missing, unreadable
+// or empty file is reported through `settings` (exit 2 at start).
+std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
+                               absl::string_view help);
+
 // Reads the four settings above and the files they name. An unreadable or empty file, a
 // certificate without its key (or the other way round), or a client CA without TLS is
 // reported through `settings` (exit 2 at start).

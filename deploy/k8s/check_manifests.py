@@ -18,6 +18,9 @@ env   for each of our services, the variable names its pods get (explicit env, p
       ports the container declares; the probes must be gRPC health probes on that port, liveness
       and startup asking for "liveness", readiness for ""; values must have the shape of the
       default (a number where the default is a number, a duration where it is a duration).
+      With gRPC TLS on (GRPC_TLS_CERT_FILE), the probes must use the plaintext health port
+      (GRPC_HEALTH_ADDRESS on all interfaces, container port "health"); every *_TLS_*_FILE
+      must lie in a Secret volume mounted in that container.
 """
 
 import argparse
@@ -293,6 +296,32 @@ def env_check(objs, where, bin_dir):
                         and not DURATION.match(value):
                     problems.append(f"{name}={value!r}: expected a duration like {default}")
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+            # TLS files must come from a Secret mounted in this container.
+            secret_volumes = {v["name"] for v in spec.get("volumes") or []
+                              if "secret" in v or "projected" in v}
+            mounts = [(m["mountPath"].rstrip("/") + "/", m["name"])
+                      for m in c.get("volumeMounts") or []]
+            for name, value in sorted(values.items()):
+                if "_TLS_" in name and name.endswith("_FILE") and value and not any(
+                        value.startswith(path) and volume in secret_volumes
+                        for path, volume in mounts):
+                    problems.append(f"{name}={value}: not in a Secret volume mounted here")
+            # Probes speak plaintext only: with TLS on, they must use the plaintext health port.
+            probe_port = "grpc"
+            if not is_init and (values.get("GRPC_TLS_CERT_FILE") or values.get("GRPC_HEALTH_ADDRESS")):
+                probe_port = "health"
+                address = values.get("GRPC_HEALTH_ADDRESS")
+                if not address:
+                    problems.append("GRPC_TLS_CERT_FILE is set but GRPC_HEALTH_ADDRESS is not: "
+                                    "gRPC probes speak plaintext and cannot reach a TLS port")
+                else:
+                    host, port = port_of(address)
+                    if host not in ("0.0.0.0", "[::]", ""):
+                        problems.append(f"GRPC_HEALTH_ADDRESS={address}: must listen on all "
+                                        "interfaces")
+                    if ports.get("health") != port:
+                        problems.append(f"GRPC_HEALTH_ADDRESS={address}: container port "
+                                        f"'health' is {ports.get('health')}")
             if not is_init:
                 for setting, port_name in (("GRPC_ADDRESS", "grpc"), ("METRICS_ADDRESS", "metrics")):
                     address = values.get(setting)
@@ -317,9 +346,9 @@ def env_check(objs, where, bin_dir):
                     if not grpc:
                         problems.append(f"{probe} is not a gRPC health probe")
                         continue
-                    if grpc.get("port") not in (ports.get("grpc"), "grpc"):
-                        problems.append(f"{probe} probes port {grpc.get('port')}, gRPC is on "
-                                        f"{ports.get('grpc')}")
+                    if grpc.get("port") not in (ports.get(probe_port), probe_port):
+                        problems.append(f"{probe} probes port {grpc.get('port')}, gRPC health "
+                                        f"is on {ports.get(probe_port)} ({probe_port})")
                     service = grpc.get("service", "")
                     if probe == "readinessProbe" and why:
                         continue

@@ -1,9 +1,13 @@
 // gRPC over TLS as an operator sees it: payment-server and the retry-worker's admin API started
 // with a certificate made by openssl at test time, called with grpcurl -cacert (and -cert/-key
 // under mTLS); plaintext refused on the TLS port; grpc.health.v1 answering in plaintext on the
-// health port (what Kubernetes probes), which serves nothing else; bad TLS settings exit 2.
+// health port (what Kubernetes probes), which serves nothing else; bad TLS settings exit 2 (the
+// notifier's too, as payment-server's client).
 #include <stdlib.h>
 #include <sys/wait.h>
+
+#include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 
@@ -11,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/testing/environment.h"
+#include "notifier/link_client.h"
 
 namespace concert {
 namespace {
@@ -30,6 +35,7 @@ using ::concert::testing::WaitUntil;
 
 constexpr char kSecret[] = "tls-test-secret";
 constexpr char kAdminToken[] = "tls-test-admin-token";
+constexpr char kInternalToken[] = "tls-test-internal-token";
 
 // A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, all signed
 // by that CA, in a temporary folder removed at the end.
@@ -57,6 +63,12 @@ class Certificates {
 
   bool ok() const { return ok_; }
   std::string Path(const std::string& file) const { return absl::StrCat(dir_, "/", file); }
+  std::string Read(const std::string& file) const {
+    std::ifstream in(Path(file));
+    std::stringstream content;
+    content << in.rdbuf();
+    return content.str();
+  }
 
  private:
   std::string dir_;
@@ -110,6 +122,7 @@ class GrpcTlsTest : public ::testing::Test {
     std::map<std::string, std::string> env = TlsEnv(mutual, health_port);
     env.insert({{"DATABASE_URL", db.url()},
                 {"AUTH_TOKEN_SECRET", kSecret},
+                {"INTERNAL_TOKEN", kInternalToken},
                 {"GRPC_ADDRESS", Address(grpc_port)},
                 {"METRICS_ADDRESS", Address(FreePort())}});
     auto server = std::make_unique<ChildProcess>(BinaryPath("payment-server"),
@@ -193,6 +206,18 @@ TEST_F(GrpcTlsTest, MutualTlsRefusesClientsWithoutTheCertificate) {
   EXPECT_TRUE(absl::StrContains(with.out, "\"schedule_id\"")) << with.out;
   // Probes need no certificate.
   EXPECT_EQ(HealthStatus(Address(health_port)), 1);
+
+  // The notifier's calls to TelegramLinkService (PAYMENT_SERVER_TLS_*), with and without its
+  // client certificate.
+  notifier::LinkClientOptions link_options{.address = absl::StrCat("localhost:", grpc_port),
+                                           .token = kInternalToken,
+                                           .tls_ca = certs_.Read("ca.crt")};
+  notifier::LinkClient anonymous(link_options);
+  EXPECT_EQ(anonymous.UnlinkChat(700001, "tls test").code(), absl::StatusCode::kUnavailable);
+  link_options.tls_cert = certs_.Read("client.crt");
+  link_options.tls_key = certs_.Read("client.key");
+  notifier::LinkClient notifier(link_options);
+  EXPECT_TRUE(notifier.UnlinkChat(700001, "tls test").ok());
 }
 
 TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
@@ -217,6 +242,12 @@ TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
           << "expected one line: " << run.out;
     }
   }
+  // The notifier as payment-server's client (TelegramLinkService).
+  CommandOutput notifier = RunCommandCapturing(
+      absl::StrCat("env -i DATABASE_URL=postgresql://x@127.0.0.1:1/x PAYMENT_SERVER_TLS_CA_FILE=",
+                   certs_.Path("missing.crt"), " ", BinaryPath("notifier"), " 2>&1"));
+  EXPECT_EQ(notifier.exit_code, 2) << notifier.out;
+  EXPECT_TRUE(absl::StrContains(notifier.out, "PAYMENT_SERVER_TLS_CA_FILE")) << notifier.out;
 }
 
 TEST_F(GrpcTlsTest, RetryWorkerAdminApiServesTlsAndHealthInPlaintext) {

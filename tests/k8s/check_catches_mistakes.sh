@@ -108,5 +108,25 @@ fresh
 sed -i 's/^  maxReplicas: 3/  maxReplicas: three/' "$SCRATCH/k8s/base/notifier.yaml"
 run_case "HPA with a wrong type (schema)" "FAIL  schema .*"
 
+fresh
+python3 - "$SCRATCH/k8s/overlays/prod/kustomization.yaml" <<'EDIT'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+s = s.replace("""      - op: replace
+        path: /spec/template/spec/containers/0/readinessProbe/grpc/port
+        value: 50061
+""", "", 1)
+open(p, "w").write(s)
+EDIT
+run_case "readiness probe on the TLS port (probes speak plaintext)" \
+  "readinessProbe probes port 50051, gRPC health is on 50061 \(health\)"
+
+fresh
+sed -i 's|        value: /etc/concert/grpc-tls/tls.key|        value: /etc/concert/tls/tls.key|' \
+  "$SCRATCH/k8s/overlays/prod/kustomization.yaml"
+run_case "TLS key file outside the mounted Secret" \
+  "GRPC_TLS_KEY_FILE=/etc/concert/tls/tls.key: not in a Secret volume mounted here"
+
 echo "check_catches_mistakes: $passed passed, $failed failed"
 ((failed == 0))
