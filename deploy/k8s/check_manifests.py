@@ -129,6 +129,11 @@ def lint(objs, where):
         for vol in spec.get("volumes") or []:
             if "hostPath" in vol:
                 problems.append(f"{wname}: hostPath volume {vol['name']}")
+            if "secret" in vol:  # e.g. gRPC's TLS certificates
+                ref = vol["secret"]
+                for item in ref.get("items") or [{"key": None}]:
+                    secret_key({"name": ref.get("secretName"), "key": item["key"],
+                                "optional": ref.get("optional")}, f"{wname} volume {vol['name']}")
         inits = [(c, True) for c in spec.get("initContainers") or []]
         for c, is_init in [(c, False) for c in spec.get("containers") or []] + inits:
             who = f"{wname} container {c['name']}"
@@ -212,7 +217,7 @@ def lint(objs, where):
            problems)
     for sname, keys in sorted(external.items()):
         print(f"  {where}: expects Secret {sname} from outside with keys: "
-              f"{', '.join(sorted(keys)) or '(all, via envFrom)'}")
+              f"{', '.join(sorted(keys)) or '(all, via envFrom or a volume)'}")
 
 
 _help_cache = {}
