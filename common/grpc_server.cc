@@ -30,12 +30,13 @@ std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
 
 GrpcTls ReadGrpcTls(Settings& s) {
   GrpcTls tls;
-  tls.cert_chain = ReadPemFileSetting(s, "GRPC_TLS_CERT_FILE",
-                               "PEM certificate chain; set with GRPC_TLS_KEY_FILE: gRPC over TLS");
-  tls.private_key = ReadPemFileSetting(s, "GRPC_TLS_KEY_FILE", "PEM private key of GRPC_TLS_CERT_FILE");
-  tls.client_ca = ReadPemFileSetting(
-      s, "GRPC_TLS_CLIENT_CA_FILE",
-      "PEM CA bundle; set: mTLS, clients need a certificate it signed");
+  tls.cert_chain = ReadPemFileSetting(
+      s, "GRPC_TLS_CERT_FILE", "PEM certificate chain; set with GRPC_TLS_KEY_FILE: gRPC over TLS");
+  tls.private_key =
+      ReadPemFileSetting(s, "GRPC_TLS_KEY_FILE", "PEM private key of GRPC_TLS_CERT_FILE");
+  tls.client_ca =
+      ReadPemFileSetting(s, "GRPC_TLS_CLIENT_CA_FILE",
+                         "PEM CA bundle; set: mTLS, clients need a certificate it signed");
   tls.health_address = s.String(
       "GRPC_HEALTH_ADDRESS", "",
       "plaintext grpc.health.v1 alone (Kubernetes probes when TLS is on); empty: none");

@@ -8,6 +8,13 @@
 //   ... StopRequested().WaitForNotification();
 //   SetServing(*server, false);                         // probes see NOT_SERVING
 //   server->Shutdown(Deadline(absl::Seconds(10)));     // finishes in-flight calls
+//
+// With TLS (settings GRPC_TLS_*), and health in plaintext for the probes:
+//
+//   GrpcTls tls = ReadGrpcTls(settings);               // before settings.ExitIfInvalid()
+//   ASSIGN_OR_RETURN(auto server, StartGrpcServer(address, {&payments}, nullptr, nullptr, tls));
+//   ASSIGN_OR_RETURN(auto health, StartGrpcServer(tls.health_address, {}));
+//   SetServing(*server, true); SetServing(*health, true);
 #ifndef CONCERT_COMMON_GRPC_SERVER_H_
 #define CONCERT_COMMON_GRPC_SERVER_H_
 
@@ -49,8 +56,9 @@ std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
 // reported through `settings` (exit 2 at start).
 GrpcTls ReadGrpcTls(Settings& settings);
 
-// Serves TLS when `tls` is enabled(). `port` receives the bound port (useful with "127.0.0.1:0"); may be null. `configure`, when
-// set, adjusts the builder before the server starts (resource quota, thread limits).
+// `port` receives the bound port (useful with "127.0.0.1:0"); may be null. `configure`, when
+// set, adjusts the builder before the server starts (resource quota, thread limits). Serves TLS
+// (or mTLS) when `tls` is enabled(); its health_address is the caller's to start.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr,
     const std::function<void(grpc::ServerBuilder&)>& configure = nullptr,

@@ -125,7 +125,8 @@ int main(int argc, char** argv) {
   o.links.tls_key = ReadPemFileSetting(s, "PAYMENT_SERVER_TLS_KEY_FILE",
                                        "PEM private key of PAYMENT_SERVER_TLS_CERT_FILE");
   if (o.links.tls_cert.empty() != o.links.tls_key.empty()) {
-    s.Fail(o.links.tls_cert.empty() ? "PAYMENT_SERVER_TLS_CERT_FILE" : "PAYMENT_SERVER_TLS_KEY_FILE",
+    s.Fail(o.links.tls_cert.empty() ? "PAYMENT_SERVER_TLS_CERT_FILE"
+                                    : "PAYMENT_SERVER_TLS_KEY_FILE",
            "PAYMENT_SERVER_TLS_CERT_FILE and PAYMENT_SERVER_TLS_KEY_FILE go together");
   }
   if (!o.links.tls_cert.empty() && o.links.tls_ca.empty()) {
