@@ -1,8 +1,11 @@
-// Kafka helpers on librdkafka 2.0.2: configuration with our defaults, topic creation, an
-// asynchronous producer with delivery callbacks, header access, and the dead-letter header
-// names that the notifier writes and the retry-worker reads.
+// Kafka helpers on librdkafka 2.0.2: the cluster settings every service shares (brokers,
+// TLS, SASL, further librdkafka properties, replication of the topics it creates),
+// configuration with our defaults, topic creation, an asynchronous producer with delivery
+// callbacks, header access, and the dead-letter header names that the notifier writes and the
+// retry-worker reads.
 //
-//   ASSIGN_OR_RETURN(auto producer, Producer::Create(ProducerConfig(servers, "outbox-relay")));
+//   kafka::Cluster cluster = kafka::ReadCluster(settings);   // KAFKA_* settings, in main()
+//   ASSIGN_OR_RETURN(auto producer, Producer::Create(ProducerConfig(cluster, "outbox-relay")));
 //   producer->Produce({.topic = "t", .key = "7", .value = bytes},
 //                     [](const absl::Status& acked) { ... });  // on the producer's poll thread
 //
@@ -26,19 +29,46 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/config.h"
 
 namespace concert::kafka {
 
 using Config = std::map<std::string, std::string>;
 using Headers = std::vector<std::pair<std::string, std::string>>;
 
+// The Kafka cluster a service talks to: where it is, how every client of the service
+// authenticates there, and how the topics the service creates are replicated.
+struct Cluster {
+  Cluster() = default;
+  // A cluster known by its address alone (tests, tools): PLAINTEXT, broker's replication.
+  Cluster(std::string bootstrap) : bootstrap_servers(std::move(bootstrap)) {}  // NOLINT
+  Cluster(const char* bootstrap) : bootstrap_servers(bootstrap) {}             // NOLINT
+
+  std::string bootstrap_servers = "127.0.0.1:9092";
+  // librdkafka properties set on every client: security.protocol, sasl.*, ssl.*, then the
+  // operator's KAFKA_PROPERTIES (which win). Holds the SASL password: never log it.
+  Config client_properties;
+  // Of topics the service creates; -1: the broker's default.replication.factor.
+  int replication_factor = -1;
+  // min.insync.replicas of topics the service creates; 0: the broker's default.
+  int min_insync_replicas = 0;
+};
+
+// Reads the KAFKA_* settings every Kafka-speaking service shares (KAFKA_BOOTSTRAP_SERVERS,
+// KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_*, KAFKA_SSL_*, KAFKA_PROPERTIES,
+// KAFKA_TOPIC_REPLICATION_FACTOR, KAFKA_TOPIC_MIN_INSYNC_REPLICAS). Problems (an unknown
+// protocol, a SASL setting without SASL, an unreadable file, an unknown librdkafka property)
+// are reported through `settings` like any bad value; no secret appears in them.
+Cluster ReadCluster(Settings& settings);
+
 // Idempotent (exactly-once per partition), acks=all, ordered, lightly batched.
-Config ProducerConfig(const std::string& bootstrap_servers, const std::string& client_id);
+Config ProducerConfig(const Cluster& cluster, const std::string& client_id);
 // Manual commits only, eager "range" assignor (librdkafka 2.0.2's cooperative-sticky has bugs),
 // start at the earliest offset when the group has none.
-Config ConsumerConfig(const std::string& bootstrap_servers, const std::string& group_id,
+Config ConsumerConfig(const Cluster& cluster, const std::string& group_id,
                       const std::string& client_id);
 
+// A bad property is reported with its key; the value too unless it may be a secret.
 absl::StatusOr<std::unique_ptr<RdKafka::Conf>> MakeConf(const Config& config);
 
 // UNAVAILABLE: Kafka unreachable or busy, retry. INVALID_ARGUMENT: this record can never be
@@ -50,14 +80,32 @@ inline bool IsRecordRejected(const absl::Status& status) {
   return status.code() == absl::StatusCode::kInvalidArgument;
 }
 
+// True when Kafka refused this service rather than failing it: credentials or TLS rejected
+// (UNAUTHENTICATED), or a topic the cluster will not create as configured: more replicas than
+// brokers, not authorized (FAILED_PRECONDITION). Retrying cannot help until the configuration
+// or the cluster changes.
+bool IsRefusal(const absl::Status& status);
+
+// Logs a refusal once, as an error, however often a service retries it; another kind of
+// refusal (credentials or TLS, topic creation), or one after a spell of other failures, is
+// logged again. Report() returns false for any other status: the caller logs those.
+class RefusalLog {
+ public:
+  bool Report(const absl::Status& status, absl::string_view what);
+
+ private:
+  std::optional<absl::StatusCode> logged_;
+};
+
 struct TopicSpec {
   std::string name;
   int partitions = 1;
-  int replication_factor = 1;
 };
 
-// Creates the topics that do not exist yet; existing ones are left as they are.
-absl::Status EnsureTopics(const std::string& bootstrap_servers, const std::vector<TopicSpec>& topics,
+// Creates the topics that do not exist yet, with the cluster's replication settings; existing
+// ones are left as they are. Fails fast with a refusal (IsRefusal) when Kafka rejects the
+// credentials or TLS, or cannot give a topic the replication asked for.
+absl::Status EnsureTopics(const Cluster& cluster, const std::vector<TopicSpec>& topics,
                           absl::Duration timeout = absl::Seconds(30));
 
 // The value of the last header named `name`, if any.

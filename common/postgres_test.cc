@@ -57,6 +57,27 @@ TEST(PostgresTest, PoolCommitsOnOkAndRollsBackOnError) {
   EXPECT_EQ(pool.in_use(), 0);
 }
 
+// A statement whose connection breaks under it has an unknown outcome: Execute leaves it to the
+// caller unless the statement is idempotent, which it runs again on a new connection.
+TEST(PostgresTest, ExecuteRetriesABrokenConnectionOnlyForIdempotentStatements) {
+  ScratchDatabase db("pg");
+  PgPool pool({.url = db.url(), .size = 2, .max_attempts = 3});
+  int runs = 0;
+  auto dies_first = [&](pqxx::nontransaction& tx) -> absl::Status {
+    if (++runs == 1) tx.exec("SELECT pg_terminate_backend(pg_backend_pid())");
+    return absl::OkStatus();
+  };
+  absl::Status once = pool.Execute(dies_first);
+  EXPECT_EQ(once.code(), absl::StatusCode::kUnavailable) << once;
+  EXPECT_EQ(runs, 1);
+
+  runs = 0;
+  absl::Status again = pool.Execute(dies_first, PgPool::Retry::kIdempotent);
+  EXPECT_TRUE(again.ok()) << again;
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(pool.in_use(), 0);
+}
+
 TEST(PostgresTest, UnreachableServerIsUnavailable) {
   PgPool pool({.url = "postgresql://concert:concert@127.0.0.1:1/concert", .size = 1});
   absl::Status s = pool.Transact([](pqxx::work&) { return absl::OkStatus(); });

@@ -60,13 +60,17 @@ struct Options {
   std::exit(code);
 }
 
-// Retries `step` with backoff until it succeeds or a stop is requested.
+// Retries `step` with backoff until it succeeds or a stop is requested. A refusal by Kafka is
+// logged once, not at every retry.
 bool RetryUntilOk(const std::string& what, const std::function<absl::Status()>& step) {
   absl::Duration backoff = absl::Milliseconds(200);
+  kafka::RefusalLog refusals;
   while (true) {
     absl::Status s = step();
     if (s.ok()) return true;
-    log::Warn(absl::StrCat(what, " failed; retrying"), {{"error", std::string(s.message())}});
+    if (!refusals.Report(s, what)) {
+      log::Warn(absl::StrCat(what, " failed; retrying"), {{"error", std::string(s.message())}});
+    }
     if (StopRequested().WaitForNotificationWithTimeout(backoff)) return false;
     backoff = std::min(backoff * 2, absl::Seconds(5));
   }
@@ -84,8 +88,7 @@ int main(int argc, char** argv) {
   Settings s("notifier", argc, argv);
   Options o;
   o.database_url = s.RequiredString("DATABASE_URL", "Postgres URL (schema `notification`)");
-  o.notifier.bootstrap_servers =
-      s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka brokers");
+  o.notifier.kafka = kafka::ReadCluster(s);
   o.notifier.group_id = s.String("KAFKA_GROUP_ID", "notification-group", "Consumer group");
   o.notifier.topic = s.String("PAYMENT_COMPLETED_TOPIC", "payment-completed-topic",
                               "Topic of PaymentCompleted events");
@@ -257,7 +260,7 @@ int main(int argc, char** argv) {
   bool ready =
       RetryUntilOk("applying migrations", [&] { return notifier::MigrateSchema(o.database_url); }) &&
       RetryUntilOk("creating topics", [&] {
-        return kafka::EnsureTopics(o.notifier.bootstrap_servers,
+        return kafka::EnsureTopics(o.notifier.kafka,
                                    {{o.notifier.topic, o.topic_partitions},
                                     {o.dlq_topic, o.dlq_partitions}});
       });
@@ -265,7 +268,7 @@ int main(int argc, char** argv) {
   if (ready) {
     notifier::DeadLetters dlq({.topic = o.dlq_topic, .group_id = o.notifier.group_id}, [&] {
       return kafka::Producer::Create(
-          kafka::ProducerConfig(o.notifier.bootstrap_servers, "notifier-dlq"));
+          kafka::ProducerConfig(o.notifier.kafka, "notifier-dlq"));
     });
     // Workers wait for a connection while others hold one: a few suffice, most time is HTTP.
     PgPool pool({.url = o.database_url, .size = std::min(o.notifier.concurrency, 8)});

@@ -582,7 +582,7 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
   on_health_ = std::move(on_health);
   rebalancer_ = std::make_unique<Rebalancer>(*this);
   kafka::Config config =
-      kafka::ConsumerConfig(options_.bootstrap_servers, options_.group_id, options_.client_id);
+      kafka::ConsumerConfig(options_.kafka, options_.group_id, options_.client_id);
   ASSIGN_OR_RETURN(std::unique_ptr<RdKafka::Conf> conf, kafka::MakeConf(config));
   std::string error;
   if (conf->set("rebalance_cb", rebalancer_.get(), error) != RdKafka::Conf::CONF_OK) {

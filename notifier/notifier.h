@@ -76,7 +76,7 @@ enum class UnlinkedPolicy {
 bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy);
 
 struct NotifierOptions {
-  std::string bootstrap_servers = "127.0.0.1:9092";
+  kafka::Cluster kafka;
   std::string group_id = "notification-group";
   std::string topic = "payment-completed-topic";
   std::string client_id = "notifier";

@@ -47,8 +47,7 @@ int main(int argc, char** argv) {
   concert::Settings s("outbox-relay", argc, argv);
   concert::relay::RelayOptions o;
   o.database_url = s.RequiredString("DATABASE_URL", "Postgres URL (role with REPLICATION)");
-  o.kafka_bootstrap_servers =
-      s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", "Kafka brokers");
+  o.kafka = concert::kafka::ReadCluster(s);
   o.payment_completed_topic = s.String("PAYMENT_COMPLETED_TOPIC", "payment-completed-topic",
                                        "topic for PaymentCompleted events");
   o.topic_partitions = static_cast<int>(

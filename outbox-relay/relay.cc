@@ -773,11 +773,11 @@ absl::Status Relay::PrepareKafka() {
   if (!options_.unknown_event_topic.empty()) {
     topics.push_back({.name = options_.unknown_event_topic, .partitions = 1});
   }
-  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka_bootstrap_servers, topics, absl::Seconds(10)));
+  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka, topics, absl::Seconds(10)));
   // A producer whose delivery failed is replaced: its queue may hold records that are now
   // out of order with the replay.
   producer_.reset();
-  kafka::Config config = kafka::ProducerConfig(options_.kafka_bootstrap_servers, "outbox-relay");
+  kafka::Config config = kafka::ProducerConfig(options_.kafka, "outbox-relay");
   config["message.timeout.ms"] =
       std::to_string(absl::ToInt64Milliseconds(options_.kafka_message_timeout));
   ASSIGN_OR_RETURN(producer_, kafka::Producer::Create(config));
@@ -829,9 +829,11 @@ void Relay::Run(const absl::Notification& stop) {
       if (absl::Now() - started > absl::Seconds(30)) backoff = options_.backoff_initial;
       wait = backoff;
       backoff = std::min(backoff * 2, options_.backoff_max);
-      log::Warn("stream interrupted; restarting from the confirmed position",
-                {{"error", std::string(status.message())},
-                 {"retry_in_ms", absl::ToInt64Milliseconds(wait)}});
+      if (!refusals_.Report(status, "preparing Kafka")) {
+        log::Warn("stream interrupted; restarting from the confirmed position",
+                  {{"error", std::string(status.message())},
+                   {"retry_in_ms", absl::ToInt64Milliseconds(wait)}});
+      }
     }
     stop.WaitForNotificationWithTimeout(wait);
   }

@@ -37,7 +37,7 @@ struct RelayOptions {
   // Postgres (URL or key=value); the role needs REPLICATION (and rights to create the
   // publication). The replication connection adds replication=database to it.
   std::string database_url;
-  std::string kafka_bootstrap_servers = "127.0.0.1:9092";
+  kafka::Cluster kafka;
   // Event type PaymentCompleted goes here.
   std::string payment_completed_topic = "payment-completed-topic";
   int topic_partitions = 3;
@@ -96,7 +96,8 @@ class Relay {
   std::unique_ptr<Metrics> metrics_;
   std::function<void(bool)> on_health_;
   std::unique_ptr<kafka::Producer> producer_;
-  bool kafka_suspect_ = true;  // probe Kafka (and create topics) before the next session
+  bool kafka_suspect_ = true;
+  kafka::RefusalLog refusals_;  // probe Kafka (and create topics) before the next session
   bool schema_ready_ = false;  // schema `relay` migrated by this process
   absl::Time next_outside_measure_ = absl::InfinitePast();
   bool serving_ = false;

@@ -241,7 +241,7 @@ inline RelayOptions Options(const std::string& db_url, const std::string& bootst
                      const std::string& topic, const std::string& slot) {
   RelayOptions o;
   o.database_url = db_url;
-  o.kafka_bootstrap_servers = bootstrap;
+  o.kafka = bootstrap;
   o.payment_completed_topic = topic;
   o.dlq_topic = topic + "_dlq";
   o.slot = slot;

@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "common/config.h"
+#include "common/kafka.h"
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "retry-worker/options.h"
@@ -39,21 +40,32 @@ int main(int argc, char** argv) {
     return 2;
   }
 
-  // Postgres or Kafka not there yet (e.g. starting together): keep trying with backoff.
+  // Postgres or Kafka not there yet (e.g. starting together), or Kafka refusing us: keep
+  // trying with backoff while the admin API and health (NOT_SERVING) answer.
+  concert::retry::RetryWorker worker(options);
+  concert::kafka::RefusalLog refusals;
   absl::Duration backoff = absl::Seconds(1);
   while (true) {
-    auto worker = std::make_unique<concert::retry::RetryWorker>(options);
-    absl::Status s = worker->Start();
+    absl::Status s = worker.Start();
     if (s.ok()) {
       concert::StopRequested().WaitForNotification();
       concert::log::Info("stop requested");
-      worker->Stop();
+      worker.Stop();
       return 0;
     }
-    concert::log::Error("cannot start; retrying", {{"error", std::string(s.message())},
-                                                   {"retry_in_s", absl::ToDoubleSeconds(backoff)}});
-    if (s.code() == absl::StatusCode::kInvalidArgument) return 1;  // configuration: no use
-    if (concert::StopRequested().WaitForNotificationWithTimeout(backoff)) return 0;
+    if (!worker.serving() || s.code() == absl::StatusCode::kInvalidArgument) {
+      concert::log::Error("cannot start", {{"error", std::string(s.message())}});
+      return 1;  // an address taken, or a configuration Kafka rejects: no use retrying
+    }
+    if (!refusals.Report(s, "starting")) {
+      concert::log::Error("cannot start; retrying",
+                          {{"error", std::string(s.message())},
+                           {"retry_in_s", absl::ToDoubleSeconds(backoff)}});
+    }
+    if (concert::StopRequested().WaitForNotificationWithTimeout(backoff)) {
+      worker.Stop();
+      return 0;
+    }
     backoff = std::min(backoff * 2, absl::Seconds(30));
   }
 }

@@ -7,8 +7,7 @@ namespace concert::retry {
 Options ReadOptions(Settings& s) {
   Options o;
   o.database_url = s.RequiredString("DATABASE_URL", "Postgres URL holding schema retry");
-  o.kafka_bootstrap_servers =
-      s.KafkaBootstrapServers("KAFKA_BOOTSTRAP_SERVERS", o.kafka_bootstrap_servers, "Kafka brokers");
+  o.kafka = kafka::ReadCluster(s);
   o.group_id = s.String("KAFKA_GROUP_ID", o.group_id, "consumer group reading the DLQ");
   o.dlq_topic = s.String("DLQ_TOPIC", o.dlq_topic, "dead-letter topic the notifier writes");
   o.admin_token = s.RequiredString("ADMIN_TOKEN", "bearer token required by the admin gRPC API");

@@ -12,14 +12,16 @@
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "common/grpc_server.h"
+#include "common/kafka.h"
 
 namespace concert::retry {
 
 struct Options {
   // DATABASE_URL (required): the Postgres holding schema `retry`.
   std::string database_url;
-  // KAFKA_BOOTSTRAP_SERVERS: brokers for the DLQ consumer and the re-publishing producer.
-  std::string kafka_bootstrap_servers = "127.0.0.1:9092";
+  // KAFKA_BOOTSTRAP_SERVERS, KAFKA_SECURITY_PROTOCOL, ...: the cluster of the DLQ consumer and
+  // the re-publishing producer (kafka::ReadCluster).
+  kafka::Cluster kafka;
   // KAFKA_GROUP_ID: the consumer group reading the DLQ.
   std::string group_id = "retry-group";
   // DLQ_TOPIC: where the notifier dead-letters what it could not deliver.

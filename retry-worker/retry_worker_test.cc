@@ -110,7 +110,7 @@ class RetryWorkerTest : public ::testing::Test {
   Options BaseOptions(const std::string& bootstrap) {
     Options o;
     o.database_url = db_.url();
-    o.kafka_bootstrap_servers = bootstrap;
+    o.kafka = bootstrap;
     o.group_id = group_;
     o.dlq_topic = dlq_;
     o.admin_token = kToken;

@@ -53,7 +53,7 @@ absl::Status Scheduler::EnsureProducer() {
               {{"error", std::string(producer_->FatalError().message())}});
     producer_.reset();
   }
-  kafka::Config config = kafka::ProducerConfig(options_.bootstrap_servers, options_.client_id);
+  kafka::Config config = kafka::ProducerConfig(options_.kafka, options_.client_id);
   // librdkafka must settle each record within our wait (see the header).
   int64_t timeout_ms = std::max<int64_t>(1000, absl::ToInt64Milliseconds(options_.publish_timeout));
   config["message.timeout.ms"] = std::to_string(timeout_ms);

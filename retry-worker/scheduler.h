@@ -32,7 +32,7 @@ namespace concert::retry {
 class Scheduler {
  public:
   struct Options {
-    std::string bootstrap_servers;
+    kafka::Cluster kafka;
     std::string client_id = "retry-worker";
     absl::Duration interval = absl::Seconds(30);
     int batch = 100;

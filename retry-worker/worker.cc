@@ -14,10 +14,13 @@ RetryWorker::RetryWorker(Options options) : options_(std::move(options)) {}
 RetryWorker::~RetryWorker() { Stop(); }
 
 absl::Status RetryWorker::Start() {
-  RETURN_IF_ERROR(MigrateSchema(options_.database_url));
-  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka_bootstrap_servers, {{options_.dlq_topic, 1}}));
+  if (!serving()) RETURN_IF_ERROR(Serve());
+  return Connect();
+}
 
+absl::Status RetryWorker::Serve() {
   // Scheduler (1, holding its rows during a pass) + consumer (1) + admin calls + metrics.
+  // The pool connects on first use, so Postgres may still be away.
   pool_ = std::make_unique<PgPool>(PgPool::Options{.url = options_.database_url, .size = 6});
   store_ = std::make_unique<FailedMessageStore>(
       *pool_, FailedMessageStore::Options{
@@ -42,8 +45,37 @@ absl::Status RetryWorker::Start() {
     oldest.Set(counts->oldest_pending_age_seconds);
   });
 
-  kafka::Config consumer_config = kafka::ConsumerConfig(
-      options_.kafka_bootstrap_servers, options_.group_id, "retry-worker");
+  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
+  std::unique_ptr<grpc::Server> server, health;
+  ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
+                                           nullptr, options_.tls));
+  absl::Status started;
+  if (!options_.tls.health_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> h =
+        StartGrpcServer(options_.tls.health_address, {}, &health_port_);
+    if (h.ok()) health = std::move(*h);
+    started = h.status();
+  }
+  auto metrics_server = std::make_unique<metrics::HttpServer>(registry_);
+  if (started.ok()) started = metrics_server->Start(options_.metrics_address);
+  if (!started.ok()) {
+    server->Shutdown(Deadline(absl::Seconds(1)));
+    if (health) health->Shutdown(Deadline(absl::Seconds(1)));
+    return started;
+  }
+  metrics_server_ = std::move(metrics_server);
+  server_ = std::move(server);
+  health_server_ = std::move(health);
+  ReportHealth();  // NOT_SERVING until connected
+  return absl::OkStatus();
+}
+
+absl::Status RetryWorker::Connect() {
+  RETURN_IF_ERROR(MigrateSchema(options_.database_url));
+  RETURN_IF_ERROR(kafka::EnsureTopics(options_.kafka, {{options_.dlq_topic, 1}}));
+
+  kafka::Config consumer_config =
+      kafka::ConsumerConfig(options_.kafka, options_.group_id, "retry-worker");
   ASSIGN_OR_RETURN(consumer_,
                    DlqConsumer::Create(consumer_config, options_.dlq_topic, *store_, registry_,
                                        [this](bool storing) {
@@ -52,7 +84,7 @@ absl::Status RetryWorker::Start() {
                                        }));
   ASSIGN_OR_RETURN(
       scheduler_,
-      Scheduler::Create({.bootstrap_servers = options_.kafka_bootstrap_servers,
+      Scheduler::Create({.kafka = options_.kafka,
                          .interval = options_.interval,
                          .batch = options_.batch,
                          .publish_timeout = options_.publish_timeout,
@@ -64,30 +96,6 @@ absl::Status RetryWorker::Start() {
                                ReportHealth();
                              }},
                         *store_, registry_));
-
-  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
-  ASSIGN_OR_RETURN(server_, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
-                                            nullptr, options_.tls));
-  auto stop_servers = [this] {
-    for (auto* server : {&server_, &health_server_}) {
-      if (*server != nullptr) (*server)->Shutdown(Deadline(absl::Seconds(1)));
-      server->reset();
-    }
-  };
-  if (!options_.tls.health_address.empty()) {
-    absl::StatusOr<std::unique_ptr<grpc::Server>> health =
-        StartGrpcServer(options_.tls.health_address, {}, &health_port_);
-    if (!health.ok()) {
-      stop_servers();
-      return health.status();
-    }
-    health_server_ = std::move(*health);
-  }
-  metrics_server_ = std::make_unique<metrics::HttpServer>(registry_);
-  if (absl::Status s = metrics_server_->Start(options_.metrics_address); !s.ok()) {
-    stop_servers();
-    return s;
-  }
 
   started_ = true;
   ReportHealth();
@@ -111,17 +119,21 @@ void RetryWorker::ReportHealth() {
 }
 
 void RetryWorker::Stop() {
-  if (!started_) return;
-  started_ = false;
+  if (!serving()) return;
+  bool was_started = started_.exchange(false);
   ReportHealth();
   stop_.Notify();
-  scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
-  consumer_thread_.join();
+  if (was_started) {
+    scheduler_thread_.join();  // the pass in flight finishes and records its acknowledgements
+    consumer_thread_.join();
+  }
   consumer_.reset();  // leaves the group
   server_->Shutdown(Deadline(absl::Seconds(5)));
   if (health_server_) health_server_->Shutdown(Deadline(absl::Seconds(1)));
   metrics_server_->Stop();
   scheduler_.reset();
+  server_.reset();
+  health_server_.reset();
   log::Info("retry-worker stopped");
 }
 

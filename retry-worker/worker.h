@@ -1,6 +1,7 @@
 // The whole retry-worker wired together: schema migration, the DLQ consumer thread, the
 // scheduler thread, the admin gRPC server (with reflection and health) and /metrics. main()
-// is Start(), wait for SIGTERM, Stop(); tests run one or two of these in-process.
+// is Start() (again, with backoff, while it fails), wait for SIGTERM, Stop(); tests run one or
+// two of these in-process.
 //
 //   RetryWorker worker(options);
 //   RETURN_IF_ERROR(worker.Start());
@@ -37,10 +38,13 @@ class RetryWorker {
   RetryWorker(const RetryWorker&) = delete;
   RetryWorker& operator=(const RetryWorker&) = delete;
 
-  // Applies the schema, creates the DLQ topic if missing, starts everything. Fails (with nothing
-  // left running) when Postgres or Kafka cannot be reached or an address cannot be bound.
+  // Serves the admin API, health and metrics (once), then applies the schema, creates the DLQ
+  // topic if missing and starts consuming and re-publishing. Fails when an address cannot be
+  // bound (serving() false) or Postgres or Kafka cannot be used (serving() true: health says
+  // NOT_SERVING meanwhile; call Start() again to retry).
   absl::Status Start();
   void Stop();
+  bool serving() const { return server_ != nullptr; }
 
   int grpc_port() const { return grpc_port_; }
   int health_port() const { return health_port_; }  // 0 without GRPC_HEALTH_ADDRESS
@@ -52,6 +56,8 @@ class RetryWorker {
   // Readiness: SERVING while started and both the DLQ consumer and the scheduler can reach
   // Postgres (each reports on its own thread).
   void ReportHealth();
+  absl::Status Serve();
+  absl::Status Connect();
 
   Options options_;
   metrics::Registry registry_;

@@ -16,6 +16,16 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DIR (data, config, logs
 # and pid file; default .local/kafka-data), KAFKA_START_TIMEOUT (60 s), KAFKA_STOP_TIMEOUT (30 s),
 # KAFKA_TOOL_OPTS (JVM options of the tool commands), JAVA_HOME.
+#
+# Secured listeners beside PLAINTEXT (off unless their port is set), for trying and testing
+# the services' TLS and SASL settings; certificates from scripts/tls.sh in KAFKA_DIR/tls
+# (ca.pem: the CA to trust; client.pem/client.key: a client certificate it signed):
+#   KAFKA_SASL_SSL_PORT   SASL_SSL: PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+#   KAFKA_MTLS_PORT       SSL requiring a client certificate signed by ca.pem
+#   KAFKA_SASL_USERS      "user:password ...": PLAIN users (in the listener's JAAS) and SCRAM
+#                         users (created or updated at every start with Kafka's ConfigCommand)
+# (librdkafka before 2.6.1, Debian 12's 2.0.2 included, fails SCRAM against Kafka 4.x brokers:
+# confluentinc/librdkafka#4895. Kafka's own clients use SCRAM here; ours, PLAIN.)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -29,6 +39,10 @@ LIBS="$LOCAL/kafka/libs"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 PID_FILE="$KAFKA_DIR/kafka.pid"
 LOG="$KAFKA_DIR/server.log"
+KAFKA_SASL_SSL_PORT=${KAFKA_SASL_SSL_PORT:-}
+KAFKA_MTLS_PORT=${KAFKA_MTLS_PORT:-}
+KAFKA_SASL_USERS=${KAFKA_SASL_USERS:-}
+TLS_DIR="$KAFKA_DIR/tls"
 
 [[ -f "$LIBS/.complete" ]] || die "Kafka jars missing in $LIBS: run scripts/install-deps.sh kafka"
 
@@ -71,18 +85,50 @@ running() { broker_pid >/dev/null; }
 # exited: PID is gone or a zombie (its sockets are closed by then; PID 1 reaps it later).
 exited() { local s; s=$(ps -o stat= -p "$1") || return 0; [[ "$s" == Z* ]]; }
 
+# The secured listeners (none unless their ports are set): makes the CA, the broker's key
+# store (key + certificate in one PEM) and a client certificate, then sets SECURED_LISTENERS,
+# SECURED_MAP and SECURED_PROPERTIES for server.properties.
+SECURED_LISTENERS="" SECURED_MAP="" SECURED_PROPERTIES=""
+secure_listeners() {
+  [[ -n "$KAFKA_SASL_SSL_PORT$KAFKA_MTLS_PORT" ]] || return 0
+  "$ROOT/scripts/tls.sh" ca "$TLS_DIR" ca
+  "$ROOT/scripts/tls.sh" cert "$TLS_DIR" ca broker
+  "$ROOT/scripts/tls.sh" cert "$TLS_DIR" ca client
+  cat "$TLS_DIR/broker.key" "$TLS_DIR/broker.pem" >"$TLS_DIR/broker-keystore.pem"
+  if [[ -n "$KAFKA_SASL_SSL_PORT" ]]; then
+    SECURED_LISTENERS+=",SASL_SSL://127.0.0.1:$KAFKA_SASL_SSL_PORT" SECURED_MAP+=",SASL_SSL:SASL_SSL"
+  fi
+  if [[ -n "$KAFKA_MTLS_PORT" ]]; then
+    SECURED_LISTENERS+=",MTLS://127.0.0.1:$KAFKA_MTLS_PORT" SECURED_MAP+=",MTLS:SSL"
+  fi
+  local scram="org.apache.kafka.common.security.scram.ScramLoginModule required;"
+  local plain="org.apache.kafka.common.security.plain.PlainLoginModule required" entry
+  for entry in $KAFKA_SASL_USERS; do plain+=" user_${entry%%:*}=\"${entry#*:}\""; done
+  SECURED_PROPERTIES="sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_ssl.plain.sasl.jaas.config=$plain;
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=$scram
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=$scram
+listener.name.mtls.ssl.client.auth=required
+ssl.keystore.type=PEM
+ssl.keystore.location=$TLS_DIR/broker-keystore.pem
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_DIR/ca.pem"
+}
+
 write_config() {
   mkdir -p "$KAFKA_DIR/logs"
+  secure_listeners
   cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by scripts/kafka.sh at every start; edits here are lost.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$SECURED_LISTENERS
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$SECURED_LISTENERS
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT$SECURED_MAP
+$SECURED_PROPERTIES
 log.dirs=$KAFKA_DIR/logs
 num.partitions=1
 default.replication.factor=1
@@ -123,6 +169,23 @@ format_once() {
   "${TOOL[@]}" kafka.tools.StorageTool format -t "$id" -c "$KAFKA_DIR/server.properties" >/dev/null
 }
 
+# SCRAM credentials live in the cluster's metadata: set them through the PLAINTEXT listener,
+# one mechanism per request (the broker refuses two changes of one user in a request).
+create_scram_users() {
+  local entry user password mechanism
+  for entry in $KAFKA_SASL_USERS; do
+    user=${entry%%:*} password=${entry#*:}
+    for mechanism in SCRAM-SHA-256 SCRAM-SHA-512; do
+      timeout 60 "${TOOL[@]}" org.apache.kafka.tools.ConfigCommand --bootstrap-server "$BOOTSTRAP" \
+        --alter --entity-type users --entity-name "$user" \
+        --add-config "$mechanism=[password=$password]" >/dev/null || {
+        say "could not create SCRAM user $user ($mechanism)"
+        return 1
+      }
+    done
+  done
+}
+
 # One real metadata round trip, bounded in time.
 answers() { timeout 20 "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list >/dev/null 2>&1; }
 
@@ -133,7 +196,7 @@ start() {
     return 0
   fi
   local p
-  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for p in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" $KAFKA_SASL_SSL_PORT $KAFKA_MTLS_PORT; do
     ! port_open 127.0.0.1 "$p" || die "port 127.0.0.1:$p is taken by another process"
   done
   write_config
@@ -154,6 +217,7 @@ start() {
     fi
     sleep 1
   done
+  create_scram_users || { stop; die "Kafka stopped: its SCRAM users could not be created"; }
   say "ready on $BOOTSTRAP (pid $(broker_pid), up in ${SECONDS}s)"
   echo "KAFKA_BOOTSTRAP_SERVERS=$BOOTSTRAP"
 }

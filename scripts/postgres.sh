@@ -8,8 +8,11 @@
 #   scripts/postgres.sh psql [ARGS...]     psql as role concert on database concert
 #
 # Environment: PG_PORT (default 55432), PG_DIR (data directory, default .local/postgres),
-# PG_START_TIMEOUT (seconds, default 30). Role concert, password concert, database concert:
+# PG_START_TIMEOUT (seconds, default 30), PG_TLS (off; on: TLS as well, with a certificate for
+# 127.0.0.1 from scripts/tls.sh in PG_DIR/tls, whose CA is PG_DIR/tls/ca.pem). Role concert,
+# password concert, database concert:
 #   postgresql://concert:concert@127.0.0.1:55432/concert
+#   postgresql://concert:concert@127.0.0.1:55432/concert?sslmode=verify-full&sslrootcert=PG_DIR/tls/ca.pem
 #
 # PostgreSQL refuses to run as root: as root the server runs as the `postgres` system user
 # (runuser), which owns PG_DIR and must be able to traverse every directory above it (as root,
@@ -22,12 +25,15 @@ PG_BIN=/usr/lib/postgresql/15/bin
 PG_PORT=${PG_PORT:-55432}
 PG_DIR=$(realpath -m "${PG_DIR:-$LOCAL/postgres}")
 PG_START_TIMEOUT=${PG_START_TIMEOUT:-30}
+PG_TLS=${PG_TLS:-off}
+TLS_DIR="$PG_DIR/tls"
 SOCK_DIR="$PG_DIR/socket"
 LOG="$PG_DIR/server.log"
 DATABASE_URL="postgresql://concert:concert@127.0.0.1:$PG_PORT/concert"
 
 [[ -x "$PG_BIN/pg_ctl" ]] || die "PostgreSQL 15 not found in $PG_BIN: run scripts/install-deps.sh apt"
 [[ "$PG_PORT" =~ ^[0-9]+$ ]] || die "PG_PORT must be a number, got '$PG_PORT'"
+[[ "$PG_TLS" == on || "$PG_TLS" == off ]] || die "PG_TLS must be on or off, got '$PG_TLS'"
 
 # as_pg CMD...: run CMD as the postgres system user when we are root, else as ourselves.
 AS_PG=()
@@ -75,8 +81,20 @@ EOF
   echo "include_if_exists = 'concert.conf'" | as_pg tee -a "$PG_DIR/postgresql.conf" >/dev/null
 }
 
+# With PG_TLS=on: the server's certificate and key, owned by the server's user (Postgres
+# refuses a key others can read), and the lines that turn TLS on.
+tls_config() {
+  [[ "$PG_TLS" == on ]] || return 0
+  "$ROOT/scripts/tls.sh" ca "$TLS_DIR" ca
+  "$ROOT/scripts/tls.sh" cert "$TLS_DIR" ca server
+  ((EUID != 0)) || chown postgres:postgres "$TLS_DIR/server.key" "$TLS_DIR/server.pem"
+  printf '%s\n' "ssl = on" "ssl_cert_file = '$TLS_DIR/server.pem'" "ssl_key_file = '$TLS_DIR/server.key'"
+}
+
 # Settings rewritten at every start (so PG_PORT can change between runs).
 write_config() {
+  local tls
+  tls=$(tls_config)
   as_pg tee "$PG_DIR/concert.conf" >/dev/null <<EOF
 # Written by scripts/postgres.sh at every start; edits here are lost.
 listen_addresses = '127.0.0.1'
@@ -88,6 +106,7 @@ max_replication_slots = 10
 max_wal_senders = 10
 logging_collector = off
 log_line_prefix = '%m [%p] %q%u@%d '
+$tls
 EOF
   as_pg mkdir -p -m 700 "$SOCK_DIR"
   # A Unix socket path is limited to 107 bytes.

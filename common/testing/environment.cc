@@ -202,7 +202,8 @@ std::string StateDir(const std::string& prefix) {
 }
 }  // namespace
 
-PrivatePostgres::PrivatePostgres() : port_(FreePort()), dir_(StateDir("postgres")) {
+PrivatePostgres::PrivatePostgres(Tls tls)
+    : port_(FreePort()), tls_(tls), dir_(StateDir("postgres")) {
   if (!Start()) ADD_FAILURE() << "private Postgres did not start; see " << dir_ << "/server.log";
 }
 
@@ -216,7 +217,8 @@ std::string PrivatePostgres::url() const {
 }
 
 std::string PrivatePostgres::Script(const std::string& verb) const {
-  return absl::StrCat("PG_PORT=", port_, " PG_DIR=", dir_, " ", SourceRoot(),
+  return absl::StrCat("PG_PORT=", port_, " PG_DIR=", dir_,
+                      tls_ == Tls::kOn ? " PG_TLS=on " : " ", SourceRoot(),
                       "/scripts/postgres.sh ", verb, " >/dev/null 2>&1");
 }
 
@@ -226,8 +228,12 @@ bool PrivatePostgres::Stop(bool immediate) {
   return RunCommand(Script(immediate ? "stop immediate" : "stop")) == 0;
 }
 
-PrivateKafka::PrivateKafka()
+PrivateKafka::PrivateKafka(Listeners listeners)
     : port_(FreePort()), controller_port_(FreePort()), dir_(StateDir("kafka")) {
+  if (listeners == Listeners::kSecured) {
+    sasl_ssl_port_ = FreePort();
+    mtls_port_ = FreePort();
+  }
   if (!Start()) ADD_FAILURE() << "private Kafka did not start; see " << dir_;
 }
 
@@ -237,9 +243,18 @@ PrivateKafka::~PrivateKafka() {
 }
 
 std::string PrivateKafka::bootstrap() const { return absl::StrCat("127.0.0.1:", port_); }
+std::string PrivateKafka::sasl_ssl_bootstrap() const {
+  return absl::StrCat("127.0.0.1:", sasl_ssl_port_);
+}
+std::string PrivateKafka::mtls_bootstrap() const { return absl::StrCat("127.0.0.1:", mtls_port_); }
 
 std::string PrivateKafka::Script(const std::string& verb) const {
-  return absl::StrCat("KAFKA_PORT=", port_, " KAFKA_CONTROLLER_PORT=", controller_port_,
+  std::string secured =
+      sasl_ssl_port_ == 0
+          ? ""
+          : absl::StrCat(" KAFKA_SASL_SSL_PORT=", sasl_ssl_port_, " KAFKA_MTLS_PORT=", mtls_port_,
+                         " KAFKA_SASL_USERS=", kSaslUser, ":", kSaslPassword);
+  return absl::StrCat("KAFKA_PORT=", port_, " KAFKA_CONTROLLER_PORT=", controller_port_, secured,
                       " KAFKA_DIR=", dir_, " ", SourceRoot(), "/scripts/kafka.sh ", verb,
                       " >/dev/null 2>&1");
 }

@@ -96,11 +96,15 @@ class ChildProcess {
 // the constructor; the destructor stops it and deletes its state.
 class PrivatePostgres {
  public:
-  PrivatePostgres();
+  // kOn: TLS on as well (scripts/postgres.sh PG_TLS=on), certificates of a CA of its own.
+  enum class Tls { kOff, kOn };
+  explicit PrivatePostgres(Tls tls = Tls::kOff);
   ~PrivatePostgres();
   // postgresql://concert:concert@127.0.0.1:<port>/concert
   std::string url() const;
   int port() const { return port_; }
+  // With Tls::kOn: the CA that signed the server's certificate (for sslrootcert).
+  std::string tls_ca_file() const { return dir_ + "/tls/ca.pem"; }
   bool Start();
   // `immediate` is a crash as far as the WAL is concerned (pg_ctl -m immediate).
   bool Stop(bool immediate = false);
@@ -108,14 +112,27 @@ class PrivatePostgres {
  private:
   std::string Script(const std::string& verb) const;
   int port_;
+  Tls tls_;
   std::string dir_;
 };
 
 class PrivateKafka {
  public:
-  PrivateKafka();
+  // kSecured: SASL_SSL and mTLS listeners as well (scripts/kafka.sh), with the SASL user
+  // kSaslUser / kSaslPassword (PLAIN and SCRAM) and certificates of a CA of its own in
+  // tls_dir().
+  enum class Listeners { kPlaintext, kSecured };
+  static constexpr char kSaslUser[] = "concert";
+  static constexpr char kSaslPassword[] = "sasl-test-secret";
+
+  explicit PrivateKafka(Listeners listeners = Listeners::kPlaintext);
   ~PrivateKafka();
   std::string bootstrap() const;
+  // With Listeners::kSecured: SASL_SSL (SCRAM) and SSL requiring a client certificate.
+  std::string sasl_ssl_bootstrap() const;
+  std::string mtls_bootstrap() const;
+  // ca.pem (trust it), client.pem + client.key (a client certificate it signed).
+  std::string tls_dir() const { return dir_ + "/tls"; }
   bool Start();
   bool Stop();  // clean shutdown
   bool Kill();  // SIGKILL
@@ -123,6 +140,7 @@ class PrivateKafka {
  private:
   std::string Script(const std::string& verb) const;
   int port_, controller_port_;
+  int sasl_ssl_port_ = 0, mtls_port_ = 0;
   std::string dir_;
 };
 

@@ -17,10 +17,12 @@ env   for each of our services, the variable names its pods get (explicit env, p
       default must be set; GRPC_ADDRESS and METRICS_ADDRESS must listen on all interfaces at the
       ports the container declares; the probes must be gRPC health probes on that port, liveness
       and startup asking for "liveness", readiness for ""; values must have the shape of the
-      default (a number where the default is a number, a duration where it is a duration).
-      With gRPC TLS on (GRPC_TLS_CERT_FILE), the probes must use the plaintext health port
-      (GRPC_HEALTH_ADDRESS on all interfaces, container port "health"); every *_TLS_*_FILE
-      must lie in a Secret volume mounted in that container.
+      default (a number where the default is a number, a duration where it is a duration);
+      a setting naming a file read at start (a CA, certificate, key or password *_FILE) must point
+      into one of the container's volume mounts, and, on a Secret volume that lists its items,
+      at one of them: a pod would otherwise start without it. With gRPC TLS on
+      (GRPC_TLS_CERT_FILE), the probes must use the plaintext health port (GRPC_HEALTH_ADDRESS on
+      all interfaces, container port "health"): Kubernetes' gRPC probes speak plaintext only.
 """
 
 import argparse
@@ -34,6 +36,10 @@ import sys
 SERVICES = ("payment-server", "outbox-relay", "notifier", "retry-worker")
 WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY", re.I)
+# A setting that names a file (KAFKA_SASL_PASSWORD_FILE): its value is a path, not a secret.
+FILE_SETTING = re.compile(r"_FILE$")
+# A file a binary reads at start (a CA, a client certificate or key, a password).
+INPUT_FILE_SETTING = re.compile(r"_(CA|CERT|KEY|PASSWORD)_FILE$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
 HELP_LINE = re.compile(r"^  ([A-Z][A-Z0-9_]*)  --([a-z0-9-]+)  \[default: (.*)\]$")
 DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")
@@ -101,7 +107,7 @@ def lint(objs, where):
 
     for name, cm in configmaps.items():
         for key, value in (cm.get("data") or {}).items():
-            if SECRET_WORDS.search(key):
+            if SECRET_WORDS.search(key) and not FILE_SETTING.search(key):
                 problems.append(f"ConfigMap {name}: key {key} looks secret: use a Secret")
             if URL_WITH_PASSWORD.search(str(value)):
                 problems.append(f"ConfigMap {name}: {key} holds a URL with a password")
@@ -168,7 +174,8 @@ def lint(objs, where):
             if seccomp not in ("RuntimeDefault", "Localhost"):
                 problems.append(f"{who}: seccompProfile is not RuntimeDefault")
             for e in c.get("env") or []:
-                if "value" in e and SECRET_WORDS.search(e["name"]) and e["value"]:
+                if "value" in e and SECRET_WORDS.search(e["name"]) and e["value"] \
+                        and not FILE_SETTING.search(e["name"]):
                     problems.append(f"{who}: env {e['name']} has a literal value: use a secretKeyRef")
                 ref = (e.get("valueFrom") or {})
                 if "secretKeyRef" in ref:
@@ -251,6 +258,28 @@ def port_of(address):
     return host, int(port) if port.isdigit() else None
 
 
+def file_problems(container, spec, values):
+    """Input *_FILE settings whose path no volume mount of `container` provides."""
+    volumes = {v["name"]: v for v in spec.get("volumes") or []}
+    problems = []
+    for name, path in sorted(values.items()):
+        if not INPUT_FILE_SETTING.search(name) or not path:
+            continue
+        mounts = [m for m in container.get("volumeMounts") or []
+                  if path.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not mounts:
+            problems.append(f"{name}={path}: on no volume mount of the container")
+            continue
+        mount = max(mounts, key=lambda m: len(m["mountPath"]))
+        secret = (volumes.get(mount["name"]) or {}).get("secret") or {}
+        items = [i["path"] for i in secret.get("items") or []]
+        inside = path[len(mount["mountPath"].rstrip("/")) + 1:]
+        if items and inside not in items:
+            problems.append(f"{name}={path}: Secret {secret.get('secretName')} mounted at "
+                            f"{mount['mountPath']} has only {', '.join(items)}")
+    return problems
+
+
 def env_check(objs, where, bin_dir):
     configmaps = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ConfigMap"}
     seen = set()
@@ -291,6 +320,7 @@ def env_check(objs, where, bin_dir):
             for name, default in sorted(settings.items()):
                 if (default == REQUIRED or name in ALWAYS_SET) and name not in values:
                     problems.append(f"{name} is required (no default) and is not set")
+            problems += file_problems(c, spec, values)
             for name, value in sorted(values.items()):
                 default = settings.get(name)
                 if value is None or default in (None, "", REQUIRED):
@@ -301,16 +331,6 @@ def env_check(objs, where, bin_dir):
                         and not DURATION.match(value):
                     problems.append(f"{name}={value!r}: expected a duration like {default}")
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
-            # TLS files must come from a Secret mounted in this container.
-            secret_volumes = {v["name"] for v in spec.get("volumes") or []
-                              if "secret" in v or "projected" in v}
-            mounts = [(m["mountPath"].rstrip("/") + "/", m["name"])
-                      for m in c.get("volumeMounts") or []]
-            for name, value in sorted(values.items()):
-                if "_TLS_" in name and name.endswith("_FILE") and value and not any(
-                        value.startswith(path) and volume in secret_volumes
-                        for path, volume in mounts):
-                    problems.append(f"{name}={value}: not in a Secret volume mounted here")
             # Probes speak plaintext only: with TLS on, they must use the plaintext health port.
             probe_port = "grpc"
             if not is_init and (values.get("GRPC_TLS_CERT_FILE") or values.get("GRPC_HEALTH_ADDRESS")):

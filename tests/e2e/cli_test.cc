@@ -125,6 +125,28 @@ TEST_P(CliTest, ContradictorySettingsAreExitTwoWithOneLineNamingThem) {
   }
 }
 
+// The shared Kafka security settings (kafka::ReadCluster) in every Kafka-speaking binary: a
+// mistake is exit 2 with one line naming the setting, and the password is never in it.
+TEST_P(CliTest, KafkaSecurityMistakeIsExitTwoWithOneLineAndNoPassword) {
+  if (GetParam() == "payment-server") GTEST_SKIP() << "payment-server does not use Kafka";
+  std::vector<std::vector<std::string>> mistakes = {
+      {"KAFKA_SECURITY_PROTOCOL=SASL_SSL", "KAFKA_SASL_PASSWORD=hunter2"},  // no username
+      {"KAFKA_SECURITY_PROTOCOL=SSL", "KAFKA_SSL_CA_FILE=/nonexistent/ca.pem"},
+      {"KAFKA_PROPERTIES=sasl.password=hunter2;no.such.property=1"}};
+  std::vector<std::string> named = {"KAFKA_SASL_USERNAME", "KAFKA_SSL_CA_FILE", "KAFKA_PROPERTIES"};
+  for (size_t i = 0; i < mistakes.size(); ++i) {
+    SCOPED_TRACE(named[i]);
+    std::vector<std::string> env = ValidEnv();
+    env.push_back("DATABASE_URL=postgresql://concert:concert@127.0.0.1:1/nothing");
+    env.insert(env.end(), mistakes[i].begin(), mistakes[i].end());
+    CommandOutput run = RunBinary(GetParam(), env, /*limit_seconds=*/5);
+    EXPECT_EQ(run.exit_code, 2) << run.out;
+    ASSERT_EQ(Lines(run.out).size(), 1u) << run.out;
+    EXPECT_THAT(run.out, HasSubstr(named[i]));
+    EXPECT_THAT(run.out, ::testing::Not(HasSubstr("hunter2")));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Binaries, CliTest,
                          ::testing::Values("payment-server", "outbox-relay", "notifier",
                                            "retry-worker"),

@@ -1,8 +1,8 @@
 // gRPC over TLS as an operator sees it: payment-server and the retry-worker's admin API started
-// with a certificate made by openssl at test time, called with grpcurl -cacert (and -cert/-key
-// under mTLS); plaintext refused on the TLS port; grpc.health.v1 answering in plaintext on the
-// health port (what Kubernetes probes), which serves nothing else; bad TLS settings exit 2 (the
-// notifier's too, as payment-server's client).
+// with a certificate made by openssl at test time (scripts/tls.sh), called with grpcurl -cacert
+// (and -cert/-key under mTLS); plaintext refused on the TLS port; grpc.health.v1 answering in
+// plaintext on the health port (what Kubernetes probes), which serves nothing else; bad TLS
+// settings exit 2 (the notifier's too, as payment-server's client).
 #include <stdlib.h>
 #include <sys/wait.h>
 
@@ -37,27 +37,16 @@ constexpr char kSecret[] = "tls-test-secret";
 constexpr char kAdminToken[] = "tls-test-admin-token";
 constexpr char kInternalToken[] = "tls-test-internal-token";
 
-// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate, all signed
-// by that CA, in a temporary folder removed at the end.
+// A CA and two certificates it signed (for 127.0.0.1 and localhost), made by scripts/tls.sh in a
+// temporary folder removed at the end: "server" for the services, "client" for grpcurl.
 class Certificates {
  public:
   Certificates() {
     char tmpl[] = "/tmp/concert-tls-XXXXXX";
     dir_ = mkdtemp(tmpl);
-    std::string script = absl::StrCat(
-        "set -e; cd ", dir_, "; exec 2>openssl.log; ",
-        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
-        "-subj /CN=concert-test-ca -keyout ca.key -out ca.crt; ",
-        "for who in server client; do ",
-        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-        "-subj /CN=concert-test-$who -keyout $who.key -out $who.csr; done; ",
-        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\nextendedKeyUsage=serverAuth\\n' "
-        ">server.ext; ",
-        "printf 'extendedKeyUsage=clientAuth\\n' >client.ext; ",
-        "for who in server client; do ",
-        "openssl x509 -req -days 1 -in $who.csr -CA ca.crt -CAkey ca.key -CAcreateserial "
-        "-extfile $who.ext -out $who.crt; done");
-    ok_ = RunCommand(script) == 0;
+    std::string tls = absl::StrCat(SourceRoot(), "/scripts/tls.sh");
+    ok_ = RunCommand(absl::StrCat(tls, " ca ", dir_, " ca && ", tls, " cert ", dir_,
+                                  " ca server && ", tls, " cert ", dir_, " ca client")) == 0;
   }
   ~Certificates() { RunCommand(absl::StrCat("rm -rf '", dir_, "'")); }
 
@@ -86,7 +75,7 @@ std::string Address(int port) { return absl::StrCat("127.0.0.1:", port); }
 class GrpcTlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    ASSERT_TRUE(certs_.ok()) << "openssl failed; see " << certs_.Path("openssl.log");
+    ASSERT_TRUE(certs_.ok()) << "scripts/tls.sh failed";
     ASSERT_EQ(RunCommand(absl::StrCat("test -x ", SourceRoot(), "/.local/bin/grpcurl")), 0)
         << "grpcurl missing: run scripts/install-deps.sh gotools";
   }
@@ -94,9 +83,9 @@ class GrpcTlsTest : public ::testing::Test {
   // The flags that make grpcurl trust the test CA (and, with `client_cert`, present the
   // client certificate).
   std::string Tls(bool client_cert = false) const {
-    std::string flags = absl::StrCat("-cacert ", certs_.Path("ca.crt"));
+    std::string flags = absl::StrCat("-cacert ", certs_.Path("ca.pem"));
     if (client_cert) {
-      absl::StrAppend(&flags, " -cert ", certs_.Path("client.crt"), " -key ",
+      absl::StrAppend(&flags, " -cert ", certs_.Path("client.pem"), " -key ",
                       certs_.Path("client.key"));
     }
     return flags;
@@ -104,10 +93,10 @@ class GrpcTlsTest : public ::testing::Test {
 
   std::map<std::string, std::string> TlsEnv(bool mutual, int health_port) const {
     std::map<std::string, std::string> env = {
-        {"GRPC_TLS_CERT_FILE", certs_.Path("server.crt")},
+        {"GRPC_TLS_CERT_FILE", certs_.Path("server.pem")},
         {"GRPC_TLS_KEY_FILE", certs_.Path("server.key")},
         {"GRPC_HEALTH_ADDRESS", Address(health_port)}};
-    if (mutual) env["GRPC_TLS_CLIENT_CA_FILE"] = certs_.Path("ca.crt");
+    if (mutual) env["GRPC_TLS_CLIENT_CA_FILE"] = certs_.Path("ca.pem");
     return env;
   }
 
@@ -211,10 +200,10 @@ TEST_F(GrpcTlsTest, MutualTlsRefusesClientsWithoutTheCertificate) {
   // client certificate.
   notifier::LinkClientOptions link_options{.address = absl::StrCat("localhost:", grpc_port),
                                            .token = kInternalToken,
-                                           .tls_ca = certs_.Read("ca.crt")};
+                                           .tls_ca = certs_.Read("ca.pem")};
   notifier::LinkClient anonymous(link_options);
   EXPECT_EQ(anonymous.UnlinkChat(700001, "tls test").code(), absl::StatusCode::kUnavailable);
-  link_options.tls_cert = certs_.Read("client.crt");
+  link_options.tls_cert = certs_.Read("client.pem");
   link_options.tls_key = certs_.Read("client.key");
   notifier::LinkClient notifier(link_options);
   EXPECT_TRUE(notifier.UnlinkChat(700001, "tls test").ok());
@@ -225,11 +214,11 @@ TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
     std::string env, setting;
   };
   for (const Case& c : std::vector<Case>{
-           {absl::StrCat("GRPC_TLS_CERT_FILE=", certs_.Path("missing.crt"),
+           {absl::StrCat("GRPC_TLS_CERT_FILE=", certs_.Path("missing.pem"),
                          " GRPC_TLS_KEY_FILE=", certs_.Path("server.key")),
             "GRPC_TLS_CERT_FILE"},
-           {absl::StrCat("GRPC_TLS_CERT_FILE=", certs_.Path("server.crt")), "GRPC_TLS_KEY_FILE"},
-           {absl::StrCat("GRPC_TLS_CLIENT_CA_FILE=", certs_.Path("ca.crt")),
+           {absl::StrCat("GRPC_TLS_CERT_FILE=", certs_.Path("server.pem")), "GRPC_TLS_KEY_FILE"},
+           {absl::StrCat("GRPC_TLS_CLIENT_CA_FILE=", certs_.Path("ca.pem")),
             "GRPC_TLS_CLIENT_CA_FILE"},
        }) {
     for (const char* binary : {"payment-server", "retry-worker"}) {
@@ -245,7 +234,7 @@ TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
   // The notifier as payment-server's client (TelegramLinkService).
   CommandOutput notifier = RunCommandCapturing(
       absl::StrCat("env -i DATABASE_URL=postgresql://x@127.0.0.1:1/x PAYMENT_SERVER_TLS_CA_FILE=",
-                   certs_.Path("missing.crt"), " ", BinaryPath("notifier"), " 2>&1"));
+                   certs_.Path("missing.pem"), " ", BinaryPath("notifier"), " 2>&1"));
   EXPECT_EQ(notifier.exit_code, 2) << notifier.out;
   EXPECT_TRUE(absl::StrContains(notifier.out, "PAYMENT_SERVER_TLS_CA_FILE")) << notifier.out;
 }

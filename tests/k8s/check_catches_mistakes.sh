@@ -109,6 +109,22 @@ sed -i 's/^  maxReplicas: 3/  maxReplicas: three/' "$SCRATCH/k8s/base/notifier.y
 run_case "HPA with a wrong type (schema)" "FAIL  schema .*"
 
 fresh
+sed -i 's|^  KAFKA_SASL_USERNAME: "concert-notifier"|&\n  KAFKA_SASL_PASSWORD: "hunter2"|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "Kafka password in a ConfigMap" "key KAFKA_SASL_PASSWORD looks secret"
+
+fresh
+sed -i 's|KAFKA_SSL_CA_FILE: "/etc/concert/kafka-ca/ca.crt"|KAFKA_SSL_CA_FILE: "/etc/kafka/ca.crt"|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "Kafka CA file outside every mount" "KAFKA_SSL_CA_FILE=/etc/kafka/ca.crt: on no volume mount"
+
+fresh
+sed -i 's|items: \[{key: password, path: password}\]|items: [{key: password, path: user-password}]|' \
+  "$SCRATCH/k8s/overlays/prod/secure-connections.yaml"
+run_case "SASL password file not in its Secret's items" \
+  "KAFKA_SASL_PASSWORD_FILE=/etc/concert/kafka-user/password: Secret concert-[a-z-]+ mounted at /etc/concert/kafka-user has only user-password"
+
+fresh
 python3 - "$SCRATCH/k8s/overlays/prod/kustomization.yaml" <<'EDIT'
 import sys
 p = sys.argv[1]
@@ -121,12 +137,6 @@ open(p, "w").write(s)
 EDIT
 run_case "readiness probe on the TLS port (probes speak plaintext)" \
   "readinessProbe probes port 50051, gRPC health is on 50061 \(health\)"
-
-fresh
-sed -i 's|        value: /etc/concert/grpc-tls/tls.key|        value: /etc/concert/tls/tls.key|' \
-  "$SCRATCH/k8s/overlays/prod/kustomization.yaml"
-run_case "TLS key file outside the mounted Secret" \
-  "GRPC_TLS_KEY_FILE=/etc/concert/tls/tls.key: not in a Secret volume mounted here"
 
 echo "check_catches_mistakes: $passed passed, $failed failed"
 ((failed == 0))
