@@ -1,6 +1,8 @@
 #include "common/grpc_server.h"
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -12,9 +14,45 @@
 
 namespace concert {
 
+std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
+                               absl::string_view help) {
+  std::string path = settings.String(name, "", help);
+  if (path.empty()) return "";
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream content;
+  content << in.rdbuf();
+  if (!in.good() || content.str().empty()) {
+    settings.Fail(name, absl::StrCat("cannot read '", path, "' (missing, unreadable or empty)"));
+    return "";
+  }
+  return content.str();
+}
+
+GrpcTls ReadGrpcTls(Settings& s) {
+  GrpcTls tls;
+  tls.cert_chain = ReadPemFileSetting(
+      s, "GRPC_TLS_CERT_FILE", "PEM certificate chain; set with GRPC_TLS_KEY_FILE: gRPC over TLS");
+  tls.private_key =
+      ReadPemFileSetting(s, "GRPC_TLS_KEY_FILE", "PEM private key of GRPC_TLS_CERT_FILE");
+  tls.client_ca =
+      ReadPemFileSetting(s, "GRPC_TLS_CLIENT_CA_FILE",
+                         "PEM CA bundle; set: mTLS, clients need a certificate it signed");
+  tls.health_address = s.String(
+      "GRPC_HEALTH_ADDRESS", "",
+      "plaintext grpc.health.v1 alone (Kubernetes probes when TLS is on); empty: none");
+  if (tls.cert_chain.empty() != tls.private_key.empty()) {
+    s.Fail(tls.cert_chain.empty() ? "GRPC_TLS_CERT_FILE" : "GRPC_TLS_KEY_FILE",
+           "GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE go together");
+  }
+  if (!tls.client_ca.empty() && tls.cert_chain.empty()) {
+    s.Fail("GRPC_TLS_CLIENT_CA_FILE", "needs GRPC_TLS_CERT_FILE and GRPC_TLS_KEY_FILE");
+  }
+  return tls;
+}
+
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* port,
-    const std::function<void(grpc::ServerBuilder&)>& configure) {
+    const std::function<void(grpc::ServerBuilder&)>& configure, const GrpcTls& tls) {
   // Debian builds Abseil without NDEBUG, which leaves absl::Mutex's deadlock detection on: each
   // lock (gRPC takes dozens per call) updates a global lock graph, a few percent of a call's
   // CPU. Release builds of Abseil have it off; so do we.
@@ -26,12 +64,23 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int bound = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &bound);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls.enabled()) {
+    grpc::SslServerCredentialsOptions ssl(
+        tls.client_ca.empty() ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
+                              : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_root_certs = tls.client_ca;
+    ssl.pem_key_cert_pairs.push_back({tls.private_key, tls.cert_chain});
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(address, credentials, &bound);
   for (grpc::Service* service : services) builder.RegisterService(service);
   if (configure) configure(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || bound == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen for gRPC on ", address));
+    return absl::UnavailableError(absl::StrCat(
+        "cannot listen for gRPC on ", address,
+        tls.enabled() ? " (or the TLS certificate and key are not a valid pair)" : ""));
   }
   if (port != nullptr) *port = bound;
   if (auto* health = server->GetHealthCheckService()) {

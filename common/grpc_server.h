@@ -1,12 +1,20 @@
 // Starting a gRPC server the way every service here does: the given services, server reflection
 // (so grpcurl needs no .proto files) and the standard grpc.health.v1.Health service, which
-// Kubernetes probes natively.
+// Kubernetes probes natively. Optionally over TLS (GrpcTls); Kubernetes' gRPC probes speak
+// plaintext only, so a TLS server's health can also be served alone on a plaintext port.
 //
 //   ASSIGN_OR_RETURN(auto server, StartGrpcServer("127.0.0.1:50051", {&payments}));
 //   SetServing(*server, true);
 //   ... StopRequested().WaitForNotification();
 //   SetServing(*server, false);                         // probes see NOT_SERVING
 //   server->Shutdown(Deadline(absl::Seconds(10)));     // finishes in-flight calls
+//
+// With TLS (settings GRPC_TLS_*), and health in plaintext for the probes:
+//
+//   GrpcTls tls = ReadGrpcTls(settings);               // before settings.ExitIfInvalid()
+//   ASSIGN_OR_RETURN(auto server, StartGrpcServer(address, {&payments}, nullptr, nullptr, tls));
+//   ASSIGN_OR_RETURN(auto health, StartGrpcServer(tls.health_address, {}));
+//   SetServing(*server, true); SetServing(*health, true);
 #ifndef CONCERT_COMMON_GRPC_SERVER_H_
 #define CONCERT_COMMON_GRPC_SERVER_H_
 
@@ -20,14 +28,41 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/config.h"
 
 namespace concert {
 
+// TLS of a gRPC server, as PEM text. No certificate: plaintext.
+struct GrpcTls {
+  std::string cert_chain;   // GRPC_TLS_CERT_FILE's content
+  std::string private_key;  // GRPC_TLS_KEY_FILE's content
+  // GRPC_TLS_CLIENT_CA_FILE's content. Set: mTLS, a client must present a certificate it signed.
+  std::string client_ca;
+  // GRPC_HEALTH_ADDRESS: a plaintext server with grpc.health.v1 alone (for Kubernetes' probes,
+  // which cannot speak TLS); empty: none. The caller starts it with StartGrpcServer(address, {})
+  // and passes it every SetServing the main server gets.
+  std::string health_address;
+
+  bool enabled() const { return !cert_chain.empty(); }
+};
+
+// The content of the PEM file that setting `name` names ("" when unset); a missing, unreadable
+// or empty file is reported through `settings` (exit 2 at start).
+std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
+                               absl::string_view help);
+
+// Reads the four settings above and the files they name. An unreadable or empty file, a
+// certificate without its key (or the other way round), or a client CA without TLS is
+// reported through `settings` (exit 2 at start).
+GrpcTls ReadGrpcTls(Settings& settings);
+
 // `port` receives the bound port (useful with "127.0.0.1:0"); may be null. `configure`, when
-// set, adjusts the builder before the server starts (resource quota, thread limits).
+// set, adjusts the builder before the server starts (resource quota, thread limits). Serves TLS
+// (or mTLS) when `tls` is enabled(); its health_address is the caller's to start.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& address, const std::vector<grpc::Service*>& services, int* port = nullptr,
-    const std::function<void(grpc::ServerBuilder&)>& configure = nullptr);
+    const std::function<void(grpc::ServerBuilder&)>& configure = nullptr,
+    const GrpcTls& tls = {});
 
 // Health has two names. "" (what a plain `grpc.health.v1.Health/Check` asks) is readiness:
 // SERVING only while the service can do its work (its dependencies answer), set by SetServing.

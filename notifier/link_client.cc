@@ -6,6 +6,13 @@
 namespace concert::notifier {
 namespace {
 
+std::shared_ptr<grpc::ChannelCredentials> Credentials(const LinkClientOptions& o) {
+  if (o.tls_ca.empty()) return grpc::InsecureChannelCredentials();
+  return grpc::SslCredentials({.pem_root_certs = o.tls_ca,
+                               .pem_private_key = o.tls_key,
+                               .pem_cert_chain = o.tls_cert});
+}
+
 absl::Status FromGrpc(const grpc::Status& status) {
   return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
@@ -15,7 +22,7 @@ absl::Status FromGrpc(const grpc::Status& status) {
 LinkClient::LinkClient(LinkClientOptions options)
     : options_(std::move(options)),
       stub_(internal::v1::TelegramLinkService::NewStub(
-          grpc::CreateChannel(options_.address, grpc::InsecureChannelCredentials()))) {}
+          grpc::CreateChannel(options_.address, Credentials(options_)))) {}
 
 void LinkClient::Prepare(grpc::ClientContext& context) const {
   context.set_deadline(Deadline(options_.timeout));

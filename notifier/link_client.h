@@ -28,6 +28,9 @@ struct LinkClientOptions {
   std::string address = "127.0.0.1:50051";
   // INTERNAL_TOKEN, the same secret as payment-server's.
   std::string token;
+  // PAYMENT_SERVER_TLS_CA_FILE's content: set, calls go over TLS trusting it; with
+  // PAYMENT_SERVER_TLS_CERT_FILE and _KEY_FILE's, the notifier presents that certificate (mTLS).
+  std::string tls_ca, tls_cert, tls_key;
   absl::Duration timeout = absl::Seconds(5);
 };
 

@@ -119,6 +119,22 @@ int main(int argc, char** argv) {
                              "payment-server's gRPC address (TelegramLinkService)");
   o.links.token = s.String("INTERNAL_TOKEN", "",
                            "Bearer secret of payment-server's TelegramLinkService (same value)");
+  o.links.tls_ca = ReadPemFileSetting(
+      s, "PAYMENT_SERVER_TLS_CA_FILE",
+      "PEM CA that signed payment-server's certificate; set: TLS to PAYMENT_SERVER_ADDRESS");
+  o.links.tls_cert = ReadPemFileSetting(
+      s, "PAYMENT_SERVER_TLS_CERT_FILE",
+      "PEM client certificate for payment-server's mTLS (with PAYMENT_SERVER_TLS_KEY_FILE)");
+  o.links.tls_key = ReadPemFileSetting(s, "PAYMENT_SERVER_TLS_KEY_FILE",
+                                       "PEM private key of PAYMENT_SERVER_TLS_CERT_FILE");
+  if (o.links.tls_cert.empty() != o.links.tls_key.empty()) {
+    s.Fail(o.links.tls_cert.empty() ? "PAYMENT_SERVER_TLS_CERT_FILE"
+                                    : "PAYMENT_SERVER_TLS_KEY_FILE",
+           "PAYMENT_SERVER_TLS_CERT_FILE and PAYMENT_SERVER_TLS_KEY_FILE go together");
+  }
+  if (!o.links.tls_cert.empty() && o.links.tls_ca.empty()) {
+    s.Fail("PAYMENT_SERVER_TLS_CERT_FILE", "needs PAYMENT_SERVER_TLS_CA_FILE");
+  }
   // libcurl reads 0 as "its default" (300 s) for the connect timeout and "never" for the whole.
   o.telegram.connect_timeout =
       s.Duration("TELEGRAM_CONNECT_TIMEOUT", absl::Seconds(3), absl::Milliseconds(100),

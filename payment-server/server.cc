@@ -233,6 +233,7 @@ ServerOptions ReadServerOptions(Settings& s) {
   o.database_url = s.String("DATABASE_URL", "",
                             "Postgres URL (required by serve, migrate and seed-demo)");
   o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "gRPC listen address");
+  o.tls = ReadGrpcTls(s);
   o.metrics_address =
       s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
   o.auth_token_secret = s.String(
@@ -320,8 +321,25 @@ absl::Status PaymentServer::Start() {
                                      grpc::ResourceQuota quota("payment-server");
                                      quota.SetMaxThreads(max_threads);
                                      builder.SetResourceQuota(quota);
-                                   }));
-  log::Info("grpc listening", {{"address", options_.grpc_address}, {"port", port_}});
+                                   },
+                                   options_.tls));
+  log::Info("grpc listening", {{"address", options_.grpc_address},
+                               {"port", port_},
+                               {"tls", options_.tls.enabled()},
+                               {"client_certificates", !options_.tls.client_ca.empty()}});
+  if (!options_.tls.health_address.empty()) {
+    int health_port = 0;
+    absl::StatusOr<std::unique_ptr<grpc::Server>> health =
+        StartGrpcServer(options_.tls.health_address, {}, &health_port);
+    if (!health.ok()) {
+      server_->Shutdown(Deadline(absl::Seconds(1)));
+      server_.reset();
+      return health.status();
+    }
+    health_server_ = std::move(*health);
+    log::Info("grpc health listening (plaintext, grpc.health.v1 only)",
+              {{"address", options_.tls.health_address}, {"port", health_port}});
+  }
   watcher_ = std::thread([this] { WatchDatabase(); });
   return absl::OkStatus();
 }
@@ -350,7 +368,7 @@ void PaymentServer::WatchDatabase() {
     up.Set(healthy ? 1 : 0);
     if (healthy != serving || first) {
       std::lock_guard lock(health_mu_);
-      if (!stopping_) SetServing(*server_, healthy);
+      if (!stopping_) SetServingLocked(healthy);
     }
     if (healthy) {
       if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
@@ -368,18 +386,24 @@ void PaymentServer::WatchDatabase() {
   }
 }
 
+void PaymentServer::SetServingLocked(bool serving) {
+  SetServing(*server_, serving);
+  if (health_server_ != nullptr) SetServing(*health_server_, serving);
+}
+
 void PaymentServer::Stop() {
   if (stopped_ || server_ == nullptr) return;
   stopped_ = true;
   {
     std::lock_guard lock(health_mu_);
     stopping_ = true;
-    SetServing(*server_, false);
+    SetServingLocked(false);
   }
   stop_.Notify();
   log::Info("stopping: NOT_SERVING, finishing in-flight calls",
             {{"grace_ms", absl::ToInt64Milliseconds(options_.shutdown_grace)}});
   server_->Shutdown(Deadline(options_.shutdown_grace));
+  if (health_server_ != nullptr) health_server_->Shutdown(Deadline(absl::Seconds(1)));
   if (watcher_.joinable()) watcher_.join();
   log::Info("stopped");
 }

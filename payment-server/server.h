@@ -24,6 +24,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/config.h"
+#include "common/grpc_server.h"
 #include "common/metrics.h"
 #include "common/postgres.h"
 #include "concert/internal/v1/telegram_link.grpc.pb.h"
@@ -40,6 +41,9 @@ struct ServerOptions {
   std::string database_url;
   // GRPC_ADDRESS: port 0 picks a free one (see PaymentServer::port()).
   std::string grpc_address = "127.0.0.1:50051";
+  // GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE, GRPC_TLS_CLIENT_CA_FILE, GRPC_HEALTH_ADDRESS: TLS or
+  // mTLS on GRPC_ADDRESS, and health alone in plaintext for probes (see common/grpc_server.h).
+  GrpcTls tls;
   // METRICS_ADDRESS: Prometheus /metrics (Serve only).
   std::string metrics_address = "127.0.0.1:9101";
   // AUTH_TOKEN_SECRET: the HMAC key of bearer tokens; required by serve and mint-token.
@@ -104,6 +108,7 @@ class PaymentServer {
   class AccountApi;
   class TelegramLinkApi;
   void WatchDatabase();
+  void SetServingLocked(bool serving);  // both servers; health_mu_ held
 
   ServerOptions options_;
   std::unique_ptr<metrics::Registry> own_registry_;
@@ -116,6 +121,7 @@ class PaymentServer {
   std::unique_ptr<AccountApi> account_api_;
   std::unique_ptr<TelegramLinkApi> telegram_link_api_;  // null without INTERNAL_TOKEN
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // GRPC_HEALTH_ADDRESS, plaintext; may be null
   int port_ = 0;
   std::atomic<bool> ready_{false};
   absl::Notification stop_;

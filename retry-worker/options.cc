@@ -35,6 +35,7 @@ Options ReadOptions(Settings& s) {
       s.Duration("RETRY_PUBLISH_TIMEOUT", o.publish_timeout, absl::Seconds(1), absl::Minutes(5),
                  "longest wait for Kafka's acknowledgement of a re-publish");
   o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "admin gRPC API + health");
+  o.tls = ReadGrpcTls(s);
   o.metrics_address = s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics");
   o.log_level = s.String("LOG_LEVEL", o.log_level, "debug, info, warn or error");
   return o;

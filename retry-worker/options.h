@@ -11,6 +11,7 @@
 
 #include "absl/time/time.h"
 #include "common/config.h"
+#include "common/grpc_server.h"
 #include "common/kafka.h"
 
 namespace concert::retry {
@@ -46,6 +47,9 @@ struct Options {
   absl::Duration publish_timeout = absl::Seconds(10);
   // GRPC_ADDRESS: admin API, reflection and health. Port 0 picks a free port.
   std::string grpc_address = "127.0.0.1:50052";
+  // GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE, GRPC_TLS_CLIENT_CA_FILE, GRPC_HEALTH_ADDRESS: TLS or
+  // mTLS on GRPC_ADDRESS, and health alone in plaintext for probes (see common/grpc_server.h).
+  GrpcTls tls;
   // METRICS_ADDRESS: Prometheus /metrics. Port 0 picks a free port.
   std::string metrics_address = "127.0.0.1:9104";
   // LOG_LEVEL: debug, info, warn or error.

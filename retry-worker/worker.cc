@@ -46,15 +46,26 @@ absl::Status RetryWorker::Serve() {
   });
 
   admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
-  std::unique_ptr<grpc::Server> server;
-  ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_));
+  std::unique_ptr<grpc::Server> server, health;
+  ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
+                                           nullptr, options_.tls));
+  absl::Status started;
+  if (!options_.tls.health_address.empty()) {
+    absl::StatusOr<std::unique_ptr<grpc::Server>> h =
+        StartGrpcServer(options_.tls.health_address, {}, &health_port_);
+    if (h.ok()) health = std::move(*h);
+    started = h.status();
+  }
   auto metrics_server = std::make_unique<metrics::HttpServer>(registry_);
-  if (absl::Status s = metrics_server->Start(options_.metrics_address); !s.ok()) {
+  if (started.ok()) started = metrics_server->Start(options_.metrics_address);
+  if (!started.ok()) {
     server->Shutdown(Deadline(absl::Seconds(1)));
-    return s;
+    if (health) health->Shutdown(Deadline(absl::Seconds(1)));
+    return started;
   }
   metrics_server_ = std::move(metrics_server);
   server_ = std::move(server);
+  health_server_ = std::move(health);
   ReportHealth();  // NOT_SERVING until connected
   return absl::OkStatus();
 }
@@ -91,6 +102,9 @@ absl::Status RetryWorker::Connect() {
   consumer_thread_ = std::thread([this] { consumer_->Run(stop_); });
   scheduler_thread_ = std::thread([this] { scheduler_->Run(stop_); });
   log::Info("retry-worker started", {{"grpc_port", grpc_port_},
+                                     {"tls", options_.tls.enabled()},
+                                     {"client_certificates", !options_.tls.client_ca.empty()},
+                                     {"health_port", health_port_},
                                      {"metrics_port", metrics_server_->port()},
                                      {"dlq_topic", options_.dlq_topic},
                                      {"group_id", options_.group_id}});
@@ -99,7 +113,9 @@ absl::Status RetryWorker::Connect() {
 
 void RetryWorker::ReportHealth() {
   std::lock_guard lock(health_mu_);
-  if (server_) SetServing(*server_, started_ && consumer_ok_ && scheduler_ok_);
+  bool serving = started_ && consumer_ok_ && scheduler_ok_;
+  if (server_) SetServing(*server_, serving);
+  if (health_server_) SetServing(*health_server_, serving);
 }
 
 void RetryWorker::Stop() {
@@ -113,9 +129,11 @@ void RetryWorker::Stop() {
   }
   consumer_.reset();  // leaves the group
   server_->Shutdown(Deadline(absl::Seconds(5)));
+  if (health_server_) health_server_->Shutdown(Deadline(absl::Seconds(1)));
   metrics_server_->Stop();
   scheduler_.reset();
   server_.reset();
+  health_server_.reset();
   log::Info("retry-worker stopped");
 }
 

@@ -47,6 +47,7 @@ class RetryWorker {
   bool serving() const { return server_ != nullptr; }
 
   int grpc_port() const { return grpc_port_; }
+  int health_port() const { return health_port_; }  // 0 without GRPC_HEALTH_ADDRESS
   int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   metrics::Registry& registry() { return registry_; }
   FailedMessageStore& store() { return *store_; }
@@ -66,8 +67,10 @@ class RetryWorker {
   std::unique_ptr<DlqConsumer> consumer_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_server_;  // GRPC_HEALTH_ADDRESS, plaintext; may be null
   std::unique_ptr<metrics::HttpServer> metrics_server_;
   int grpc_port_ = 0;
+  int health_port_ = 0;
   absl::Notification stop_;
   std::thread consumer_thread_;
   std::thread scheduler_thread_;

@@ -20,7 +20,9 @@ env   for each of our services, the variable names its pods get (explicit env, p
       default (a number where the default is a number, a duration where it is a duration);
       a setting naming a file read at start (a CA, certificate, key or password *_FILE) must point
       into one of the container's volume mounts, and, on a Secret volume that lists its items,
-      at one of them: a pod would otherwise start without it.
+      at one of them: a pod would otherwise start without it. With gRPC TLS on
+      (GRPC_TLS_CERT_FILE), the probes must use the plaintext health port (GRPC_HEALTH_ADDRESS on
+      all interfaces, container port "health"): Kubernetes' gRPC probes speak plaintext only.
 """
 
 import argparse
@@ -133,6 +135,11 @@ def lint(objs, where):
         for vol in spec.get("volumes") or []:
             if "hostPath" in vol:
                 problems.append(f"{wname}: hostPath volume {vol['name']}")
+            if "secret" in vol:  # e.g. gRPC's TLS certificates
+                ref = vol["secret"]
+                for item in ref.get("items") or [{"key": None}]:
+                    secret_key({"name": ref.get("secretName"), "key": item["key"],
+                                "optional": ref.get("optional")}, f"{wname} volume {vol['name']}")
         inits = [(c, True) for c in spec.get("initContainers") or []]
         for c, is_init in [(c, False) for c in spec.get("containers") or []] + inits:
             who = f"{wname} container {c['name']}"
@@ -217,7 +224,7 @@ def lint(objs, where):
            problems)
     for sname, keys in sorted(external.items()):
         print(f"  {where}: expects Secret {sname} from outside with keys: "
-              f"{', '.join(sorted(keys)) or '(all, via envFrom)'}")
+              f"{', '.join(sorted(keys)) or '(all, via envFrom or a volume)'}")
 
 
 _help_cache = {}
@@ -324,6 +331,22 @@ def env_check(objs, where, bin_dir):
                         and not DURATION.match(value):
                     problems.append(f"{name}={value!r}: expected a duration like {default}")
             ports = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+            # Probes speak plaintext only: with TLS on, they must use the plaintext health port.
+            probe_port = "grpc"
+            if not is_init and (values.get("GRPC_TLS_CERT_FILE") or values.get("GRPC_HEALTH_ADDRESS")):
+                probe_port = "health"
+                address = values.get("GRPC_HEALTH_ADDRESS")
+                if not address:
+                    problems.append("GRPC_TLS_CERT_FILE is set but GRPC_HEALTH_ADDRESS is not: "
+                                    "gRPC probes speak plaintext and cannot reach a TLS port")
+                else:
+                    host, port = port_of(address)
+                    if host not in ("0.0.0.0", "[::]", ""):
+                        problems.append(f"GRPC_HEALTH_ADDRESS={address}: must listen on all "
+                                        "interfaces")
+                    if ports.get("health") != port:
+                        problems.append(f"GRPC_HEALTH_ADDRESS={address}: container port "
+                                        f"'health' is {ports.get('health')}")
             if not is_init:
                 for setting, port_name in (("GRPC_ADDRESS", "grpc"), ("METRICS_ADDRESS", "metrics")):
                     address = values.get(setting)
@@ -348,9 +371,9 @@ def env_check(objs, where, bin_dir):
                     if not grpc:
                         problems.append(f"{probe} is not a gRPC health probe")
                         continue
-                    if grpc.get("port") not in (ports.get("grpc"), "grpc"):
-                        problems.append(f"{probe} probes port {grpc.get('port')}, gRPC is on "
-                                        f"{ports.get('grpc')}")
+                    if grpc.get("port") not in (ports.get(probe_port), probe_port):
+                        problems.append(f"{probe} probes port {grpc.get('port')}, gRPC health "
+                                        f"is on {ports.get(probe_port)} ({probe_port})")
                     service = grpc.get("service", "")
                     if probe == "readinessProbe" and why:
                         continue

@@ -124,5 +124,19 @@ sed -i 's|items: \[{key: password, path: password}\]|items: [{key: password, pat
 run_case "SASL password file not in its Secret's items" \
   "KAFKA_SASL_PASSWORD_FILE=/etc/concert/kafka-user/password: Secret concert-[a-z-]+ mounted at /etc/concert/kafka-user has only user-password"
 
+fresh
+python3 - "$SCRATCH/k8s/overlays/prod/kustomization.yaml" <<'EDIT'
+import sys
+p = sys.argv[1]
+s = open(p).read()
+s = s.replace("""      - op: replace
+        path: /spec/template/spec/containers/0/readinessProbe/grpc/port
+        value: 50061
+""", "", 1)
+open(p, "w").write(s)
+EDIT
+run_case "readiness probe on the TLS port (probes speak plaintext)" \
+  "readinessProbe probes port 50051, gRPC health is on 50061 \(health\)"
+
 echo "check_catches_mistakes: $passed passed, $failed failed"
 ((failed == 0))
