@@ -84,8 +84,8 @@ pay() {  # ghz ARGS...: PayConcert at concurrency 8 over the seeded reservations
     --data '{"reservation_id":"{{add .RequestNumber 1}}"}' --metadata "$METADATA" \
     -c 8 --skipFirst 0 -O summary "$@" "$PAY" >"$OUT/ghz.txt" 2>&1 || true
 }
-# top PERF_DATA SORT PERCENT [perf report options]: the first lines of a flat perf report.
-top() {
+# perf_top PERF_DATA SORT PERCENT [perf report options]: the first lines of a flat perf report.
+perf_top() {
   local data=$1 sort=$2 percent=$3; shift 3
   perf report -i "$data" --stdio --no-children -g none --sort "$sort" --percent-limit "$percent" "$@" \
     2>/dev/null | grep -v '^#' | grep -v '^$' | head -15
@@ -104,9 +104,9 @@ if [[ "$TARGET" == payment-server ]]; then
     grep -E 'Requests/sec|Average' "$OUT/ghz.txt"
     awk '/task-clock|context-switches|seconds time elapsed/ {$1 = $1; print}' "$OUT/perf-stat.txt"
     echo "the machine, by process (thread name):"
-    top "$OUT/perf-all.data" comm 2
+    perf_top "$OUT/perf-all.data" comm 2
     echo "by thread name and shared object (payment-server's threads: grpcpp_sync_ser, nexting_thread):"
-    top "$OUT/perf-all.data" comm,dso 0.8
+    perf_top "$OUT/perf-all.data" comm,dso 0.8
   } | sed -E 's/[ -]+$//; s/  +/  /g' | cut -c1-140 >"$OUT/top.txt"
   say "profiled payment-server; see $OUT/top.txt"
   exit 0
@@ -142,7 +142,7 @@ perf report -i "$OUT/perf.data" --stdio --no-children -g none --sort dso,symbol 
 {
   cat "$OUT/rate.txt"
   awk '/task-clock|context-switches|seconds time elapsed/ {$1 = $1; print}' "$OUT/perf-stat.txt"
-  top "$OUT/perf.data" dso 2 | head -8
-  top "$OUT/perf.data" dso,symbol 1
+  perf_top "$OUT/perf.data" dso 2 | head -8
+  perf_top "$OUT/perf.data" dso,symbol 1
 } | sed -E 's/[ -]+$//; s/  +/  /g' | cut -c1-140 >"$OUT/top.txt"
 say "notified $(wc -l <"$OUT/telegram.jsonl") of $N; see $OUT/top.txt, $OUT/perf-stat.txt and $OUT/perf-report.txt"

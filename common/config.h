@@ -91,6 +91,10 @@ class Settings {
 // "KAFKA_BOOTSTRAP_SERVERS" -> "kafka-bootstrap-servers".
 std::string FlagNameFor(absl::string_view setting);
 
+// The whole content of a file a setting names (a certificate, a mounted Secret); nullopt when it
+// cannot be read.
+std::optional<std::string> ReadSettingFile(const std::string& path);
+
 }  // namespace concert
 
 #endif  // CONCERT_COMMON_CONFIG_H_

@@ -1,8 +1,6 @@
 #include "common/grpc_server.h"
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -18,14 +16,12 @@ std::string ReadPemFileSetting(Settings& settings, absl::string_view name,
                                absl::string_view help) {
   std::string path = settings.String(name, "", help);
   if (path.empty()) return "";
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream content;
-  content << in.rdbuf();
-  if (!in.good() || content.str().empty()) {
+  std::optional<std::string> content = ReadSettingFile(path);
+  if (!content || content->empty()) {
     settings.Fail(name, absl::StrCat("cannot read '", path, "' (missing, unreadable or empty)"));
     return "";
   }
-  return content.str();
+  return *content;
 }
 
 GrpcTls ReadGrpcTls(Settings& s) {

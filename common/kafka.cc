@@ -4,7 +4,6 @@
 
 #include <fstream>
 #include <mutex>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
@@ -133,14 +132,6 @@ bool IsTopicRefusal(rd_kafka_resp_err_t err) {
   }
 }
 
-std::optional<std::string> ReadSecretFile(const std::string& path) {
-  std::ifstream in(path);
-  if (!in) return std::nullopt;
-  std::stringstream content;
-  content << in.rdbuf();
-  return std::string(absl::StripTrailingAsciiWhitespace(content.str()));
-}
-
 bool Readable(const std::string& path) { return std::ifstream(path).good(); }
 
 // Reads a PEM file setting: its path, checked to be readable, or "" when unset.
@@ -218,11 +209,11 @@ Cluster ReadCluster(Settings& s) {
       if (!password.empty()) {
         s.Fail("KAFKA_SASL_PASSWORD_FILE", "set it or KAFKA_SASL_PASSWORD, not both");
       }
-      std::optional<std::string> from_file = ReadSecretFile(password_file);
+      std::optional<std::string> from_file = ReadSettingFile(password_file);
       if (!from_file) {
         s.Fail("KAFKA_SASL_PASSWORD_FILE", absl::StrCat("cannot read '", password_file, "'"));
       }
-      password = from_file.value_or("");
+      password = std::string(absl::StripTrailingAsciiWhitespace(from_file.value_or("")));
     }
     if (username.empty()) s.Fail("KAFKA_SASL_USERNAME", absl::StrCat("required with ", protocol));
     if (password.empty()) {
