@@ -562,20 +562,24 @@ fi
 LIMIT_FIRST=1000001
 FAKE_TELEGRAM=(--profile=telegram --slow-answer-probability="$SLOW_ANSWERS")
 # mint_tokens FIRST COUNT OUT: bearer tokens of users FIRST.., one a line. Thousands of
-# `payment-server mint-token` calls take minutes: the format of payment-server/token.h is minted
-# here instead, and checked against one token the binary minted.
+# `payment-server mint-token` calls take minutes: its HS256 JWTs are minted here instead (same
+# header, claims and exp as one token the binary minted, which they are checked against).
 mint_tokens() {
   local probe
   probe=$("$BIN/payment-server" mint-token --user-id="$1" --auth-token-secret="$SECRET" --ttl=24h)
   "$PY" - "$SECRET" "$1" "$2" "$probe" >"$3" <<'PYEOF'
-import hashlib, hmac, sys
+import base64, hashlib, hmac, json, sys
 secret, first, count, probe = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-expiry = probe.split(".")[2]
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+claims = json.loads(base64.urlsafe_b64decode(probe.split(".")[1] + "=="))
+header = b64(b'{"alg":"HS256","typ":"JWT"}')
 def token(user):
-    body = f"v1.{user}.{expiry}"
-    return body + "." + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    payload = dict(claims, sub=str(user))
+    body = header + "." + b64(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode())
+    return body + "." + b64(hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest())
 if token(first) != probe:
-    sys.exit("tokens minted here differ from `payment-server mint-token`'s (see payment-server/token.h)")
+    sys.exit("tokens minted here differ from `payment-server mint-token`'s (see common/jwt.h)")
 for user in range(first, first + count):
     print(token(user))
 PYEOF

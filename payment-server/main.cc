@@ -3,7 +3,7 @@
 //   payment-server                      serve (GRPC_ADDRESS, METRICS_ADDRESS)
 //   payment-server migrate              apply the payment schema's migrations and exit
 //   payment-server seed-demo            migrate, add the demo concert, seats and users, print ids
-//   payment-server mint-token --user-id=N [--ttl=24h]   print a bearer token for user N
+//   payment-server mint-token --user-id=N [--ttl=24h] [--scope=S]   print an HS256 JWT for user N
 //
 // Every setting is an environment variable or the flag beside it; --help lists them.
 #include <cstdlib>
@@ -11,12 +11,12 @@
 
 #include "absl/time/clock.h"
 #include "common/config.h"
+#include "common/jwt.h"
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "payment-server/demo.h"
 #include "payment-server/schema.h"
 #include "payment-server/server.h"
-#include "payment-server/token.h"
 
 namespace {
 
@@ -41,6 +41,8 @@ int main(int argc, char** argv) {
   absl::Duration ttl = settings.Duration("TTL", absl::Hours(24), absl::Minutes(1),
                                          absl::Hours(24 * 365),
                                          "mint-token: how long the token is valid");
+  std::string scope = settings.String(
+      "SCOPE", "", "mint-token: the token's scope (concert.admin for the retry-worker's admin API)");
   settings.ExitIfInvalid();
 
   concert::log::Level level;
@@ -55,20 +57,28 @@ int main(int argc, char** argv) {
               << "' (commands: serve, migrate, seed-demo, mint-token; see --help)\n";
     return 2;
   }
-  bool needs_database = command != "mint-token";
-  bool needs_secret = command == "serve" || command == "mint-token";
-  if (needs_database && options.database_url.empty()) {
+  if (command != "mint-token" && options.database_url.empty()) {
     ExitWithSettingError("DATABASE_URL", "missing; it is required");
   }
-  if (needs_secret && options.auth_token_secret.empty()) {
-    ExitWithSettingError("AUTH_TOKEN_SECRET", "missing; it is required");
+  if (command == "serve" && !options.auth.any_key()) {
+    ExitWithSettingError("AUTH_TOKEN_SECRET",
+                         "missing; serve needs AUTH_TOKEN_SECRET, AUTH_JWKS_FILE or AUTH_JWKS_URL");
+  }
+  if (command == "mint-token" && options.auth.hs256_secret.empty()) {
+    ExitWithSettingError("AUTH_TOKEN_SECRET", "missing; mint-token signs with it");
   }
   concert::log::Init(kProgram, level);
 
   if (command == "mint-token") {
     if (user_id <= 0) ExitWithSettingError("USER_ID", "mint-token needs --user-id=N with N > 0");
-    std::cout << concert::payment::MintToken(options.auth_token_secret, user_id,
-                                             absl::Now() + ttl)
+    absl::Time now = absl::Now();
+    std::cout << concert::jwt::MintHs256(options.auth.hs256_secret,
+                                         {.subject = std::to_string(user_id),
+                                          .expires_at = now + ttl,
+                                          .issuer = options.auth.issuer,
+                                          .audience = options.auth.audience,
+                                          .scope = scope},
+                                         now)
               << "\n";
     return 0;
   }

@@ -23,7 +23,7 @@
 #include "payment-server/demo.h"
 #include "payment-server/server.h"
 #include "payment-server/test_util.h"
-#include "payment-server/token.h"
+#include "common/jwt.h"
 
 namespace concert::payment {
 namespace {
@@ -40,7 +40,10 @@ constexpr char kInternalToken[] = "payments-test-internal";
 constexpr char kBot[] = "concert_test_bot";
 
 std::string Auth(int64_t user_id, absl::Duration ttl = absl::Hours(1)) {
-  return absl::StrCat("Bearer ", MintToken(kSecret, user_id, absl::Now() + ttl));
+  return absl::StrCat("Bearer ", jwt::MintHs256(kSecret,
+                                                {.subject = absl::StrCat(user_id),
+                                                 .expires_at = absl::Now() + ttl},
+                                                absl::Now()));
 }
 
 // A server of its own on a given database, with channels and stubs to it.
@@ -183,7 +186,7 @@ class PaymentsTest : public ::testing::Test {
     ServerOptions options;
     options.database_url = db_.url();
     options.grpc_address = "127.0.0.1:0";
-    options.auth_token_secret = kSecret;
+    options.auth.hs256_secret = kSecret;
     options.telegram_bot_username = kBot;
     options.internal_token = kInternalToken;
     options.db_pool_size = 8;
@@ -377,10 +380,13 @@ TEST_F(PaymentsTest, EveryErrorIsActionableAndWritesNothing) {
       {"no token", "", mine, grpc::StatusCode::UNAUTHENTICATED, "authorization"},
       {"not bearer", "Token abc", mine, grpc::StatusCode::UNAUTHENTICATED, "Bearer"},
       {"garbage token", "Bearer v1.1.2.3", mine, grpc::StatusCode::UNAUTHENTICATED, "malformed"},
-      {"expired token", Auth(1, -absl::Seconds(5)), mine, grpc::StatusCode::UNAUTHENTICATED,
+      {"expired token", Auth(1, -absl::Minutes(5)), mine, grpc::StatusCode::UNAUTHENTICATED,
        "expired"},
       {"wrong secret",
-       absl::StrCat("Bearer ", MintToken("other", 1, absl::Now() + absl::Hours(1))), mine,
+       absl::StrCat("Bearer ", jwt::MintHs256("other", {.subject = "1",
+                                                        .expires_at = absl::Now() + absl::Hours(1)},
+                                              absl::Now())),
+       mine,
        grpc::StatusCode::UNAUTHENTICATED, "signature"},
       {"someone else's", Auth(1), theirs, grpc::StatusCode::PERMISSION_DENIED, "another user"},
       {"unknown", Auth(1), 987654321, grpc::StatusCode::NOT_FOUND, "does not exist"},
@@ -853,7 +859,7 @@ TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   ServerOptions options;
   options.database_url = db_.url();
   options.grpc_address = "127.0.0.1:0";
-  options.auth_token_secret = kSecret;
+  options.auth.hs256_secret = kSecret;
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(WaitUntil([&] { return server.ready(); }, absl::Seconds(30)));
@@ -1077,7 +1083,7 @@ TEST(PaymentsDatabaseTest, UnreachableDatabaseIsUnavailableAndTheServerRecovers)
   ServerOptions options;
   options.database_url = pg.url();
   options.grpc_address = "127.0.0.1:0";
-  options.auth_token_secret = kSecret;
+  options.auth.hs256_secret = kSecret;
   options.health_check_interval = absl::Milliseconds(200);
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());

@@ -2,13 +2,13 @@
 
 #include <algorithm>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "payment-server/schema.h"
-#include "payment-server/token.h"
 
 namespace concert::payment {
 namespace {
@@ -18,10 +18,10 @@ constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
 // While the database stays down, repeat the warning at most this often.
 constexpr absl::Duration kDownLogEvery = absl::Seconds(30);
 
-// What every gRPC service needs: the domain, the token secret, readiness and metrics.
+// What every gRPC service needs: the domain, the token verifier, readiness and metrics.
 struct ApiContext {
   Payments* payments;
-  std::string secret;
+  jwt::Verifier* verifier;
   const std::atomic<bool>* ready;
   metrics::Registry* registry;
 
@@ -30,7 +30,13 @@ struct ApiContext {
     auto it = metadata.find("authorization");
     absl::string_view header;
     if (it != metadata.end()) header = absl::string_view(it->second.data(), it->second.size());
-    return VerifyAuthorizationHeader(secret, header, absl::Now());
+    ASSIGN_OR_RETURN(jwt::Claims claims, verifier->VerifyAuthorization(header, absl::Now()));
+    int64_t user_id = 0;
+    if (!absl::SimpleAtoi(claims.subject, &user_id) || user_id <= 0) {
+      return absl::UnauthenticatedError(
+          absl::StrCat("token sub '", claims.subject, "' is not a user id"));
+    }
+    return user_id;
   }
 
   absl::Status CheckReady() const {
@@ -236,8 +242,7 @@ ServerOptions ReadServerOptions(Settings& s) {
   o.tls = ReadGrpcTls(s);
   o.metrics_address =
       s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
-  o.auth_token_secret = s.String(
-      "AUTH_TOKEN_SECRET", "", "HMAC key of bearer tokens (required by serve and mint-token)");
+  o.auth = jwt::ReadVerifierOptions(s);
   o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold, absl::Seconds(10),
                                   absl::Hours(24), "how long ReserveSeat holds a seat for payment");
   o.db_pool_size = static_cast<int>(
@@ -285,7 +290,8 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
                               .before_commit_for_test = options_.before_commit_for_test,
                               .telegram_bot_username = options_.telegram_bot_username,
                               .telegram_link_ttl = options_.telegram_link_ttl});
-  ApiContext context{payments_.get(), options_.auth_token_secret, &ready_, registry_};
+  verifier_ = std::make_unique<jwt::Verifier>(options_.auth);
+  ApiContext context{payments_.get(), verifier_.get(), &ready_, registry_};
   payment_api_ = std::make_unique<PaymentApi>(context);
   reservation_api_ = std::make_unique<ReservationApi>(context);
   concert_api_ = std::make_unique<ConcertApi>(context);
@@ -311,6 +317,7 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
 PaymentServer::~PaymentServer() { Stop(); }
 
 absl::Status PaymentServer::Start() {
+  RETURN_IF_ERROR(verifier_->Start());
   int max_threads = options_.grpc_max_threads;
   std::vector<grpc::Service*> services = {payment_api_.get(), reservation_api_.get(),
                                           concert_api_.get(), account_api_.get()};

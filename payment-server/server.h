@@ -25,6 +25,7 @@
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "common/grpc_server.h"
+#include "common/jwt.h"
 #include "common/metrics.h"
 #include "common/postgres.h"
 #include "concert/internal/v1/telegram_link.grpc.pb.h"
@@ -46,8 +47,9 @@ struct ServerOptions {
   GrpcTls tls;
   // METRICS_ADDRESS: Prometheus /metrics (Serve only).
   std::string metrics_address = "127.0.0.1:9101";
-  // AUTH_TOKEN_SECRET: the HMAC key of bearer tokens; required by serve and mint-token.
-  std::string auth_token_secret;
+  // AUTH_*: how callers' JWT bearer tokens are verified (see common/jwt.h); serve needs a key
+  // (AUTH_TOKEN_SECRET, AUTH_JWKS_FILE or AUTH_JWKS_URL), mint-token AUTH_TOKEN_SECRET.
+  jwt::VerifierOptions auth;
   // RESERVATION_HOLD.
   absl::Duration reservation_hold = absl::Minutes(5);
   // DB_POOL_SIZE: connections at most; more concurrent calls wait for one.
@@ -78,7 +80,7 @@ struct ServerOptions {
 };
 
 // Reads every payment-server setting (so --help lists them all). Requirements that depend on
-// the subcommand (DATABASE_URL, AUTH_TOKEN_SECRET) are checked by the caller.
+// the subcommand (DATABASE_URL, a token key) are checked by the caller.
 ServerOptions ReadServerOptions(Settings& settings);
 
 class PaymentServer {
@@ -115,6 +117,7 @@ class PaymentServer {
   metrics::Registry* registry_;
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<Payments> payments_;
+  std::unique_ptr<jwt::Verifier> verifier_;
   std::unique_ptr<PaymentApi> payment_api_;
   std::unique_ptr<ReservationApi> reservation_api_;
   std::unique_ptr<ConcertApi> concert_api_;

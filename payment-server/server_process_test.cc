@@ -1,9 +1,11 @@
 // The built payment-server binary as an operator runs it: configuration errors, seed-demo,
-// mint-token tokens accepted by `serve` (by every service it registers), /metrics, and SIGTERM.
+// mint-token tokens accepted by `serve` (by every service it registers), an identity provider's
+// JWKS and its rotation, /metrics, and SIGTERM.
 #include <signal.h>
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <fstream>
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -13,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/testing/environment.h"
+#include "common/testing/jwt_issuer.h"
 #include "concert/v1/account.grpc.pb.h"
 #include "concert/v1/concert.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
@@ -27,6 +30,7 @@ using ::concert::testing::ChildProcess;
 using ::concert::testing::CommandOutput;
 using ::concert::testing::FreePort;
 using ::concert::testing::RunCommandCapturing;
+using ::concert::testing::TestIssuer;
 using ::concert::testing::ScratchDatabase;
 using ::concert::testing::WaitUntil;
 
@@ -97,7 +101,8 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
       RunBinary(absl::StrCat("AUTH_TOKEN_SECRET=", kSecret), "mint-token --user-id=2 --ttl=1h", false);
   ASSERT_EQ(token.exit_code, 0);
   std::string bearer(absl::StripAsciiWhitespace(token.out));
-  ASSERT_TRUE(absl::StartsWith(bearer, "v1.2.")) << token.out;
+  std::vector<std::string> parts = absl::StrSplit(bearer, '.');
+  ASSERT_EQ(parts.size(), 3u) << "not a JWT: " << token.out;
   EXPECT_EQ(bearer.find('\n'), std::string::npos);
 
   int grpc_port = FreePort();
@@ -182,6 +187,76 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   EXPECT_TRUE(absl::StrContains(log, "\"payment completed\"")) << log;
   EXPECT_TRUE(absl::StrContains(log, payment.event_id())) << log;
   EXPECT_TRUE(absl::StrContains(log, "\"stopped\"")) << log;
+}
+
+// An identity provider's tokens, as a production deployment authenticates users: RS256 and ES256
+// from a JWKS file, refused with UNAUTHENTICATED when wrong, and a key added to the file is
+// accepted without a restart.
+TEST(PaymentServerProcessTest, AcceptsTokensOfAnIdentityProvidersRotatingJwks) {
+  ScratchDatabase db("payment_jwks");
+  ASSERT_EQ(RunBinary(absl::StrCat("DATABASE_URL='", db.url(), "'"), "seed-demo", false).exit_code,
+            0);
+  TestIssuer idp;
+  idp.AddKey("rsa-1", TestIssuer::kRs256);
+  idp.AddKey("ec-1", TestIssuer::kEs256);
+  std::string jwks = ::testing::TempDir() + "/" + concert::testing::UniqueName("jwks") + ".json";
+  auto write_jwks = [&] {
+    std::ofstream(jwks + ".tmp") << idp.Jwks();
+    std::rename((jwks + ".tmp").c_str(), jwks.c_str());
+  };
+  write_jwks();
+  constexpr char kIssuer[] = "https://idp.example.test/realms/concert";
+  int grpc_port = FreePort();
+  ChildProcess server(BinaryPath("payment-server"), {},
+                      {{"DATABASE_URL", db.url()},
+                       {"AUTH_JWKS_FILE", jwks},
+                       {"AUTH_ISSUER", kIssuer},
+                       {"AUTH_AUDIENCE", "concert"},
+                       {"GRPC_ADDRESS", absl::StrCat("127.0.0.1:", grpc_port)},
+                       {"METRICS_ADDRESS", "127.0.0.1:0"}});
+  auto channel = grpc::CreateChannel(absl::StrCat("127.0.0.1:", grpc_port),
+                                     grpc::InsecureChannelCredentials());
+  ASSERT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(channel) == 1; },
+                        absl::Seconds(30)))
+      << server.ReadLog();
+  auto accounts = v1::AccountService::NewStub(channel);
+  auto get_account = [&](const std::string& token, v1::Account* account) {
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", "Bearer " + token);
+    return accounts->GetAccount(&context, v1::GetAccountRequest(), account);
+  };
+  int64_t exp = absl::ToUnixSeconds(absl::Now() + absl::Minutes(10));
+  nlohmann::json claims = {{"sub", "3"}, {"iss", kIssuer}, {"aud", "concert"}, {"exp", exp}};
+
+  for (const char* kid : {"rsa-1", "ec-1"}) {
+    v1::Account account;
+    grpc::Status s = get_account(idp.Sign(kid, claims), &account);
+    ASSERT_TRUE(s.ok()) << kid << ": " << s.error_message();
+    EXPECT_EQ(account.user_id(), 3);
+  }
+  nlohmann::json wrong_issuer = claims;
+  wrong_issuer["iss"] = "https://elsewhere.example.test/";
+  nlohmann::json not_a_user = claims;
+  not_a_user["sub"] = "alice";
+  TestIssuer forger;
+  forger.AddKey("rsa-1", TestIssuer::kRs256);
+  std::string unsigned_token = absl::StrCat(TestIssuer::Base64Url(R"({"alg":"none"})"), ".",
+                                            TestIssuer::Base64Url(claims.dump()), ".");
+  for (const std::string& bad : {idp.Sign("rsa-1", wrong_issuer), idp.Sign("rsa-1", not_a_user),
+                                 forger.Sign("rsa-1", claims), unsigned_token}) {
+    v1::Account account;
+    EXPECT_EQ(get_account(bad, &account).error_code(), grpc::StatusCode::UNAUTHENTICATED) << bad;
+  }
+
+  // The identity provider rotates: a new key in the file, tokens signed with it. Their unknown
+  // kid reloads the file (at most every 10 s, so a forged kid cannot make every call read it).
+  idp.AddKey("rsa-2", TestIssuer::kRs256);
+  write_jwks();
+  std::string rotated = idp.Sign("rsa-2", claims);
+  v1::Account account;
+  EXPECT_TRUE(WaitUntil([&] { return get_account(rotated, &account).ok(); }, absl::Seconds(30)))
+      << get_account(rotated, &account).error_message() << "\n" << server.ReadLog();
+  EXPECT_TRUE(absl::StrContains(server.ReadLog(), "rsa-2")) << "the reload is logged";
 }
 
 }  // namespace

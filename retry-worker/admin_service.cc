@@ -2,9 +2,12 @@
 
 #include <google/protobuf/util/time_util.h>
 
+#include <algorithm>
+
 #include "absl/strings/match.h"
 #include "absl/strings/strip.h"
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -66,10 +69,30 @@ void ToProto(const FailedMessage& m, ops::v1::FailedMessage* out) {
   out->set_possibly_delivered(m.possibly_delivered);
 }
 
-AdminService::AdminService(FailedMessageStore& store, std::string admin_token)
-    : store_(store), admin_token_(std::move(admin_token)) {}
+AdminService::AdminService(FailedMessageStore& store, std::string admin_token,
+                           jwt::Verifier* verifier, std::string admin_scope)
+    : store_(store),
+      admin_token_(std::move(admin_token)),
+      verifier_(verifier),
+      admin_scope_(std::move(admin_scope)) {}
 
 grpc::Status AdminService::Authenticate(const grpc::ServerContext& context) const {
+  const auto& metadata = context.client_metadata();
+  auto it = metadata.find("authorization");
+  absl::string_view header;
+  if (it != metadata.end()) header = absl::string_view(it->second.data(), it->second.size());
+  // A JWT has exactly two dots; the static token (random hex or base64) has none.
+  bool looks_like_jwt = std::count(header.begin(), header.end(), '.') == 2;
+  if (verifier_ != nullptr && (looks_like_jwt || admin_token_.empty())) {
+    absl::StatusOr<jwt::Claims> claims = verifier_->VerifyAuthorization(header, absl::Now());
+    if (!claims.ok()) return ToGrpcStatus(claims.status());
+    if (!claims->HasScope(admin_scope_)) {
+      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
+                          absl::StrCat("token of '", claims->subject, "' lacks the scope ",
+                                       admin_scope_));
+    }
+    return grpc::Status::OK;
+  }
   return ToGrpcStatus(VerifySharedBearer(context, admin_token_, "ADMIN_TOKEN"));
 }
 

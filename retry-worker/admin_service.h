@@ -1,6 +1,7 @@
 // concert.ops.v1.FailedMessageService: the operators' handle on failed_messages (List, Get,
-// Retry, Discard). Every call needs `authorization: Bearer <ADMIN_TOKEN>` metadata, else
-// UNAUTHENTICATED; health and reflection, served beside it, stay open.
+// Retry, Discard). Every call needs `authorization: Bearer <token>` metadata with a JWT that
+// carries the operators' scope (ADMIN_SCOPE; else PERMISSION_DENIED) or the static ADMIN_TOKEN,
+// else UNAUTHENTICATED; health and reflection, served beside it, stay open.
 //
 // Synchronous gRPC API on purpose: each call blocks on Postgres, which must never happen on a
 // callback-reactor thread. Thread-safe.
@@ -9,6 +10,7 @@
 
 #include <string>
 
+#include "common/jwt.h"
 #include "concert/ops/v1/failed_messages.grpc.pb.h"
 #include "retry-worker/store.h"
 
@@ -19,7 +21,10 @@ inline constexpr int kMaxPageSize = 500;
 
 class AdminService final : public ops::v1::FailedMessageService::Service {
  public:
-  AdminService(FailedMessageStore& store, std::string admin_token);
+  // `verifier` (may be null: static token only) must outlive the service. An empty admin_token
+  // accepts JWTs only.
+  AdminService(FailedMessageStore& store, std::string admin_token, jwt::Verifier* verifier,
+               std::string admin_scope);
 
   grpc::Status List(grpc::ServerContext* context, const ops::v1::ListFailedMessagesRequest* request,
                     ops::v1::ListFailedMessagesResponse* response) override;
@@ -37,6 +42,8 @@ class AdminService final : public ops::v1::FailedMessageService::Service {
 
   FailedMessageStore& store_;
   std::string admin_token_;
+  jwt::Verifier* verifier_;
+  std::string admin_scope_;
 };
 
 // The API's view of a row.

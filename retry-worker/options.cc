@@ -10,7 +10,13 @@ Options ReadOptions(Settings& s) {
   o.kafka = kafka::ReadCluster(s);
   o.group_id = s.String("KAFKA_GROUP_ID", o.group_id, "consumer group reading the DLQ");
   o.dlq_topic = s.String("DLQ_TOPIC", o.dlq_topic, "dead-letter topic the notifier writes");
-  o.admin_token = s.RequiredString("ADMIN_TOKEN", "bearer token required by the admin gRPC API");
+  o.admin_token = s.String("ADMIN_TOKEN", "", "static bearer token of the admin gRPC API (local use)");
+  o.auth = jwt::ReadVerifierOptions(s);
+  o.admin_scope = s.String("ADMIN_SCOPE", o.admin_scope,
+                           "scope or role a JWT needs for the admin gRPC API");
+  if (o.admin_token.empty() && !o.auth.any_key()) {
+    s.Fail("ADMIN_TOKEN", "missing; set it, or AUTH_JWKS_FILE, AUTH_JWKS_URL or AUTH_TOKEN_SECRET");
+  }
   o.interval = s.Duration("RETRY_INTERVAL", o.interval, absl::Milliseconds(100), absl::Hours(1),
                           "how often due rows are re-published");
   o.max_attempts = static_cast<int>(

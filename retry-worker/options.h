@@ -12,6 +12,7 @@
 #include "absl/time/time.h"
 #include "common/config.h"
 #include "common/grpc_server.h"
+#include "common/jwt.h"
 #include "common/kafka.h"
 
 namespace concert::retry {
@@ -26,8 +27,12 @@ struct Options {
   std::string group_id = "retry-group";
   // DLQ_TOPIC: where the notifier dead-letters what it could not deliver.
   std::string dlq_topic = "payment-notification-dlq";
-  // ADMIN_TOKEN (required): the bearer token the admin API demands.
+  // ADMIN_TOKEN: a static bearer token the admin API accepts (local use); empty: none.
   std::string admin_token;
+  // AUTH_*: JWTs the admin API accepts when they carry ADMIN_SCOPE (see common/jwt.h). At least
+  // one of ADMIN_TOKEN and a JWT key is required.
+  jwt::VerifierOptions auth;
+  std::string admin_scope = "concert.admin";
   // RETRY_INTERVAL: how often the scheduler looks for due rows.
   absl::Duration interval = absl::Seconds(30);
   // RETRY_MAX_ATTEMPTS: delivery attempts in total (the original one included) before a

@@ -2,6 +2,8 @@
 // written here the way the notifier writes them, re-published records read back from the
 // original topic, rows read from retry.failed_messages, the admin API over a real gRPC channel.
 #include <algorithm>
+#include <cstdio>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <string>
@@ -16,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/kafka.h"
 #include "common/testing/environment.h"
+#include "common/testing/jwt_issuer.h"
 #include "concert/ops/v1/failed_messages.grpc.pb.h"
 #include "retry-worker/worker.h"
 
@@ -666,6 +669,52 @@ TEST_F(RetryWorkerTest, OutOfRangeAttemptHeadersAreParkedWithAReason) {
   ops::FailedMessage m;
   grpc::Status status = admin->Retry(&ctx, retry, &m);
   EXPECT_TRUE(status.ok()) << status.error_message();
+}
+
+// Issue 15: operators authenticate with their identity provider's JWTs: a token carrying the
+// admin scope may act, a valid token without it is PERMISSION_DENIED, a bad one
+// UNAUTHENTICATED; the static ADMIN_TOKEN still works beside them, and is refused once unset.
+TEST_F(RetryWorkerTest, AdminApiAcceptsJwtsWithTheAdminScope) {
+  testing::TestIssuer idp;
+  idp.AddKey("ops-key", testing::TestIssuer::kEs256);
+  std::string jwks = ::testing::TempDir() + "/" + UniqueName("jwks") + ".json";
+  std::ofstream(jwks) << idp.Jwks();
+  Options o = DefaultOptions();
+  o.auth.jwks_file = jwks;
+  o.auth.issuer = "https://idp.example.test/";
+  auto worker = StartWorker(o);
+  auto admin = Admin(*worker);
+  auto list_with = [&](const std::string& token) {
+    grpc::ClientContext ctx;
+    Authorize(ctx, token);
+    ops::ListFailedMessagesResponse resp;
+    return admin->List(&ctx, {}, &resp).error_code();
+  };
+  nlohmann::json claims = {{"sub", "operator-7"},
+                           {"iss", o.auth.issuer},
+                           {"exp", absl::ToUnixSeconds(absl::Now() + absl::Minutes(5))},
+                           {"scope", "openid concert.admin"}};
+  EXPECT_EQ(list_with(idp.Sign("ops-key", claims)), grpc::StatusCode::OK);
+  nlohmann::json roles = claims;  // Keycloak-style roles instead of a scope
+  roles.erase("scope");
+  roles["roles"] = {"concert.admin"};
+  EXPECT_EQ(list_with(idp.Sign("ops-key", roles)), grpc::StatusCode::OK);
+  nlohmann::json user = claims;
+  user["scope"] = "openid";
+  EXPECT_EQ(list_with(idp.Sign("ops-key", user)), grpc::StatusCode::PERMISSION_DENIED);
+  nlohmann::json expired = claims;
+  expired["exp"] = absl::ToUnixSeconds(absl::Now() - absl::Hours(1));
+  EXPECT_EQ(list_with(idp.Sign("ops-key", expired)), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(list_with(kToken), grpc::StatusCode::OK) << "the static token still works";
+  EXPECT_EQ(list_with("wrong-token"), grpc::StatusCode::UNAUTHENTICATED);
+  worker->Stop();
+
+  o.admin_token.clear();
+  auto jwt_only = StartWorker(o);
+  admin = Admin(*jwt_only);
+  EXPECT_EQ(list_with(kToken), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(list_with(idp.Sign("ops-key", claims)), grpc::StatusCode::OK);
+  std::remove(jwks.c_str());
 }
 
 // Issue 12: page tokens are ids as 64-bit integers: past 2^31 rows they still work, and a token

@@ -45,7 +45,12 @@ absl::Status RetryWorker::Serve() {
     oldest.Set(counts->oldest_pending_age_seconds);
   });
 
-  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token);
+  if (options_.auth.any_key()) {
+    verifier_ = std::make_unique<jwt::Verifier>(options_.auth);
+    RETURN_IF_ERROR(verifier_->Start());
+  }
+  admin_ = std::make_unique<AdminService>(*store_, options_.admin_token, verifier_.get(),
+                                          options_.admin_scope);
   std::unique_ptr<grpc::Server> server, health;
   ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
                                            nullptr, options_.tls));

@@ -63,6 +63,7 @@ class RetryWorker {
   metrics::Registry registry_;
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<FailedMessageStore> store_;
+  std::unique_ptr<jwt::Verifier> verifier_;  // null without AUTH_* keys; outlives admin_
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<DlqConsumer> consumer_;
   std::unique_ptr<Scheduler> scheduler_;

@@ -18,7 +18,7 @@ env   for each of our services, the variable names its pods get (explicit env, p
       ports the container declares; the probes must be gRPC health probes on that port, liveness
       and startup asking for "liveness", readiness for ""; values must have the shape of the
       default (a number where the default is a number, a duration where it is a duration);
-      a setting naming a file read at start (a CA, certificate, key or password *_FILE) must point
+      a setting naming a file read at start (a CA, certificate, key, password or JWKS *_FILE) must point
       into one of the container's volume mounts, and, on a Secret volume that lists its items,
       at one of them: a pod would otherwise start without it. With gRPC TLS on
       (GRPC_TLS_CERT_FILE), the probes must use the plaintext health port (GRPC_HEALTH_ADDRESS on
@@ -38,8 +38,8 @@ WORKLOAD_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 SECRET_WORDS = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE_KEY|API_KEY", re.I)
 # A setting that names a file (KAFKA_SASL_PASSWORD_FILE): its value is a path, not a secret.
 FILE_SETTING = re.compile(r"_FILE$")
-# A file a binary reads at start (a CA, a client certificate or key, a password).
-INPUT_FILE_SETTING = re.compile(r"_(CA|CERT|KEY|PASSWORD)_FILE$")
+# A file a binary reads at start (a CA, a client certificate or key, a password, a JWKS).
+INPUT_FILE_SETTING = re.compile(r"_(CA|CERT|KEY|PASSWORD|JWKS)_FILE$")
 URL_WITH_PASSWORD = re.compile(r"://[^/@:\s]+:[^/@\s]+@")
 HELP_LINE = re.compile(r"^  ([A-Z][A-Z0-9_]*)  --([a-z0-9-]+)  \[default: (.*)\]$")
 DURATION = re.compile(r"^\d+(\.\d+)?(ms|s|m|h)?$")

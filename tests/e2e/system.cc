@@ -11,7 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
-#include "payment-server/token.h"
+#include "common/jwt.h"
 
 namespace concert::e2e {
 namespace {
@@ -184,7 +184,10 @@ absl::Status System::Seed() {
                     "RETURNING id",
                     name, user.mail, balance)[0]
                   .as<int64_t>();
-    user.token = payment::MintToken(auth_secret_, user.id, absl::Now() + absl::Hours(24));
+    user.token = jwt::MintHs256(auth_secret_,
+                                {.subject = absl::StrCat(user.id),
+                                 .expires_at = absl::Now() + absl::Hours(24)},
+                                absl::Now());
     if (options_.link_chats) {
       user.chat_id = 7'000'000 + user.id;
       tx.exec_params("INSERT INTO payment.telegram_links (user_id, chat_id) VALUES ($1, $2)",

@@ -125,6 +125,11 @@ run_case "SASL password file not in its Secret's items" \
   "KAFKA_SASL_PASSWORD_FILE=/etc/concert/kafka-user/password: Secret concert-[a-z-]+ mounted at /etc/concert/kafka-user has only user-password"
 
 fresh
+sed -i 's|AUTH_JWKS_FILE: "/etc/concert/jwks/jwks.json"|AUTH_JWKS_FILE: "/etc/idp/jwks.json"|' \
+  "$SCRATCH/k8s/overlays/prod/identity-provider.yaml"
+run_case "JWKS file outside every mount" "AUTH_JWKS_FILE=/etc/idp/jwks.json: on no volume mount"
+
+fresh
 python3 - "$SCRATCH/k8s/overlays/prod/kustomization.yaml" <<'EDIT'
 import sys
 p = sys.argv[1]
