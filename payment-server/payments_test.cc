@@ -948,7 +948,7 @@ TEST_F(PaymentsTest, ListCallsRefuseBadArgumentsAndTokensWithoutTouchingTheDatab
       {"seats without token", [&] { return client_->ListSeats("", schedule, 0, "", &seat_page); },
        grpc::StatusCode::UNAUTHENTICATED},
       {"payments with an expired token",
-       [&] { return client_->ListPayments(Auth(1, -absl::Seconds(5)), 0, "", &payments); },
+       [&] { return client_->ListPayments(Auth(1, -absl::Minutes(5)), 0, "", &payments); },
        grpc::StatusCode::UNAUTHENTICATED},
       {"account with a garbage token",
        [&] { return client_->GetAccount("Bearer v1.1.2.3", &account); },
