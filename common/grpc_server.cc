@@ -94,15 +94,20 @@ std::chrono::system_clock::time_point Deadline(absl::Duration from_now) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(from_now);
 }
 
-absl::Status VerifySharedBearer(const grpc::ServerContext& context, absl::string_view expected,
-                                absl::string_view setting) {
+absl::string_view AuthorizationMetadata(const grpc::ServerContext& context) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
-  if (it == metadata.end()) {
+  if (it == metadata.end()) return {};
+  return absl::string_view(it->second.data(), it->second.size());
+}
+
+absl::Status VerifySharedBearer(const grpc::ServerContext& context, absl::string_view expected,
+                                absl::string_view setting) {
+  absl::string_view value = AuthorizationMetadata(context);
+  if (value.empty()) {
     return absl::UnauthenticatedError(
         absl::StrCat("missing metadata authorization: Bearer <", setting, ">"));
   }
-  absl::string_view value(it->second.data(), it->second.size());
   bool bearer = absl::ConsumePrefix(&value, "Bearer ");
   // Same time whatever the first differing byte.
   size_t n = std::max(value.size(), expected.size());

@@ -75,6 +75,9 @@ void SetServing(grpc::Server& server, bool serving);
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
 
+// The call's `authorization` metadata ("" when absent).
+absl::string_view AuthorizationMetadata(const grpc::ServerContext& context);
+
 // OK when the call carries `authorization: Bearer <expected>` (compared in constant time, so a
 // shared secret cannot be guessed byte by byte); otherwise UNAUTHENTICATED naming `setting`,
 // the setting that holds the secret. For service-to-service and operator tokens.

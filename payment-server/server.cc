@@ -26,11 +26,8 @@ struct ApiContext {
   metrics::Registry* registry;
 
   absl::StatusOr<int64_t> Caller(const grpc::ServerContext& context) const {
-    const auto& metadata = context.client_metadata();
-    auto it = metadata.find("authorization");
-    absl::string_view header;
-    if (it != metadata.end()) header = absl::string_view(it->second.data(), it->second.size());
-    ASSIGN_OR_RETURN(jwt::Claims claims, verifier->VerifyAuthorization(header, absl::Now()));
+    ASSIGN_OR_RETURN(jwt::Claims claims,
+                     verifier->VerifyAuthorization(AuthorizationMetadata(context), absl::Now()));
     int64_t user_id = 0;
     if (!absl::SimpleAtoi(claims.subject, &user_id) || user_id <= 0) {
       return absl::UnauthenticatedError(

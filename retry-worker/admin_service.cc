@@ -77,10 +77,7 @@ AdminService::AdminService(FailedMessageStore& store, std::string admin_token,
       admin_scope_(std::move(admin_scope)) {}
 
 grpc::Status AdminService::Authenticate(const grpc::ServerContext& context) const {
-  const auto& metadata = context.client_metadata();
-  auto it = metadata.find("authorization");
-  absl::string_view header;
-  if (it != metadata.end()) header = absl::string_view(it->second.data(), it->second.size());
+  absl::string_view header = AuthorizationMetadata(context);
   // A JWT has exactly two dots; the static token (random hex or base64) has none.
   bool looks_like_jwt = std::count(header.begin(), header.end(), '.') == 2;
   if (verifier_ != nullptr && (looks_like_jwt || admin_token_.empty())) {
