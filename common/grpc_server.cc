@@ -8,6 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "absl/synchronization/mutex.h"
+#include "common/log.h"
+#include "common/status.h"
 #include "grpc/health/v1/health.pb.h"
 
 namespace concert {
@@ -88,6 +90,46 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
 
 void SetServing(grpc::Server& server, bool serving) {
   if (auto* health = server.GetHealthCheckService()) health->SetServingStatus("", serving);
+}
+
+absl::StatusOr<std::unique_ptr<GrpcEndpoint>> GrpcEndpoint::Start(
+    const std::string& address, const std::vector<grpc::Service*>& services, const GrpcTls& tls,
+    const std::function<void(grpc::ServerBuilder&)>& configure) {
+  std::unique_ptr<GrpcEndpoint> endpoint(new GrpcEndpoint());
+  ASSIGN_OR_RETURN(endpoint->server_,
+                   StartGrpcServer(address, services, &endpoint->port_, configure, tls));
+  log::Info("grpc listening", {{"address", address},
+                               {"port", endpoint->port_},
+                               {"tls", tls.enabled()},
+                               {"client_certificates", !tls.client_ca.empty()}});
+  if (!tls.health_address.empty()) {
+    ASSIGN_OR_RETURN(endpoint->health_,
+                     StartGrpcServer(tls.health_address, {}, &endpoint->health_port_));
+    log::Info("grpc health listening (plaintext, grpc.health.v1 only)",
+              {{"address", tls.health_address}, {"port", endpoint->health_port_}});
+  }
+  return endpoint;
+}
+
+GrpcEndpoint::~GrpcEndpoint() { Shutdown(absl::ZeroDuration()); }
+
+void GrpcEndpoint::SetServing(bool serving) {
+  std::lock_guard lock(mu_);
+  if (shut_down_) return;
+  concert::SetServing(*server_, serving);
+  if (health_) concert::SetServing(*health_, serving);
+}
+
+void GrpcEndpoint::Shutdown(absl::Duration grace) {
+  {
+    std::lock_guard lock(mu_);
+    if (shut_down_) return;
+    concert::SetServing(*server_, false);
+    if (health_) concert::SetServing(*health_, false);
+    shut_down_ = true;
+  }
+  server_->Shutdown(Deadline(grace));
+  if (health_) health_->Shutdown(Deadline(absl::Seconds(1)));
 }
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now) {

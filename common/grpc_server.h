@@ -9,17 +9,19 @@
 //   SetServing(*server, false);                         // probes see NOT_SERVING
 //   server->Shutdown(Deadline(absl::Seconds(10)));     // finishes in-flight calls
 //
-// With TLS (settings GRPC_TLS_*), and health in plaintext for the probes:
+// A service's API with TLS (settings GRPC_TLS_*) and health in plaintext for the probes, both
+// driven as one (GrpcEndpoint):
 //
 //   GrpcTls tls = ReadGrpcTls(settings);               // before settings.ExitIfInvalid()
-//   ASSIGN_OR_RETURN(auto server, StartGrpcServer(address, {&payments}, nullptr, nullptr, tls));
-//   ASSIGN_OR_RETURN(auto health, StartGrpcServer(tls.health_address, {}));
-//   SetServing(*server, true); SetServing(*health, true);
+//   ASSIGN_OR_RETURN(auto endpoint, GrpcEndpoint::Start(address, {&payments}, tls));
+//   endpoint->SetServing(true);
+//   ... endpoint->Shutdown(absl::Seconds(10));
 #ifndef CONCERT_COMMON_GRPC_SERVER_H_
 #define CONCERT_COMMON_GRPC_SERVER_H_
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -39,8 +41,7 @@ struct GrpcTls {
   // GRPC_TLS_CLIENT_CA_FILE's content. Set: mTLS, a client must present a certificate it signed.
   std::string client_ca;
   // GRPC_HEALTH_ADDRESS: a plaintext server with grpc.health.v1 alone (for Kubernetes' probes,
-  // which cannot speak TLS); empty: none. The caller starts it with StartGrpcServer(address, {})
-  // and passes it every SetServing the main server gets.
+  // which cannot speak TLS); empty: none. GrpcEndpoint starts it beside the main server.
   std::string health_address;
 
   bool enabled() const { return !cert_chain.empty(); }
@@ -72,6 +73,36 @@ inline constexpr char kLivenessService[] = "liveness";
 
 // Sets readiness ("" service) to SERVING or NOT_SERVING.
 void SetServing(grpc::Server& server, bool serving);
+
+// A service's gRPC server (TLS per GrpcTls) and, when tls.health_address is set, the plaintext
+// server with its health alone: one readiness for both, one shutdown. Thread-safe; once
+// Shutdown() has begun, SetServing(true) from a late health check no longer takes effect.
+class GrpcEndpoint {
+ public:
+  // Starts both (NOT_SERVING until SetServing(true)) and logs where they listen.
+  static absl::StatusOr<std::unique_ptr<GrpcEndpoint>> Start(
+      const std::string& address, const std::vector<grpc::Service*>& services,
+      const GrpcTls& tls, const std::function<void(grpc::ServerBuilder&)>& configure = nullptr);
+  ~GrpcEndpoint();  // Shutdown(0) unless done
+
+  void SetServing(bool serving);
+  // NOT_SERVING, then in-flight calls get up to `grace`; then the health server stops. Once.
+  void Shutdown(absl::Duration grace);
+
+  grpc::Server& server() { return *server_; }
+  int port() const { return port_; }
+  int health_port() const { return health_port_; }  // 0 without a health address
+
+ private:
+  GrpcEndpoint() = default;
+
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> health_;  // may be null
+  int port_ = 0;
+  int health_port_ = 0;
+  std::mutex mu_;
+  bool shut_down_ = false;
+};
 
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
 

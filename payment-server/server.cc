@@ -319,31 +319,12 @@ absl::Status PaymentServer::Start() {
   std::vector<grpc::Service*> services = {payment_api_.get(), reservation_api_.get(),
                                           concert_api_.get(), account_api_.get()};
   if (telegram_link_api_ != nullptr) services.push_back(telegram_link_api_.get());
-  ASSIGN_OR_RETURN(server_,
-                   StartGrpcServer(options_.grpc_address, services, &port_,
-                                   [max_threads](grpc::ServerBuilder& builder) {
-                                     grpc::ResourceQuota quota("payment-server");
-                                     quota.SetMaxThreads(max_threads);
-                                     builder.SetResourceQuota(quota);
-                                   },
-                                   options_.tls));
-  log::Info("grpc listening", {{"address", options_.grpc_address},
-                               {"port", port_},
-                               {"tls", options_.tls.enabled()},
-                               {"client_certificates", !options_.tls.client_ca.empty()}});
-  if (!options_.tls.health_address.empty()) {
-    int health_port = 0;
-    absl::StatusOr<std::unique_ptr<grpc::Server>> health =
-        StartGrpcServer(options_.tls.health_address, {}, &health_port);
-    if (!health.ok()) {
-      server_->Shutdown(Deadline(absl::Seconds(1)));
-      server_.reset();
-      return health.status();
-    }
-    health_server_ = std::move(*health);
-    log::Info("grpc health listening (plaintext, grpc.health.v1 only)",
-              {{"address", options_.tls.health_address}, {"port", health_port}});
-  }
+  ASSIGN_OR_RETURN(endpoint_, GrpcEndpoint::Start(options_.grpc_address, services, options_.tls,
+                                                  [max_threads](grpc::ServerBuilder& builder) {
+                                                    grpc::ResourceQuota quota("payment-server");
+                                                    quota.SetMaxThreads(max_threads);
+                                                    builder.SetResourceQuota(quota);
+                                                  }));
   watcher_ = std::thread([this] { WatchDatabase(); });
   return absl::OkStatus();
 }
@@ -370,10 +351,7 @@ void PaymentServer::WatchDatabase() {
     }
     bool healthy = status.ok();
     up.Set(healthy ? 1 : 0);
-    if (healthy != serving || first) {
-      std::lock_guard lock(health_mu_);
-      if (!stopping_) SetServingLocked(healthy);
-    }
+    if (healthy != serving || first) endpoint_->SetServing(healthy);
     if (healthy) {
       if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
       backoff = kFirstBackoff;
@@ -390,24 +368,13 @@ void PaymentServer::WatchDatabase() {
   }
 }
 
-void PaymentServer::SetServingLocked(bool serving) {
-  SetServing(*server_, serving);
-  if (health_server_ != nullptr) SetServing(*health_server_, serving);
-}
-
 void PaymentServer::Stop() {
-  if (stopped_ || server_ == nullptr) return;
+  if (stopped_ || endpoint_ == nullptr) return;
   stopped_ = true;
-  {
-    std::lock_guard lock(health_mu_);
-    stopping_ = true;
-    SetServingLocked(false);
-  }
   stop_.Notify();
   log::Info("stopping: NOT_SERVING, finishing in-flight calls",
             {{"grace_ms", absl::ToInt64Milliseconds(options_.shutdown_grace)}});
-  server_->Shutdown(Deadline(options_.shutdown_grace));
-  if (health_server_ != nullptr) health_server_->Shutdown(Deadline(absl::Seconds(1)));
+  endpoint_->Shutdown(options_.shutdown_grace);
   if (watcher_.joinable()) watcher_.join();
   log::Info("stopped");
 }

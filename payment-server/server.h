@@ -14,7 +14,6 @@
 
 #include <atomic>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 
@@ -96,8 +95,8 @@ class PaymentServer {
   // NOT_SERVING, then waits up to shutdown_grace for in-flight calls. Idempotent.
   void Stop();
 
-  int port() const { return port_; }
-  grpc::Server& grpc_server() { return *server_; }
+  int port() const { return endpoint_ ? endpoint_->port() : 0; }
+  grpc::Server& grpc_server() { return endpoint_->server(); }
   // True once the schema is migrated (requests before that get UNAVAILABLE).
   bool ready() const { return ready_.load(); }
   metrics::Registry& registry() { return *registry_; }
@@ -110,7 +109,6 @@ class PaymentServer {
   class AccountApi;
   class TelegramLinkApi;
   void WatchDatabase();
-  void SetServingLocked(bool serving);  // both servers; health_mu_ held
 
   ServerOptions options_;
   std::unique_ptr<metrics::Registry> own_registry_;
@@ -123,13 +121,9 @@ class PaymentServer {
   std::unique_ptr<ConcertApi> concert_api_;
   std::unique_ptr<AccountApi> account_api_;
   std::unique_ptr<TelegramLinkApi> telegram_link_api_;  // null without INTERNAL_TOKEN
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<grpc::Server> health_server_;  // GRPC_HEALTH_ADDRESS, plaintext; may be null
-  int port_ = 0;
+  std::unique_ptr<GrpcEndpoint> endpoint_;
   std::atomic<bool> ready_{false};
   absl::Notification stop_;
-  std::mutex health_mu_;  // orders SetServing calls against Stop()
-  bool stopping_ = false;
   std::thread watcher_;
   bool stopped_ = false;
 };

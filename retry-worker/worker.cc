@@ -51,26 +51,12 @@ absl::Status RetryWorker::Serve() {
   }
   admin_ = std::make_unique<AdminService>(*store_, options_.admin_token, verifier_.get(),
                                           options_.admin_scope);
-  std::unique_ptr<grpc::Server> server, health;
-  ASSIGN_OR_RETURN(server, StartGrpcServer(options_.grpc_address, {admin_.get()}, &grpc_port_,
-                                           nullptr, options_.tls));
-  absl::Status started;
-  if (!options_.tls.health_address.empty()) {
-    absl::StatusOr<std::unique_ptr<grpc::Server>> h =
-        StartGrpcServer(options_.tls.health_address, {}, &health_port_);
-    if (h.ok()) health = std::move(*h);
-    started = h.status();
-  }
+  ASSIGN_OR_RETURN(std::unique_ptr<GrpcEndpoint> endpoint,
+                   GrpcEndpoint::Start(options_.grpc_address, {admin_.get()}, options_.tls));
   auto metrics_server = std::make_unique<metrics::HttpServer>(registry_);
-  if (started.ok()) started = metrics_server->Start(options_.metrics_address);
-  if (!started.ok()) {
-    server->Shutdown(Deadline(absl::Seconds(1)));
-    if (health) health->Shutdown(Deadline(absl::Seconds(1)));
-    return started;
-  }
+  RETURN_IF_ERROR(metrics_server->Start(options_.metrics_address));  // `endpoint` shuts down
   metrics_server_ = std::move(metrics_server);
-  server_ = std::move(server);
-  health_server_ = std::move(health);
+  endpoint_ = std::move(endpoint);
   ReportHealth();  // NOT_SERVING until connected
   return absl::OkStatus();
 }
@@ -106,10 +92,10 @@ absl::Status RetryWorker::Connect() {
   ReportHealth();
   consumer_thread_ = std::thread([this] { consumer_->Run(stop_); });
   scheduler_thread_ = std::thread([this] { scheduler_->Run(stop_); });
-  log::Info("retry-worker started", {{"grpc_port", grpc_port_},
+  log::Info("retry-worker started", {{"grpc_port", endpoint_->port()},
                                      {"tls", options_.tls.enabled()},
                                      {"client_certificates", !options_.tls.client_ca.empty()},
-                                     {"health_port", health_port_},
+                                     {"health_port", endpoint_->health_port()},
                                      {"metrics_port", metrics_server_->port()},
                                      {"dlq_topic", options_.dlq_topic},
                                      {"group_id", options_.group_id}});
@@ -118,9 +104,7 @@ absl::Status RetryWorker::Connect() {
 
 void RetryWorker::ReportHealth() {
   std::lock_guard lock(health_mu_);
-  bool serving = started_ && consumer_ok_ && scheduler_ok_;
-  if (server_) SetServing(*server_, serving);
-  if (health_server_) SetServing(*health_server_, serving);
+  if (endpoint_) endpoint_->SetServing(started_ && consumer_ok_ && scheduler_ok_);
 }
 
 void RetryWorker::Stop() {
@@ -133,12 +117,10 @@ void RetryWorker::Stop() {
     consumer_thread_.join();
   }
   consumer_.reset();  // leaves the group
-  server_->Shutdown(Deadline(absl::Seconds(5)));
-  if (health_server_) health_server_->Shutdown(Deadline(absl::Seconds(1)));
+  endpoint_->Shutdown(absl::Seconds(5));
   metrics_server_->Stop();
   scheduler_.reset();
-  server_.reset();
-  health_server_.reset();
+  endpoint_.reset();
   log::Info("retry-worker stopped");
 }
 

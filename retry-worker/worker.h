@@ -44,10 +44,10 @@ class RetryWorker {
   // NOT_SERVING meanwhile; call Start() again to retry).
   absl::Status Start();
   void Stop();
-  bool serving() const { return server_ != nullptr; }
+  bool serving() const { return endpoint_ != nullptr; }
 
-  int grpc_port() const { return grpc_port_; }
-  int health_port() const { return health_port_; }  // 0 without GRPC_HEALTH_ADDRESS
+  int grpc_port() const { return endpoint_ ? endpoint_->port() : 0; }
+  int health_port() const { return endpoint_ ? endpoint_->health_port() : 0; }  // 0: none
   int metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   metrics::Registry& registry() { return registry_; }
   FailedMessageStore& store() { return *store_; }
@@ -67,11 +67,8 @@ class RetryWorker {
   std::unique_ptr<AdminService> admin_;
   std::unique_ptr<DlqConsumer> consumer_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::unique_ptr<grpc::Server> server_;
-  std::unique_ptr<grpc::Server> health_server_;  // GRPC_HEALTH_ADDRESS, plaintext; may be null
+  std::unique_ptr<GrpcEndpoint> endpoint_;
   std::unique_ptr<metrics::HttpServer> metrics_server_;
-  int grpc_port_ = 0;
-  int health_port_ = 0;
   absl::Notification stop_;
   std::thread consumer_thread_;
   std::thread scheduler_thread_;
