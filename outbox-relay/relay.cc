@@ -38,6 +38,17 @@ constexpr absl::Duration kPauseCheckAfter = absl::Seconds(2);
 // How long a transaction waits for the synchronous standby before the session gives up and
 // starts again (Postgres' own commits wait as long as it takes).
 constexpr absl::Duration kSyncStandbyWait = absl::Seconds(10);
+// Where every commit Postgres acknowledged is flushed on the standbys it waited for (NULL while
+// too few are connected). See WaitForSyncStandby.
+constexpr char kSyncStandbyFlushedSql[] = R"sql(
+WITH quorum AS (
+  SELECT substring(current_setting('synchronous_standby_names')
+                   FROM '^\s*[Aa][Nn][Yy]\s+([0-9]+)')::int AS n)
+SELECT CASE WHEN (SELECT n FROM quorum) IS NULL
+  THEN (SELECT min(flush_lsn) FROM pg_stat_replication WHERE sync_state = 'sync')
+  ELSE (SELECT flush_lsn FROM pg_stat_replication WHERE sync_state = 'quorum'
+        ORDER BY flush_lsn DESC OFFSET (SELECT n FROM quorum) - 1 LIMIT 1)
+END::text)sql";
 
 bool IsIdentifier(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
@@ -446,10 +457,11 @@ absl::Status Relay::Session::Drain(const absl::Notification&) {
 // outlive its payment: the primary dies, the standby that never had the commit is promoted,
 // and Telegram has a message for a payment that does not exist. So a transaction is relayed
 // only once the synchronous standby flushed WAL past its commit record's start (a commit
-// record is flushed whole). Standbys are read from pg_stat_replication: the relay's role needs
-// pg_monitor (or pg_read_all_stats) to see their positions. With quorum commit (ANY n) this
-// waits for every quorum standby, more than Postgres does. PostgreSQL 17's
-// synchronized_standby_slots makes the server hold the stream back instead.
+// record is flushed whole), as Postgres counts it: the slowest of the synchronous standbys
+// (FIRST n, or a plain list), or with quorum commit (ANY n) the n-th most advanced of the
+// quorum. Standbys are read from pg_stat_replication: the relay's role needs pg_monitor (or
+// pg_read_all_stats) to see their positions. PostgreSQL 17's synchronized_standby_slots makes
+// the server hold the stream back instead.
 absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_lsn) {
   if (!sync_replication_ || standby_flushed_ > commit_lsn) return absl::OkStatus();
   absl::Time deadline = absl::Now() + kSyncStandbyWait;
@@ -457,9 +469,7 @@ absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_lsn) {
   while (true) {
     try {
       pqxx::nontransaction tx(*catalog_);
-      pqxx::row row = tx.exec1(
-          "SELECT min(flush_lsn)::text FROM pg_stat_replication "
-          "WHERE sync_state IN ('sync', 'quorum')");
+      pqxx::row row = tx.exec1(kSyncStandbyFlushedSql);
       if (!row[0].is_null()) {
         ASSIGN_OR_RETURN(standby_flushed_, ParseLsn(row[0].c_str()));
       }
