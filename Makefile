@@ -1,5 +1,5 @@
 # The front door. `make run` and `make test` are all a fresh Debian 12 machine needs.
-.PHONY: all deps build up down run test test-unit test-faults demo bench format clean
+.PHONY: all deps build up down run test test-unit test-faults test-failover demo bench format clean
 
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
@@ -38,6 +38,12 @@ test: build
 # Kafka, so nothing needs to be up.
 test-faults: build
 	FAULT_TEST_DURATION=600 $(BUILD_DIR)/tests/fault_test
+
+# The failover test for at least 10 minutes and 5 rounds of every fault (`make test` runs one
+# round): three Kafka nodes (127.0.0.1:19100-19105) and a Postgres primary with a synchronous
+# standby (127.0.0.1:55460-55461) of its own, so nothing needs to be up.
+test-failover: build
+	FAILOVER_TEST_DURATION=600 FAILOVER_TEST_ROUNDS=5 $(BUILD_DIR)/tests/failover_test
 
 test-unit: build
 	cd $(BUILD_DIR) && ctest -L unit --output-on-failure

@@ -35,6 +35,20 @@ constexpr char kDuplicateObject[] = "42710";
 // Longer than any wait inside the streaming loop (a poll is 100 ms), far shorter than Postgres'
 // wal_sender_timeout (60 s by default).
 constexpr absl::Duration kPauseCheckAfter = absl::Seconds(2);
+// How long a transaction waits for the synchronous standby before the session gives up and
+// starts again (Postgres' own commits wait as long as it takes).
+constexpr absl::Duration kSyncStandbyWait = absl::Seconds(10);
+// Where every commit Postgres acknowledged is flushed on the standbys it waited for (NULL while
+// too few are connected). See WaitForSyncStandby.
+constexpr char kSyncStandbyFlushedSql[] = R"sql(
+WITH quorum AS (
+  SELECT substring(current_setting('synchronous_standby_names')
+                   FROM '^\s*[Aa][Nn][Yy]\s+([0-9]+)')::int AS n)
+SELECT CASE WHEN (SELECT n FROM quorum) IS NULL
+  THEN (SELECT min(flush_lsn) FROM pg_stat_replication WHERE sync_state = 'sync')
+  ELSE (SELECT flush_lsn FROM pg_stat_replication WHERE sync_state = 'quorum'
+        ORDER BY flush_lsn DESC OFFSET (SELECT n FROM quorum) - 1 LIMIT 1)
+END::text)sql";
 
 bool IsIdentifier(const std::string& name) {
   if (name.empty() || name.size() > 63) return false;
@@ -205,6 +219,7 @@ class Relay::Session {
   void MeasureSlot();
   void MeasureStranded();
   absl::Status EnsureStillHoldingSlot();
+  absl::Status WaitForSyncStandby(Lsn commit_lsn);
   absl::Status Drain(const absl::Notification& stop);
 
   Relay& relay_;
@@ -213,6 +228,10 @@ class Relay::Session {
   std::unique_ptr<pqxx::connection> catalog_;
   PGconn* repl_ = nullptr;
   bool slot_exists_ = false;
+  // The server has synchronous_standby_names set: a transaction is relayed only once the
+  // synchronous standby has it (WaitForSyncStandby).
+  bool sync_replication_ = false;
+  Lsn standby_flushed_ = 0;  // the synchronous standby's flush position, as last read
   std::shared_ptr<CommitTracker> tracker_ = std::make_shared<CommitTracker>();
 
   std::map<uint32_t, OutboxColumns> relations_;  // outbox relation ids -> column positions
@@ -240,6 +259,8 @@ absl::Status Relay::Session::Prepare() {
   try {
     catalog_ = std::make_unique<pqxx::connection>(WithConnectDefaults(o_.database_url));
     pqxx::nontransaction tx(*catalog_);
+    sync_replication_ =
+        tx.exec1("SELECT current_setting('synchronous_standby_names') <> ''")[0].as<bool>();
     pqxx::result pub =
         tx.exec_params("SELECT 1 FROM pg_publication WHERE pubname = $1", o_.publication);
     if (pub.empty()) {
@@ -431,6 +452,43 @@ absl::Status Relay::Session::Drain(const absl::Notification&) {
   return s;
 }
 
+// PostgreSQL before 17 decodes a transaction once the primary flushed its commit, while the
+// committing client still waits for the synchronous standby. Relayed then, an event could
+// outlive its payment: the primary dies, the standby that never had the commit is promoted,
+// and Telegram has a message for a payment that does not exist. So a transaction is relayed
+// only once the synchronous standby flushed WAL past its commit record's start (a commit
+// record is flushed whole), as Postgres counts it: the slowest of the synchronous standbys
+// (FIRST n, or a plain list), or with quorum commit (ANY n) the n-th most advanced of the
+// quorum. Standbys are read from pg_stat_replication: the relay's role needs pg_monitor (or
+// pg_read_all_stats) to see their positions. PostgreSQL 17's synchronized_standby_slots makes
+// the server hold the stream back instead.
+absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_lsn) {
+  if (!sync_replication_ || standby_flushed_ > commit_lsn) return absl::OkStatus();
+  absl::Time deadline = absl::Now() + kSyncStandbyWait;
+  absl::Duration pause = absl::Milliseconds(1);
+  while (true) {
+    try {
+      pqxx::nontransaction tx(*catalog_);
+      pqxx::row row = tx.exec1(kSyncStandbyFlushedSql);
+      if (!row[0].is_null()) {
+        ASSIGN_OR_RETURN(standby_flushed_, ParseLsn(row[0].c_str()));
+      }
+    } catch (const std::exception& e) {
+      return Annotate(StatusFromException(e), "reading the synchronous standby's position");
+    }
+    if (standby_flushed_ > commit_lsn) return absl::OkStatus();
+    if (absl::Now() >= deadline) {
+      return absl::UnavailableError(absl::StrCat(
+          "no synchronous standby confirmed the transaction committed at ",
+          FormatLsn(commit_lsn), " within ", absl::FormatDuration(kSyncStandbyWait),
+          " (none connected, or the relay's role lacks pg_monitor to see it): not relaying "
+          "what a failover could undo"));
+    }
+    absl::SleepFor(pause);
+    pause = std::min(pause * 2, absl::Milliseconds(100));
+  }
+}
+
 // After a pause: ask the server who holds the slot. If it is not our walsender (or the server
 // cannot say), drop what is buffered on the connection, counting its events, and end the
 // session; the next one starts from the confirmed position or waits as a standby.
@@ -495,6 +553,7 @@ absl::Status Relay::Session::Handle(absl::string_view copy_data) {
   server_end_ = std::max(server_end_, x.wal_end);
   ASSIGN_OR_RETURN(Message msg, DecodeMessage(x.data));
   if (auto* b = std::get_if<Begin>(&msg)) {
+    RETURN_IF_ERROR(WaitForSyncStandby(b->final_lsn));
     tx_ = tracker_->Begin();
     tx_commit_time_ = b->commit_time;
   } else if (auto* c = std::get_if<Commit>(&msg)) {

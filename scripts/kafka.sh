@@ -6,6 +6,7 @@
 #                                          answers a metadata request (idempotent)
 #   scripts/kafka.sh stop                  SIGTERM, clean shutdown (SIGKILL after KAFKA_STOP_TIMEOUT)
 #   scripts/kafka.sh kill                  SIGKILL (fault tests)
+#   scripts/kafka.sh pause | resume        SIGSTOP | SIGCONT (fault tests: a broker that hangs)
 #   scripts/kafka.sh status                exit 0 iff running
 #   scripts/kafka.sh topic-create NAME PARTITIONS   (no-op when the topic exists)
 #   scripts/kafka.sh topic-list
@@ -16,6 +17,18 @@
 # Environment: KAFKA_PORT (9092), KAFKA_CONTROLLER_PORT (9093), KAFKA_DIR (data, config, logs
 # and pid file; default .local/kafka-data), KAFKA_START_TIMEOUT (60 s), KAFKA_STOP_TIMEOUT (30 s),
 # KAFKA_TOOL_OPTS (JVM options of the tool commands), JAVA_HOME.
+#
+# One node of a cluster (each node combined broker+controller, one KAFKA_DIR and pair of ports
+# each, all formatted with the same cluster id; start them together, since a node answers
+# only once a majority of the controllers is up):
+#   KAFKA_NODE_ID         node.id (1)
+#   KAFKA_QUORUM          controller.quorum.voters, e.g. 1@127.0.0.1:19101,2@127.0.0.1:19103,...
+#                         (default: this node alone)
+#   KAFKA_CLUSTER_ID      the id storage is formatted with (default: a new random one)
+#   KAFKA_INTERNAL_RF     replication factor of Kafka's internal topics (consumer offsets,
+#                         transaction state; min.isr 2 when it is 3 or more); default 1. The
+#                         defaults of other topics stay at one replica, min.insync.replicas=1:
+#                         services ask for more (KAFKA_TOPIC_REPLICATION_FACTOR).
 #
 # Secured listeners beside PLAINTEXT (off unless their port is set), for trying and testing
 # the services' TLS and SASL settings; certificates from scripts/tls.sh in KAFKA_DIR/tls
@@ -35,6 +48,11 @@ KAFKA_CONTROLLER_PORT=${KAFKA_CONTROLLER_PORT:-9093}
 KAFKA_DIR=$(realpath -m "${KAFKA_DIR:-$LOCAL/kafka-data}")
 KAFKA_START_TIMEOUT=${KAFKA_START_TIMEOUT:-60}
 KAFKA_STOP_TIMEOUT=${KAFKA_STOP_TIMEOUT:-30}
+KAFKA_NODE_ID=${KAFKA_NODE_ID:-1}
+KAFKA_QUORUM=${KAFKA_QUORUM:-$KAFKA_NODE_ID@127.0.0.1:$KAFKA_CONTROLLER_PORT}
+KAFKA_CLUSTER_ID=${KAFKA_CLUSTER_ID:-}
+KAFKA_INTERNAL_RF=${KAFKA_INTERNAL_RF:-1}
+INTERNAL_MIN_ISR=$((KAFKA_INTERNAL_RF >= 3 ? 2 : 1))
 LIBS="$LOCAL/kafka/libs"
 BOOTSTRAP="127.0.0.1:$KAFKA_PORT"
 PID_FILE="$KAFKA_DIR/kafka.pid"
@@ -121,8 +139,8 @@ write_config() {
   cat >"$KAFKA_DIR/server.properties" <<EOF
 # Written by scripts/kafka.sh at every start; edits here are lost.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@127.0.0.1:$KAFKA_CONTROLLER_PORT
+node.id=$KAFKA_NODE_ID
+controller.quorum.voters=$KAFKA_QUORUM
 listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT$SECURED_LISTENERS
 advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT$SECURED_LISTENERS
 controller.listener.names=CONTROLLER
@@ -134,11 +152,11 @@ num.partitions=1
 default.replication.factor=1
 min.insync.replicas=1
 auto.create.topics.enable=false
-offsets.topic.replication.factor=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+offsets.topic.replication.factor=$KAFKA_INTERNAL_RF
+transaction.state.log.replication.factor=$KAFKA_INTERNAL_RF
+transaction.state.log.min.isr=$INTERNAL_MIN_ISR
+share.coordinator.state.topic.replication.factor=$KAFKA_INTERNAL_RF
+share.coordinator.state.topic.min.isr=$INTERNAL_MIN_ISR
 group.initial.rebalance.delay.ms=0
 EOF
   # Broker: INFO and up to server.log (rolled at 50 MB, 3 kept); nothing on stdout.
@@ -160,11 +178,11 @@ EOF
 EOF
 }
 
-# Format the storage once (static single-voter quorum, so the ports may change later).
+# Format the storage once (a static quorum, so the ports may change later).
 format_once() {
   [[ -f "$KAFKA_DIR/logs/meta.properties" ]] && return
-  local id
-  id=$("${TOOL[@]}" kafka.tools.StorageTool random-uuid)
+  local id=$KAFKA_CLUSTER_ID
+  [[ -n "$id" ]] || id=$("${TOOL[@]}" kafka.tools.StorageTool random-uuid)
   say "formatting storage in $KAFKA_DIR/logs (cluster id $id)"
   "${TOOL[@]}" kafka.tools.StorageTool format -t "$id" -c "$KAFKA_DIR/server.properties" >/dev/null
 }
@@ -245,6 +263,10 @@ case "${1:-}" in
   start) start ;;
   stop) stop ;;
   kill) stop_with KILL 10 ;;
+  pause | resume)
+    pid=$(broker_pid) || die "not running"
+    say "$1 pid $pid"
+    if [[ "$1" == pause ]]; then kill -STOP "$pid"; else kill -CONT "$pid"; fi ;;
   status)
     if running; then say "running on $BOOTSTRAP (pid $(broker_pid))"; else say "not running"; exit 1; fi ;;
   topic-create)
@@ -253,5 +275,5 @@ case "${1:-}" in
       --if-not-exists --topic "$2" --partitions "$3" --replication-factor 1 ;;
   topic-list) "${TOOL[@]}" org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOTSTRAP" --list ;;
   run-class) shift; [[ $# -ge 1 ]] || die "usage: $0 run-class CLASS [ARGS...]"; "${TOOL[@]}" "$@" ;;
-  *) die "usage: $0 start|stop|kill|status|topic-create NAME PARTITIONS|topic-list|run-class CLASS [ARGS...]" ;;
+  *) die "usage: $0 start|stop|kill|pause|resume|status|topic-create NAME PARTITIONS|topic-list|run-class CLASS [ARGS...]" ;;
 esac

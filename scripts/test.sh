@@ -25,6 +25,6 @@ trap cleanup EXIT
 cd "$ROOT/$BUILD_DIR"
 status=0
 ctest --output-on-failure --timeout 900 -j "${TEST_JOBS:-2}" "$@" || status=$?
-# The fault test's figures, which CTest keeps to itself when the test passes.
-sed -n '/FAULT TEST SUMMARY/,/^=====*$/p' Testing/Temporary/LastTest.log 2>/dev/null || true
+# The fault tests' figures, which CTest keeps to itself when the tests pass.
+sed -n '/ TEST SUMMARY /,/^=====*$/p' Testing/Temporary/LastTest.log 2>/dev/null || true
 exit "$status"

@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <random>
 #include <sstream>
 #include <thread>
@@ -19,7 +20,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
+#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
@@ -262,6 +265,137 @@ std::string PrivateKafka::Script(const std::string& verb) const {
 bool PrivateKafka::Start() { return RunCommand(Script("start")) == 0; }
 bool PrivateKafka::Stop() { return RunCommand(Script("stop")) == 0; }
 bool PrivateKafka::Kill() { return RunCommand(Script("kill")) == 0; }
+
+namespace {
+// A cluster id as Kafka's StorageTool wants it: 16 random bytes, URL-safe base64, no padding.
+std::string RandomClusterId() {
+  std::random_device random;
+  std::string bytes(16, '\0');
+  for (char& b : bytes) b = static_cast<char>(random() & 0xff);
+  return absl::WebSafeBase64Escape(bytes);
+}
+
+// Removes a private server's state, unless the test failed: then it is evidence.
+void RemoveStateUnlessFailed(const std::string& dir) {
+  if (::testing::Test::HasFailure() || ::testing::UnitTest::GetInstance()->Failed()) {
+    std::cerr << "state and logs kept in " << dir << "\n";
+    return;
+  }
+  RunCommand("rm -rf " + dir);
+}
+}  // namespace
+
+KafkaCluster::KafkaCluster(int base_port)
+    : base_port_(base_port), cluster_id_(RandomClusterId()), dir_(StateDir("kafka-cluster")) {
+  RunCommand("mkdir -p " + dir_);
+  if (!StartAll()) ADD_FAILURE() << "Kafka cluster did not start; see " << dir_;
+}
+
+KafkaCluster::~KafkaCluster() {
+  for (int n = 0; n < kNodes; ++n) Kill(n);  // SIGKILL stops a paused node as well
+  RemoveStateUnlessFailed(dir_);
+}
+
+std::string KafkaCluster::address(int node) const {
+  return absl::StrCat("127.0.0.1:", base_port_ + 2 * node);
+}
+
+std::string KafkaCluster::bootstrap() const {
+  std::vector<std::string> all;
+  for (int n = 0; n < kNodes; ++n) all.push_back(address(n));
+  return absl::StrJoin(all, ",");
+}
+
+std::string KafkaCluster::Script(int node, const std::string& verb) const {
+  std::vector<std::string> voters;
+  for (int n = 0; n < kNodes; ++n) {
+    voters.push_back(absl::StrCat(node_id(n), "@127.0.0.1:", base_port_ + 2 * n + 1));
+  }
+  return absl::StrCat("KAFKA_PORT=", base_port_ + 2 * node,
+                      " KAFKA_CONTROLLER_PORT=", base_port_ + 2 * node + 1,
+                      " KAFKA_NODE_ID=", node_id(node), " KAFKA_QUORUM=", absl::StrJoin(voters, ","),
+                      " KAFKA_CLUSTER_ID=", cluster_id_, " KAFKA_INTERNAL_RF=", kNodes,
+                      " KAFKA_DIR=", dir_, "/node", node, " ", SourceRoot(), "/scripts/kafka.sh ",
+                      verb, " >>", dir_, "/scripts.log 2>&1");
+}
+
+bool KafkaCluster::Start(int node) { return RunCommand(Script(node, "start")) == 0; }
+bool KafkaCluster::Stop(int node) { return RunCommand(Script(node, "stop")) == 0; }
+bool KafkaCluster::Kill(int node) { return RunCommand(Script(node, "kill")) == 0; }
+bool KafkaCluster::Pause(int node) { return RunCommand(Script(node, "pause")) == 0; }
+bool KafkaCluster::Resume(int node) { return RunCommand(Script(node, "resume")) == 0; }
+
+bool KafkaCluster::StartAll() {
+  bool ok[kNodes] = {};
+  std::vector<std::thread> starting;
+  for (int n = 0; n < kNodes; ++n) starting.emplace_back([this, n, &ok] { ok[n] = Start(n); });
+  for (std::thread& t : starting) t.join();
+  return ok[0] && ok[1] && ok[2];
+}
+
+std::string KafkaCluster::Describe(const std::string& topic) const {
+  return RunCommandCapturing(
+             absl::StrCat(SourceRoot(),
+                          "/scripts/kafka.sh run-class org.apache.kafka.tools.TopicCommand "
+                          "--bootstrap-server ",
+                          bootstrap(), " --describe --topic ", topic, " 2>&1"))
+      .out;
+}
+
+PostgresPair::PostgresPair(int port0, int port1)
+    : ports_{port0, port1}, dir_(StateDir("postgres-pair")) {
+  RunCommand("mkdir -p " + dir_);
+  if (RunCommand(Script(0, "start")) != 0 || RunCommand(Script(1, "start")) != 0) {
+    ADD_FAILURE() << "Postgres primary and standby did not start; see " << dir_;
+  }
+}
+
+PostgresPair::~PostgresPair() {
+  for (int server = 0; server < 2; ++server) RunCommand(Script(server, "stop immediate"));
+  RemoveStateUnlessFailed(dir_);
+}
+
+std::string PostgresPair::url(const std::string& database) const {
+  return absl::StrCat("postgresql://concert:concert@127.0.0.1:", ports_[0], ",127.0.0.1:",
+                      ports_[1], "/", database, "?target_session_attrs=read-write");
+}
+
+std::string PostgresPair::server_url(int server, const std::string& database) const {
+  return absl::StrCat("postgresql://concert:concert@127.0.0.1:", ports_[server], "/", database);
+}
+
+std::string PostgresPair::CreateDatabase(const std::string& prefix) const {
+  std::string name = UniqueName(prefix);
+  pqxx::connection conn(url());
+  pqxx::nontransaction tx(conn);
+  // Applied on the standby too before this returns: libpq tries the next host of a multi-host
+  // URL when a server is down, not when it refuses the connection (no such database yet).
+  tx.exec("SET synchronous_commit = remote_apply");
+  tx.exec("CREATE DATABASE " + name + " OWNER concert");
+  return name;
+}
+
+// Server s is named pg<s>; as a primary it waits for the other, as a standby it follows it.
+std::string PostgresPair::Script(int server, const std::string& verb) const {
+  int other = 1 - server;
+  return absl::StrCat("PG_PORT=", ports_[server], " PG_DIR=", dir_, "/pg", server,
+                      " PG_NAME=pg", server, " PG_SYNC_STANDBY=pg", other,
+                      server == primary_ ? "" : absl::StrCat(" PG_PRIMARY_PORT=", ports_[other]),
+                      " ", SourceRoot(), "/scripts/postgres.sh ", verb, " >>", dir_,
+                      "/scripts.log 2>&1");
+}
+
+bool PostgresPair::KillPrimary() { return RunCommand(Script(primary_, "kill")) == 0; }
+
+bool PostgresPair::PromoteStandby() {
+  if (RunCommand(Script(standby(), "promote")) != 0) return false;
+  primary_ = standby();
+  return true;
+}
+
+bool PostgresPair::RebuildStandby() { return RunCommand(Script(standby(), "rebuild")) == 0; }
+bool PostgresPair::Stop(int server) { return RunCommand(Script(server, "stop")) == 0; }
+bool PostgresPair::Start(int server) { return RunCommand(Script(server, "start")) == 0; }
 
 double ScrapeMetric(int port, const std::string& name, const std::string& label_filter) {
   httplib::Client client("127.0.0.1", port);

@@ -144,6 +144,87 @@ class PrivateKafka {
   std::string dir_;
 };
 
+// Three Kafka nodes on loopback, each a combined broker and controller (a controller quorum of
+// three: any two keep the cluster's metadata going), one cluster (scripts/kafka.sh with
+// KAFKA_NODE_ID / KAFKA_QUORUM / KAFKA_CLUSTER_ID), internal topics replicated three times.
+// Topic defaults stay at one replica so that what a topic gets comes from whoever created it.
+// Node n (0, 1, 2) listens on base_port + 2n, its controller on base_port + 2n + 1: fixed
+// ports, since a restarted node must come back where the clients know it. The constructor
+// starts all three (together: a node answers only once a majority is up); the destructor
+// SIGKILLs them (paused ones too) and deletes their state, which is kept when the test failed.
+class KafkaCluster {
+ public:
+  static constexpr int kNodes = 3;
+  explicit KafkaCluster(int base_port);
+  ~KafkaCluster();
+  KafkaCluster(const KafkaCluster&) = delete;
+  KafkaCluster& operator=(const KafkaCluster&) = delete;
+
+  // All three nodes, comma-separated.
+  std::string bootstrap() const;
+  // Node n's node.id (n + 1) and address.
+  int node_id(int node) const { return node + 1; }
+  std::string address(int node) const;
+  // scripts/kafka.sh verbs on node n; true when the script succeeded. Start waits until the
+  // node answers a metadata request.
+  bool Start(int node);
+  bool StartAll();
+  bool Stop(int node);  // clean shutdown (SIGTERM)
+  bool Kill(int node);  // SIGKILL
+  bool Pause(int node);   // SIGSTOP
+  bool Resume(int node);  // SIGCONT
+  // Kafka's own TopicCommand --describe of `topic` (stdout and stderr).
+  std::string Describe(const std::string& topic) const;
+  // Where the nodes keep their state and logs.
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string Script(int node, const std::string& verb) const;
+  int base_port_;
+  std::string cluster_id_;
+  std::string dir_;
+};
+
+// A PostgreSQL primary with a streaming standby made from it by pg_basebackup, synchronous
+// replication both ways (whichever is primary waits for the other to have each commit), on
+// two fixed loopback ports (the services' URL names both). The constructor starts server 0 as
+// the primary and server 1 as its standby; the destructor stops both and deletes their state,
+// which is kept when the test failed.
+class PostgresPair {
+ public:
+  PostgresPair(int port0, int port1);
+  ~PostgresPair();
+  PostgresPair(const PostgresPair&) = delete;
+  PostgresPair& operator=(const PostgresPair&) = delete;
+
+  // Both servers, the writable one chosen by libpq (target_session_attrs=read-write).
+  std::string url(const std::string& database = "concert") const;
+  // One server alone (for checks of what a single server holds).
+  std::string server_url(int server, const std::string& database = "concert") const;
+  // A new database on the primary (replicated like everything else), "<prefix>_<random>";
+  // returns its name.
+  std::string CreateDatabase(const std::string& prefix) const;
+  int primary() const { return primary_; }
+  int standby() const { return 1 - primary_; }
+  // The steps of a failover, for the test to time and interleave: SIGKILL of the primary
+  // (scripts/postgres.sh kill), promotion of the standby, and the old primary copied afresh from
+  // the new one and started as its standby (scripts/postgres.sh rebuild). After Promote(),
+  // primary() is the promoted server.
+  bool KillPrimary();
+  bool PromoteStandby();
+  bool RebuildStandby();
+  // One server alone, in its current role (scripts/postgres.sh stop / start).
+  bool Stop(int server);
+  bool Start(int server);
+  const std::string& dir() const { return dir_; }
+
+ private:
+  std::string Script(int server, const std::string& verb) const;
+  int ports_[2];
+  int primary_ = 0;
+  std::string dir_;
+};
+
 // A TCP port on 127.0.0.1 that nothing listens on right now.
 int FreePort();
 

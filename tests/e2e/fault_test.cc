@@ -15,16 +15,12 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdlib>
 #include <iostream>
 #include <map>
-#include <mutex>
 #include <random>
-#include <set>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -33,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "tests/e2e/payment_check.h"
 #include "tests/e2e/system.h"
 
 namespace concert::e2e {
@@ -40,14 +37,6 @@ namespace {
 
 using testing::PrivateKafka;
 using testing::PrivatePostgres;
-using testing::WaitUntil;
-
-int64_t EnvInt(const char* name, int64_t fallback) {
-  const char* value = std::getenv(name);
-  int64_t parsed;
-  if (value == nullptr || !absl::SimpleAtoi(value, &parsed)) return fallback;
-  return parsed;
-}
 
 enum class Fault {
   kKillPaymentServer,
@@ -75,16 +64,7 @@ const char* FaultName(Fault fault) {
   return "?";
 }
 
-// What one client thread saw, per seat it tried.
-struct ClientRecord {
-  std::mutex mu;
-  std::vector<PayOutcome> outcomes;
-};
-
-void Log(const std::string& line) {
-  std::cout << absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()) << " [fault] "
-            << line << std::endl;
-}
+void Log(const std::string& line) { LogLine("fault", line); }
 
 TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   const int64_t duration_s = EnvInt("FAULT_TEST_DURATION", 120);
@@ -122,34 +102,14 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   ASSERT_TRUE(started.ok()) << started;
   Log(absl::StrCat("system up; logs: ", system.LogPaths()));
 
-  // --- clients --------------------------------------------------------------------------
-  std::atomic<bool> stop_clients{false};
-  ClientRecord record;
-  std::vector<std::thread> threads;
-  for (int c = 0; c < clients; ++c) {
-    threads.emplace_back([&, c] {
-      PaymentClient client(system.payment_address(), absl::Seconds(5), absl::Seconds(20));
-      const std::vector<User>& users = system.seeded().users;
-      for (int i = 0; !stop_clients.load(); ++i) {
-        int64_t seat = system.NextSeat();
-        if (seat == 0) break;
-        const User& user = users[(c + i * clients) % users.size()];
-        PayOutcome outcome = client.ReserveAndPay(user, seat);
-        {
-          std::lock_guard lock(record.mu);
-          record.outcomes.push_back(outcome);
-        }
-        absl::SleepFor(absl::Milliseconds(
-            outcome.kind == PayOutcome::Kind::kNoReservation ? 500 : 300));
-      }
-    });
-  }
+  PaymentLoad load(system, clients);
 
   // --- faults ---------------------------------------------------------------------------
   std::map<Fault, int> faults;
   std::vector<std::string> unexpected_exits;
   int telegram_windows_ms = 0;
   absl::Time faults_end = absl::Now() + absl::Seconds(duration_s);
+  std::vector<FaultSpan> spans;
   std::vector<Fault> bag;
   int bags = 0;
   absl::SleepFor(uniform_ms(2000, 5000));
@@ -164,6 +124,7 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
     bag.pop_back();
     ++faults[fault];
     Log(FaultName(fault));
+    spans.push_back({FaultName(fault), absl::Now(), absl::InfiniteFuture()});
     switch (fault) {
       case Fault::kKillPaymentServer:
       case Fault::kKillRelay:
@@ -210,6 +171,7 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
         absl::SleepFor(uniform_ms(3000, 6000));
         break;
     }
+    spans.back().end = absl::Now();
     for (const std::string& dead : system.CheckUnexpectedExits()) {
       Log(absl::StrCat("UNEXPECTED EXIT: ", dead));
       unexpected_exits.push_back(dead);
@@ -219,189 +181,15 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   }
   Log("faults stop; clients stop");
   system.telegram().ClearFaults();
-  stop_clients = true;
-  for (std::thread& t : threads) t.join();
+  load.Stop();
   for (const std::string& dead : system.CheckUnexpectedExits()) {
     Log(absl::StrCat("UNEXPECTED EXIT: ", dead));
     unexpected_exits.push_back(dead);
   }
+  absl::Time faults_stopped = absl::Now();
 
-  // --- drain ----------------------------------------------------------------------------
-  // Done when every committed payment has a message or is parked (FAILED or UNCERTAIN), nothing
-  // is PENDING
-  // and no delivery is in flight.
-  const std::string url = postgres.url();
-  absl::Time drain_start = absl::Now();
-  std::string drain_state;
-  bool drained = WaitUntil(
-      [&] {
-        try {
-          std::map<int64_t, int> messages = system.MessagesByReservation();
-          std::set<std::string> parked;
-          for (const auto& row :
-               QueryRows(url, "SELECT event_id FROM retry.failed_messages "
-                              "WHERE status IN ('FAILED', 'UNCERTAIN')")) {
-            parked.insert(row[0]);
-          }
-          int missing = 0;
-          for (const auto& row :
-               QueryRows(url, "SELECT reservation_id, event_id::text FROM payment.payments")) {
-            if (messages[std::stoll(row[0])] == 0 && parked.count(row[1]) == 0) ++missing;
-          }
-          int64_t pending = QueryInt(
-              url, "SELECT count(*) FROM retry.failed_messages WHERE status = 'PENDING'");
-          int64_t in_flight = QueryInt(
-              url, "SELECT count(*) FROM notification.deliveries WHERE state = 'SENDING'");
-          drain_state = absl::StrCat("missing ", missing, ", pending ", pending, ", in flight ",
-                                     in_flight);
-          return missing == 0 && pending == 0 && in_flight == 0;
-        } catch (const std::exception& e) {
-          drain_state = e.what();
-          return false;
-        }
-      },
-      absl::Seconds(300), absl::Seconds(1));
-  absl::Duration drain_time = absl::Now() - drain_start;
-  Log(absl::StrCat(drained ? "drained" : "NOT drained", " after ",
-                   absl::ToInt64Seconds(drain_time), " s: ", drain_state));
-  absl::SleepFor(absl::Seconds(3));  // a late duplicate would show up now
-
-  // --- check ----------------------------------------------------------------------------
-  struct Committed {
-    int64_t payment_id;
-    std::string event_id;
-  };
-  std::map<int64_t, Committed> committed;  // reservation id ->
-  for (const auto& row :
-       QueryRows(url, "SELECT reservation_id, id, event_id::text FROM payment.payments")) {
-    committed[std::stoll(row[0])] = {std::stoll(row[1]), row[2]};
-  }
-  std::set<std::string> uncertain_events;
-  for (const auto& row :
-       QueryRows(url, "SELECT event_id::text FROM notification.deliveries WHERE uncertain")) {
-    uncertain_events.insert(row[0]);
-  }
-  struct Parked {
-    std::string error_class, error_message, status;
-  };
-  std::map<std::string, Parked> failed_rows;
-  for (const auto& row :
-       QueryRows(url, "SELECT event_id, error_class, error_message, status "
-                      "FROM retry.failed_messages WHERE status IN ('FAILED', 'UNCERTAIN')")) {
-    failed_rows[row[0]] = {row[1], row[2], row[3]};
-  }
-  int64_t pending_left =
-      QueryInt(url, "SELECT count(*) FROM retry.failed_messages WHERE status = 'PENDING'");
-  int64_t negative_balances =
-      QueryInt(url, "SELECT count(*) FROM payment.users WHERE balance_won < 0");
-  // Money is conserved: each user's balance is the seed minus what they paid.
-  int64_t balance_mismatches = QueryInt(
-      url,
-      absl::StrCat("SELECT count(*) FROM payment.users u WHERE u.balance_won + "
-                   "COALESCE((SELECT sum(amount_won) FROM payment.payments p "
-                   "WHERE p.user_id = u.id), 0) <> CASE WHEN u.name = 'poorfan' THEN ",
-                   options.seat_price_won * options.poor_user_payments, " ELSE ",
-                   options.balance_won, " END"));
-
-  std::vector<PayOutcome> outcomes;
-  {
-    std::lock_guard lock(record.mu);
-    outcomes = record.outcomes;
-  }
-  int acked = 0, rejected = 0, unknown = 0, no_reservation = 0, retried_pays = 0;
-  int acked_not_committed = 0, acked_wrong_payment = 0, rejected_committed = 0;
-  for (const PayOutcome& o : outcomes) {
-    if (o.pay_calls > 1) ++retried_pays;
-    switch (o.kind) {
-      case PayOutcome::Kind::kAcked: {
-        ++acked;
-        auto it = committed.find(o.reservation_id);
-        if (it == committed.end()) {
-          ++acked_not_committed;
-          Log(absl::StrCat("ACKED BUT NOT COMMITTED: reservation ", o.reservation_id));
-        } else if (it->second.payment_id != o.payment_id) {
-          ++acked_wrong_payment;
-          Log(absl::StrCat("ACKED PAYMENT ID DIFFERS: reservation ", o.reservation_id));
-        }
-        break;
-      }
-      case PayOutcome::Kind::kRejected:
-        ++rejected;
-        if (committed.count(o.reservation_id) > 0) {
-          ++rejected_committed;
-          Log(absl::StrCat("REJECTED BUT COMMITTED: reservation ", o.reservation_id, ": ",
-                           o.message));
-        }
-        break;
-      case PayOutcome::Kind::kUnknown: ++unknown; break;
-      case PayOutcome::Kind::kNoReservation: ++no_reservation; break;
-    }
-  }
-
-  std::map<int64_t, int> messages = system.MessagesByReservation();
-  int total_messages = 0;
-  for (const auto& [reservation, n] : messages) total_messages += n;
-  int lost = 0, duplicates = 0, uncertain_extra = 0, failed_parked = 0, failed_unexplained = 0;
-  int phantom = 0;
-  // FAILED must mean "not delivered": a copy that may have arrived parks as UNCERTAIN.
-  int failed_but_delivered = 0;
-  const int telegram_faulted = system.telegram().faulted();
-  for (const auto& [reservation, payment] : committed) {
-    int n = messages.count(reservation) > 0 ? messages[reservation] : 0;
-    bool uncertain = uncertain_events.count(payment.event_id) > 0;
-    auto parked = failed_rows.find(payment.event_id);
-    if (n == 0) {
-      if (parked != failed_rows.end()) {
-        ++failed_parked;
-        // Explained only by a Telegram failure we injected.
-        bool explained = telegram_faulted > 0 && parked->second.error_class == "telegram_5xx";
-        if (!explained) ++failed_unexplained;
-        Log(absl::StrCat(parked->second.status, " (parked): reservation ", reservation, " ",
-                         parked->second.error_class, ": ", parked->second.error_message,
-                         explained ? "" : "  <-- NOT explained by an injected fault"));
-      } else {
-        ++lost;
-        Log(absl::StrCat("LOST: reservation ", reservation, " event ", payment.event_id));
-      }
-    } else if (parked != failed_rows.end() && parked->second.status == "FAILED") {
-      ++failed_but_delivered;
-      Log(absl::StrCat("FAILED BUT DELIVERED: reservation ", reservation, " event ",
-                       payment.event_id));
-    }
-    if (n > 1) {
-      if (uncertain) {
-        uncertain_extra += n - 1;
-      } else {
-        duplicates += n - 1;
-        Log(absl::StrCat("DUPLICATE: reservation ", reservation, " x", n, " event ",
-                         payment.event_id));
-      }
-    }
-  }
-  for (const auto& [reservation, n] : messages) {
-    if (committed.count(reservation) == 0) {
-      phantom += n;
-      Log(absl::StrCat("MESSAGE WITHOUT A COMMITTED PAYMENT: reservation ", reservation));
-    }
-  }
-  for (const auto& [event_id, parked] : failed_rows) {
-    bool of_a_payment = false;
-    for (const auto& [reservation, payment] : committed) {
-      if (payment.event_id == event_id) of_a_payment = true;
-    }
-    if (!of_a_payment) {
-      ++failed_unexplained;
-      Log(absl::StrCat("FAILED row of no payment: ", event_id, " ", parked.error_class));
-    }
-  }
-  for (const std::string& event : uncertain_events) {
-    int n = 0;
-    for (const auto& [reservation, payment] : committed) {
-      if (payment.event_id == event) n = messages[reservation];
-    }
-    Log(absl::StrCat("uncertain delivery: event ", event, ", messages ", n));
-  }
-
+  PromiseCheck check = CheckPromise(system, postgres.url(), load.Outcomes());
+  std::vector<Stall> stalls = MeasureStalls(spans, load.Outcomes(), system, faults_stopped);
   std::string faults_line;
   int total_faults = 0;
   for (int k = 0; k < kFaultKinds; ++k) {
@@ -412,50 +200,17 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   std::ostringstream summary;
   summary << "\n==================== FAULT TEST SUMMARY ====================\n"
           << "seed " << seed << ", faults for " << duration_s << " s, " << clients
-          << " clients, drained " << (drained ? "yes" : "NO") << " in "
-          << absl::ToInt64Seconds(drain_time) << " s\n"
-          << "payments tried (seats):        " << outcomes.size() << "\n"
-          << "  acked by the server:         " << acked << "\n"
-          << "  refused (balance etc.):      " << rejected << "\n"
-          << "  unknown to the client:       " << unknown << "\n"
-          << "  no reservation (reserve err):" << no_reservation << "\n"
-          << "  PayConcert repeated by client: " << retried_pays << "\n"
-          << "payments committed:            " << committed.size() << "\n"
-          << "acked but not committed:       " << acked_not_committed << "\n"
-          << "refused but committed:         " << rejected_committed << "\n"
+          << " clients\n"
           << "faults (" << total_faults << "):" << faults_line << "\n"
-          << "telegram requests faulted:     " << telegram_faulted << " (5xx windows "
-          << telegram_windows_ms / 1000 << " s)\n"
-          << "messages at fake Telegram:     " << total_messages << "\n"
-          << "lost:                          " << lost << "\n"
-          << "duplicates:                    " << duplicates << "\n"
-          << "uncertain (counted):           " << uncertain_events.size()
-          << " deliveries, extra messages " << uncertain_extra << "\n"
-          << "messages for no payment:       " << phantom << "\n"
-          << "parked, not delivered:         " << failed_parked << " of payments, "
-          << failed_unexplained << " not explained\n"
-          << "parked FAILED but delivered:   " << failed_but_delivered << "\n"
-          << "PENDING left:                  " << pending_left << "\n"
-          << "negative balances:             " << negative_balances
-          << ", balance mismatches " << balance_mismatches << "\n"
+          << "Telegram 5xx windows:          " << telegram_windows_ms / 1000 << " s\n"
+          << check.Summary()
           << "unexpected service exits:      " << unexpected_exits.size() << "\n"
+          << StallReport(spans, stalls, spans.empty() ? faults_stopped : spans.front().start)
           << "============================================================\n";
   std::cout << summary.str() << std::flush;
 
-  EXPECT_TRUE(drained) << drain_state << "; logs: " << system.LogPaths();
-  EXPECT_EQ(acked_not_committed, 0);
-  EXPECT_EQ(acked_wrong_payment, 0);
-  EXPECT_EQ(rejected_committed, 0);
-  EXPECT_EQ(lost, 0);
-  EXPECT_EQ(failed_but_delivered, 0);
-  EXPECT_EQ(duplicates, 0);
-  EXPECT_EQ(phantom, 0);
-  EXPECT_EQ(pending_left, 0);
-  EXPECT_EQ(failed_unexplained, 0);
-  EXPECT_EQ(negative_balances, 0);
-  EXPECT_EQ(balance_mismatches, 0);
+  check.ExpectKept();
   EXPECT_TRUE(unexpected_exits.empty()) << unexpected_exits.front();
-  EXPECT_GT(acked, 0);
   for (int k = 0; k < kFaultKinds; ++k) {
     EXPECT_GE(faults[static_cast<Fault>(k)], 1) << FaultName(static_cast<Fault>(k));
   }

@@ -359,6 +359,7 @@ PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {
     outcome.kind = PayOutcome::Kind::kNoReservation;
     outcome.code = reserved.error_code();
     outcome.message = reserved.error_message();
+    outcome.finished = absl::Now();
     return outcome;
   }
   outcome.reservation_id = reservation.reservation_id();
@@ -373,6 +374,7 @@ PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {
     if (paid.ok()) {
       outcome.kind = PayOutcome::Kind::kAcked;
       outcome.payment_id = payment.payment_id();
+      outcome.finished = absl::Now();
       return outcome;
     }
     switch (paid.error_code()) {
@@ -382,12 +384,14 @@ PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {
       case grpc::StatusCode::INVALID_ARGUMENT:
       case grpc::StatusCode::UNAUTHENTICATED:
         outcome.kind = PayOutcome::Kind::kRejected;
+        outcome.finished = absl::Now();
         return outcome;
       default:
         break;  // no answer or transient: the outcome is unknown, PayConcert may be repeated
     }
     if (absl::Now() + backoff > give_up) {
       outcome.kind = PayOutcome::Kind::kUnknown;
+      outcome.finished = absl::Now();
       return outcome;
     }
     absl::SleepFor(backoff);

@@ -167,6 +167,7 @@ struct PayOutcome {
   int64_t reservation_id = 0;
   int64_t payment_id = 0;
   int pay_calls = 0;
+  absl::Time finished;  // when the client had its outcome
   grpc::StatusCode code = grpc::StatusCode::OK;
   std::string message;
 };
