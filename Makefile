@@ -1,5 +1,6 @@
 # The front door. `make run` and `make test` are all a fresh Debian 12 machine needs.
-.PHONY: all deps build up down run test test-unit test-faults test-failover demo bench format clean
+.PHONY: all deps build up down run test test-unit test-faults test-failover demo bench format clean \
+	image test-image test-cluster
 
 BUILD_DIR ?= build
 JOBS ?= $(shell nproc)
@@ -30,8 +31,9 @@ run: build
 demo:
 	scripts/demo.sh
 
-# Every test, against a private Postgres and Kafka that this target starts and stops.
-test: build
+# Every test, against a private Postgres and Kafka that this target starts and stops; the
+# container image is built first (CTest k8s_image runs it as the manifests do).
+test: build image
 	scripts/test.sh
 
 # The fault test for 10 minutes (`make test` runs it for 2). It starts its own Postgres and
@@ -52,6 +54,29 @@ test-unit: build
 # writes bench/results/<date>.{json,md,png}. BENCH_QUICK=1 runs a seconds-long smoke version.
 bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run.sh
+
+# The container image from deploy/Dockerfile without Docker: a Debian 12 base made with
+# debootstrap, buildah, and an OCI archive in .local/image/concert.oci.tar. Needs root.
+image:
+	scripts/install-deps.sh image
+	scripts/image.sh
+
+# Every binary of that image run as the dev overlay's pod specs run it (UID 10001, read-only
+# root, its environment) against a private Postgres and Kafka: --help, a bad setting, serving.
+test-image: image
+	scripts/install-deps.sh apt
+	scripts/install-deps.sh kafka
+	scripts/install-deps.sh grpcurl
+	scripts/test-image.sh
+
+# A single-node Kubernetes built from the Go module proxy and Debian's containerd, the dev
+# overlay applied to it as a user would, a payment and its notification, a pod killed; then
+# everything stopped. Needs root.
+test-cluster: image
+	scripts/install-deps.sh apt
+	scripts/install-deps.sh cluster
+	scripts/install-deps.sh grpcurl
+	scripts/test-cluster.sh
 
 format:
 	clang-format -i $$(git ls-files '*.h' '*.cc')

@@ -10,6 +10,11 @@
 #            .local/kafka/libs/ (Maven's download cache is its usual ~/.m2).
 #   gotools  grpcurl, ghz and promtool (pinned below), built by `go install` into .local/bin/.
 #   promtool promtool alone (the observability check installs it this way on first use).
+#   grpcurl  grpcurl alone (the image and cluster tests call the services with it).
+#   image    Debian packages that build and run the container image without Docker
+#            (`make image`, `make test-image`): buildah, podman, debootstrap, runc. Needs root.
+#   cluster  those plus what `make test-cluster` runs a single-node Kubernetes with: containerd,
+#            CNI plugins, iptables, conntrack. Needs root. (Not part of "all".)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -24,6 +29,9 @@ APT_PACKAGES=(
   openjdk-17-jre-headless maven
   curl python3 python3-yaml acl
 )
+IMAGE_PACKAGES=(buildah podman debootstrap runc uidmap)
+CLUSTER_PACKAGES=("${IMAGE_PACKAGES[@]}" skopeo containerd containernetworking-plugins iptables
+  conntrack socat ethtool)
 GRPCURL_VERSION=v1.9.4   # needs go >= 1.25 (older go >= 1.21 fetches that toolchain itself)
 GHZ_VERSION=v0.121.0
 # Prometheus' Go module numbers release 3.N.M as v0.3NN.M; promtool checks and unit-tests the
@@ -34,9 +42,13 @@ KAFKA_POM="$ROOT/scripts/kafka/pom.xml"
 KAFKA_LIBS="$LOCAL/kafka/libs"
 BIN="$LOCAL/bin"
 
+# install_apt [PACKAGE...]: the packages given (default: APT_PACKAGES, plus Go when missing).
 install_apt() {
-  local pkgs=("${APT_PACKAGES[@]}") missing=() p
-  command -v go >/dev/null || pkgs+=(golang-go)
+  local pkgs=("$@") missing=() p
+  if ((${#pkgs[@]} == 0)); then
+    pkgs=("${APT_PACKAGES[@]}")
+    command -v go >/dev/null || pkgs+=(golang-go)
+  fi
   for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
@@ -111,6 +123,9 @@ case "${1:-all}" in
   kafka) install_kafka ;;
   gotools) install_gotools ;;
   promtool) install_promtool ;;
+  grpcurl) go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" ;;
+  image) install_apt "${IMAGE_PACKAGES[@]}" ;;
+  cluster) install_apt "${CLUSTER_PACKAGES[@]}" ;;
   all) install_apt; install_kafka; install_gotools ;;
-  *) die "usage: $0 [apt|kafka|gotools|promtool|all]" ;;
+  *) die "usage: $0 [apt|kafka|gotools|promtool|grpcurl|image|cluster|all]" ;;
 esac

@@ -1,6 +1,7 @@
 # scripts/lib.sh — small helpers shared by the scripts in this folder.
 # Source it (". scripts/lib.sh"); it sets ROOT (the repo root) and LOCAL ($ROOT/.local,
-# where every script keeps its state) and defines say / die / port_open / wait_until.
+# where every script keeps its state) and defines say / die / port_open / wait_until /
+# unmount_under.
 # shellcheck shell=bash disable=SC2034
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,3 +28,12 @@ wait_until() {
 
 # wait_for_port HOST PORT SECONDS: wait_until the port accepts connections.
 wait_for_port() { wait_until "$3" port_open "$1" "$2"; }
+
+# unmount_under DIR: unmount everything mounted at or below DIR, deepest first (what an
+# interrupted debootstrap, kubelet or containerd left behind), so that DIR can be removed.
+unmount_under() {
+  local dir m
+  dir=$(realpath -m "$1")
+  awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
