@@ -37,3 +37,16 @@ unmount_under() {
   awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/mounts | sort -r |
     while read -r m; do umount -l "$m" 2>/dev/null || true; done
 }
+
+# json_field NAME: the first value of JSON field NAME (proto or camelCase spelling) in grpcurl's
+# output on stdin.
+json_field() {
+  local camel
+  camel=$(sed -E 's/_(.)/\U\1/g' <<<"$1")
+  sed -n -E "s/.*\"($1|$camel)\": \"?([^\",]*)\"?,?\$/\\2/p" | head -n 1
+}
+
+# first_free_seat: the id of the first SEAT_AVAILABILITY_FREE seat in a ListSeats answer on stdin.
+first_free_seat() {
+  awk -F'[:,]' '/"seat_?[iI]d"/ {gsub(/[ "]/, "", $2); id = $2} /SEAT_AVAILABILITY_FREE/ {print id; exit}'
+}

@@ -488,19 +488,14 @@ forward() {
 rpc() {
   "$GRPCURL" -plaintext -H "authorization: Bearer $TOKEN" -d "$2" "127.0.0.1:$FORWARD_PORT" "$1"
 }
-field() {
-  local camel
-  camel=$(sed -E 's/_(.)/\U\1/g' <<<"$1")
-  sed -n -E "s/.*\"($1|$camel)\": \"?([^\",]*)\"?,?\$/\\2/p" | head -n 1
-}
 # pay: reserve the first free seat and pay for it; prints the reservation id.
 pay() {
   local schedule seat reservation
-  schedule=$(rpc concert.v1.ConcertService/ListConcerts '{}' | field schedule_id)
+  schedule=$(rpc concert.v1.ConcertService/ListConcerts '{}' | json_field schedule_id)
   seat=$(rpc concert.v1.ConcertService/ListSeats "{\"schedule_id\": $schedule, \"page_size\": 500}" |
-    awk -F'[:,]' '/"seat_?[iI]d"/ {gsub(/[ "]/, "", $2); id = $2} /SEAT_AVAILABILITY_FREE/ {print id; exit}')
+    first_free_seat)
   [[ -n "$seat" ]] || fail "no free seat"
-  reservation=$(rpc concert.v1.ReservationService/ReserveSeat "{\"seat_id\": $seat}" | field reservation_id)
+  reservation=$(rpc concert.v1.ReservationService/ReserveSeat "{\"seat_id\": $seat}" | json_field reservation_id)
   [[ -n "$reservation" ]] || fail "ReserveSeat of seat $seat failed"
   rpc concert.v1.PaymentService/PayConcert "{\"reservation_id\": $reservation}" >/dev/null ||
     fail "PayConcert of reservation $reservation failed"

@@ -183,17 +183,11 @@ TOKEN=$(run payment-server payment-server mint-token --user-id=1)
 rpc() {
   in_netns "$GRPCURL" -plaintext -H "authorization: Bearer $TOKEN" -d "$2" 127.0.0.1:50051 "$1"
 }
-# field NAME: the first value of JSON field NAME (proto or camelCase spelling) in stdin.
-field() {
-  local camel
-  camel=$(sed -E 's/_(.)/\U\1/g' <<<"$1")
-  sed -n -E "s/.*\"($1|$camel)\": \"?([^\",]*)\"?,?\$/\\2/p" | head -n 1
-}
-schedule=$(rpc concert.v1.ConcertService/ListConcerts '{}' | field schedule_id)
+schedule=$(rpc concert.v1.ConcertService/ListConcerts '{}' | json_field schedule_id)
 seat=$(rpc concert.v1.ConcertService/ListSeats "{\"schedule_id\": $schedule, \"page_size\": 500}" |
-  awk -F'[:,]' '/"seat_?[iI]d"/ {gsub(/[ "]/, "", $2); id = $2} /SEAT_AVAILABILITY_FREE/ {print id; exit}')
+  first_free_seat)
 [[ -n "$seat" ]] || die "FAILED: no free seat after seed-demo"
-reservation=$(rpc concert.v1.ReservationService/ReserveSeat "{\"seat_id\": $seat}" | field reservation_id)
+reservation=$(rpc concert.v1.ReservationService/ReserveSeat "{\"seat_id\": $seat}" | json_field reservation_id)
 [[ -n "$reservation" ]] || die "FAILED: ReserveSeat of seat $seat"
 paid() { rpc concert.v1.PaymentService/PayConcert "{\"reservation_id\": $reservation}" >/dev/null; }
 check "PayConcert of reservation $reservation (seat $seat)" paid
