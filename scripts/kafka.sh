@@ -225,10 +225,14 @@ start() {
     -Djava.awt.headless=true -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.xml" \
     -cp "$LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
     >"$KAFKA_DIR/stdout.log" 2>&1 </dev/null &
-  echo $! >"$PID_FILE"
+  local launched=$!
+  echo "$launched" >"$PID_FILE"
   local deadline=$((SECONDS + KAFKA_START_TIMEOUT))
   until port_open 127.0.0.1 "$KAFKA_PORT" && answers; do
-    if ! running || ((SECONDS >= deadline)); then
+    # Dead only once the launched process is gone and no broker of this dir runs: until the
+    # child has exec'd java its command line is this script's, which `running` cannot tell from
+    # a broker that died (seen on a loaded machine: a node given up on at once).
+    if { exited "$launched" && ! running; } || ((SECONDS >= deadline)); then
       tail -n 20 "$LOG" "$KAFKA_DIR/stdout.log" >&2 2>/dev/null || true
       running && stop
       die "Kafka did not come up within ${KAFKA_START_TIMEOUT}s (logs above, in $KAFKA_DIR)"
