@@ -177,6 +177,10 @@ start() {
     fi
     write_config
     ! port_open 127.0.0.1 "$PG_PORT" || die "port 127.0.0.1:$PG_PORT is taken by another process"
+    # Nothing of this server runs, so lock files in its socket directory are stale: left by a
+    # killed postmaster, or copied from the primary by pg_basebackup. A server refuses to start
+    # while the PID such a file names is alive, and a killed, not yet reaped one still is.
+    rm -f "$SOCK_DIR"/.s.PGSQL.*
     say "starting on 127.0.0.1:$PG_PORT (data: $PG_DIR, log: $LOG)"
     # setsid: the server gets its own session, so a Ctrl-C in this terminal does not reach it.
     if ! (cd / && setsid -w "${AS_PG[@]}" "$PG_BIN/pg_ctl" start -D "$PG_DIR" -l "$LOG" -w -t "$PG_START_TIMEOUT" >/dev/null) ||
