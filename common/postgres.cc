@@ -6,6 +6,20 @@
 #include "common/status.h"
 
 namespace concert {
+namespace {
+
+// SQLSTATEs that describe the server, not the statement: the same statement succeeds once the
+// server recovers, so callers wait and retry instead of treating the data as refused.
+bool ServerCannotServe(absl::string_view state) {
+  return absl::StartsWith(state, "08") ||  // connection exception
+         absl::StartsWith(state, "57") ||  // operator intervention: shutdown, cancelled
+         absl::StartsWith(state, "53") ||  // insufficient resources: disk full, memory, connections
+         absl::StartsWith(state, "58") ||  // system error: I/O error
+         state == "25006" ||               // read-only: a standby, or a primary demoted by failover
+         state == "55P03";                 // lock not available within lock_timeout
+}
+
+}  // namespace
 
 absl::Status StatusFromException(const std::exception& e) {
   std::string what = e.what();
@@ -25,9 +39,7 @@ absl::Status StatusFromException(const std::exception& e) {
     return absl::FailedPreconditionError(what);
   }
   if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
-    // Class 57 (operator intervention: admin shutdown, crash shutdown) and 08 (connection).
-    std::string state = sql->sqlstate();
-    if (absl::StartsWith(state, "57") || absl::StartsWith(state, "08")) {
+    if (ServerCannotServe(sql->sqlstate())) {
       return absl::UnavailableError(absl::StrCat("database unavailable: ", what));
     }
   }

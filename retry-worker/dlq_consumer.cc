@@ -54,7 +54,7 @@ DlqEntry UnstorableDlqEntry(const RdKafka::Message& m, const absl::Status& why) 
 // True when Postgres could not be used at all, as opposed to refusing what one record holds.
 bool IsPostgresUnavailable(const absl::Status& status) {
   switch (status.code()) {
-    case absl::StatusCode::kUnavailable:        // connection lost or refused
+    case absl::StatusCode::kUnavailable:        // connection lost or refused, disk full, read-only
     case absl::StatusCode::kResourceExhausted:  // no pooled connection free in time
     case absl::StatusCode::kUnknown:            // commit outcome unknown (Record is idempotent)
     case absl::StatusCode::kAborted:            // serialization failures, retried too often
@@ -178,6 +178,11 @@ bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notificatio
       continue;
     }
     // Postgres is down, or refuses even that row: the stage, not the record, is in trouble.
+    // Once it recovers, the record as it came gets the first chance again.
+    if (unstorable) {
+      entry = ParseDlqRecord(message);
+      unstorable = false;
+    }
     ReportHealth(false);
     store_errors_.Increment();
     log::Warn("storing DLQ record failed; retrying",

@@ -565,6 +565,55 @@ CREATE TRIGGER reject_for_test BEFORE INSERT OR UPDATE ON retry.failed_messages
   EXPECT_EQ(concert::testing::HealthStatus(absl::StrCat("127.0.0.1:", worker->grpc_port())), 1);
 }
 
+// A Postgres that answers but cannot serve (disk full, read-only after a failover, out of
+// connections) is a stage failure too: the dead letter waits and is then stored as it came,
+// never parked as unstorable.
+TEST_F(RetryWorkerTest, PostgresThatCannotServeIsWaitedForNotBlamedOnTheRecord) {
+  auto worker = StartWorker(DefaultOptions());
+  std::string address = absl::StrCat("127.0.0.1:", worker->grpc_port());
+  {
+    pqxx::connection c(db_.url());
+    pqxx::work tx(c);
+    tx.exec(R"sql(
+CREATE TABLE retry.refusal_for_test (sqlstate text NOT NULL);
+CREATE FUNCTION retry.refuse_for_test() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE state text;
+BEGIN
+  SELECT sqlstate INTO state FROM retry.refusal_for_test;
+  IF state IS NOT NULL THEN RAISE EXCEPTION 'server cannot serve' USING ERRCODE = state; END IF;
+  RETURN NEW;
+END $$;
+CREATE TRIGGER refuse_for_test BEFORE INSERT OR UPDATE ON retry.failed_messages
+  FOR EACH ROW EXECUTE FUNCTION retry.refuse_for_test();)sql");
+    tx.commit();
+  }
+  auto refuse = [&](const std::string& sqlstate) {
+    pqxx::connection c(db_.url());
+    pqxx::work tx(c);
+    tx.exec("DELETE FROM retry.refusal_for_test");
+    if (!sqlstate.empty()) {
+      tx.exec_params("INSERT INTO retry.refusal_for_test VALUES ($1)", sqlstate);
+    }
+    tx.commit();
+  };
+  // disk full, too many connections, read-only transaction
+  for (const std::string sqlstate : {"53100", "53300", "25006"}) {
+    SCOPED_TRACE(sqlstate);
+    std::string id = "ev-" + sqlstate;
+    refuse(sqlstate);
+    ProduceDlq(id, 1);
+    EXPECT_TRUE(WaitUntil([&] { return concert::testing::HealthStatus(address) == 2; },
+                          absl::Seconds(30)));
+    refuse("");
+    ASSERT_TRUE(WaitUntil([&] { return !Column(id, "status").empty(); }, absl::Seconds(30)));
+    EXPECT_EQ(Column(id, "original_topic"), original_);
+    EXPECT_EQ(Column(id, "error_class"), "telegram_5xx");
+  }
+  EXPECT_EQ(Scalar("SELECT count(*) FROM retry.failed_messages WHERE event_id LIKE 'unstorable:%'"),
+            0);
+  EXPECT_EQ(MetricValue(worker->registry(), "retry_dlq_unstorable_total"), 0);
+}
+
 // Issue 12: Postgres down is a stage failure: the consumer waits (nothing skipped) and health
 // says NOT_SERVING until it is back, whatever the scheduler's last pass saw.
 TEST_F(RetryWorkerTest, PostgresDownMakesTheConsumerWaitAndHealthNotServing) {
