@@ -2,6 +2,7 @@
 
 #include <curl/curl.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include <nlohmann/json.hpp>
@@ -53,6 +54,25 @@ int64_t RetryAfterSeconds(const json& answer) {
   return std::max<int64_t>(1, static_cast<int64_t>(std::ceil(std::min(seconds, 1e6))));
 }
 
+// The request body, handed to libcurl by a reader that cannot rewind. libcurl silently sends a
+// request again on a fresh connection when a reused one dies before any answer byte, but the
+// first copy may have reached Telegram: refusing the rewind turns that into an error the
+// caller counts as possibly delivered.
+struct Body {
+  const std::string* text;
+  size_t sent = 0;
+};
+
+size_t ReadBody(char* buffer, size_t size, size_t count, void* userdata) {
+  auto* body = static_cast<Body*>(userdata);
+  size_t n = std::min(size * count, body->text->size() - body->sent);
+  body->text->copy(buffer, n, body->sent);
+  body->sent += n;
+  return n;
+}
+
+int RefuseRewind(void*, curl_off_t, int) { return CURL_SEEKFUNC_CANTSEEK; }
+
 }  // namespace
 
 std::string RedactToken(absl::string_view text, absl::string_view token) {
@@ -65,6 +85,8 @@ TelegramSender::TelegramSender(TelegramOptions options) : options_(std::move(opt
   url_ = absl::StrCat(absl::StripSuffix(options_.api_base, "/"), "/bot", options_.token,
                       "/sendMessage");
   headers_ = curl_slist_append(nullptr, "Content-Type: application/json");
+  // No "Expect: 100-continue" round trip before a long body (libcurl adds one to uploads).
+  headers_ = curl_slist_append(headers_, "Expect:");
 }
 
 TelegramSender::~TelegramSender() {
@@ -94,6 +116,8 @@ void* TelegramSender::AcquireHandle() {
                    static_cast<long>(absl::ToInt64Milliseconds(options_.total_timeout)));
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);  // timeouts without SIGALRM: we are threaded
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  curl_easy_setopt(curl, CURLOPT_READFUNCTION, ReadBody);
+  curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, RefuseRewind);
   // No proxies from the environment: the token must only ever go to api_base.
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
   return curl;
@@ -109,8 +133,9 @@ SendResult TelegramSender::SendOnce(const std::string& body) {
   if (curl == nullptr) return SendResult::Transient("connection", "curl_easy_init failed");
   std::string response;
   char error[CURL_ERROR_SIZE] = {0};
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE, static_cast<long>(body.size()));
+  Body reader{&body};
+  curl_easy_setopt(curl, CURLOPT_READDATA, &reader);
+  curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
 
@@ -124,9 +149,11 @@ SendResult TelegramSender::SendOnce(const std::string& body) {
 
   if (code != CURLE_OK) {
     std::string what = error[0] != '\0' ? error : curl_easy_strerror(code);
+    // A refused rewind: the request went out on a connection that then died unanswered.
+    bool possibly_delivered = request_bytes > 0 || code == CURLE_SEND_FAIL_REWIND;
     return SendResult::Transient(code == CURLE_OPERATION_TIMEDOUT ? "timeout" : "connection",
                                  RedactToken(absl::StrCat("telegram: ", what), options_.token),
-                                 /*possibly_delivered=*/request_bytes > 0);
+                                 possibly_delivered);
   }
   json answer = json::parse(response, nullptr, /*allow_exceptions=*/false);
   std::string description;

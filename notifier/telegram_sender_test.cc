@@ -1,7 +1,13 @@
 // TelegramSender against the fake Telegram server over real HTTP: what each answer becomes.
 #include "notifier/telegram_sender.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <string>
 #include <thread>
 
 #include <httplib.h>
@@ -195,6 +201,86 @@ TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
   EXPECT_EQ(r.error_class, "telegram_4xx");
   server.stop();
   thread.join();
+}
+
+// A server that answers the first request of a connection and closes the connection, without
+// a word, on its second: the moment a kept-alive connection dies after a request went out.
+class ClosesOnSecondRequest {
+ public:
+  ClosesOnSecondRequest() {
+    listener_ = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    EXPECT_EQ(bind(listener_, reinterpret_cast<sockaddr*>(&address), length), 0);
+    EXPECT_EQ(listen(listener_, 8), 0);
+    getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length);
+    port_ = ntohs(address.sin_port);
+    thread_ = std::thread([this] { Serve(); });
+  }
+  ~ClosesOnSecondRequest() {
+    shutdown(listener_, SHUT_RDWR);
+    close(listener_);
+    thread_.join();
+  }
+  int port() const { return port_; }
+  int requests() const { return requests_.load(); }
+
+ private:
+  // Reads one request (headers and a Content-Length body); false when the peer went away.
+  static bool ReadRequest(int fd) {
+    std::string data;
+    char buffer[4096];
+    size_t need = std::string::npos;
+    while (need == std::string::npos || data.size() < need) {
+      ssize_t n = read(fd, buffer, sizeof(buffer));
+      if (n <= 0) return false;
+      data.append(buffer, static_cast<size_t>(n));
+      size_t end = data.find("\r\n\r\n");
+      size_t field = data.find("Content-Length: ");
+      if (need == std::string::npos && end != std::string::npos && field != std::string::npos) {
+        need = end + 4 + std::stoul(data.substr(field + 16));
+      }
+    }
+    return true;
+  }
+  void Serve() {
+    for (int connections = 0; connections < 4; ++connections) {  // bounded: the test needs 2
+      int fd = accept(listener_, nullptr, nullptr);
+      if (fd < 0) return;
+      for (int on_this = 0; ReadRequest(fd); ++on_this) {
+        ++requests_;
+        if (on_this == 1) break;  // the second request of a connection: close, no answer
+        const std::string answer =
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n"
+            "\r\n{\"ok\":true}";
+        if (write(fd, answer.data(), answer.size()) < 0) break;
+      }
+      close(fd);
+    }
+  }
+
+  int listener_ = -1;
+  int port_ = 0;
+  std::atomic<int> requests_{0};
+  std::thread thread_;
+};
+
+TEST(TelegramSenderConnections, RequestOnAConnectionThatDiesUnansweredIsPossiblyDelivered) {
+  ClosesOnSecondRequest server;
+  TelegramOptions o;
+  o.api_base = "http://127.0.0.1:" + std::to_string(server.port());
+  o.token = kToken;
+  o.retries = 2;
+  o.retry_backoff = absl::Milliseconds(20);
+  TelegramSender sender(o);
+  Notification note{"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "4242", "hi"};
+  ASSERT_TRUE(sender.Send(note).ok());
+  SendResult r = sender.Send(note);  // goes out on the kept-alive connection, which then dies
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_TRUE(r.possibly_delivered) << r.message;
+  EXPECT_EQ(server.requests(), 2) << "the request was sent again without anybody knowing";
 }
 
 TEST_F(TelegramSenderTest, NobodyListeningIsConnectionErrorWithoutToken) {
