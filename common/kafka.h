@@ -72,8 +72,9 @@ Config ConsumerConfig(const Cluster& cluster, const std::string& group_id,
 absl::StatusOr<std::unique_ptr<RdKafka::Conf>> MakeConf(const Config& config);
 
 // UNAVAILABLE: Kafka unreachable or busy, retry. INVALID_ARGUMENT: this record can never be
-// accepted as it is (larger than the producer's message.max.bytes or the topic's limit,
-// malformed); see IsRecordRejected. FAILED_PRECONDITION: the topic or partition is missing.
+// accepted as it is (larger than the producer's message.max.bytes, malformed); see
+// IsRecordRejected. A broker's own, smaller limit is reported later, per batch, to the
+// delivery callback. FAILED_PRECONDITION: the topic or partition is missing.
 absl::Status StatusFromError(RdKafka::ErrorCode code, absl::string_view context);
 // True for a status that condemns the record, not Kafka: retrying it cannot help.
 inline bool IsRecordRejected(const absl::Status& status) {
