@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <random>
@@ -24,6 +25,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -49,6 +51,22 @@ enum class Fault {
   kTelegram429,
 };
 constexpr int kFaultKinds = 8;
+
+// The lines of the services' logs that are not one JSON object (README: `jq` reads every line),
+// with their file; a SIGKILLed process may leave its last line unfinished, which is skipped.
+std::vector<std::string> NonJsonLogLines(const std::vector<std::string>& files) {
+  std::vector<std::string> bad;
+  for (const std::string& file : files) {
+    std::ifstream in(file);
+    std::string line;
+    while (std::getline(in, line)) {
+      if (in.eof()) break;  // no newline after it
+      nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (!j.is_object()) bad.push_back(absl::StrCat(file, ": ", line));
+    }
+  }
+  return bad;
+}
 
 const char* FaultName(Fault fault) {
   switch (fault) {
@@ -197,6 +215,7 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
     absl::StrAppend(&faults_line, "\n  ", absl::StrFormat("%-32s %d", FaultName(f), faults[f]));
     total_faults += faults[f];
   }
+  std::vector<std::string> not_json = NonJsonLogLines(system.LogFiles());
   std::ostringstream summary;
   summary << "\n==================== FAULT TEST SUMMARY ====================\n"
           << "seed " << seed << ", faults for " << duration_s << " s, " << clients
@@ -205,12 +224,14 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
           << "Telegram 5xx windows:          " << telegram_windows_ms / 1000 << " s\n"
           << check.Summary()
           << "unexpected service exits:      " << unexpected_exits.size() << "\n"
+          << "log lines that are not JSON:   " << not_json.size() << "\n"
           << StallReport(spans, stalls, spans.empty() ? faults_stopped : spans.front().start)
           << "============================================================\n";
   std::cout << summary.str() << std::flush;
 
   check.ExpectKept();
   EXPECT_TRUE(unexpected_exits.empty()) << unexpected_exits.front();
+  EXPECT_TRUE(not_json.empty()) << not_json.front();
   for (int k = 0; k < kFaultKinds; ++k) {
     EXPECT_GE(faults[static_cast<Fault>(k)], 1) << FaultName(static_cast<Fault>(k));
   }

@@ -276,14 +276,16 @@ bool System::WaitHealthy(absl::Duration timeout) {
       timeout, absl::Milliseconds(500));
 }
 
-std::string System::LogPaths() const {
+std::vector<std::string> System::LogFiles() const {
   std::vector<std::string> paths;
   for (const Instance& instance : instances_) {
     for (const std::string& old : instance.old_logs) paths.push_back(old);
     if (instance.process != nullptr) paths.push_back(instance.process->log_path());
   }
-  return absl::StrJoin(paths, " ");
+  return paths;
 }
+
+std::string System::LogPaths() const { return absl::StrJoin(LogFiles(), " "); }
 
 int64_t System::NextSeat() {
   int64_t seat = next_seat_.fetch_add(1);

@@ -102,7 +102,9 @@ class System {
   double Metric(Service service, int index, const std::string& name,
                 const std::string& label_filter = "");
   bool WaitHealthy(absl::Duration timeout);
-  // Every child's log file, for failure messages.
+  // Every child's log file, those of killed or restarted instances included.
+  std::vector<std::string> LogFiles() const;
+  // The same, space-separated, for failure messages.
   std::string LogPaths() const;
 
   testing::FakeTelegram& telegram() { return *telegram_; }
