@@ -347,6 +347,21 @@ TEST_F(NotifierTest, RateLimitedSendWaitsRetryAfterThenOneMessage) {
   EXPECT_EQ(fake_.requests(), 2);
 }
 
+// However many 429s come in a row, each is a pause, not a failed attempt: the message goes out
+// once Telegram lets it, and nothing reaches the dead-letter topic.
+TEST_F(NotifierTest, RateLimitsInARowAreWaitedOutWithoutADeadLetter) {
+  fake_.SetFault({.mode = FaultMode::k429, .count = 7, .retry_after_seconds = 1});
+  PaymentCompleted e = MakeEvent(2);
+  auto notifier = StartNotifier(concert::testing::FreePort());
+  absl::Time produced = absl::Now();
+  Produce(RecordFor(e));
+  ASSERT_TRUE(WaitUntil([&] { return fake_.messages().size() == 1; }, absl::Seconds(90)))
+      << notifier->log_path();
+  EXPECT_GE(fake_.messages()[0].received_at - produced, absl::Seconds(7));
+  EXPECT_EQ(fake_.requests(), 8);
+  EXPECT_TRUE(ReadDlq(1, absl::Seconds(3)).empty());
+}
+
 TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
   int port = concert::testing::FreePort();
   PaymentCompleted rejected = MakeEvent(1), retried_rejected = MakeEvent(2), good = MakeEvent(3);

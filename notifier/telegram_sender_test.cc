@@ -60,6 +60,19 @@ TEST_F(TelegramSenderTest, SendsChatAndText) {
   EXPECT_EQ(messages[0].token, kToken);
 }
 
+TEST_F(TelegramSenderTest, PaidBroadcastIsAskedForOnlyWhenConfigured) {
+  TelegramSender plain(Options());
+  ASSERT_TRUE(plain.Send(Note()).ok());
+  TelegramOptions o = Options();
+  o.paid_broadcast = true;
+  TelegramSender paid(o);
+  ASSERT_TRUE(paid.Send(Note()).ok());
+  auto messages = fake_.messages();
+  ASSERT_EQ(messages.size(), 2u);
+  EXPECT_FALSE(messages[0].paid_broadcast);
+  EXPECT_TRUE(messages[1].paid_broadcast);
+}
+
 TEST_F(TelegramSenderTest, ServerErrorsThenSuccessIsOneMessage) {
   fake_.SetFault({.mode = FaultMode::k5xx, .count = 2, .status = 502});
   TelegramSender sender(Options());
