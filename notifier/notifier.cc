@@ -553,17 +553,31 @@ void Notifier::UpdateGauges() {
   last_gauges_ = now;
   int64_t lag = 0;
   int64_t oldest_ms = 0;
-  for (const auto& [partition, state] : partitions_) {
-    int64_t low = 0, high = 0;
-    // Cached from the last fetch: no request to the broker.
-    if (consumer_->get_watermark_offsets(options_.topic, partition, &low, &high) ==
-            RdKafka::ERR_NO_ERROR &&
-        high >= 0) {
-      int64_t from = !state.unfinished.empty() ? state.unfinished.begin()->first
-                     : state.next >= 0         ? state.next
-                                               : state.committed;
-      if (from >= 0) lag += std::max<int64_t>(0, high - from);
+  // librdkafka caches each partition's end from its fetches, and paused partitions are not
+  // fetched: in a spike, exactly when lag matters, ask the broker (briefly, every few seconds).
+  bool ask_broker = paused_ && now - last_watermark_query_ >= absl::Seconds(5);
+  if (ask_broker) last_watermark_query_ = now;
+  for (auto& [partition, state] : partitions_) {
+    int64_t low = -1, high = -1;
+    if (!paused_) {
+      state.high_watermark = -1;
+    } else if (ask_broker && consumer_->query_watermark_offsets(options_.topic, partition, &low,
+                                                                &high, /*timeout_ms=*/500) ==
+                                 RdKafka::ERR_NO_ERROR) {
+      state.high_watermark = high;
     }
+    if (consumer_->get_watermark_offsets(options_.topic, partition, &low, &high) !=
+        RdKafka::ERR_NO_ERROR) {
+      low = high = -1;
+    }
+    high = std::max(high, state.high_watermark);
+    // Where this group stands: its oldest unfinished record, else the next to read, else its
+    // committed offset, else (nothing read or committed yet) the start of the partition.
+    int64_t from = !state.unfinished.empty() ? state.unfinished.begin()->first
+                   : state.next >= 0         ? state.next
+                   : state.committed >= 0    ? state.committed
+                                             : std::max<int64_t>(low, 0);
+    if (high >= 0) lag += std::max<int64_t>(0, high - from);
     for (const auto& [offset, timestamp_ms] : state.unfinished) {
       if (timestamp_ms > 0 && (oldest_ms == 0 || timestamp_ms < oldest_ms)) oldest_ms = timestamp_ms;
     }

@@ -142,6 +142,7 @@ class Notifier {
     std::map<int64_t, int64_t> unfinished;  // offset -> record timestamp (ms)
     int64_t next = -1;                      // one past the highest offset read
     int64_t committed = -1;
+    int64_t high_watermark = -1;  // asked of the broker while paused (nothing fetches then)
   };
 
   // Workers.
@@ -219,6 +220,7 @@ class Notifier {
   absl::Time last_commit_ = absl::InfinitePast();
   absl::Time last_health_check_ = absl::InfinitePast();
   absl::Time last_gauges_ = absl::InfinitePast();
+  absl::Time last_watermark_query_ = absl::InfinitePast();
   bool kafka_ok_ = false;
   int reported_health_ = -1;
   std::function<void(bool)> on_health_;

@@ -362,6 +362,30 @@ TEST_F(NotifierTest, RateLimitsInARowAreWaitedOutWithoutADeadLetter) {
   EXPECT_TRUE(ReadDlq(1, absl::Seconds(3)).empty());
 }
 
+// In a spike the partitions are paused (MAX_PENDING queued) and nothing fetches, so librdkafka's
+// cached end of each partition stands still; the lag an operator reads must still grow.
+TEST_F(NotifierTest, ConsumerLagKeepsCountingWhileThePartitionsArePaused) {
+  fake_.SetFault({.mode = FaultMode::kStall, .stall = absl::Seconds(2)});
+  int metrics_port = concert::testing::FreePort();
+  auto env = Env(metrics_port);
+  env["MAX_PENDING"] = "10";
+  env["SEND_CONCURRENCY"] = "1";
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  std::vector<PaymentCompleted> first, later;
+  for (int i = 0; i < 20; ++i) first.push_back(MakeEvent(i));
+  for (int i = 20; i < 60; ++i) later.push_back(MakeEvent(i));
+  ProduceAll(first);
+  ASSERT_TRUE(WaitUntil([&] { return Metric(metrics_port, "notifier_pending") >= 10; },
+                        absl::Seconds(30)))
+      << notifier.log_path();
+  ProduceAll(later);  // behind the pause: about one send finishes every 2 s meanwhile
+  EXPECT_TRUE(WaitUntil([&] { return Metric(metrics_port, "notifier_consumer_lag") >= 45; },
+                        absl::Seconds(20)))
+      << "lag " << Metric(metrics_port, "notifier_consumer_lag") << ", sent "
+      << Metric(metrics_port, "notifier_sent_total") << ", pending "
+      << Metric(metrics_port, "notifier_pending");
+}
+
 TEST_F(NotifierTest, PermanentErrorsAndPoisonGoToDlqAndOffsetsMoveOn) {
   int port = concert::testing::FreePort();
   PaymentCompleted rejected = MakeEvent(1), retried_rejected = MakeEvent(2), good = MakeEvent(3);
