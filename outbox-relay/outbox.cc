@@ -1,5 +1,7 @@
 #include "outbox-relay/outbox.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status.h"
 
@@ -148,6 +150,18 @@ absl::StatusOr<Stranded> FindStranded(pqxx::connection& conn, absl::Time referen
       out.rows = row[2].as<int64_t>();
     }
     return out;
+  });
+}
+
+absl::StatusOr<double> OldestWaitingAgeSeconds(pqxx::connection& conn) {
+  return Query<double>("measuring the oldest waiting outbox row", [&] {
+    pqxx::nontransaction tx(conn);
+    // By id, the primary key: ids follow insertion order, and a backlog is read from its head.
+    pqxx::result r = tx.exec(absl::StrCat(
+        "SELECT extract(epoch FROM now() - created_at)::float8 FROM ", kOutbox,
+        " o WHERE NOT EXISTS (SELECT 1 FROM relay.set_aside_events s WHERE s.outbox_id = o.id) "
+        "ORDER BY id LIMIT 1"));
+    return r.empty() ? 0.0 : std::max(0.0, r[0][0].as<double>());
   });
 }
 

@@ -78,6 +78,10 @@ struct Stranded {
 absl::StatusOr<Stranded> FindStranded(pqxx::connection& conn, absl::Time reference,
                                       absl::Duration after);
 
+// Age of the oldest outbox row waiting to be relayed (set-aside rows, which wait for an
+// operator, not counted); 0 when none waits.
+absl::StatusOr<double> OldestWaitingAgeSeconds(pqxx::connection& conn);
+
 }  // namespace concert::relay
 
 #endif  // CONCERT_OUTBOX_RELAY_OUTBOX_H_

@@ -149,6 +149,9 @@ struct Relay::Metrics {
                                  "Outbox rows still there long after the stream passed them")),
         oldest_stranded(r.GetGauge("relay_outbox_oldest_stranded_age_seconds",
                                    "Age of the oldest stranded outbox row (0 when none)")),
+        oldest_waiting(r.GetGauge("relay_outbox_oldest_age_seconds",
+                                  "Age of the oldest outbox row waiting to be relayed, "
+                                  "set-aside rows not counted (0 when none waits)")),
         stale_dropped(r.GetCounter(
             "relay_stale_events_dropped_total",
             "Events received on a replication connection that was lost while the relay was "
@@ -162,8 +165,8 @@ struct Relay::Metrics {
                                {{"reason", reason_class}});
   }
 
-  // The slot's lag and retained WAL as the server sees them: true whatever state the stream
-  // is in (restarting, waiting for Kafka, standby).
+  // The slot's lag and retained WAL as the server sees them, and the oldest row waiting in
+  // the outbox: true whatever state the stream is in (restarting, waiting for Kafka, standby).
   void MeasureSlot(pqxx::connection& conn, const std::string& slot);
 
   metrics::Registry& registry;
@@ -184,6 +187,7 @@ struct Relay::Metrics {
   metrics::Histogram& commit_to_ack;
   metrics::Gauge& stranded_rows;
   metrics::Gauge& oldest_stranded;
+  metrics::Gauge& oldest_waiting;
   metrics::Counter& stale_dropped;
 };
 
@@ -781,6 +785,9 @@ void Relay::Session::MeasureStranded() {
 }
 
 void Relay::Metrics::MeasureSlot(pqxx::connection& conn, const std::string& slot) {
+  if (absl::StatusOr<double> age = OldestWaitingAgeSeconds(conn); age.ok()) {
+    oldest_waiting.Set(*age);
+  }
   try {
     pqxx::nontransaction tx(conn);
     pqxx::result r = tx.exec_params(

@@ -3,6 +3,7 @@
 // form of bytea, a catch-up of old rows that is interrupted, and a relay that wakes up after
 // another took its slot. The rule they check: a bad row is set aside where an operator sees it
 // (relay.set_aside_events, a metric, a log line) and the stream goes on; nothing is lost.
+#include "outbox-relay/outbox.h"
 #include "outbox-relay/test_util.h"
 
 namespace concert::relay {
@@ -185,6 +186,30 @@ TEST_F(RelayTest, StrandedRowIsVisibleAndAnOperatorCanRequeueIt) {
   EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 0; }, absl::Seconds(30)));
   EXPECT_EQ(SetAsideReason(db_.url(), row), "") << "re-driven rows leave the set-aside list";
   EXPECT_EQ(relay.Stop(SIGTERM), 0);
+  DropSlot(db_.url(), slot_);
+}
+
+// What waits in the outbox because Kafka is away ages in relay_outbox_oldest_age_seconds (the
+// alert on late events reads it); a set-aside row waits for an operator instead and does not.
+TEST_F(RelayTest, OldestWaitingRowAgesWhileKafkaIsAwayButSetAsideRowsDoNotCount) {
+  ASSERT_TRUE(relay::MigrateSchema(db_.url()).ok());
+  InsertRow(db_.url(), "PaymentCompleted", "waiting for Kafka");
+  auto oldest = [](InProcessRelay& relay) {
+    return relay.registry().GetGauge("relay_outbox_oldest_age_seconds", "").Value();
+  };
+  {
+    InProcessRelay relay(Options(db_.url(), absl::StrCat("127.0.0.1:", FreePort()), topic_, slot_));
+    EXPECT_TRUE(WaitUntil([&] { return oldest(relay) >= 2; }, absl::Seconds(40)))
+        << oldest(relay);
+  }
+  InProcessRelay relay(Options(db_.url(), KafkaBootstrap(), topic_, slot_));
+  InsertRow(db_.url(), "RefundIssued", "no topic for it");
+  EXPECT_TRUE(WaitUntil([&] { return SetAsideCount(relay, "no_topic") == 1; },
+                        absl::Seconds(30)));
+  EXPECT_TRUE(WaitUntil([&] { return OutboxRows(db_.url()) == 1; }, absl::Seconds(30)))
+      << "the waiting row was not relayed";
+  EXPECT_TRUE(WaitUntil([&] { return oldest(relay) == 0; }, absl::Seconds(30))) << oldest(relay);
+  relay.Stop();
   DropSlot(db_.url(), slot_);
 }
 
