@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/log.h"
+#include "common/postgres.h"
 #include "notifier/telegram_sender.h"
 
 namespace concert::notifier {
@@ -73,7 +74,15 @@ void UpdatePoller::Run(const absl::Notification& stop) {
   while (!stop.HasBeenNotified()) {
     try {
       // A connection of its own: the lock is the session's, and ends with it.
-      pqxx::connection conn(options_.database_url);
+      pqxx::connection conn(WithConnectDefaults(options_.database_url));
+      {
+        // The server's keepalives, as WithConnectDefaults sets the client's: it ends the
+        // session of a holder whose host died (see the header).
+        pqxx::nontransaction tx(conn);
+        tx.exec("SET tcp_keepalives_idle = 10");
+        tx.exec("SET tcp_keepalives_interval = 5");
+        tx.exec("SET tcp_keepalives_count = 3");
+      }
       backoff = options_.standby_interval;
       while (!stop.HasBeenNotified()) {
         bool locked;
