@@ -285,7 +285,9 @@ int main(int argc, char** argv) {
       sender = std::make_unique<notifier::TelegramSender>(o.telegram);
     }
     std::unique_ptr<notifier::LinkClient> links;
-    if (!o.links.token.empty()) links = std::make_unique<notifier::LinkClient>(o.links);
+    if (!o.links.token.empty()) {
+      links = std::make_unique<notifier::LinkClient>(o.links, metrics::Default());
+    }
     notifier::Notifier worker(o.notifier, store, *sender, dlq, metrics::Default(), links.get());
     std::unique_ptr<notifier::UpdatePoller> poller;
     std::thread poller_thread;
