@@ -108,7 +108,8 @@ int main(int argc, char** argv) {
   o.unlinked_policy = s.String(
       "UNLINKED_POLICY", "",
       "Payer without a linked chat: operator (TELEGRAM_CHAT_ID) or skip (recorded "
-      "undeliverable); empty: operator when TELEGRAM_CHAT_ID is set, else skip");
+      "undeliverable); empty: operator when TELEGRAM_CHAT_ID is set or there is no bot token "
+      "(the log sender takes every message), else skip");
   o.message_locale = s.String("MESSAGE_LOCALE", "ko", "Language of the bot's messages: ko or en");
   o.updates = s.String("TELEGRAM_UPDATES", "poll",
                        "The bot's updates (the link flow): poll (getUpdates, one replica at a "
