@@ -2,10 +2,18 @@
 // a deep-link code from a chat, and dropping a chat's link when the user stops the bot or
 // Telegram says the chat is gone. Calls carry `authorization: Bearer <INTERNAL_TOKEN>`.
 //
-//   LinkClient links({.address = "127.0.0.1:50051", .token = internal_token});
+//   LinkClient links({.address = "127.0.0.1:50051", .token = internal_token},
+//                    metrics::Default());
 //   absl::StatusOr<int64_t> user = links.ConfirmLink(code, chat_id);
 //   // NOT_FOUND: unknown code; FAILED_PRECONDITION: expired or used (see the message);
 //   // anything else (UNAVAILABLE, DEADLINE_EXCEEDED...): payment-server did not decide, retry.
+//
+// A call that got no decision is counted by method and code
+// (notifier_link_call_failures_total). A refusal that only an operator can end
+// (UNAUTHENTICATED, PERMISSION_DENIED: INTERNAL_TOKEN or the TLS files differ from
+// payment-server's; UNIMPLEMENTED: payment-server runs without INTERNAL_TOKEN) is also logged
+// as an error, once per code until payment-server decides a call again: callers retry such
+// calls forever, and their warnings alone would not say what to fix.
 //
 // Thread-safe (gRPC stubs are); every call blocks up to `timeout`.
 #ifndef CONCERT_NOTIFIER_LINK_CLIENT_H_
@@ -13,12 +21,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
+#include <set>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
 #include "concert/internal/v1/telegram_link.grpc.pb.h"
 
 namespace concert::notifier {
@@ -36,7 +47,7 @@ struct LinkClientOptions {
 
 class LinkClient {
  public:
-  explicit LinkClient(LinkClientOptions options);
+  LinkClient(LinkClientOptions options, metrics::Registry& registry);
 
   // The user now linked to `chat_id`.
   absl::StatusOr<int64_t> ConfirmLink(const std::string& code, int64_t chat_id);
@@ -46,9 +57,14 @@ class LinkClient {
  private:
   // The deadline and the internal token every call carries.
   void Prepare(grpc::ClientContext& context) const;
+  // Counts and logs (see above) the outcome of one call; returns it as an absl::Status.
+  absl::Status Observe(const char* method, const grpc::Status& status);
 
   LinkClientOptions options_;
   std::unique_ptr<internal::v1::TelegramLinkService::Stub> stub_;
+  metrics::Registry& registry_;
+  std::mutex mu_;
+  std::set<grpc::StatusCode> refusals_logged_;  // since the last decision
 };
 
 }  // namespace concert::notifier

@@ -41,6 +41,7 @@ struct Options {
   std::string uncertain_policy;
   std::string unlinked_policy;
   std::string message_locale;
+  notifier::PacingOptions pacing;
   std::string updates;
   notifier::UpdatePollerOptions poller;
   notifier::LinkClientOptions links;
@@ -107,7 +108,8 @@ int main(int argc, char** argv) {
   o.unlinked_policy = s.String(
       "UNLINKED_POLICY", "",
       "Payer without a linked chat: operator (TELEGRAM_CHAT_ID) or skip (recorded "
-      "undeliverable); empty: operator when TELEGRAM_CHAT_ID is set, else skip");
+      "undeliverable); empty: operator when TELEGRAM_CHAT_ID is set or there is no bot token "
+      "(the log sender takes every message), else skip");
   o.message_locale = s.String("MESSAGE_LOCALE", "ko", "Language of the bot's messages: ko or en");
   o.updates = s.String("TELEGRAM_UPDATES", "poll",
                        "The bot's updates (the link flow): poll (getUpdates, one replica at a "
@@ -169,24 +171,23 @@ int main(int argc, char** argv) {
                            "limits)");
   int64_t paid_rate = s.Int("TELEGRAM_PAID_RATE", 1000, 0, 1000000,
                             "Messages per second across chats with TELEGRAM_PAID_BROADCAST");
-  o.notifier.pacing.bot_rate =
-      static_cast<double>(o.telegram.paid_broadcast ? paid_rate : bot_rate);
-  o.notifier.pacing.bot_burst = static_cast<int>(
+  o.pacing.bot_rate = static_cast<double>(o.telegram.paid_broadcast ? paid_rate : bot_rate);
+  o.pacing.bot_burst = static_cast<int>(
       s.Int("TELEGRAM_BURST", 5, 1, 1000, "Messages at once across chats after a quiet spell"));
   absl::Duration chat_interval =
       s.Duration("TELEGRAM_CHAT_INTERVAL", absl::Seconds(1), absl::ZeroDuration(),
                  absl::Minutes(10),
                  "Least time between messages to one private chat, on average; 0: unpaced");
-  o.notifier.pacing.chat_rate = PerSecond(chat_interval);
-  o.notifier.pacing.chat_burst = static_cast<int>(
+  o.pacing.chat_rate = PerSecond(chat_interval);
+  o.pacing.chat_burst = static_cast<int>(
       s.Int("TELEGRAM_CHAT_BURST", 2, 1, 100, "Messages at once to one private chat"));
   absl::Duration group_interval =
       s.Duration("TELEGRAM_GROUP_INTERVAL", absl::Seconds(3), absl::ZeroDuration(),
                  absl::Minutes(10),
                  "Least time between messages to one group or channel, on average (3s: "
                  "20/min); 0: unpaced");
-  o.notifier.pacing.group_rate = PerSecond(group_interval);
-  o.notifier.pacing.group_burst = static_cast<int>(
+  o.pacing.group_rate = PerSecond(group_interval);
+  o.pacing.group_burst = static_cast<int>(
       s.Int("TELEGRAM_GROUP_BURST", 3, 1, 100, "Messages at once to one group or channel"));
   o.time_zone = s.String("NOTIFY_TIME_ZONE", "Asia/Seoul", "Time zone of times in the message");
   o.notifications_file = s.String("NOTIFICATIONS_FILE", ".local/notifications.jsonl",
@@ -285,8 +286,14 @@ int main(int argc, char** argv) {
       sender = std::make_unique<notifier::TelegramSender>(o.telegram);
     }
     std::unique_ptr<notifier::LinkClient> links;
-    if (!o.links.token.empty()) links = std::make_unique<notifier::LinkClient>(o.links);
-    notifier::Notifier worker(o.notifier, store, *sender, dlq, metrics::Default(), links.get());
+    if (!o.links.token.empty()) {
+      links = std::make_unique<notifier::LinkClient>(o.links, metrics::Default());
+    }
+    // One pacer per bot: payment messages and the bot's answers share Telegram's limits.
+    notifier::Pacer pacer(o.pacing);
+    notifier::Notifier worker(o.notifier, store, *sender, pacer, dlq, metrics::Default(),
+                              links.get());
+    std::unique_ptr<notifier::TelegramSender> replies;
     std::unique_ptr<notifier::UpdatePoller> poller;
     std::thread poller_thread;
     // Notified once the consumer is done (stop requested, or it failed), so both end together.
@@ -295,7 +302,11 @@ int main(int argc, char** argv) {
       o.poller.database_url = o.database_url;
       o.poller.api_base = o.telegram.api_base;
       o.poller.token = o.telegram.token;
-      poller = std::make_unique<notifier::UpdatePoller>(o.poller, *links, *sender,
+      // The bot's answers are never paid broadcasts: they are few, and free messages suffice.
+      notifier::TelegramOptions reply_options = o.telegram;
+      reply_options.paid_broadcast = false;
+      replies = std::make_unique<notifier::TelegramSender>(reply_options);
+      poller = std::make_unique<notifier::UpdatePoller>(o.poller, *links, *replies, pacer,
                                                         metrics::Default());
       poller_thread = std::thread([&] { poller->Run(poller_stop); });
     }

@@ -97,14 +97,14 @@ class Notifier::Rebalancer : public RdKafka::RebalanceCb {
   Notifier& notifier_;
 };
 
-Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender,
+Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, Pacer& pacer,
                    DeadLetters& dlq, metrics::Registry& registry, LinkClient* links)
     : options_(std::move(options)),
       store_(store),
       sender_(sender),
       dlq_(dlq),
       links_(links),
-      pacer_(options_.pacing),
+      pacer_(pacer),
       registry_(registry),
       sent_(registry.GetCounter("notifier_sent_total", "Notifications delivered by the sender")),
       duplicates_(registry.GetCounter("notifier_duplicates_total",

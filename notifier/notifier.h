@@ -33,7 +33,8 @@
 // known to have failed goes to the DLQ even when its FAILED mark could not be written (the dead
 // letter's attempt number tells the next Begin it was not delivered).
 //
-//   Notifier notifier(options, store, sender, dead_letters, metrics::Default(), &links);
+//   Pacer pacer(pacing);  // shared with the bot's answers (UpdatePoller)
+//   Notifier notifier(options, store, sender, pacer, dead_letters, metrics::Default(), &links);
 //   notifier.Run(StopRequested(), [&](bool ok) { SetServing(*grpc, ok); });
 #ifndef CONCERT_NOTIFIER_NOTIFIER_H_
 #define CONCERT_NOTIFIER_NOTIFIER_H_
@@ -91,7 +92,6 @@ struct NotifierOptions {
   int concurrency = 32;
   // Records read and not yet finished before the partitions pause (resumed at three quarters).
   int max_pending = 10000;
-  PacingOptions pacing;
   // How often finished offsets are committed (and at every rebalance and at stop). Shorter
   // means fewer redeliveries (duplicates skipped) after a crash; longer, fewer commit requests.
   absl::Duration commit_interval = absl::Milliseconds(200);
@@ -105,10 +105,11 @@ struct NotifierOptions {
 
 class Notifier {
  public:
-  // `links` (may be null: no INTERNAL_TOKEN) removes the link of a payer's chat that Telegram
-  // refuses for good.
-  Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, DeadLetters& dlq,
-           metrics::Registry& registry, LinkClient* links);
+  // `pacer` holds every send of the bot under Telegram's limits (the bot's other messages go
+  // through it too). `links` (may be null: no INTERNAL_TOKEN) removes the link of a payer's
+  // chat that Telegram refuses for good.
+  Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender, Pacer& pacer,
+           DeadLetters& dlq, metrics::Registry& registry, LinkClient* links);
   ~Notifier();
 
   // Consumes until `stop` is notified, lets the workers finish the records they are on,
@@ -179,7 +180,7 @@ class Notifier {
   Sender& sender_;
   DeadLetters& dlq_;
   LinkClient* links_;
-  Pacer pacer_;
+  Pacer& pacer_;
   const absl::Notification* stop_ = nullptr;
 
   metrics::Registry& registry_;

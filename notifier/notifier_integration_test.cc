@@ -630,6 +630,32 @@ TEST_F(NotifierTest, WithoutTokenTheLogSenderWritesJsonLines) {
   std::filesystem::remove_all(std::filesystem::path(file).parent_path());
 }
 
+// UNLINKED_POLICY unset with a bot token and no TELEGRAM_CHAT_ID: a payer without a linked chat
+// is skipped (recorded undeliverable, counted, sent nowhere); a linked payer's message goes out.
+TEST_F(NotifierTest, WithABotAndNoOperatorChatUnlinkedPayersAreSkippedByDefault) {
+  int metrics_port = concert::testing::FreePort();
+  auto env = Env(metrics_port);
+  env["TELEGRAM_CHAT_ID"] = "";
+  ASSERT_EQ(env.count("UNLINKED_POLICY"), 0u);
+  ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
+  PaymentCompleted unlinked = MakeEvent(1);
+  PaymentCompleted linked = MakeEvent(2);
+  linked.set_telegram_chat_id(5002);
+  Produce(RecordFor(unlinked));
+  Produce(RecordFor(linked));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return Metric(metrics_port, "notifier_undeliverable_total", "reason=\"no_link\"") == 1 &&
+               fake_.MessagesTo("5002").size() == 1;
+      },
+      absl::Seconds(60)))
+      << notifier.log_path();
+  EXPECT_EQ(CountRows("state = 'UNDELIVERABLE' AND last_error LIKE '%no linked Telegram chat%'"),
+            1);
+  absl::SleepFor(absl::Seconds(2));  // a message to any other chat would arrive now
+  EXPECT_EQ(fake_.messages().size(), 1u);
+}
+
 TEST_F(NotifierTest, BadConfigurationStopsAtStartNamingTheSetting) {
   auto expect_refused = [&](const std::map<std::string, std::string>& changes,
                             const std::string& setting) {

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/log.h"
+#include "common/postgres.h"
 #include "notifier/telegram_sender.h"
 
 namespace concert::notifier {
@@ -58,10 +59,11 @@ std::optional<std::string> StartCode(const std::string& text) {
 }
 
 UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies,
-                           metrics::Registry& registry)
+                           Pacer& pacer, metrics::Registry& registry)
     : options_(std::move(options)),
       links_(links),
       replies_(replies),
+      pacer_(pacer),
       registry_(registry),
       leader_(registry.GetGauge(
           "notifier_telegram_poller_leader",
@@ -73,7 +75,15 @@ void UpdatePoller::Run(const absl::Notification& stop) {
   while (!stop.HasBeenNotified()) {
     try {
       // A connection of its own: the lock is the session's, and ends with it.
-      pqxx::connection conn(options_.database_url);
+      pqxx::connection conn(WithConnectDefaults(options_.database_url));
+      {
+        // The server's keepalives, as WithConnectDefaults sets the client's: it ends the
+        // session of a holder whose host died (see the header).
+        pqxx::nontransaction tx(conn);
+        tx.exec("SET tcp_keepalives_idle = 10");
+        tx.exec("SET tcp_keepalives_interval = 5");
+        tx.exec("SET tcp_keepalives_count = 3");
+      }
       backoff = options_.standby_interval;
       while (!stop.HasBeenNotified()) {
         bool locked;
@@ -121,7 +131,7 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
                 {{"error", RedactToken(updates.status().message(), options_.token)}});
     } else {
       for (const Update& update : *updates) {
-        if (Handle(update) == Outcome::kRetry) {
+        if (Handle(update, stop) == Outcome::kRetry) {
           retry = true;
           break;
         }
@@ -207,7 +217,8 @@ absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(int64
   return updates;
 }
 
-UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
+UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
+                                           const absl::Notification& stop) {
   auto count = [&](const std::string& outcome) {
     registry_
         .GetCounter("notifier_telegram_updates_total",
@@ -222,7 +233,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
   }
   if (std::optional<std::string> code = StartCode(update.text)) {
     if (code->empty()) {
-      Reply(update.chat_id, LinkReply::kNoCode);
+      if (!Reply(update.chat_id, LinkReply::kNoCode, stop)) return Outcome::kRetry;
       count("no_code");
       return Outcome::kDone;
     }
@@ -253,7 +264,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
                                   {"chat_id", update.chat_id},
                                   {"outcome", outcome},
                                   {"user_id", user.ok() ? *user : 0}});
-    Reply(update.chat_id, reply);
+    if (!Reply(update.chat_id, reply, stop)) return Outcome::kRetry;
     count(outcome);
     return Outcome::kDone;
   }
@@ -264,7 +275,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
       count("retry");
       return Outcome::kRetry;
     }
-    Reply(update.chat_id, LinkReply::kUnlinked);
+    if (!Reply(update.chat_id, LinkReply::kUnlinked, stop)) return Outcome::kRetry;
     count("unlinked");
     return Outcome::kDone;
   }
@@ -272,16 +283,31 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update) {
   return Outcome::kDone;
 }
 
-void UpdatePoller::Reply(int64_t chat_id, LinkReply reply) {
-  // The decision is made and durable at payment-server; a lost answer is logged, not retried
-  // (the update is acknowledged either way).
-  SendResult sent = replies_.Send({.event_id = "",
-                                   .reservation_id = "",
-                                   .chat_id = std::to_string(chat_id),
-                                   .text = FormatLinkReply(reply, options_.locale)});
+bool UpdatePoller::Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop) {
+  // The decision is made and durable at payment-server. Asked again, payment-server answers a
+  // retried update the same way, so an answer cut short by a stop leaves the update to the
+  // next poller; one that failed otherwise is logged, and the update acknowledged.
+  Notification answer{.event_id = "",
+                      .reservation_id = "",
+                      .chat_id = std::to_string(chat_id),
+                      .text = FormatLinkReply(reply, options_.locale)};
+  SendResult sent;
+  for (int attempt = 1; attempt <= options_.reply_attempts; ++attempt) {
+    Pacer::Waits waits;
+    if (!pacer_.Acquire(answer.chat_id, stop, &waits)) return false;
+    sent = replies_.Send(answer);
+    if (sent.kind != SendResult::Kind::kRateLimited) break;
+    // Telegram asks the whole bot to wait: the notifier's messages pause too.
+    pacer_.Block(sent.retry_after);
+    log::Warn("telegram rate limit on the bot's answer: every send pauses",
+              {{"chat_id", chat_id},
+               {"attempt", attempt},
+               {"retry_after_ms", absl::ToInt64Milliseconds(sent.retry_after)}});
+  }
   if (!sent.ok()) {
     log::Warn("telegram reply failed", {{"chat_id", chat_id}, {"error", sent.message}});
   }
+  return true;
 }
 
 }  // namespace concert::notifier

@@ -12,14 +12,22 @@
 // connection of its own; only the holder polls, the others retry the lock every
 // standby_interval. The lock lives as long as that connection: when the holder's process dies
 // Postgres ends its session and another replica takes over within seconds; when the holder
-// loses its connection it stops polling at once (its lock is gone).
+// loses its connection it stops polling at once (its lock is gone). When the holder's host
+// dies or drops off the network, nothing closes the connection: TCP keepalives on both ends
+// (10 s of silence, then 3 probes 5 s apart; the server's set for this session, as the
+// client's are by WithConnectDefaults) end the session, and with it the lock, within about
+// 25 s, where the kernels' defaults would take over 2 hours.
+//
+// The bot's answers go through the notifier's Pacer, like every message of the bot (never as
+// paid broadcasts: `replies` is a sender without them). A 429 pauses every send for its
+// retry_after, then the answer goes again, up to reply_attempts times.
 //
 // The offset (the next update_id to ask for) is a row in notification.telegram_updates,
 // written through the lock's connection after each update is handled: a restart or a takeover
 // neither replays nor skips updates. An update whose outcome payment-server could not decide
 // (unreachable, timeout) is not acknowledged: the poller backs off and asks for it again.
 //
-//   UpdatePoller poller(options, links, replies, metrics::Default());
+//   UpdatePoller poller(options, links, replies, pacer, metrics::Default());
 //   std::thread t([&] { poller.Run(StopRequested()); });
 //
 // Run() blocks (long polls, database calls) on its own thread until `stop`; the rest is not
@@ -42,6 +50,7 @@
 #include "common/metrics.h"
 #include "notifier/link_client.h"
 #include "notifier/message.h"
+#include "notifier/pacer.h"
 #include "notifier/sender.h"
 
 namespace concert::notifier {
@@ -59,13 +68,17 @@ struct UpdatePollerOptions {
   absl::Duration standby_interval = absl::Seconds(1);
   // Bound of the backoff after a failed poll or an undecided update.
   absl::Duration max_backoff = absl::Seconds(10);
+  // Tries of one answer that Telegram refuses with 429. Each waits the retry_after (at most
+  // TELEGRAM_MAX_RETRY_AFTER), and later updates wait behind it.
+  int reply_attempts = 5;
   MessageLocale locale = MessageLocale::kKorean;
 };
 
 class UpdatePoller {
  public:
-  // `replies` sends the bot's answers (to the update's chat).
-  UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies,
+  // `replies` sends the bot's answers (to the update's chat), paced by `pacer`: the one the
+  // notifier's messages of the same bot go through.
+  UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies, Pacer& pacer,
                metrics::Registry& registry);
 
   void Run(const absl::Notification& stop);
@@ -82,12 +95,15 @@ class UpdatePoller {
   void PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop);
   // One getUpdates; an error for anything but 200 ok:true.
   absl::StatusOr<std::vector<Update>> GetUpdates(int64_t offset, const absl::Notification& stop);
-  Outcome Handle(const Update& update);
-  void Reply(int64_t chat_id, LinkReply reply);
+  Outcome Handle(const Update& update, const absl::Notification& stop);
+  // False when `stop` came before the answer went (the update is then not acknowledged: the
+  // next poller answers it); a failure of the answer itself is logged.
+  bool Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop);
 
   UpdatePollerOptions options_;
   LinkClient& links_;
   Sender& replies_;
+  Pacer& pacer_;
   metrics::Registry& registry_;
   metrics::Gauge& leader_;
 };

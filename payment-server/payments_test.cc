@@ -854,6 +854,46 @@ TEST_F(PaymentsTest, TelegramLinkBindsTheCallersChatAndThePaymentEventCarriesIt)
   EXPECT_EQ(Count("telegram_links"), 0);
 }
 
+TEST_F(PaymentsTest, UnlinkTelegramRemovesTheCallersLinkAndTheNextEventCarriesNoChat) {
+  const std::string internal = absl::StrCat("Bearer ", kInternalToken);
+  auto link = [&](int64_t user, int64_t chat) {
+    v1::TelegramLink link;
+    ASSERT_TRUE(client_->LinkTelegram(Auth(user), &link).ok());
+    ASSERT_TRUE(client_->ConfirmLink(internal, CodeOf(link), chat).ok());
+  };
+  link(1, 5001);
+  link(2, 5002);
+  auto chat_in_event = [&](int64_t payer, int64_t seat) {
+    v1::Payment payment;
+    EXPECT_TRUE(client_->Pay(Auth(payer), Hold(payer, seat), &payment).ok());
+    events::v1::PaymentCompleted event;
+    EXPECT_TRUE(event.ParseFromString(absl::HexStringToBytes(QueryString(
+        db_.url(), absl::StrCat("SELECT encode(payload, 'hex') FROM payment.outbox_events "
+                                "WHERE event_id = '", payment.event_id(), "'")))));
+    return event.telegram_chat_id();
+  };
+  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[0]), 5001);
+
+  v1::UnlinkTelegramResponse unlinked;
+  grpc::Status status = client_->UnlinkTelegram(Auth(1), &unlinked);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_TRUE(unlinked.unlinked());
+  v1::Account account;
+  ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
+  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[1]), 0);
+  // Only the caller's link: the other user's stays.
+  ASSERT_TRUE(client_->GetAccount(Auth(2), &account).ok());
+  EXPECT_TRUE(account.telegram_linked());
+  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[2]), 5002);
+  // Again: nothing left to remove.
+  ASSERT_TRUE(client_->UnlinkTelegram(Auth(1), &unlinked).ok());
+  EXPECT_FALSE(unlinked.unlinked());
+  EXPECT_EQ(Count("telegram_links"), 1);
+  EXPECT_EQ(client_->UnlinkTelegram("", &unlinked).error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+}
+
 TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   server_.reset();
   ServerOptions options;

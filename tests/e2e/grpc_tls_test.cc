@@ -201,11 +201,11 @@ TEST_F(GrpcTlsTest, MutualTlsRefusesClientsWithoutTheCertificate) {
   notifier::LinkClientOptions link_options{.address = absl::StrCat("localhost:", grpc_port),
                                            .token = kInternalToken,
                                            .tls_ca = certs_.Read("ca.pem")};
-  notifier::LinkClient anonymous(link_options);
+  notifier::LinkClient anonymous(link_options, metrics::Default());
   EXPECT_EQ(anonymous.UnlinkChat(700001, "tls test").code(), absl::StatusCode::kUnavailable);
   link_options.tls_cert = certs_.Read("client.pem");
   link_options.tls_key = certs_.Read("client.key");
-  notifier::LinkClient notifier(link_options);
+  notifier::LinkClient notifier(link_options, metrics::Default());
   EXPECT_TRUE(notifier.UnlinkChat(700001, "tls test").ok());
 }
 

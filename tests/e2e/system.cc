@@ -276,6 +276,11 @@ bool System::WaitHealthy(absl::Duration timeout) {
       timeout, absl::Milliseconds(500));
 }
 
+std::string System::Log(Service service, int index) {
+  const Instance& instance = Find(service, index);
+  return instance.process == nullptr ? "" : instance.process->ReadLog();
+}
+
 std::vector<std::string> System::LogFiles() const {
   std::vector<std::string> paths;
   for (const Instance& instance : instances_) {
@@ -344,6 +349,14 @@ grpc::Status PaymentClient::GetAccount(const User& user, v1::Account* account) {
   context.set_deadline(Deadline(call_timeout_));
   context.AddMetadata("authorization", absl::StrCat("Bearer ", user.token));
   return accounts_->GetAccount(&context, v1::GetAccountRequest(), account);
+}
+
+grpc::Status PaymentClient::UnlinkTelegram(const User& user,
+                                           v1::UnlinkTelegramResponse* response) {
+  grpc::ClientContext context;
+  context.set_deadline(Deadline(call_timeout_));
+  context.AddMetadata("authorization", absl::StrCat("Bearer ", user.token));
+  return accounts_->UnlinkTelegram(&context, v1::UnlinkTelegramRequest(), response);
 }
 
 std::string StartCommand(const v1::TelegramLink& link) {

@@ -106,6 +106,8 @@ class System {
   std::vector<std::string> LogFiles() const;
   // The same, space-separated, for failure messages.
   std::string LogPaths() const;
+  // What one running instance has logged so far.
+  std::string Log(Service service, int index = 0);
 
   testing::FakeTelegram& telegram() { return *telegram_; }
   const Seeded& seeded() const { return seeded_; }
@@ -186,6 +188,7 @@ class PaymentClient {
   grpc::Status Pay(const User& user, int64_t reservation_id, v1::Payment* payment);
   grpc::Status LinkTelegram(const User& user, v1::TelegramLink* link);
   grpc::Status GetAccount(const User& user, v1::Account* account);
+  grpc::Status UnlinkTelegram(const User& user, v1::UnlinkTelegramResponse* response);
 
  private:
   std::shared_ptr<grpc::Channel> channel_;

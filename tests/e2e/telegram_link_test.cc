@@ -1,9 +1,14 @@
 // The Telegram link flow end to end, as payers notice it: LinkTelegram in the app, Start in
 // Telegram (injected at the fake Telegram, which the notifier polls with getUpdates), then each
 // payment's message in the payer's own chat. Real processes, Postgres, Kafka and HTTP.
+#include <unistd.h>
+
+#include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <gmock/gmock.h>
@@ -11,6 +16,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "tests/e2e/system_test.h"
 
@@ -24,6 +30,29 @@ constexpr char kLinked[] = "✅ 연결되었습니다";
 constexpr char kExpired[] = "만료되었습니다";
 constexpr char kUsed[] = "이미 사용되었습니다";
 constexpr char kUnknown[] = "확인할 수 없습니다";
+constexpr char kUnlinked[] = "🔕 연결이 해제되었습니다";
+constexpr char kNoCode[] = "앱의";
+
+// The keepalive timer of the loopback TCP connection from port `local` to port `remote`, as
+// the kernel shows it in /proc/net/tcp: the time until its next probe. nullopt while another
+// timer (a retransmission) or none runs, or when there is no such connection.
+std::optional<absl::Duration> KeepaliveTimer(int local, int remote) {
+  std::ifstream in("/proc/net/tcp");
+  std::string line;
+  std::getline(in, line);  // the header
+  auto port = [](const std::string& address) {
+    return std::stoi(address.substr(address.find(':') + 1), nullptr, 16);
+  };
+  while (std::getline(in, line)) {
+    std::vector<std::string> fields = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (fields.size() < 6 || port(fields[1]) != local || port(fields[2]) != remote) continue;
+    // "tr:tm->when": timer 2 is the keepalive timer; "when" is in clock ticks.
+    std::vector<std::string> timer = absl::StrSplit(fields[5], ':');
+    if (timer.size() != 2 || std::stoi(timer[0], nullptr, 16) != 2) return std::nullopt;
+    return absl::Seconds(std::stoll(timer[1], nullptr, 16)) / sysconf(_SC_CLK_TCK);
+  }
+  return std::nullopt;
+}
 
 class TelegramLinkTest : public SystemTest {
  protected:
@@ -40,8 +69,8 @@ class TelegramLinkTest : public SystemTest {
     return system_->telegram().MessagesTo(std::to_string(chat));
   }
 
-  // The user presses Start on `link` in private chat `chat`; waits for the bot's one answer
-  // there and returns its text ("" when none came).
+  // The user writes `text` in private chat `chat` (what pressing Start on a link sends, or a
+  // command); waits for the bot's one answer there and returns its text ("" when none came).
   std::string PressStart(int64_t chat, const std::string& text) {
     size_t before = Chat(chat).size();
     system_->telegram().InjectUserMessage(chat, text);
@@ -133,6 +162,10 @@ TEST_F(TelegramLinkTest, EachPayerGetsTheMessageInTheirOwnChatAndGoneChatsAreUnl
   ASSERT_TRUE(client_->GetAccount(users[kLinkedUsers], &account).ok());
   EXPECT_FALSE(account.telegram_linked());
   EXPECT_EQ(Query("SELECT count(*) FROM payment.telegram_links"), kLinkedUsers);
+  // Nor moved: the first payer's code, used again from 8004, left them on their own chat.
+  EXPECT_EQ(Query(absl::StrCat("SELECT chat_id FROM payment.telegram_links WHERE user_id = ",
+                               users[0].id)),
+            chat_of(0));
   for (int64_t chat : {8001, 8002, 8003, 8004}) EXPECT_EQ(Chat(chat).size(), 1u) << chat;
 
   // The first payer blocked the bot (403), the second's chat is gone (400): their next
@@ -187,6 +220,26 @@ TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverAndNoUpdateIsLost) {
     EXPECT_EQ(leaders(), std::vector<int>{leader});
   }
   EXPECT_EQ(system_->telegram().conflicts(), 0);
+
+  // The holder's lock lasts as long as its session. Should its host die (rather than its
+  // process, which closes the socket), Postgres notices only by TCP keepalives: both ends of
+  // the lock's connection probe after 10 s of silence (not the kernel's 2 hours), so that the
+  // session and its lock end within about half a minute and the other replica takes over.
+  int server_port = static_cast<int>(Query("SELECT inet_server_port()"));
+  int holder_port = static_cast<int>(Query(
+      "SELECT a.client_port FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+      "WHERE l.locktype = 'advisory' AND l.granted AND l.classid = x'74677570'::int "
+      "AND l.objid = x'64617465'::int AND l.objsubid = 1 "
+      "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"));
+  for (auto [local, remote] : std::vector<std::pair<int, int>>{{server_port, holder_port},
+                                                                {holder_port, server_port}}) {
+    std::optional<absl::Duration> probe;
+    ASSERT_TRUE(WaitUntil([&] { return (probe = KeepaliveTimer(local, remote)).has_value(); },
+                          absl::Seconds(10)))
+        << "no keepalive on the connection from port " << local << " to " << remote;
+    EXPECT_LE(*probe, absl::Seconds(10)) << "from port " << local << " to " << remote;
+  }
+
   const std::vector<User>& users = system_->seeded().users;
   Link(users[0], 9001);
 
@@ -233,6 +286,112 @@ TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverAndNoUpdateIsLost) {
   ASSERT_TRUE(WaitUntil([&] { return !Chat(9003).empty(); }, absl::Seconds(60)));
   EXPECT_THAT(Chat(9003)[0].text, HasSubstr(kLinked));
   EXPECT_EQ(Chat(9003).size(), 1u);
+}
+
+TEST_F(TelegramLinkTest, StopInTheChatOrUnlinkInTheAppEndsTheLinkAndTheNextPaymentIsUnlinked) {
+  StartSystem({.users = 2});  // UNLINKED_POLICY unset, TELEGRAM_CHAT_ID set: the operator's
+  const std::vector<User>& users = system_->seeded().users;
+  const int64_t operator_chat = std::stoll(kChatId);
+  Link(users[0], 7101);
+  Link(users[1], 7102);
+
+  // /stop in the chat: one answer there, and the app sees the link gone.
+  EXPECT_THAT(PressStart(7101, "/stop"), HasSubstr(kUnlinked));
+  v1::Account account;
+  ASSERT_TRUE(client_->GetAccount(users[0], &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
+  // UnlinkTelegram in the app: it says it removed one, and nothing is said in the chat.
+  v1::UnlinkTelegramResponse unlinked;
+  grpc::Status s = client_->UnlinkTelegram(users[1], &unlinked);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  EXPECT_TRUE(unlinked.unlinked());
+  ASSERT_TRUE(client_->GetAccount(users[1], &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
+  EXPECT_EQ(Query("SELECT count(*) FROM payment.telegram_links"), 0);
+
+  // Their next payments follow UNLINKED_POLICY: the operator's chat, not theirs.
+  int64_t after_stop = Pay(users[0]);
+  int64_t after_unlink = Pay(users[1]);
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return HasPaymentMessage(operator_chat, after_stop) &&
+               HasPaymentMessage(operator_chat, after_unlink);
+      },
+      absl::Seconds(60)));
+  absl::SleepFor(absl::Seconds(2));  // a stray message would arrive now
+  EXPECT_EQ(Chat(7101).size(), 2u) << "the confirmation and the /stop answer only";
+  EXPECT_EQ(Chat(7102).size(), 1u) << "the confirmation only";
+  EXPECT_EQ(Chat(operator_chat).size(), 2u);
+}
+
+// The bot's answers are paced with the notifier's messages, and a 429 on one is waited out and
+// sent again (a bounded number of times), so that a confirmation is not lost to a busy bot.
+// They are never paid broadcasts, even when payment messages are.
+TEST_F(TelegramLinkTest, ABotAnswerRateLimitedGoesAfterRetryAfterAndIsNeverPaid) {
+  StartSystem({.users = 2, .notifier_env = {{"TELEGRAM_PAID_BROADCAST", "true"}}});
+  const std::vector<User>& users = system_->seeded().users;
+  system_->telegram().SetFault(
+      {.mode = testing::FaultMode::k429, .count = 2, .retry_after_seconds = 1, .chat_id = "7201"});
+  Link(users[0], 7201);
+  EXPECT_EQ(system_->telegram().faulted(), 2);
+  int64_t reservation = Pay(users[0]);
+  ASSERT_TRUE(WaitUntil([&] { return HasPaymentMessage(7201, reservation); }, absl::Seconds(60)));
+  std::vector<testing::TelegramMessage> chat = Chat(7201);
+  ASSERT_EQ(chat.size(), 2u);
+  EXPECT_THAT(chat[0].text, HasSubstr(kLinked));
+
+  // A chat Telegram keeps answering 429: the answer is given up after a few tries, the link
+  // stands, and the bot goes on to the next update.
+  system_->telegram().SetFault(
+      {.mode = testing::FaultMode::k429, .retry_after_seconds = 1, .chat_id = "7202"});
+  v1::TelegramLink link;
+  ASSERT_TRUE(client_->LinkTelegram(users[1], &link).ok());
+  int faulted_before = system_->telegram().faulted();
+  system_->telegram().InjectUserMessage(7202, StartCommand(link));
+  EXPECT_THAT(PressStart(7203, "/start"), HasSubstr(kNoCode));
+  int tries = system_->telegram().faulted() - faulted_before;
+  EXPECT_GE(tries, 2);
+  v1::Account account;
+  ASSERT_TRUE(client_->GetAccount(users[1], &account).ok());
+  EXPECT_TRUE(account.telegram_linked());
+  absl::SleepFor(absl::Seconds(3));  // another try would come now
+  EXPECT_EQ(system_->telegram().faulted() - faulted_before, tries);
+  EXPECT_TRUE(Chat(7202).empty());
+
+  // Payment messages went as paid broadcasts, the bot's answers did not.
+  for (const testing::TelegramMessage& m : system_->telegram().messages()) {
+    EXPECT_EQ(m.paid_broadcast, ReservationIn(m.text) != 0) << m.chat_id << ": " << m.text;
+  }
+}
+
+// A notifier whose INTERNAL_TOKEN payment-server does not know cannot confirm links. It keeps
+// the update and asks again (an operator has to fix the setting), and says so: one error line
+// in its log, and every refused call counted.
+TEST_F(TelegramLinkTest, RefusedLinkCallsAreRetriedLoggedOnceAndCounted) {
+  StartSystem({.users = 1, .notifier_env = {{"INTERNAL_TOKEN", "not-payment-servers-token"}}});
+  const User& user = system_->seeded().users[0];
+  v1::TelegramLink link;
+  ASSERT_TRUE(client_->LinkTelegram(user, &link).ok());
+  system_->telegram().InjectUserMessage(7301, StartCommand(link));
+  ASSERT_TRUE(WaitUntil(
+      [&] {
+        return system_->Metric(Service::kNotifier, 0, "notifier_link_call_failures_total",
+                               "code=\"UNAUTHENTICATED\"") >= 3;
+      },
+      absl::Seconds(60)))
+      << system_->LogPaths();
+  int errors = 0;
+  for (absl::string_view line : absl::StrSplit(system_->Log(Service::kNotifier), '\n')) {
+    if (absl::StrContains(line, "\"level\":\"error\"") &&
+        absl::StrContains(line, "UNAUTHENTICATED") && absl::StrContains(line, "INTERNAL_TOKEN")) {
+      ++errors;
+    }
+  }
+  EXPECT_EQ(errors, 1) << system_->LogPaths();
+  EXPECT_TRUE(Chat(7301).empty());
+  v1::Account account;
+  ASSERT_TRUE(client_->GetAccount(user, &account).ok());
+  EXPECT_FALSE(account.telegram_linked());
 }
 
 }  // namespace
