@@ -232,6 +232,17 @@ class PaymentsTest : public ::testing::Test {
     return r.reservation_id();
   }
 
+  // Holds and pays `seat` as `payer`; the Telegram chat the payment's event names.
+  int64_t PayAndReadEventChat(int64_t payer, int64_t seat) {
+    v1::Payment payment;
+    EXPECT_TRUE(client_->Pay(Auth(payer), Hold(payer, seat), &payment).ok());
+    events::v1::PaymentCompleted event;
+    EXPECT_TRUE(event.ParseFromString(absl::HexStringToBytes(QueryString(
+        db_.url(), absl::StrCat("SELECT encode(payload, 'hex') FROM payment.outbox_events "
+                                "WHERE event_id = '", payment.event_id(), "'")))));
+    return event.telegram_chat_id();
+  }
+
   ScratchDatabase db_{"payment"};
   DemoData demo_;
   std::atomic<bool> fail_before_commit_{false};
@@ -822,17 +833,8 @@ TEST_F(PaymentsTest, TelegramLinkBindsTheCallersChatAndThePaymentEventCarriesIt)
   EXPECT_EQ(expired.error_message(), "link code expired");
 
   // The payment's event names the chat linked when it was paid; an unlinked payer's names 0.
-  auto chat_in_event = [&](int64_t payer, int64_t seat) {
-    v1::Payment payment;
-    EXPECT_TRUE(client_->Pay(Auth(payer), Hold(payer, seat), &payment).ok());
-    events::v1::PaymentCompleted event;
-    EXPECT_TRUE(event.ParseFromString(absl::HexStringToBytes(QueryString(
-        db_.url(), absl::StrCat("SELECT encode(payload, 'hex') FROM payment.outbox_events "
-                                "WHERE event_id = '", payment.event_id(), "'")))));
-    return event.telegram_chat_id();
-  };
-  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[0]), 5001);
-  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[1]), 0);
+  EXPECT_EQ(PayAndReadEventChat(1, demo_.seat_ids[0]), 5001);
+  EXPECT_EQ(PayAndReadEventChat(2, demo_.seat_ids[1]), 0);
 
   // A chat belongs to one user: user 2 linking chat 5001 takes it from user 1.
   v1::TelegramLink of_two;
@@ -841,8 +843,8 @@ TEST_F(PaymentsTest, TelegramLinkBindsTheCallersChatAndThePaymentEventCarriesIt)
   EXPECT_EQ(user, 2);
   ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
   EXPECT_FALSE(account.telegram_linked());
-  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[2]), 0);
-  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[3]), 5001);
+  EXPECT_EQ(PayAndReadEventChat(1, demo_.seat_ids[2]), 0);
+  EXPECT_EQ(PayAndReadEventChat(2, demo_.seat_ids[3]), 5001);
 
   ASSERT_TRUE(client_->UnlinkChat(internal, 5001, &user).ok());
   EXPECT_EQ(user, 2);
@@ -863,16 +865,7 @@ TEST_F(PaymentsTest, UnlinkTelegramRemovesTheCallersLinkAndTheNextEventCarriesNo
   };
   link(1, 5001);
   link(2, 5002);
-  auto chat_in_event = [&](int64_t payer, int64_t seat) {
-    v1::Payment payment;
-    EXPECT_TRUE(client_->Pay(Auth(payer), Hold(payer, seat), &payment).ok());
-    events::v1::PaymentCompleted event;
-    EXPECT_TRUE(event.ParseFromString(absl::HexStringToBytes(QueryString(
-        db_.url(), absl::StrCat("SELECT encode(payload, 'hex') FROM payment.outbox_events "
-                                "WHERE event_id = '", payment.event_id(), "'")))));
-    return event.telegram_chat_id();
-  };
-  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[0]), 5001);
+  EXPECT_EQ(PayAndReadEventChat(1, demo_.seat_ids[0]), 5001);
 
   v1::UnlinkTelegramResponse unlinked;
   grpc::Status status = client_->UnlinkTelegram(Auth(1), &unlinked);
@@ -881,11 +874,11 @@ TEST_F(PaymentsTest, UnlinkTelegramRemovesTheCallersLinkAndTheNextEventCarriesNo
   v1::Account account;
   ASSERT_TRUE(client_->GetAccount(Auth(1), &account).ok());
   EXPECT_FALSE(account.telegram_linked());
-  EXPECT_EQ(chat_in_event(1, demo_.seat_ids[1]), 0);
+  EXPECT_EQ(PayAndReadEventChat(1, demo_.seat_ids[1]), 0);
   // Only the caller's link: the other user's stays.
   ASSERT_TRUE(client_->GetAccount(Auth(2), &account).ok());
   EXPECT_TRUE(account.telegram_linked());
-  EXPECT_EQ(chat_in_event(2, demo_.seat_ids[2]), 5002);
+  EXPECT_EQ(PayAndReadEventChat(2, demo_.seat_ids[2]), 5002);
   // Again: nothing left to remove.
   ASSERT_TRUE(client_->UnlinkTelegram(Auth(1), &unlinked).ok());
   EXPECT_FALSE(unlinked.unlinked());
