@@ -1,5 +1,7 @@
 #include "outbox-relay/commit_tracker.h"
 
+#include <algorithm>
+
 namespace concert::relay {
 
 uint64_t CommitTracker::Begin() {
@@ -27,11 +29,12 @@ void CommitTracker::AddEvent(uint64_t tx, int64_t row_id) {
   if (t->first_added == absl::InfiniteFuture()) t->first_added = absl::Now();
 }
 
-void CommitTracker::End(uint64_t tx, Lsn end_lsn) {
+void CommitTracker::End(uint64_t tx, Lsn end_lsn, absl::Time committed_at) {
   std::lock_guard lock(mu_);
   if (Transaction* t = Find(tx)) {
     t->ended = true;
     t->end_lsn = end_lsn;
+    t->committed_at = committed_at;
   }
 }
 
@@ -65,6 +68,7 @@ CommitTracker::Confirmable CommitTracker::TakeConfirmable() {
   while (!open_.empty() && open_.front().ended && open_.front().outstanding == 0) {
     Transaction& t = open_.front();
     out.lsn = t.end_lsn;
+    out.committed_at = std::max(out.committed_at, t.committed_at);
     out.row_ids.insert(out.row_ids.end(), t.row_ids.begin(), t.row_ids.end());
     ++out.transactions;
     open_.pop_front();

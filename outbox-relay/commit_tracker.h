@@ -7,7 +7,7 @@
 //   uint64_t tx = t.Begin();                  // at pgoutput Begin (stream thread)
 //   t.AddEvent(tx, row_id);                   // before producing each event
 //   producer.Produce(..., [&](absl::Status s) { t.Acknowledge(tx, row_id, s); });  // poll thread
-//   t.End(tx, commit.end_lsn);                // at pgoutput Commit
+//   t.End(tx, commit.end_lsn, commit_time);   // at pgoutput Commit
 //   CommitTracker::Confirmable c = t.TakeConfirmable();  // c.lsn, c.row_ids to delete
 //
 // Any failed acknowledgement latches failure(): the session must then be torn down and
@@ -32,14 +32,16 @@ class CommitTracker {
     Lsn lsn = 0;                    // 0 when no transaction completed since the last call
     std::vector<int64_t> row_ids;   // outbox rows of those transactions, safe to delete
     int64_t transactions = 0;
+    absl::Time committed_at = absl::InfinitePast();  // commit time of the last of those
   };
 
   // Opens the next transaction (they complete in commit order, as the stream delivers them).
   uint64_t Begin();
   // One more event of transaction `tx` awaits Kafka; `row_id` is its outbox row.
   void AddEvent(uint64_t tx, int64_t row_id);
-  // The transaction's commit was received; `end_lsn` is what confirming it means.
-  void End(uint64_t tx, Lsn end_lsn);
+  // The transaction's commit was received; `end_lsn` is what confirming it means, and
+  // `committed_at` when Postgres committed it.
+  void End(uint64_t tx, Lsn end_lsn, absl::Time committed_at = absl::InfinitePast());
   // Kafka's answer for one event added with AddEvent.
   void Acknowledge(uint64_t tx, int64_t row_id, const absl::Status& status);
   // Takes back one event added with AddEvent that was never handed to Kafka (set aside): the
@@ -62,6 +64,7 @@ class CommitTracker {
     uint64_t seq = 0;
     bool ended = false;
     Lsn end_lsn = 0;
+    absl::Time committed_at = absl::InfinitePast();
     int64_t outstanding = 0;
     std::vector<int64_t> row_ids;
     absl::Time first_added = absl::InfiniteFuture();

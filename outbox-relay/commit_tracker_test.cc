@@ -41,6 +41,19 @@ TEST(CommitTrackerTest, ALaterCommitWaitsForAnEarlierOne) {
   EXPECT_THAT(c.row_ids, ElementsAre(1, 2));
 }
 
+TEST(CommitTrackerTest, TheConfirmablePrefixCarriesItsLastCommitTime) {
+  CommitTracker t;
+  const absl::Time first = absl::FromUnixSeconds(1000), second = absl::FromUnixSeconds(1001);
+  uint64_t a = t.Begin();
+  t.End(a, 0x100, first);
+  uint64_t b = t.Begin();
+  t.AddEvent(b, 2);
+  t.End(b, 0x200, second);
+  EXPECT_EQ(t.TakeConfirmable().committed_at, first);  // b still waits for Kafka
+  t.Acknowledge(b, 2, absl::OkStatus());
+  EXPECT_EQ(t.TakeConfirmable().committed_at, second);
+}
+
 TEST(CommitTrackerTest, AnOpenTransactionIsNotConfirmedEvenWhenAcknowledged) {
   CommitTracker t;
   uint64_t tx = t.Begin();

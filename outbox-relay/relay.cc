@@ -247,9 +247,12 @@ class Relay::Session {
   Lsn confirmed_ = 0;       // what we report as flushed; 0 until known
   Lsn acked_lsn_ = 0;       // acknowledged by Kafka, confirmed once to_delete_ is deleted
   std::vector<int64_t> to_delete_;
-  // The last time nothing received was waiting for Kafka or deletion: every row committed
-  // well before it has been streamed, so one still in the outbox was left behind.
-  absl::Time last_idle_ = absl::InfinitePast();
+  // Every outbox row committed before this moment has been streamed and deleted (or set
+  // aside), so one committed well before it and still in the outbox was left behind: the
+  // commit time of the last confirmed transaction, or the last moment nothing received was
+  // waiting for Kafka or deletion.
+  absl::Time streamed_through_ = absl::InfinitePast();
+  absl::Time confirmable_committed_at_ = absl::InfinitePast();  // of what to_delete_ holds
   absl::Time last_loop_ = absl::InfinitePast();  // see kPauseCheckAfter
   absl::Time next_status_ = absl::InfinitePast();
   absl::Time next_slot_stats_ = absl::InfinitePast();
@@ -562,7 +565,7 @@ absl::Status Relay::Session::Handle(absl::string_view copy_data) {
     tx_commit_time_ = b->commit_time;
   } else if (auto* c = std::get_if<Commit>(&msg)) {
     if (!tx_) return absl::InternalError("Commit without Begin in the replication stream");
-    tracker_->End(*tx_, c->end_lsn);
+    tracker_->End(*tx_, c->end_lsn, FromPgTime(tx_commit_time_));
     received_ = std::max(received_, c->end_lsn);
     tx_.reset();
   } else if (auto* r = std::get_if<Relation>(&msg)) {
@@ -710,7 +713,7 @@ absl::Status Relay::Session::Periodic(bool force_status) {
     RETURN_IF_ERROR(CleanupAndConfirm());
     RETURN_IF_ERROR(SendStatus(false));
   }
-  if (tracker_->Idle() && to_delete_.empty()) last_idle_ = now;
+  if (tracker_->Idle() && to_delete_.empty()) streamed_through_ = now;
   if (now >= next_slot_stats_) {
     next_slot_stats_ = now + o_.slot_stats_interval;
     MeasureSlot();
@@ -726,6 +729,7 @@ absl::Status Relay::Session::CleanupAndConfirm() {
   CommitTracker::Confirmable c = tracker_->TakeConfirmable();
   if (c.transactions > 0) {
     acked_lsn_ = std::max(acked_lsn_, c.lsn);
+    confirmable_committed_at_ = std::max(confirmable_committed_at_, c.committed_at);
     to_delete_.insert(to_delete_.end(), c.row_ids.begin(), c.row_ids.end());
   }
   while (!to_delete_.empty()) {
@@ -744,6 +748,7 @@ absl::Status Relay::Session::CleanupAndConfirm() {
     to_delete_.erase(to_delete_.begin(), to_delete_.begin() + n);
   }
   if (acked_lsn_ > confirmed_) confirmed_ = acked_lsn_;
+  streamed_through_ = std::max(streamed_through_, confirmable_committed_at_);
   return absl::OkStatus();
 }
 
@@ -766,8 +771,9 @@ absl::Status Relay::Session::SendStatus(bool reply_requested) {
 void Relay::Session::MeasureSlot() { m_.MeasureSlot(*catalog_, o_.slot); }
 
 void Relay::Session::MeasureStranded() {
-  if (last_idle_ == absl::InfinitePast()) return;  // the stream has not caught up yet
-  absl::StatusOr<Stranded> stranded = FindStranded(*catalog_, last_idle_, o_.stranded_after);
+  if (streamed_through_ == absl::InfinitePast()) return;  // nothing streamed yet
+  absl::StatusOr<Stranded> stranded =
+      FindStranded(*catalog_, streamed_through_, o_.stranded_after);
   if (!stranded.ok()) {
     log::Warn("looking for stranded outbox rows failed",
               {{"error", std::string(stranded.status().message())}});

@@ -189,6 +189,34 @@ TEST_F(RelayTest, StrandedRowIsVisibleAndAnOperatorCanRequeueIt) {
   DropSlot(db_.url(), slot_);
 }
 
+// Under load that never lets the relay go idle, a row left behind is still found: the stream's
+// position is the commit time of what it confirmed, not the last moment it had nothing to do.
+TEST_F(RelayTest, StrandedRowIsFoundUnderLoadThatNeverLetsTheRelayIdle) {
+  std::atomic<bool> stop{false};
+  std::thread load([&] {
+    OutboxWriter writer(db_.url());
+    for (int i = 0; !stop.load() && i < 100'000; ++i) writer.WriteTransaction(20, 10);
+  });
+  absl::SleepFor(absl::Seconds(1));  // the relay meets a backlog, then a steady stream
+  RelayOptions o = Options(db_.url(), KafkaBootstrap(), topic_, slot_);
+  o.stranded_after = absl::Seconds(2);
+  // Acknowledgements half a second after each send: with a transaction every few milliseconds,
+  // something always waits for Kafka.
+  o.kafka.client_properties["linger.ms"] = "500";
+  InProcessRelay relay(o);
+  ASSERT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
+      absl::Seconds(30)));
+  InsertRow(db_.url(), "RefundIssued", "left behind");  // set aside: it stays in the outbox
+  EXPECT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_outbox_stranded_rows", "").Value() == 1; },
+      absl::Seconds(30)));
+  stop = true;
+  load.join();
+  relay.Stop();
+  DropSlot(db_.url(), slot_);
+}
+
 // What waits in the outbox because Kafka is away ages in relay_outbox_oldest_age_seconds (the
 // alert on late events reads it); a set-aside row waits for an operator instead and does not.
 TEST_F(RelayTest, OldestWaitingRowAgesWhileKafkaIsAwayButSetAsideRowsDoNotCount) {
