@@ -128,6 +128,10 @@ Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender
           "notifier_oldest_pending_age_seconds",
           "Age (since the record's Kafka timestamp) of the oldest record read and not finished; "
           "0 when none")),
+      postgres_up_gauge_(registry.GetGauge("notifier_postgres_up",
+                                           "1 while Postgres takes the delivery records")),
+      kafka_up_gauge_(registry.GetGauge("notifier_kafka_up",
+                                        "1 while the Kafka cluster answers the consumer")),
       pacing_wait_bot_(PacingWaitSeconds(registry, "bot")),
       pacing_wait_chat_(PacingWaitSeconds(registry, "chat")),
       pacing_wait_group_(PacingWaitSeconds(registry, "group")),
@@ -470,10 +474,10 @@ void Notifier::FlowControl() {
              {{"pending", pending}});
 }
 
-void Notifier::CommitDone(const std::vector<int32_t>* only_partitions) {
+void Notifier::CommitDone(const std::vector<int32_t>* only_partitions, Commit how) {
   TakeFinished();
   std::vector<RdKafka::TopicPartition*> offsets;
-  for (const auto& [partition, state] : partitions_) {
+  for (auto& [partition, state] : partitions_) {
     if (only_partitions != nullptr &&
         std::find(only_partitions->begin(), only_partitions->end(), partition) ==
             only_partitions->end()) {
@@ -481,10 +485,23 @@ void Notifier::CommitDone(const std::vector<int32_t>* only_partitions) {
     }
     int64_t next = state.unfinished.empty() ? state.next : state.unfinished.begin()->first;
     if (next < 0 || state.committed >= next) continue;
+    if (how == Commit::kInBackground) {
+      if (state.commit_requested >= next) continue;
+      state.commit_requested = next;
+    }
     offsets.push_back(RdKafka::TopicPartition::create(options_.topic, partition, next));
   }
   last_commit_ = absl::Now();
   if (offsets.empty()) return;
+  if (how == Commit::kInBackground) {
+    // If it fails, the offsets go again with the next record finished, or with the revoke.
+    RdKafka::ErrorCode err = consumer_->commitAsync(offsets);
+    if (err != RdKafka::ERR_NO_ERROR) {
+      log::Warn("offset commit failed", {{"error", RdKafka::err2str(err)}});
+    }
+    RdKafka::TopicPartition::destroy(offsets);
+    return;
+  }
   RdKafka::ErrorCode err = consumer_->commitSync(offsets);
   if (err == RdKafka::ERR_NO_ERROR) {
     for (const RdKafka::TopicPartition* p : offsets) {
@@ -520,7 +537,7 @@ void Notifier::Revoke(const std::vector<int32_t>& partitions) {
     });
     if (!idle) log::Warn("revoking partitions with records still being sent");
   }
-  CommitDone(&partitions);
+  CommitDone(&partitions, Commit::kWait);
   for (int32_t id : partitions) partitions_.erase(id);
 }
 
@@ -583,6 +600,8 @@ void Notifier::UpdateGauges() {
     }
   }
   lag_gauge_.Set(static_cast<double>(lag));
+  postgres_up_gauge_.Set(postgres_ok_.load() ? 1 : 0);
+  kafka_up_gauge_.Set(kafka_ok_ ? 1 : 0);
   oldest_age_gauge_.Set(oldest_ms == 0
                             ? 0.0
                             : std::max(0.0, absl::ToDoubleSeconds(now - absl::FromUnixMillis(oldest_ms))));
@@ -635,7 +654,9 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
     ReportHealth();
     FlowControl();
     UpdateGauges();
-    if (absl::Now() - last_commit_ >= options_.commit_interval) CommitDone(nullptr);
+    if (absl::Now() - last_commit_ >= options_.commit_interval) {
+      CommitDone(nullptr, Commit::kInBackground);
+    }
   }
   log::Info("stopping: finishing the records being sent, committing, leaving the group");
   for (auto& [partition, state] : partitions_) Cancel(*state.assignment);
@@ -646,7 +667,7 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
   work_cv_.notify_all();
   for (std::thread& worker : workers_) worker.join();
   workers_.clear();
-  CommitDone(nullptr);
+  CommitDone(nullptr, Commit::kWait);
   consumer_->close();  // revokes through rebalance_cb: nothing busy, commits again (no-op)
   consumer_.reset();
   return absl::OkStatus();

@@ -142,7 +142,8 @@ class Notifier {
     std::shared_ptr<Assignment> assignment;
     std::map<int64_t, int64_t> unfinished;  // offset -> record timestamp (ms)
     int64_t next = -1;                      // one past the highest offset read
-    int64_t committed = -1;
+    int64_t committed = -1;         // as Kafka confirmed it
+    int64_t commit_requested = -1;  // the last offset handed to a background commit
     int64_t high_watermark = -1;  // asked of the broker while paused (nothing fetches then)
   };
 
@@ -168,7 +169,10 @@ class Notifier {
   void Enqueue(std::unique_ptr<RdKafka::Message> message);
   void TakeFinished();
   void FlowControl();
-  void CommitDone(const std::vector<int32_t>* only_partitions);
+  // Commits what is finished. kWait for a revoke or a stop (the next owner starts from it);
+  // the periodic commit does not wait: it would hold this thread while Kafka is away.
+  enum class Commit { kWait, kInBackground };
+  void CommitDone(const std::vector<int32_t>* only_partitions, Commit how);
   void Revoke(const std::vector<int32_t>& partitions);
   static void Cancel(Assignment& assignment);
   void CheckHealth(bool force);
@@ -192,6 +196,8 @@ class Notifier {
   metrics::Gauge& pending_gauge_;
   metrics::Gauge& lag_gauge_;
   metrics::Gauge& oldest_age_gauge_;
+  metrics::Gauge& postgres_up_gauge_;
+  metrics::Gauge& kafka_up_gauge_;
   // By scope and by chat kind, looked up once: they count on the hot path.
   metrics::Counter& pacing_wait_bot_;
   metrics::Counter& pacing_wait_chat_;

@@ -677,6 +677,7 @@ class NotifierKafkaOutageTest : public NotifierTest {
 
 // A dead letter produced while Kafka is down waits for its one copy's delivery report; it is
 // never queued again beside it (which became duplicate dead letters once Kafka came back).
+// notifier_kafka_up says what happened meanwhile.
 TEST_F(NotifierKafkaOutageTest, ADeadLetterWaitsForKafkaAsOneCopy) {
   // Every answer comes after 4 s and is a 400: Kafka goes down while the send is out.
   FakeTelegram::Options options;
@@ -684,17 +685,26 @@ TEST_F(NotifierKafkaOutageTest, ADeadLetterWaitsForKafkaAsOneCopy) {
   FakeTelegram telegram(options);
   ASSERT_TRUE(telegram.Start().ok());
   telegram.SetFault({.mode = FaultMode::k400});
-  auto env = Env(concert::testing::FreePort());
+  int metrics_port = concert::testing::FreePort();
+  auto env = Env(metrics_port);
   env["TELEGRAM_API_BASE"] = telegram.base_url();
   ChildProcess notifier(concert::testing::BinaryPath("notifier"), {}, env);
   PaymentCompleted e = MakeEvent(7);
   Produce(RecordFor(e));
   ASSERT_TRUE(WaitUntil([&] { return telegram.requests() >= 1; }, absl::Seconds(60)))
       << notifier.log_path();
+  EXPECT_EQ(Metric(metrics_port, "notifier_kafka_up"), 1);
+  EXPECT_EQ(Metric(metrics_port, "notifier_postgres_up"), 1);
   ASSERT_TRUE(kafka_.Stop());
   // Longer than any wait for one acknowledgement the notifier ever had (10 s), twice over.
-  absl::SleepFor(absl::Seconds(25));
+  absl::Time back_at = absl::Now() + absl::Seconds(25);
+  EXPECT_TRUE(WaitUntil([&] { return Metric(metrics_port, "notifier_kafka_up") == 0; },
+                        absl::Seconds(20)))
+      << "the notifier did not say Kafka is away";
+  absl::SleepFor(back_at - absl::Now());
   ASSERT_TRUE(kafka_.Start());
+  EXPECT_TRUE(WaitUntil([&] { return Metric(metrics_port, "notifier_kafka_up") == 1; },
+                        absl::Seconds(60)));
 
   std::vector<DlqRecord> dlq = ReadDlq(3, absl::Seconds(30));
   ASSERT_GE(dlq.size(), 1u) << notifier.log_path();
