@@ -104,6 +104,14 @@ class System {
   bool WaitHealthy(absl::Duration timeout);
   // Every child's log file, for failure messages.
   std::string LogPaths() const;
+  // Every instance's metrics endpoint ("host:port"), fixed for the System's life (a restart
+  // keeps it), so that a Prometheus can be pointed at them once.
+  struct MetricsTarget {
+    std::string service;  // ServiceName()
+    int index = 0;
+    std::string address;
+  };
+  std::vector<MetricsTarget> MetricsTargets() const;
 
   testing::FakeTelegram& telegram() { return *telegram_; }
   const Seeded& seeded() const { return seeded_; }
