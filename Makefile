@@ -47,7 +47,7 @@ test-faults: build
 test-failover: build
 	FAILOVER_TEST_DURATION=600 FAILOVER_TEST_ROUNDS=5 $(BUILD_DIR)/tests/failover_test
 
-# Which alert fires for which fault, measured (not part of `make test`: about 45 minutes): a
+# Which alert fires for which fault, measured (not part of `make test`: about 55 minutes): a
 # Prometheus of promtool's release (127.0.0.1:19390) evaluates deploy/observability/alerts.yaml
 # while each fault kind of the fault test is held until its alerts fire. Writes
 # deploy/observability/drill-results/<date>.{md,png}.

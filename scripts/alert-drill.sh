@@ -5,7 +5,7 @@
 # injects each fault kind of the fault test and holds it until its alerts fire. Then every
 # dashboard.json panel is drawn from the same Prometheus over the run (plot_dashboard.py).
 #
-#   scripts/alert-drill.sh            (make alert-drill; about 45 minutes)
+#   scripts/alert-drill.sh            (make alert-drill; about 55 minutes)
 #
 # Writes deploy/observability/drill-results/<date>.md (the fault -> alerts table) and
 # <date>.png (the dashboard). Everything on loopback: the Prometheus on 127.0.0.1:19390

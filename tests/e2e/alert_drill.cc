@@ -10,7 +10,7 @@
 // when it was first seen firing, relative to the fault's start. Faults here last minutes, not
 // the fault test's seconds, since every `for:` is longer than the fault test's faults.
 //
-// Not a CTest test (it needs that Prometheus and runs ~45 minutes): `make alert-drill`.
+// Not a CTest test (it needs that Prometheus and runs ~55 minutes): `make alert-drill`.
 //   ALERT_DRILL_PROMETHEUS  host:port of the Prometheus (required)
 //   ALERT_DRILL_SD_FILE     the file_sd JSON that Prometheus watches (required)
 //   ALERT_DRILL_RESULTS     where the Markdown table goes (default: stdout only)
@@ -404,11 +404,13 @@ TEST(AlertDrill, EachFaultAndTheAlertsItFires) {
   std::ostringstream md;
   md << "# Alert drill, " << absl::FormatTime("%Y-%m-%d", run_start, absl::UTCTimeZone())
      << "\n\n"
-     << "`make alert-drill`: a Prometheus of promtool's pinned release scraped every service "
-        "and evaluated deploy/observability/alerts.yaml, unchanged (every `for:` as written), "
-        "every 5 s, while one client paid about 3 times a second. Each fault was held until "
-        "the alerts expected of it fired, or its cap; then restored. Times are from the "
-        "fault's start to the first poll (every 5 s) that saw the alert firing. Run: "
+     << "`make alert-drill`: a Prometheus of promtool's pinned release scraped every service\n"
+        "and evaluated deploy/observability/alerts.yaml, unchanged (every `for:` as written),\n"
+        "every 5 s, while one client paid about 3 times a second. Each fault was held until\n"
+        "the alerts expected of it fired, or its cap; then restored, with up to 3 minutes for\n"
+        "what it raised to resolve. Times are from the fault's start to the first poll (every\n"
+        "5 s) that saw the alert firing; an alert is listed under the fault during which it\n"
+        "went pending. Run: "
      << absl::FormatTime("%H:%M", run_start, absl::UTCTimeZone()) << " to "
      << absl::FormatTime("%H:%M UTC", run_end, absl::UTCTimeZone()) << " ("
      << Short(run_end - run_start) << ").\n\n"
@@ -447,7 +449,7 @@ TEST(AlertDrill, EachFaultAndTheAlertsItFires) {
     if (!fired_anywhere.count(name)) never.push_back(absl::StrCat(name, " (for ", for_s, ")"));
   }
   md << "\nRules that fired in no step (unit-tested only, in alerts_test.yaml): "
-     << (never.empty() ? "none" : absl::StrJoin(never, ", ")) << ".\n";
+     << (never.empty() ? "none" : absl::StrCat("\n", absl::StrJoin(never, ",\n"))) << ".\n";
   if (!unexpected_exits.empty()) {
     md << "\nServices that exited on their own and were restarted: "
        << absl::StrJoin(unexpected_exits, ", ") << ".\n";
