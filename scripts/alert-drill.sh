@@ -11,7 +11,8 @@
 # <date>.png (the dashboard). Everything on loopback: the Prometheus on 127.0.0.1:19390
 # (ALERT_DRILL_PROMETHEUS_PORT), the system on free ports with its own Postgres and Kafka.
 # Scrape and evaluation every 5 s, so that a rule's `for:` is what sets the time to fire.
-# ALERT_DRILL_STEPS / ALERT_DRILL_CAP_SCALE (see alert_drill.cc) make a shorter try.
+# ALERT_DRILL_STEPS / ALERT_DRILL_CAP_SCALE (see alert_drill.cc) make a shorter try (its files
+# are named <date>-steps-<n>-<m>).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 
@@ -21,7 +22,7 @@ PROMETHEUS="$LOCAL/bin/prometheus"
 STATE="$LOCAL/drill"
 OUT="$ROOT/deploy/observability/drill-results"
 VENV="$LOCAL/bench-venv"   # shared with bench/run.sh: matplotlib, installed once
-DATE=$(date -u +%Y-%m-%d)
+DATE=$(date -u +%Y-%m-%d)${ALERT_DRILL_STEPS:+-steps-${ALERT_DRILL_STEPS//,/-}}
 
 [[ -x "$BUILD_DIR/tests/alert_drill" ]] || die "$BUILD_DIR/tests/alert_drill missing: build it"
 [[ -x "$PROMETHEUS" ]] || "$ROOT/scripts/install-deps.sh" prometheus

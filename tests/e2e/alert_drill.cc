@@ -16,7 +16,8 @@
 //   ALERT_DRILL_RESULTS     where the Markdown table goes (default: stdout only)
 //   ALERT_DRILL_WINDOWS     where the run's and the faults' time ranges go, as JSON (for the
 //                           dashboard plot)
-//   ALERT_DRILL_STEPS       "1,3": run only those steps (1-based), for a shorter try
+//   ALERT_DRILL_STEPS       "1,3": run only those steps (1-based), for a shorter try; step 8
+//                           (5xx with no retry-worker: DeadLettersNotStored) runs only so
 //   ALERT_DRILL_CAP_SCALE   percent applied to every hold cap (default 100), for a smoke run
 #include <httplib.h>
 
@@ -183,6 +184,8 @@ struct Step {
   // How long to wait, once restored, for this step's alerts to resolve.
   absl::Duration recovery_cap = absl::Minutes(3);
   std::string note;
+  // Run only when ALERT_DRILL_STEPS names it.
+  bool on_request = false;
 };
 
 struct Window {
@@ -329,6 +332,19 @@ TEST(AlertDrill, EachFaultAndTheAlertsItFires) {
       {"Postgres stop immediate+start (down)", [&] { EXPECT_TRUE(postgres.Stop(true)); },
        restart_postgres, {"PostgresUnreachable", "PayConcertErrors"}, absl::Minutes(7),
        absl::Minutes(2)},
+      // Dead letters that nobody stores: no fault test kind alone makes them.
+      {"Telegram 5xx window + kill retry-worker",
+       [&] {
+         system.telegram().SetFault(
+             {.mode = testing::FaultMode::k5xx, .count = 0, .status = 502});
+         system.Kill(Service::kRetryWorker);
+       },
+       [&] {
+         system.telegram().ClearFaults();
+         system.Restart(Service::kRetryWorker);
+       },
+       {"DeadLettersNotStored", "RetryWorkerDown"}, absl::Minutes(12), absl::Minutes(2),
+       "two kinds at once", /*on_request=*/true},
   };
 
   std::vector<Window> windows;
@@ -349,7 +365,7 @@ TEST(AlertDrill, EachFaultAndTheAlertsItFires) {
 
   for (size_t i = 0; i < steps.size(); ++i) {
     const Step& step = steps[i];
-    if (!only.empty() && !only.count(static_cast<int>(i + 1))) continue;
+    if (only.empty() ? step.on_request : !only.count(static_cast<int>(i + 1))) continue;
     const absl::Duration cap = step.cap * cap_percent / 100;
     alerts.Poll();
     Window w{step.fault, absl::Now(), {}, {}, alerts.Active(), step.note};
