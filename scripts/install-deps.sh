@@ -2,7 +2,7 @@
 # scripts/install-deps.sh — install what a fresh Debian 12 machine needs to build, run and
 # test this project. Idempotent: a second run finds everything in place and downloads nothing.
 #
-#   scripts/install-deps.sh [apt|kafka|gotools|promtool|all]     (default: all)
+#   scripts/install-deps.sh [apt|kafka|gotools|promtool|prometheus|all]     (default: all)
 #
 #   apt      Debian packages (compilers, C++ libraries, PostgreSQL 15, Java 17, Maven, ...);
 #            skipped entirely when all are installed. Needs root.
@@ -10,6 +10,8 @@
 #            .local/kafka/libs/ (Maven's download cache is its usual ~/.m2).
 #   gotools  grpcurl, ghz and promtool (pinned below), built by `go install` into .local/bin/.
 #   promtool promtool alone (the observability check installs it this way on first use).
+#   prometheus  the Prometheus server of promtool's pinned release, for `make alert-drill`
+#            (HTTP API only: the web UI's assets are not embedded). Not part of "all".
 #   grpcurl  grpcurl alone (the image and cluster tests call the services with it).
 #   image    Debian packages that build and run the container image without Docker
 #            (`make image`, `make test-image`): buildah, podman, debootstrap, runc. Needs root.
@@ -109,23 +111,28 @@ install_gotools() {
   install_promtool
 }
 
-install_promtool() {
+# prometheus_tool NAME: cmd/NAME of the Prometheus module at PROMTOOL_VERSION. The server and
+# promtool share the version so that the drill evaluates the rules as the unit tests do.
+prometheus_tool() {
   command -v go >/dev/null || die "go not found: run '$0 apt' first"
-  # v0.316.0 -> 3.16.0, the number promtool --version shows.
+  # v0.316.0 -> 3.16.0, the number --version shows.
   local release=${PROMTOOL_VERSION#v0.}
   release="${release:0:1}.$((10#${release:1:2})).${release#*.}"
-  go_tool promtool github.com/prometheus/prometheus/cmd/promtool "$PROMTOOL_VERSION" \
+  go_tool "$1" "github.com/prometheus/prometheus/cmd/$1" "$PROMTOOL_VERSION" \
     "github.com/prometheus/common/version.Version=$release"
 }
+
+install_promtool() { prometheus_tool promtool; }
 
 case "${1:-all}" in
   apt) install_apt ;;
   kafka) install_kafka ;;
   gotools) install_gotools ;;
   promtool) install_promtool ;;
+  prometheus) prometheus_tool prometheus ;;
   grpcurl) go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION" ;;
   image) install_apt "${IMAGE_PACKAGES[@]}" ;;
   cluster) install_apt "${CLUSTER_PACKAGES[@]}" ;;
   all) install_apt; install_kafka; install_gotools ;;
-  *) die "usage: $0 [apt|kafka|gotools|promtool|grpcurl|image|cluster|all]" ;;
+  *) die "usage: $0 [apt|kafka|gotools|promtool|prometheus|grpcurl|image|cluster|all]" ;;
 esac

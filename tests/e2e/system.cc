@@ -96,6 +96,14 @@ System::Instance& System::Find(Service service, int index) {
   std::abort();  // a test asked for an instance it did not configure
 }
 
+std::vector<System::MetricsTarget> System::MetricsTargets() const {
+  std::vector<MetricsTarget> targets;
+  for (const Instance& instance : instances_) {
+    targets.push_back({ServiceName(instance.service), instance.index, instance.metrics_address});
+  }
+  return targets;
+}
+
 std::string System::payment_address() const { return instances_[0].grpc_address; }
 
 std::string System::admin_address() const { return instances_.back().grpc_address; }

@@ -108,6 +108,14 @@ class System {
   std::string LogPaths() const;
   // What one running instance has logged so far.
   std::string Log(Service service, int index = 0);
+  // Every instance's metrics endpoint ("host:port"), fixed for the System's life (a restart
+  // keeps it), so that a Prometheus can be pointed at them once.
+  struct MetricsTarget {
+    std::string service;  // ServiceName()
+    int index = 0;
+    std::string address;
+  };
+  std::vector<MetricsTarget> MetricsTargets() const;
 
   testing::FakeTelegram& telegram() { return *telegram_; }
   const Seeded& seeded() const { return seeded_; }
