@@ -215,12 +215,7 @@ TEST(AlertDrill, EachFaultAndTheAlertsItFires) {
   PrivateKafka kafka;
   ASSERT_FALSE(::testing::Test::HasFailure()) << "private Postgres or Kafka did not start";
 
-  SystemOptions options;
-  options.database_url = postgres.url();
-  options.kafka_bootstrap = kafka.bootstrap();
-  options.notifiers = 2;
-  options.users = 30;
-  options.link_chats = true;
+  SystemOptions options = PayingSystemOptions(postgres.url(), kafka.bootstrap());
   options.seats = 15000;  // ~3 payments/s for 50 minutes, with room
   // Retry-worker and notifiers keep their defaults: the alerts' timing is part of what is
   // measured (MessagesParkedFailed waits for the default 3 attempts).

@@ -271,12 +271,7 @@ TEST_F(FailoverTest, OneMessagePerPaymentThroughBrokerAndPrimaryFailures) {
   auto random_node = [&] { return static_cast<int>(rng() % KafkaCluster::kNodes); };
 
   const std::string url = postgres_->url(postgres_->CreateDatabase("failover"));
-  SystemOptions options;
-  options.database_url = url;
-  options.kafka_bootstrap = kafka_->bootstrap();
-  options.notifiers = 2;
-  options.users = 30;
-  options.link_chats = true;
+  SystemOptions options = PayingSystemOptions(url, kafka_->bootstrap());
   options.poor_user_payments = 3;
   options.seats = static_cast<int>((duration_s + 300 * min_rounds) * 4 * clients + 2000);
   options.relay_env = Replicated();

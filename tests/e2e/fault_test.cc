@@ -100,15 +100,9 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
   PrivateKafka kafka;
   ASSERT_FALSE(::testing::Test::HasFailure()) << "private Postgres or Kafka did not start";
 
-  SystemOptions options;
-  options.database_url = postgres.url();
-  options.kafka_bootstrap = kafka.bootstrap();
-  options.notifiers = 2;
-  // Payers in their own chats (Telegram allows ~1 message/s per chat), against a Telegram that
-  // answers in ~100 ms, keeps its limits, and now and then answers only after the notifier
-  // gave up (a message it has: every such send must be counted uncertain).
-  options.users = 30;
-  options.link_chats = true;
+  SystemOptions options = PayingSystemOptions(postgres.url(), kafka.bootstrap());
+  // A Telegram that answers in ~100 ms, keeps its limits, and now and then answers only after
+  // the notifier gave up (a message it has: every such send must be counted uncertain).
   options.telegram.slow_answer_probability = 0.01;
   options.poor_user_payments = 3;  // a few payments are refused for the balance
   options.seats = static_cast<int>(duration_s * 4 * clients + 2000);

@@ -22,6 +22,17 @@ int64_t EnvInt(const char* name, int64_t fallback) {
   return parsed;
 }
 
+SystemOptions PayingSystemOptions(const std::string& database_url,
+                                  const std::string& kafka_bootstrap) {
+  SystemOptions options;
+  options.database_url = database_url;
+  options.kafka_bootstrap = kafka_bootstrap;
+  options.notifiers = 2;
+  options.users = 30;
+  options.link_chats = true;
+  return options;
+}
+
 void LogLine(const std::string& tag, const std::string& line) {
   std::cout << absl::FormatTime("%H:%M:%S", absl::Now(), absl::LocalTimeZone()) << " [" << tag
             << "] " << line << std::endl;

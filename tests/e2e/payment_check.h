@@ -33,6 +33,11 @@ namespace concert::e2e {
 // The environment variable `name` as an integer; `fallback` when unset or not a number.
 int64_t EnvInt(const char* name, int64_t fallback);
 
+// The system the fault tests load: the given Postgres and Kafka, two notifiers, 30 payers each
+// in a Telegram chat of their own (Telegram allows about 1 message/s per chat).
+SystemOptions PayingSystemOptions(const std::string& database_url,
+                                  const std::string& kafka_bootstrap);
+
 // "HH:MM:SS [tag] line" on stdout, flushed (the fault tests' running commentary).
 void LogLine(const std::string& tag, const std::string& line);
 
