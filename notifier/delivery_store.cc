@@ -2,8 +2,10 @@
 
 #include <cctype>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "common/status.h"
 
 namespace concert::notifier {
@@ -81,8 +83,8 @@ bool IsUuid(const std::string& text) {
 
 namespace {
 
-// '{a,b,c}': a Postgres array literal of ids validated as UUIDs (nothing to quote).
-std::string UuidArray(const std::vector<std::string>& ids) {
+// '{a,b,c}': a Postgres array literal of UUIDs or numbers, validated (nothing to quote).
+std::string IdArray(const std::vector<std::string>& ids) {
   return absl::StrCat("{", absl::StrJoin(ids, ","), "}");
 }
 
@@ -97,28 +99,46 @@ DeliveryStore::DeliveryStore(PgPool& pool)
                    "INSERT INTO notification.deliveries (event_id, state, attempts) "
                    "SELECT unnest($1::uuid[]), 'SENDING', 1 ON CONFLICT (event_id) DO NOTHING "
                    "RETURNING event_id::text",
-                   UuidArray(ids))) {
+                   IdArray(ids))) {
             inserted.insert(row[0].as<std::string>());
           }
           return absl::OkStatus();
         }));
         return inserted;
       }),
-      sent_([this](const std::vector<std::string>& ids) -> Batcher::Answer {
+      sent_([this](const std::vector<std::string>& keys) -> Batcher::Answer {
+        std::vector<std::string> ids, sends;
+        for (const std::string& key : keys) {
+          std::pair<std::string, std::string> parts = absl::StrSplit(key, '/');
+          ids.push_back(std::move(parts.first));
+          sends.push_back(std::move(parts.second));
+        }
+        absl::flat_hash_set<std::string> recorded;
         RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
-          tx.exec_params(
-              "UPDATE notification.deliveries SET state = 'SENT', sent_at = now(), "
-              "updated_at = now() WHERE event_id = ANY($1::uuid[])",
-              UuidArray(ids));
+          // The second branch reads the rows as they were before the UPDATE: a retry finding
+          // its own earlier commit (see "Fencing" in the header).
+          for (const pqxx::row& row : tx.exec_params(
+                   "WITH s (id, send) AS (SELECT * FROM unnest($1::uuid[], $2::int[])), "
+                   "u AS (UPDATE notification.deliveries d SET state = 'SENT', sent_at = now(), "
+                   "      updated_at = now() FROM s "
+                   "      WHERE d.event_id = s.id AND d.attempts = s.send AND d.state = 'SENDING' "
+                   "      RETURNING d.event_id, d.attempts) "
+                   "SELECT event_id::text || '/' || attempts FROM u UNION ALL "
+                   "SELECT d.event_id::text || '/' || d.attempts FROM notification.deliveries d "
+                   "JOIN s ON d.event_id = s.id AND d.attempts = s.send WHERE d.state = 'SENT'",
+                   IdArray(ids), IdArray(sends))) {
+            recorded.insert(row[0].as<std::string>());
+          }
           return absl::OkStatus();
-        }));
-        return absl::flat_hash_set<std::string>();
+        }, PgPool::Retry::kIdempotent));
+        return recorded;
       }) {}
 
 absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
                                                  UncertainPolicy policy, int incoming_attempt) {
   // First sight, by far the common case: one autocommitted statement, batched.
-  ASSIGN_OR_RETURN(bool inserted, first_sights_.Submit(event_id));
+  // Keys as Postgres prints a uuid (lower case), to match what the statement returns.
+  ASSIGN_OR_RETURN(bool inserted, first_sights_.Submit(absl::AsciiStrToLower(event_id)));
   BeginResult result;
   if (inserted) return result;
 
@@ -161,58 +181,86 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
 
 namespace {
 
-// One autocommitted UPDATE of the event's row.
+// Concludes send number `send` of the event: one autocommitted statement that sets the row to
+// `state` (and `set`, SQL over $3...) only while it is SENDING for that send, and answers
+// whether the row is now in `state` for it: updated now, or by an earlier try of this same call
+// whose answer was lost (the outer SELECT reads the row as it was before the UPDATE).
+// `attempts_after` is the row's attempts once concluded ("$2", or "$2 - 1" for a release).
 template <typename... Params>
-absl::Status Update(PgPool& pool, const char* sql, const Params&... params) {
-  return pool.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
-    tx.exec_params(sql, params...);
+absl::StatusOr<bool> Conclude(PgPool& pool, const char* state, const char* set,
+                              const char* attempts_after, const std::string& event_id, int send,
+                              const Params&... params) {
+  std::string sql = absl::StrCat(
+      "WITH u AS (UPDATE notification.deliveries SET state = '", state, "', ", set,
+      ", updated_at = now() WHERE event_id = $1::uuid AND state = 'SENDING' AND attempts = $2 "
+      "RETURNING 1) "
+      "SELECT EXISTS (SELECT 1 FROM u) OR EXISTS (SELECT 1 FROM notification.deliveries "
+      "WHERE event_id = $1::uuid AND state = '", state, "' AND attempts = ", attempts_after, ")");
+  bool concluded = false;
+  RETURN_IF_ERROR(pool.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    pqxx::row row = tx.exec_params1(sql, event_id, send, params...);
+    concluded = row[0].as<bool>();
     return absl::OkStatus();
-  });
+  }, PgPool::Retry::kIdempotent));
+  return concluded;
 }
 
 }  // namespace
 
-absl::Status DeliveryStore::MarkSent(const std::string& event_id) {
-  return sent_.Submit(event_id).status();
+absl::StatusOr<bool> DeliveryStore::MarkSent(const std::string& event_id, int send) {
+  return sent_.Submit(absl::StrCat(absl::AsciiStrToLower(event_id), "/", send));
 }
 
-absl::Status DeliveryStore::MarkFailed(const std::string& event_id, const std::string& error,
-                                       bool possibly_delivered) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET state = 'FAILED', last_error = $2, "
-                "uncertain = uncertain OR $3, updated_at = now() WHERE event_id = $1::uuid",
-                event_id, error, possibly_delivered);
+absl::StatusOr<bool> DeliveryStore::MarkFailed(const std::string& event_id, int send,
+                                               const std::string& error,
+                                               bool possibly_delivered) {
+  return Conclude(pool_, "FAILED", "last_error = $3, uncertain = uncertain OR $4", "$2",
+                  event_id, send, error, possibly_delivered);
 }
 
-absl::Status DeliveryStore::MarkDeadLettered(const std::string& event_id, int attempt) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET dead_lettered_attempt = $2, "
-                "updated_at = now() WHERE event_id = $1::uuid AND state = 'FAILED'",
-                event_id, attempt);
+absl::StatusOr<bool> DeliveryStore::MarkDeadLettered(const std::string& event_id, int send,
+                                                     int attempt) {
+  // Not a transition: a note on the FAILED row of this same send, idempotent by itself.
+  bool noted = false;
+  RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    noted = tx.exec_params("UPDATE notification.deliveries SET dead_lettered_attempt = $3, "
+                           "updated_at = now() "
+                           "WHERE event_id = $1::uuid AND state = 'FAILED' AND attempts = $2",
+                           event_id, send, attempt)
+                .affected_rows() > 0;
+    return absl::OkStatus();
+  }, PgPool::Retry::kIdempotent));
+  return noted;
 }
 
-absl::Status DeliveryStore::MarkSentUncertain(const std::string& event_id,
-                                              const std::string& error) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET state = 'SENT', uncertain = true, "
-                "sent_at = now(), updated_at = now(), last_error = $2 "
-                "WHERE event_id = $1::uuid",
-                event_id, absl::StrCat("uncertain: not resent (UNCERTAIN_POLICY=skip): ", error));
+absl::StatusOr<bool> DeliveryStore::MarkSentUncertain(const std::string& event_id, int send,
+                                                      const std::string& error) {
+  return Conclude(pool_, "SENT", "uncertain = true, sent_at = now(), last_error = $3", "$2",
+                  event_id, send,
+                  absl::StrCat("uncertain: not resent (UNCERTAIN_POLICY=skip): ", error));
 }
 
-absl::Status DeliveryStore::MarkUndeliverable(const std::string& event_id,
-                                              const std::string& reason) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET state = 'UNDELIVERABLE', last_error = $2, "
-                "updated_at = now() WHERE event_id = $1::uuid",
-                event_id, reason);
+absl::StatusOr<bool> DeliveryStore::MarkUndeliverable(const std::string& event_id, int send,
+                                                      const std::string& reason) {
+  return Conclude(pool_, "UNDELIVERABLE", "last_error = $3", "$2", event_id, send, reason);
 }
 
-absl::Status DeliveryStore::Release(const std::string& event_id, const std::string& reason) {
-  return Update(pool_,
-                "UPDATE notification.deliveries SET state = 'FAILED', attempts = attempts - 1, "
-                "last_error = $2, updated_at = now() WHERE event_id = $1::uuid",
-                event_id, reason);
+absl::StatusOr<bool> DeliveryStore::Release(const std::string& event_id, int send,
+                                            const std::string& reason) {
+  return Conclude(pool_, "FAILED", "attempts = attempts - 1, last_error = $3", "$2 - 1", event_id,
+                  send, reason);
+}
+
+absl::StatusOr<bool> DeliveryStore::StillSending(const std::string& event_id, int send) {
+  bool sending = false;
+  RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    sending = !tx.exec_params("SELECT 1 FROM notification.deliveries "
+                              "WHERE event_id = $1::uuid AND state = 'SENDING' AND attempts = $2",
+                              event_id, send)
+                   .empty();
+    return absl::OkStatus();
+  }, PgPool::Retry::kIdempotent));
+  return sending;
 }
 
 absl::Status DeliveryStore::Ping() {

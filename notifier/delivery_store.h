@@ -12,6 +12,13 @@
 //                           unknown) --> "uncertain": resend (SENDING, attempts+1) or, with
 //                           the skip policy, SENT without sending.
 //
+// Fencing: a send is numbered by the row's `attempts` when its Begin committed SENDING, and every
+// Mark* and Release names the send it concludes. It changes the row only while the row is still
+// SENDING for that send and otherwise changes nothing and answers false: a worker that paused
+// past its consumer session (or lost its partition) and wakes with a late result must not undo
+// what the record's new owner did (Begin again -> attempts+1, then SENT). A retry of a Mark*
+// whose first try committed unseen (a broken connection) finds its own outcome and answers true.
+//
 // Begin commits SENDING *before* the send, so a crash between sending and MarkSent leaves
 // evidence: the redelivered record finds SENDING and the notifier counts it as uncertain
 // instead of silently sending twice (or silently dropping). A send whose outcome is unknown
@@ -77,20 +84,27 @@ class DeliveryStore {
   // dead-lettered without its FAILED mark).
   absl::StatusOr<BeginResult> Begin(const std::string& event_id, UncertainPolicy policy,
                                     int incoming_attempt = 1);
-  absl::Status MarkSent(const std::string& event_id);
+  // The Mark* calls and Release conclude send number `send` (BeginResult::attempts): true when
+  // recorded, false when the row has moved on (stale: nothing changed, see "Fencing" above).
+  absl::StatusOr<bool> MarkSent(const std::string& event_id, int send);
   // `possibly_delivered`: the send's outcome is unknown (sets `uncertain`).
-  absl::Status MarkFailed(const std::string& event_id, const std::string& error,
-                          bool possibly_delivered = false);
-  // The DLQ acknowledged the dead letter of this FAILED delivery, numbered `attempt`: until a
-  // record with a higher attempt arrives (the retry-worker's), Begin takes it as a duplicate.
-  absl::Status MarkDeadLettered(const std::string& event_id, int attempt);
+  absl::StatusOr<bool> MarkFailed(const std::string& event_id, int send, const std::string& error,
+                                  bool possibly_delivered = false);
+  // The DLQ acknowledged the dead letter of this FAILED send, numbered `attempt`: until a record
+  // with a higher attempt arrives (the retry-worker's), Begin takes it as a duplicate.
+  absl::StatusOr<bool> MarkDeadLettered(const std::string& event_id, int send, int attempt);
   // The send's outcome is unknown and UNCERTAIN_POLICY=skip: SENT, uncertain, never resent.
-  absl::Status MarkSentUncertain(const std::string& event_id, const std::string& error);
+  absl::StatusOr<bool> MarkSentUncertain(const std::string& event_id, int send,
+                                         const std::string& error);
   // Begin was committed but nothing was sent (stopping during a 429 pause): FAILED, and the
   // send is not counted, so the next Begin resends it as an ordinary retry.
-  absl::Status Release(const std::string& event_id, const std::string& reason);
+  absl::StatusOr<bool> Release(const std::string& event_id, int send, const std::string& reason);
   // Final: no retry, no DLQ. `reason` is kept in last_error.
-  absl::Status MarkUndeliverable(const std::string& event_id, const std::string& reason);
+  absl::StatusOr<bool> MarkUndeliverable(const std::string& event_id, int send,
+                                         const std::string& reason);
+  // Whether the row is still SENDING for send number `send`: asked before a request goes out
+  // when the worker may have been paused or lost its partition since its Begin.
+  absl::StatusOr<bool> StillSending(const std::string& event_id, int send);
   // SELECT 1, for health.
   absl::Status Ping();
 
@@ -98,7 +112,7 @@ class DeliveryStore {
   PgPool& pool_;
   // The two writes every message makes, batched across concurrent callers.
   Batcher first_sights_;  // INSERT SENDING ... ON CONFLICT DO NOTHING: returns the inserted
-  Batcher sent_;          // SENDING -> SENT
+  Batcher sent_;          // SENDING -> SENT, ids as "<event id>/<send>"
 };
 
 // True for the canonical 8-4-4-4-12 hex form.

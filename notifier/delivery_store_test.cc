@@ -40,7 +40,7 @@ TEST_F(DeliveryStoreTest, FirstSightSendsThenDuplicate) {
   EXPECT_EQ(first->action, BeginResult::Action::kSend);
   EXPECT_FALSE(first->uncertain);
   EXPECT_EQ(State(), "SENDING/1/false");
-  ASSERT_TRUE(store_.MarkSent(kId).ok());
+  ASSERT_TRUE(*store_.MarkSent(kId, 1));
   EXPECT_EQ(State(), "SENT/1/false");
 
   auto again = store_.Begin(kId, UncertainPolicy::kResend);
@@ -71,7 +71,7 @@ TEST_F(DeliveryStoreTest, InFlightWithSkipPolicyBecomesSentWithoutSending) {
 
 TEST_F(DeliveryStoreTest, FailedMaySendAgain) {
   ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
-  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: HTTP 400").ok());
+  ASSERT_TRUE(*store_.MarkFailed(kId, 1, "telegram: HTTP 400"));
   EXPECT_EQ(State(), "FAILED/1/false");
   auto retry = store_.Begin(kId, UncertainPolicy::kResend);
   ASSERT_TRUE(retry.ok());
@@ -96,16 +96,16 @@ TEST_F(DeliveryStoreTest, InFlightButDeadLetteredIsARetryEvenWithSkipPolicy) {
 
 TEST_F(DeliveryStoreTest, UnknownOutcomeMarksTheRowUncertain) {
   ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
-  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: timeout", /*possibly_delivered=*/true).ok());
+  ASSERT_TRUE(*store_.MarkFailed(kId, 1, "telegram: timeout", /*possibly_delivered=*/true));
   EXPECT_EQ(State(), "FAILED/1/true");
   ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
-  ASSERT_TRUE(store_.MarkSentUncertain(kId, "telegram: timeout").ok());
+  ASSERT_TRUE(*store_.MarkSentUncertain(kId, 2, "telegram: timeout"));
   EXPECT_EQ(State(), "SENT/2/true");
 }
 
 TEST_F(DeliveryStoreTest, ReleaseUndoesABeginThatSentNothing) {
   ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
-  ASSERT_TRUE(store_.Release(kId, "not sent: stopped during a 429 pause").ok());
+  ASSERT_TRUE(*store_.Release(kId, 1, "not sent: stopped during a 429 pause"));
   auto again = store_.Begin(kId, UncertainPolicy::kSkip);
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(again->action, BeginResult::Action::kSend);
@@ -115,8 +115,8 @@ TEST_F(DeliveryStoreTest, ReleaseUndoesABeginThatSentNothing) {
 
 TEST_F(DeliveryStoreTest, ARedeliveryOfADeadLetteredFailureIsADuplicate) {
   ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
-  ASSERT_TRUE(store_.MarkFailed(kId, "telegram: HTTP 502").ok());
-  ASSERT_TRUE(store_.MarkDeadLettered(kId, 1).ok());
+  ASSERT_TRUE(*store_.MarkFailed(kId, 1, "telegram: HTTP 502"));
+  ASSERT_TRUE(*store_.MarkDeadLettered(kId, 1, 1));
   // The same record again (its offset was not committed before a rebalance).
   EXPECT_EQ(store_.Begin(kId, UncertainPolicy::kResend)->action, BeginResult::Action::kDuplicate);
   // The retry-worker's re-publish, attempt 2, sends.
@@ -124,6 +124,53 @@ TEST_F(DeliveryStoreTest, ARedeliveryOfADeadLetteredFailureIsADuplicate) {
   ASSERT_TRUE(retry.ok());
   EXPECT_EQ(retry->action, BeginResult::Action::kSend);
   EXPECT_EQ(retry->attempts, 2);
+}
+
+// A worker paused mid-send (past its consumer session) while another took the record over and
+// delivered it: whatever the first one reports when it wakes changes nothing.
+TEST_F(DeliveryStoreTest, AStaleSendChangesNothingOnceTakenOver) {
+  ASSERT_EQ(store_.Begin(kId, UncertainPolicy::kResend)->attempts, 1);  // worker A, then paused
+  auto takeover = store_.Begin(kId, UncertainPolicy::kResend);         // worker B
+  ASSERT_TRUE(takeover.ok());
+  ASSERT_EQ(takeover->attempts, 2);
+  EXPECT_FALSE(*store_.StillSending(kId, 1));
+  EXPECT_TRUE(*store_.StillSending(kId, 2));
+  ASSERT_TRUE(*store_.MarkSent(kId, 2));
+  EXPECT_EQ(State(), "SENT/2/true");
+
+  EXPECT_FALSE(*store_.StillSending(kId, 1));
+  EXPECT_FALSE(*store_.MarkFailed(kId, 1, "telegram: timeout", /*possibly_delivered=*/true));
+  EXPECT_FALSE(*store_.MarkSent(kId, 1));
+  EXPECT_FALSE(*store_.MarkSentUncertain(kId, 1, "telegram: timeout"));
+  EXPECT_FALSE(*store_.MarkUndeliverable(kId, 1, "chat gone"));
+  EXPECT_FALSE(*store_.Release(kId, 1, "not sent"));
+  EXPECT_FALSE(*store_.MarkDeadLettered(kId, 1, 1));
+  EXPECT_EQ(State(), "SENT/2/true");
+  EXPECT_EQ(store_.Begin(kId, UncertainPolicy::kResend)->action, BeginResult::Action::kDuplicate);
+}
+
+// A stale failure must not undo the new owner's own failure either (its dead letter is the one
+// the retry-worker follows).
+TEST_F(DeliveryStoreTest, AStaleFailureDoesNotTouchTheNewOwnersFailure) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(*store_.MarkFailed(kId, 2, "telegram: HTTP 400"));
+  EXPECT_FALSE(*store_.MarkFailed(kId, 1, "telegram: timeout"));
+  EXPECT_FALSE(*store_.MarkDeadLettered(kId, 1, 1));
+  ASSERT_TRUE(*store_.MarkDeadLettered(kId, 2, 2));
+  EXPECT_EQ(State(), "FAILED/2/true");
+}
+
+// A Mark* retried after its first try committed unseen (a broken connection) finds its own
+// outcome: recorded, not stale.
+TEST_F(DeliveryStoreTest, ARepeatedMarkOfTheSameSendIsRecorded) {
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(*store_.MarkFailed(kId, 1, "telegram: HTTP 400"));
+  EXPECT_TRUE(*store_.MarkFailed(kId, 1, "telegram: HTTP 400"));
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(*store_.MarkSent(kId, 2));
+  EXPECT_TRUE(*store_.MarkSent(kId, 2));
+  EXPECT_EQ(State(), "SENT/2/false");
 }
 
 TEST(IsUuid, CanonicalFormOnly) {

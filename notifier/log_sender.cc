@@ -14,6 +14,7 @@ namespace concert::notifier {
 LogSender::LogSender(std::string path) : path_(std::move(path)) {}
 
 SendResult LogSender::Send(const Notification& notification) {
+  if (notification.still_ours && !notification.still_ours()) return SendResult::NotOurs();
   nlohmann::json line = {
       {"ts", absl::FormatTime("%Y-%m-%dT%H:%M:%E3SZ", absl::Now(), absl::UTCTimeZone())},
       {"event_id", notification.event_id},

@@ -5,6 +5,9 @@
 //
 //   notifier            run (applies the `notification` schema's migrations first)
 //   notifier migrate    apply the migrations and exit
+#include <signal.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <memory>
 #include <thread>
@@ -148,7 +151,8 @@ int main(int argc, char** argv) {
   // 10 s * (2^10 - 1), about 3 hours, and a SIGTERM cuts it short.
   o.telegram.retries = static_cast<int>(
       s.Int("TELEGRAM_RETRIES", 3, 0, 10,
-            "In-process retries after a 5xx or a connection that never carried the request"));
+            "In-process retries after the Bot API's own 5xx or a connection that never carried "
+            "the request"));
   o.telegram.retry_backoff =
       s.Duration("TELEGRAM_RETRY_BACKOFF", absl::Milliseconds(500), absl::Milliseconds(10),
                  absl::Seconds(10), "First backoff between those retries (doubles)");
@@ -296,8 +300,6 @@ int main(int argc, char** argv) {
     std::unique_ptr<notifier::TelegramSender> replies;
     std::unique_ptr<notifier::UpdatePoller> poller;
     std::thread poller_thread;
-    // Notified once the consumer is done (stop requested, or it failed), so both end together.
-    absl::Notification poller_stop;
     if (poll_updates) {
       o.poller.database_url = o.database_url;
       o.poller.api_base = o.telegram.api_base;
@@ -308,7 +310,9 @@ int main(int argc, char** argv) {
       replies = std::make_unique<notifier::TelegramSender>(reply_options);
       poller = std::make_unique<notifier::UpdatePoller>(o.poller, *links, *replies, pacer,
                                                         metrics::Default());
-      poller_thread = std::thread([&] { poller->Run(poller_stop); });
+      // Stops with the process, not after the consumer: a consumer still finishing its sends
+      // must not keep the bot's poller lock from the next replica.
+      poller_thread = std::thread([&] { poller->Run(StopRequested()); });
     }
     grpc::Server& server = **grpc;
     absl::Status run =
@@ -316,11 +320,10 @@ int main(int argc, char** argv) {
     if (!run.ok()) {
       log::Error("notifier stopped", {{"error", std::string(run.message())}});
       code = 1;
+      // The poller ends as it would on SIGTERM.
+      if (!StopRequested().HasBeenNotified()) kill(getpid(), SIGTERM);
     }
-    if (poller_thread.joinable()) {
-      poller_stop.Notify();
-      poller_thread.join();
-    }
+    if (poller_thread.joinable()) poller_thread.join();
   }
   SetServing(**grpc, false);
   (*grpc)->Shutdown(Deadline(absl::Seconds(5)));

@@ -44,6 +44,28 @@ metrics::Counter& PacingWaitSeconds(metrics::Registry& registry, const char* sco
                              {{"scope", scope}});
 }
 
+metrics::Counter& DeadLettered(metrics::Registry& registry, const std::string& reason) {
+  return registry.GetCounter("notifier_dlq_total", "Records sent to the DLQ, by error class",
+                             {{"reason", reason}});
+}
+
+metrics::Counter& UndeliverableCount(metrics::Registry& registry, const std::string& reason) {
+  return registry.GetCounter("notifier_undeliverable_total",
+                             "Payments no chat will take, by reason: no_link "
+                             "(UNLINKED_POLICY=skip), chat_gone (the payer's chat blocked the bot "
+                             "or is gone)",
+                             {{"reason", reason}});
+}
+
+metrics::Counter& StaleCount(metrics::Registry& registry, const char* stage) {
+  return registry.GetCounter(
+      "notifier_stale_total",
+      "Work dropped because its record was taken over by another worker (this one paused past "
+      "its consumer session, or lost the partition): stage send (nothing sent) or outcome (a "
+      "late result, not recorded: it never overwrites the new owner's)",
+      {{"stage", stage}});
+}
+
 metrics::Counter& RateLimited(metrics::Registry& registry, const char* chat) {
   return registry.GetCounter("notifier_rate_limited_total",
                              "429 answers from Telegram, by the chat's kind: private or group",
@@ -132,12 +154,21 @@ Notifier::Notifier(NotifierOptions options, DeliveryStore& store, Sender& sender
                                            "1 while Postgres takes the delivery records")),
       kafka_up_gauge_(registry.GetGauge("notifier_kafka_up",
                                         "1 while the Kafka cluster answers the consumer")),
+      stale_sends_(StaleCount(registry, "send")),
+      stale_outcomes_(StaleCount(registry, "outcome")),
       pacing_wait_bot_(PacingWaitSeconds(registry, "bot")),
       pacing_wait_chat_(PacingWaitSeconds(registry, "chat")),
       pacing_wait_group_(PacingWaitSeconds(registry, "group")),
       pacing_wait_flood_(PacingWaitSeconds(registry, "flood")),
       rate_limited_private_(RateLimited(registry, "private")),
-      rate_limited_group_(RateLimited(registry, "group")) {}
+      rate_limited_group_(RateLimited(registry, "group")) {
+  // Alerts take increase() of these: each known series exists at 0 before its first event.
+  for (const char* reason :
+       {"poison", "telegram_4xx", "telegram_5xx", kChatGone, "timeout", "connection", "io"}) {
+    DeadLettered(registry, reason);
+  }
+  for (const char* reason : {"no_link", "chat_gone"}) UndeliverableCount(registry, reason);
+}
 
 Notifier::~Notifier() = default;
 
@@ -145,20 +176,50 @@ Notifier::~Notifier() = default;
 
 void Notifier::SetPostgresOk(bool ok) { postgres_ok_.store(ok); }
 
-bool Notifier::Persist(const std::function<absl::Status()>& op, const std::string& what,
-                       const std::string& event_id) {
+Notifier::Recorded Notifier::Record(const std::function<absl::StatusOr<bool>()>& change,
+                                    const std::string& what, const std::string& event_id) {
   absl::Duration backoff = absl::Milliseconds(100);
   for (int tries_after_stop = 0;;) {
-    absl::Status s = op();
-    if (s.ok()) {
+    absl::StatusOr<bool> changed = change();
+    if (changed.ok()) {
       SetPostgresOk(true);
-      return true;
+      if (*changed) return Recorded::kYes;
+      stale_outcomes_.Increment();
+      log::Warn(absl::StrCat(what, ": skipped, the record was taken over by another worker"),
+                {{"event_id", event_id}});
+      return Recorded::kStale;
     }
     SetPostgresOk(false);
     log::Error(absl::StrCat(what, " failed; retrying"),
-               {{"event_id", event_id}, {"error", std::string(s.message())}});
-    if (stop_->HasBeenNotified() && ++tries_after_stop >= kMaxTriesAfterStop) return false;
+               {{"event_id", event_id}, {"error", std::string(changed.status().message())}});
+    if (stop_->HasBeenNotified() && ++tries_after_stop >= kMaxTriesAfterStop) {
+      return Recorded::kGaveUp;
+    }
     absl::SleepFor(backoff);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+}
+
+bool Notifier::StillOurs(const Job& job, Claim& claim) {
+  Claim::Clock::time_point now = Claim::Clock::now();
+  if (!job.assignment->cancelled.HasBeenNotified() &&
+      now - claim.confirmed < absl::ToChronoNanoseconds(options_.ownership_recheck_after)) {
+    return true;
+  }
+  absl::Duration backoff = absl::Milliseconds(100);
+  while (true) {
+    absl::StatusOr<bool> sending = store_.StillSending(claim.event_id, claim.send);
+    if (sending.ok()) {
+      SetPostgresOk(true);
+      claim.confirmed = now;
+      claim.lost = !*sending;
+      return *sending;
+    }
+    SetPostgresOk(false);
+    log::Error("checking that a send is still ours failed; retrying",
+               {{"event_id", claim.event_id}, {"error", std::string(sending.status().message())}});
+    // Unconfirmed at stop: not sent, and the row stays SENDING for the next Begin to count.
+    if (!Backoff(backoff, *stop_)) return false;
     backoff = std::min(backoff * 2, options_.max_backoff);
   }
 }
@@ -166,10 +227,7 @@ bool Notifier::Persist(const std::function<absl::Status()>& op, const std::strin
 Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, DeadLetter letter) {
   absl::Status s = dlq_.Send(message, letter, *stop_);
   if (!s.ok()) return Outcome::kRetry;  // stopping: the offset stays uncommitted
-  registry_
-      .GetCounter("notifier_dlq_total", "Records sent to the DLQ, by error class",
-                  {{"reason", letter.error_class}})
-      .Increment();
+  DeadLettered(registry_, letter.error_class).Increment();
   log::Warn("sent to DLQ", {{"event_id", letter.event_id},
                             {"error_class", letter.error_class},
                             {"error", letter.error},
@@ -180,18 +238,12 @@ Notifier::Outcome Notifier::ToDlq(const RdKafka::Message& message, DeadLetter le
   return Outcome::kDone;
 }
 
-Notifier::Outcome Notifier::Undeliverable(const std::string& event_id, const std::string& reason,
-                                          const std::string& detail) {
-  if (!Persist([&] { return store_.MarkUndeliverable(event_id, detail); },
-               "recording delivery as undeliverable", event_id)) {
-    return Outcome::kRetry;
-  }
-  registry_
-      .GetCounter("notifier_undeliverable_total",
-                  "Payments no chat will take, by reason: no_link (UNLINKED_POLICY=skip), "
-                  "chat_gone (the payer's chat blocked the bot or is gone)",
-                  {{"reason", reason}})
-      .Increment();
+Notifier::Outcome Notifier::Undeliverable(const std::string& event_id, int send,
+                                          const std::string& reason, const std::string& detail) {
+  Recorded recorded = Record([&] { return store_.MarkUndeliverable(event_id, send, detail); },
+                             "recording delivery as undeliverable", event_id);
+  if (recorded != Recorded::kYes) return OutcomeOf(recorded);
+  UndeliverableCount(registry_, reason).Increment();
   log::Warn("notification undeliverable",
             {{"event_id", event_id}, {"reason", reason}, {"detail", detail}});
   return Outcome::kDone;
@@ -277,12 +329,15 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
     log::Warn("uncertain delivery: found in flight, sending again (UNCERTAIN_POLICY=resend)",
               {{"event_id", event_id}, {"policy", "resend"}, {"attempts", begin->attempts}});
   }
+  int send = begin->attempts;
   if (unlinked_skip) {
-    return Undeliverable(event_id, "no_link", "the payer has no linked Telegram chat");
+    return Undeliverable(event_id, send, "no_link", "the payer has no linked Telegram chat");
   }
 
   Notification notification{event_id, std::to_string(event.reservation_id()), chat_id,
                             FormatPaymentMessage(event, options_.time_zone, options_.locale)};
+  Claim claim{event_id, send, Claim::Clock::now()};
+  notification.still_ours = [&] { return StillOurs(job, claim); };
   absl::Time start = absl::Now();
   SendResult result;
   while (true) {
@@ -298,22 +353,30 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
                {"retry_after_ms", absl::ToInt64Milliseconds(result.retry_after)}});
     if (!Pace(chat_id, job)) {
       // Nothing went out: undo this send's Begin so the next try is an ordinary retry.
-      Persist([&] { return store_.Release(event_id, "not sent: stopped during a 429 pause"); },
-              "releasing an unsent delivery", event_id);
+      Record([&] { return store_.Release(event_id, send, "not sent: stopped during a 429 pause"); },
+             "releasing an unsent delivery", event_id);
       return Outcome::kRetry;
     }
   }
 
+  if (result.kind == SendResult::Kind::kNotOurs) {
+    // Unconfirmed (stopping with Postgres away): the row stays SENDING, counted by the next Begin.
+    if (!claim.lost) return Outcome::kRetry;
+    stale_sends_.Increment();
+    log::Warn("not sent: the record was taken over by another worker while this one waited",
+              {{"event_id", event_id}, {"send", send}});
+    return Outcome::kDone;
+  }
   if (result.ok()) {
     sent_.Increment();
-    if (!Persist([&] { return store_.MarkSent(event_id); }, "recording delivery as sent",
-                 event_id)) {
-      return Outcome::kRetry;  // stays SENDING: the next try will count it as uncertain
-    }
+    Recorded recorded = Record([&] { return store_.MarkSent(event_id, send); },
+                               "recording delivery as sent", event_id);
+    // Unrecorded, the row stays SENDING: the next try will count it as uncertain.
+    if (recorded != Recorded::kYes) return OutcomeOf(recorded);
     log::Info("notification sent", {{"event_id", event_id},
                                     {"reservation_id", notification.reservation_id},
                                     {"sender", sender_.name()},
-                                    {"attempts", begin->attempts},
+                                    {"attempts", send},
                                     {"latency_ms", absl::ToInt64Milliseconds(absl::Now() - start)}});
     return Outcome::kDone;
   }
@@ -326,34 +389,35 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
       log::Warn("unlinking a gone chat failed",
                 {{"chat_id", payer_chat}, {"error", std::string(s.message())}});
     }
-    return Undeliverable(event_id, "chat_gone", result.message);
+    return Undeliverable(event_id, send, "chat_gone", result.message);
   }
   if (result.possibly_delivered) {
     // Every possible duplicate is counted where it arises, and its row marked, before anything
     // may send it again.
     uncertain_.Increment();
-    log::Warn("uncertain delivery: the request went out and no answer came",
+    log::Warn("uncertain delivery: the request went out and no answer said it was not delivered",
               {{"event_id", event_id},
                {"error", result.message},
                {"policy", options_.uncertain_policy == UncertainPolicy::kSkip ? "skip" : "resend"}});
     if (options_.uncertain_policy == UncertainPolicy::kSkip) {
-      return Persist([&] { return store_.MarkSentUncertain(event_id, result.message); },
-                     "recording an uncertain delivery as sent", event_id)
-                 ? Outcome::kDone
-                 : Outcome::kRetry;
+      return OutcomeOf(
+          Record([&] { return store_.MarkSentUncertain(event_id, send, result.message); },
+                 "recording an uncertain delivery as sent", event_id));
     }
   }
-  bool marked = Persist(
-      [&] { return store_.MarkFailed(event_id, result.message, result.possibly_delivered); },
+  Recorded marked = Record(
+      [&] { return store_.MarkFailed(event_id, send, result.message, result.possibly_delivered); },
       "recording delivery as failed", event_id);
+  // A stale failure is another worker's record now: no dead letter, no resend.
+  if (marked == Recorded::kStale) return Outcome::kDone;
   // Unmarked (stopping with Postgres down), a send that may have been delivered stays SENDING
   // for the next Begin to count; one known not delivered still goes to the DLQ, whose attempt
   // number tells the next Begin so.
-  if (!marked && result.possibly_delivered) return Outcome::kRetry;
+  if (marked == Recorded::kGaveUp && result.possibly_delivered) return Outcome::kRetry;
   // The attempt is our own send count, so that the retry-worker's row and this delivery record
   // agree (a resend after a crash is a send); the incoming number is a floor for an event this
   // database has no record of.
-  int dead_letter_attempt = std::max(attempt, begin->attempts);
+  int dead_letter_attempt = std::max(attempt, send);
   Outcome outcome =
       ToDlq(message, {.event_id = event_id,
                       .error_class = result.error_class,
@@ -362,9 +426,9 @@ Notifier::Outcome Notifier::Send(const Job& job, const events::v1::PaymentComple
                       .possibly_delivered = begin->uncertain || result.possibly_delivered});
   // Best effort: unwritten, a redelivery of this record (a rebalance before its offset was
   // committed) sends once more instead of being skipped.
-  if (outcome == Outcome::kDone && marked) {
-    Persist([&] { return store_.MarkDeadLettered(event_id, dead_letter_attempt); },
-            "recording the dead letter", event_id);
+  if (outcome == Outcome::kDone && marked == Recorded::kYes) {
+    Record([&] { return store_.MarkDeadLettered(event_id, send, dead_letter_attempt); },
+           "recording the dead letter", event_id);
   }
   return outcome;
 }
@@ -668,6 +732,14 @@ absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bo
   for (std::thread& worker : workers_) worker.join();
   workers_.clear();
   CommitDone(nullptr, Commit::kWait);
+  {
+    // Closing waits until every message librdkafka handed out is destroyed: drop the records no
+    // worker started (the next owner reads them again from the committed offset).
+    std::lock_guard lock(mu_);
+    lanes_.clear();
+    ready_.clear();
+    pending_ = 0;
+  }
   consumer_->close();  // revokes through rebalance_cb: nothing busy, commits again (no-op)
   consumer_.reset();
   return absl::OkStatus();

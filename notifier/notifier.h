@@ -28,6 +28,11 @@
 //                      FAILED and DLQ with kafka_dlt-possibly-delivered
 //                      other failures: FAILED, then DLQ (error class, attempt = the delivery
 //                      record's send count)
+// Fencing: a send is its Begin's (the row SENDING with that attempt number). Right before each
+// request leaves, a send whose claim is older than `ownership_recheck_after` (a freeze, a long
+// 429 pause) or whose partition was revoked asks Postgres that the row is still its own; every
+// outcome is written only onto its own send. A worker frozen past its consumer session wakes
+// to find the record taken over: it sends nothing and records nothing (notifier_stale_total).
 // When Postgres or the DLQ is unavailable the record is retried with backoff in its lane, never
 // skipped. A known outcome is written before the record counts as finished; at stop, a send
 // known to have failed goes to the DLQ even when its FAILED mark could not be written (the dead
@@ -40,6 +45,7 @@
 #define CONCERT_NOTIFIER_NOTIFIER_H_
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -99,6 +105,10 @@ struct NotifierOptions {
   absl::Duration max_backoff = absl::Seconds(5);
   // How long a revoke waits for records being sent before letting their partitions go.
   absl::Duration revoke_timeout = absl::Seconds(20);
+  // A send whose Begin (or last check) is older than this, or whose partition was revoked, asks
+  // Postgres that its row is still its own before a request leaves: a process frozen past its
+  // consumer session (10 s) may have lost the record to another replica meanwhile.
+  absl::Duration ownership_recheck_after = absl::Seconds(3);
   // How often Postgres and Kafka are probed for health when nothing else shows their state.
   absl::Duration health_interval = absl::Seconds(5);
 };
@@ -157,11 +167,34 @@ class Notifier {
   // Pacer::Acquire for `chat_id`, its waits counted by scope; false when cancelled.
   bool Pace(const std::string& chat_id, const Job& job);
   Outcome ToDlq(const RdKafka::Message& message, DeadLetter letter);
-  // Retries `op` with backoff until it succeeds or (after stop) a few more tries failed.
-  bool Persist(const std::function<absl::Status()>& op, const std::string& what,
-               const std::string& event_id);
+  // How a change of a delivery row ended.
+  enum class Recorded {
+    kYes,
+    kStale,   // the row had moved on (another worker owns the record): nothing changed
+    kGaveUp,  // Postgres stayed unavailable after a stop was requested
+  };
+  // A stale change leaves the record to its new owner: done here. Given up: tried again.
+  static Outcome OutcomeOf(Recorded recorded) {
+    return recorded == Recorded::kGaveUp ? Outcome::kRetry : Outcome::kDone;
+  }
+  // Retries `change` (a DeliveryStore Mark*/Release) with backoff until Postgres answers or
+  // (after stop) a few more tries failed; a stale answer is logged and counted.
+  Recorded Record(const std::function<absl::StatusOr<bool>()>& change, const std::string& what,
+                  const std::string& event_id);
+  // One send's claim on its delivery row (SENDING with attempts == send).
+  struct Claim {
+    using Clock = std::chrono::steady_clock;
+    std::string event_id;
+    int send = 0;
+    Clock::time_point confirmed;  // when the row was last known to be ours
+    bool lost = false;            // Postgres said the row moved on
+  };
+  // The sender's still_ours(): true at once while the claim is fresh and the partition still
+  // assigned; otherwise (a pause, a long 429 wait, a revoke) asks Postgres, waiting while it is
+  // away; false when the row moved on, or when stopping before Postgres answered.
+  bool StillOurs(const Job& job, Claim& claim);
   // MarkUndeliverable (retried like every record of an outcome), then counts it by `reason`.
-  Outcome Undeliverable(const std::string& event_id, const std::string& reason,
+  Outcome Undeliverable(const std::string& event_id, int send, const std::string& reason,
                         const std::string& detail);
   void SetPostgresOk(bool ok);
 
@@ -191,6 +224,8 @@ class Notifier {
   metrics::Counter& sent_;
   metrics::Counter& duplicates_;
   metrics::Counter& uncertain_;
+  metrics::Counter& stale_sends_;     // not sent: the record was taken over meanwhile
+  metrics::Counter& stale_outcomes_;  // an outcome not recorded: the record was taken over
   metrics::Histogram& send_seconds_;
   metrics::Gauge& in_flight_gauge_;
   metrics::Gauge& pending_gauge_;

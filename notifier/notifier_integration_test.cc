@@ -548,6 +548,87 @@ TEST_F(NotifierTest, ATimedOutSendUnderSkipPolicyIsNeverResent) {
   EXPECT_EQ(fake_.requests(), 1);
 }
 
+// A gateway's 504 can come after Telegram delivered the message: it is a doubt like a timeout
+// (counted, the row marked, the dead letter says so), never resent in process.
+TEST_F(NotifierTest, AGatewayErrorAfterDeliveryIsUncertainAndNotResentInProcess) {
+  int port = concert::testing::FreePort();
+  fake_.SetFault({.mode = FaultMode::kGateway5xx, .count = 1, .status = 504});
+  auto notifier = StartNotifier(port);
+  Produce(RecordFor(MakeEvent(7)));
+
+  std::vector<DlqRecord> dlq = ReadDlq(1, absl::Seconds(60));
+  ASSERT_EQ(dlq.size(), 1u) << notifier->log_path();
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kErrorClass), "telegram_5xx");
+  EXPECT_EQ(dlq[0].Header(kafka::dlq::kPossiblyDelivered), "true");
+  EXPECT_EQ(Metric(port, "notifier_uncertain_total"), 1);
+  EXPECT_EQ(CountRows("uncertain AND state = 'FAILED'"), 1);
+  EXPECT_EQ(fake_.messages().size(), 1u);
+  EXPECT_EQ(fake_.requests(), 1);
+}
+
+// A notifier frozen between a failed request and its in-process retry (SIGSTOP: a suspended VM,
+// a throttled container) past its consumer session: another replica takes the record over,
+// sends it and records SENT. Woken, the first must neither send again nor touch the row.
+TEST_F(NotifierTest, AFrozenNotifierWakesWithoutUndoingItsSuccessor) {
+  int port_a = concert::testing::FreePort(), port_b = concert::testing::FreePort();
+  fake_.SetFault({.mode = FaultMode::k5xx, .count = 1, .status = 500});
+  auto env_a = Env(port_a);
+  env_a["TELEGRAM_RETRY_BACKOFF"] = "2s";  // the retry waits long enough to freeze A in it
+  ChildProcess a(concert::testing::BinaryPath("notifier"), {}, env_a);
+  PaymentCompleted e = MakeEvent(8);
+  Produce(RecordFor(e));
+  ASSERT_TRUE(WaitUntil([&] { return fake_.requests() == 1; }, absl::Seconds(60)))
+      << a.log_path();
+  ASSERT_EQ(kill(a.pid(), SIGSTOP), 0);
+
+  auto env_b = Env(port_b);
+  env_b["GRPC_ADDRESS"] = absl::StrCat("127.0.0.1:", concert::testing::FreePort());
+  ChildProcess b(concert::testing::BinaryPath("notifier"), {}, env_b);
+  // B gets the partition once A's session expired, finds the row SENDING (A's), resends.
+  bool taken_over = WaitUntil([&] { return CountRows("state = 'SENT'") == 1; },
+                              absl::Seconds(90));
+  kill(a.pid(), SIGCONT);
+  ASSERT_TRUE(taken_over) << b.log_path();
+  EXPECT_EQ(fake_.messages().size(), 1u);
+
+  // A wakes into its retry. Its partition is gone and its send no longer its own.
+  bool fenced = WaitUntil(
+      [&] { return Metric(port_a, "notifier_stale_total", "stage=\"send\"") >= 1; },
+      absl::Seconds(20));
+  absl::SleepFor(absl::Seconds(2));
+  EXPECT_EQ(fake_.messages().size(), 1u) << "a copy after the successor's confirmed delivery";
+  EXPECT_TRUE(fenced) << a.log_path();
+  EXPECT_EQ(CountRows("state = 'SENT' AND attempts = 2"), 1);
+  EXPECT_TRUE(ReadDlq(1, absl::Seconds(3)).empty());
+}
+
+// SIGTERM while hundreds of records wait for one chat's pace: the notifier ends within seconds
+// (records no worker started are released, not sent), and a successor delivers every one.
+TEST_F(NotifierTest, SigtermWithABacklogForOneChatStopsPromptlyAndLosesNothing) {
+  constexpr int kEvents = 300;
+  std::vector<PaymentCompleted> events;
+  for (int i = 0; i < kEvents; ++i) events.push_back(MakeEvent(100 + i));
+  int port = concert::testing::FreePort();
+  auto env = Env(port);
+  env["TELEGRAM_CHAT_INTERVAL"] = "3s";  // every payer is unlinked: all go to the operator's chat
+  env["MAX_PENDING"] = "100";            // and the consumer pauses its partitions
+  ChildProcess slow(concert::testing::BinaryPath("notifier"), {}, env);
+  ProduceAll(events);
+  // Read and waiting (a few go out meanwhile, one per 3 s).
+  ASSERT_TRUE(WaitUntil([&] { return Metric(port, "notifier_pending") >= 90; },
+                        absl::Seconds(60)))
+      << slow.log_path();
+
+  int status = slow.Stop(SIGTERM, absl::Seconds(10));
+  ASSERT_NE(status, -1) << "still running 10 s after SIGTERM; " << slow.log_path();
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << slow.log_path();
+
+  auto successor = StartNotifier(concert::testing::FreePort());
+  ASSERT_TRUE(WaitUntil([&] { return AllDelivered(events); }, absl::Seconds(90)))
+      << successor->log_path();
+  EXPECT_EQ(fake_.messages().size(), static_cast<size_t>(kEvents));
+}
+
 // Against a Telegram with its real latency and limits: many sends in flight across
 // reservations, each reservation's messages in order, and pacing keeps the limits (no 429).
 TEST_F(NotifierTest, ConcurrentSendsKeepEachReservationInOrderAndTelegramsLimits) {

@@ -10,6 +10,7 @@
 #ifndef CONCERT_NOTIFIER_SENDER_H_
 #define CONCERT_NOTIFIER_SENDER_H_
 
+#include <functional>
 #include <string>
 
 #include "absl/status/status.h"
@@ -23,6 +24,11 @@ struct Notification {
   // Where it goes: a numeric chat id or "@channel" (the log sender records it only).
   std::string chat_id;
   std::string text;
+  // Asked right before each request leaves (in-process retries included); false: the send is no
+  // longer this worker's to make (it was paused, or its partition revoked, and another worker
+  // took the record over), so the request is not made and Send() answers kNotOurs. Unset: always
+  // ours.
+  std::function<bool()> still_ours;
 };
 
 // The error class of a send to a chat that will never accept one: Telegram's 403 "bot was
@@ -41,6 +47,9 @@ struct SendResult {
     // 429: nothing was delivered; every send of the bot must pause for retry_after, then this
     // one goes again. Not a failed attempt.
     kRateLimited,
+    // Not sent: `still_ours` said no before a request left. Earlier requests of this Send(), if
+    // any, are known not to have been delivered (only those are retried in process).
+    kNotOurs,
   };
   Kind kind = Kind::kSent;
   // For the DLQ's error-class header and the dlq metric: "telegram_4xx", kChatGone,
@@ -66,6 +75,9 @@ struct SendResult {
   }
   static SendResult RateLimited(std::string message, absl::Duration retry_after) {
     return {Kind::kRateLimited, "telegram_429", std::move(message), false, retry_after};
+  }
+  static SendResult NotOurs() {
+    return {Kind::kNotOurs, "", "not sent: the record is no longer this worker's"};
   }
 };
 

@@ -25,9 +25,41 @@ void GlobalInitOnce() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
+// sendMessage answers a few hundred bytes; anything near this is not the Bot API talking.
+constexpr size_t kMaxAnswerBytes = 1 << 20;
+
+// Collects the answer up to kMaxAnswerBytes; beyond, libcurl ends the transfer (write error).
 size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
+  auto* answer = static_cast<std::string*>(out);
+  if (answer->size() + size * count > kMaxAnswerBytes) return 0;
+  answer->append(data, size * count);
   return size * count;
+}
+
+// Asks the notification's still_ours() once the connection is ready and before the request is
+// written, the last moment at which not sending is still certain (a process frozen inside
+// libcurl wakes up here, or later with its request already out).
+struct Ownership {
+  const std::function<bool()>* still_ours;
+  bool refused = false;
+};
+
+int CheckOwnership(void* data, char*, char*, int, int) {
+  auto* ownership = static_cast<Ownership*>(data);
+  if (*ownership->still_ours && !(*ownership->still_ours)()) {
+    ownership->refused = true;
+    return CURL_PREREQFUNC_ABORT;
+  }
+  return CURL_PREREQFUNC_OK;
+}
+
+// Whether a non-2xx answer is the Bot API's own verdict ({"ok":false,"error_code":<status>}):
+// Telegram handled the request and refused it. A gateway in front of it (502, 504 pages) says
+// nothing about whether Telegram delivered the message.
+bool IsBotApiError(const json& answer, long status) {
+  return answer.is_object() && answer.contains("ok") && answer["ok"].is_boolean() &&
+         !answer["ok"].get<bool>() && answer.contains("error_code") &&
+         answer["error_code"].is_number_integer() && answer["error_code"].get<long>() == status;
 }
 
 // The field as a boolean: true, or the string "true".
@@ -118,6 +150,7 @@ void* TelegramSender::AcquireHandle() {
   curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
   curl_easy_setopt(curl, CURLOPT_READFUNCTION, ReadBody);
   curl_easy_setopt(curl, CURLOPT_SEEKFUNCTION, RefuseRewind);
+  curl_easy_setopt(curl, CURLOPT_PREREQFUNCTION, CheckOwnership);
   // No proxies from the environment: the token must only ever go to api_base.
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");
   return curl;
@@ -128,13 +161,16 @@ void TelegramSender::ReleaseHandle(void* handle) {
   idle_handles_.push_back(handle);
 }
 
-SendResult TelegramSender::SendOnce(const std::string& body) {
+SendResult TelegramSender::SendOnce(const std::string& body,
+                                    const std::function<bool()>& still_ours) {
   CURL* curl = static_cast<CURL*>(AcquireHandle());
   if (curl == nullptr) return SendResult::Transient("connection", "curl_easy_init failed");
   std::string response;
   char error[CURL_ERROR_SIZE] = {0};
   Body reader{&body};
+  Ownership ownership{&still_ours};
   curl_easy_setopt(curl, CURLOPT_READDATA, &reader);
+  curl_easy_setopt(curl, CURLOPT_PREREQDATA, &ownership);
   curl_easy_setopt(curl, CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()));
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
@@ -147,8 +183,10 @@ SendResult TelegramSender::SendOnce(const std::string& body) {
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, nullptr);  // `error` ends with this call
   ReleaseHandle(curl);
 
+  if (ownership.refused) return SendResult::NotOurs();
   if (code != CURLE_OK) {
     std::string what = error[0] != '\0' ? error : curl_easy_strerror(code);
+    if (code == CURLE_WRITE_ERROR) what = absl::StrCat("answer larger than ", kMaxAnswerBytes, " bytes");
     // A refused rewind: the request went out on a connection that then died unanswered.
     bool possibly_delivered = request_bytes > 0 || code == CURLE_SEND_FAIL_REWIND;
     return SendResult::Transient(code == CURLE_OPERATION_TIMEDOUT ? "timeout" : "connection",
@@ -171,7 +209,11 @@ SendResult TelegramSender::SendOnce(const std::string& body) {
     return SendResult::RateLimited(
         message, std::min(absl::Seconds(RetryAfterSeconds(answer)), options_.max_retry_after));
   }
-  if (status >= 500) return SendResult::Transient("telegram_5xx", message);
+  if (status >= 500) {
+    // A gateway's 5xx may come after Telegram accepted the message.
+    return SendResult::Transient("telegram_5xx", message,
+                                 /*possibly_delivered=*/!IsBotApiError(answer, status));
+  }
   if (status == 403 || (status == 400 && absl::StrContains(description, "chat not found"))) {
     return SendResult::Permanent(kChatGone, message);
   }
@@ -192,7 +234,7 @@ SendResult TelegramSender::Send(const Notification& notification) {
   std::string body = request.dump(-1, ' ', false, json::error_handler_t::replace);
   absl::Duration backoff = options_.retry_backoff;
   for (int failures = 0;; ++failures) {
-    SendResult result = SendOnce(body);
+    SendResult result = SendOnce(body, notification.still_ours);
     if (result.kind != SendResult::Kind::kTransient || result.possibly_delivered ||
         failures >= options_.retries) {
       return result;

@@ -3,17 +3,20 @@
 //   200 ok:true                  -> sent
 //   429                          -> kRateLimited with parameters.retry_after (capped at
 //                                   max_retry_after): the caller pauses every send, then resends
-//   5xx, connection refused      -> up to `retries` more attempts with exponential backoff
-//   (nothing reached Telegram)      (Telegram said no, or never heard us), then transient
-//                                   "telegram_5xx" / "connection"
+//   5xx from the Bot API itself  -> up to `retries` more attempts with exponential backoff
+//   ({"ok":false,"error_code"}),    (Telegram said no, or never heard us), then transient
+//   connection refused              "telegram_5xx" / "connection"
 //   timeout, connection broken   -> transient "timeout" / "connection", possibly_delivered, at
-//   after the request went out      once: Telegram has no idempotency key, so only the caller,
-//                                   after recording the doubt, may send it again
+//   after the request went out,     once: Telegram has no idempotency key, so only the caller,
+//   a gateway's 5xx (502, 504)      after recording the doubt, may send it again ("telegram_5xx"
+//   or an oversized answer          for the gateway: it may answer after Telegram delivered)
 //   403, 400 "chat not found"    -> permanent kChatGone at once (that chat will never accept)
 //   other 4xx, a malformed answer-> permanent "telegram_4xx" at once
 // An answer with unexpected JSON types ("ok":"true", "retry_after":"5") is read leniently where
 // the meaning is clear and never throws.
 // A stop request ends a backoff at once: Send() returns the last transient result.
+// Before each request is written (once connected), the notification's still_ours() is asked;
+// false: the request is not made and Send() answers kNotOurs.
 //
 // The bot token is part of the URL; it is never logged and never appears in a SendResult
 // (RedactToken replaces it in anything that might carry it).
@@ -22,6 +25,7 @@
 #ifndef CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 #define CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -64,7 +68,7 @@ class TelegramSender final : public Sender {
   std::string name() const override { return "telegram"; }
 
  private:
-  SendResult SendOnce(const std::string& body);
+  SendResult SendOnce(const std::string& body, const std::function<bool()>& still_ours);
   // Sleeps `d`; false when a stop was requested before or during the wait.
   bool Wait(absl::Duration d) const;
   void* AcquireHandle();

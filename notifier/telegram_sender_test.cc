@@ -166,6 +166,62 @@ TEST_F(TelegramSenderTest, ServerErrorIsNotPossiblyDelivered) {
   EXPECT_FALSE(r.possibly_delivered);
 }
 
+// A gateway in front of the Bot API (nginx's 504 page) may answer after Telegram delivered: the
+// message may be in the chat, so it is never resent in process.
+TEST_F(TelegramSenderTest, GatewayErrorAfterDeliveryIsPossiblyDeliveredAndNeverRetried) {
+  fake_.SetFault({.mode = FaultMode::kGateway5xx, .count = 1, .status = 504});
+  TelegramSender sender(Options());
+  SendResult r = sender.Send(Note());
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_EQ(r.error_class, "telegram_5xx");
+  EXPECT_TRUE(r.possibly_delivered) << r.message;
+  EXPECT_EQ(fake_.requests(), 1);
+  EXPECT_EQ(fake_.messages().size(), 1u);
+}
+
+// Before every request (retries included) the send asks whether it is still its own; a "no"
+// sends nothing more.
+TEST_F(TelegramSenderTest, NoRequestLeavesOnceTheSendIsNoLongerOurs) {
+  fake_.SetFault({.mode = FaultMode::k5xx, .count = 1, .status = 500});
+  TelegramSender sender(Options());
+  Notification note = Note();
+  int asked = 0;
+  note.still_ours = [&] { return ++asked == 1; };  // ours for the first request only
+  SendResult r = sender.Send(note);
+  EXPECT_EQ(r.kind, SendResult::Kind::kNotOurs) << r.message;
+  EXPECT_EQ(asked, 2);
+  EXPECT_EQ(fake_.requests(), 1);
+  EXPECT_TRUE(fake_.messages().empty());
+
+  note.still_ours = [] { return false; };
+  EXPECT_EQ(sender.Send(note).kind, SendResult::Kind::kNotOurs);
+  EXPECT_EQ(fake_.requests(), 1);
+}
+
+// An answer no Bot API gives (megabytes) is cut off, not read into memory without bound; the
+// request went out, so it is a doubt.
+TEST(TelegramSenderAnswers, AnOversizedAnswerIsRefusedAndPossiblyDelivered) {
+  httplib::Server server;
+  server.Post(R"(/bot[^/]+/sendMessage)", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(std::string(8 << 20, ' ') + R"({"ok":true})", "application/json");
+  });
+  server.set_keep_alive_max_count(1);
+  int port = server.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread thread([&] { server.listen_after_bind(); });
+  ASSERT_TRUE(WaitUntil([&] { return server.is_running(); }, absl::Seconds(5)));
+  TelegramOptions o;
+  o.api_base = "http://127.0.0.1:" + std::to_string(port);
+  o.token = kToken;
+  TelegramSender sender(o);
+  SendResult r = sender.Send({"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "4242", "hi"});
+  EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
+  EXPECT_TRUE(r.possibly_delivered);
+  EXPECT_TRUE(absl::StrContains(r.message, "answer larger than")) << r.message;
+  server.stop();
+  thread.join();
+}
+
 // Answers with JSON types Telegram does not use must not abort the process.
 TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
   httplib::Server server;

@@ -1,12 +1,14 @@
 // The fault test: clients pay continuously while a fault loop, at random moments, SIGKILLs and
 // restarts the payment-server, the relay, one of two notifiers and the retry-worker, kills and
-// restarts Kafka, crashes Postgres (immediate shutdown) and restarts it, makes the fake
-// Telegram answer 5xx for a few seconds or 429 a few times. The fake behaves like the real Bot
+// restarts Kafka, crashes Postgres (immediate shutdown) and restarts it, freezes a notifier
+// (SIGSTOP) past its consumer session and wakes it, makes the fake Telegram answer 5xx for a
+// few seconds or 429 a few times. The fake behaves like the real Bot
 // API throughout (latency, limits, and 1% of answers later than the notifier's timeout). Then faults stop, the system drains, and a checker
 // reading Postgres and the fake Telegram's record asserts the promise: every acknowledged
 // payment committed, one message per committed payment (apart from deliveries the notifier
-// itself counted as uncertain), none for anything else, nothing PENDING, every parked row
-// explained, and none parked FAILED ("not delivered") that Telegram has.
+// itself counted as uncertain), none after its delivery was confirmed (SENT), none for anything
+// else, nothing PENDING, every parked row explained, and none parked FAILED ("not delivered")
+// that Telegram has.
 //
 // Its own Postgres and Kafka (PrivatePostgres, PrivateKafka), so it may crash them.
 //   FAULT_TEST_DURATION  seconds of faults (default 120; `make test-faults` uses 600)
@@ -49,8 +51,9 @@ enum class Fault {
   kPostgres,
   kTelegram5xx,
   kTelegram429,
+  kPauseNotifier,
 };
-constexpr int kFaultKinds = 8;
+constexpr int kFaultKinds = 9;
 
 // The lines of the services' logs that are not one JSON object (README: `jq` reads every line),
 // with their file; a SIGKILLed process may leave its last line unfinished, which is skipped.
@@ -78,6 +81,7 @@ const char* FaultName(Fault fault) {
     case Fault::kPostgres: return "Postgres stop immediate+start";
     case Fault::kTelegram5xx: return "Telegram 5xx window";
     case Fault::kTelegram429: return "Telegram 429s (retry after 2 s)";
+    case Fault::kPauseNotifier: return "pause a notifier past its session";
   }
   return "?";
 }
@@ -182,6 +186,15 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
             {.mode = testing::FaultMode::k429, .count = 3, .retry_after_seconds = 2});
         absl::SleepFor(uniform_ms(3000, 6000));
         break;
+      case Fault::kPauseNotifier: {
+        // Frozen mid-send past its consumer session (10 s): the other notifier takes its
+        // records over; woken, it must not send them again nor undo what the other recorded.
+        int index = static_cast<int>(rng() % 2);
+        system.Signal(Service::kNotifier, index, SIGSTOP);
+        absl::SleepFor(uniform_ms(12000, 20000));
+        system.Signal(Service::kNotifier, index, SIGCONT);
+        break;
+      }
     }
     spans.back().end = absl::Now();
     for (const std::string& dead : system.CheckUnexpectedExits()) {

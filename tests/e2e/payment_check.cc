@@ -1,6 +1,7 @@
 #include "tests/e2e/payment_check.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 #include <set>
@@ -126,6 +127,12 @@ PromiseCheck CheckPromise(System& system, const std::string& url,
        QueryRows(url, "SELECT reservation_id, id, event_id::text FROM payment.payments")) {
     committed[std::stoll(row[0])] = {std::stoll(row[1]), row[2]};
   }
+  // When each delivery was confirmed: no message may reach Telegram after that.
+  std::map<std::string, absl::Time> sent_at;
+  for (const auto& row : QueryRows(url, "SELECT event_id::text, extract(epoch FROM sent_at) "
+                                        "FROM notification.deliveries WHERE state = 'SENT'")) {
+    sent_at[row[0]] = absl::FromUnixMicros(std::llround(std::stod(row[1]) * 1e6));
+  }
   std::set<std::string> uncertain_events;
   for (const auto& row :
        QueryRows(url, "SELECT event_id::text FROM notification.deliveries WHERE uncertain")) {
@@ -182,6 +189,10 @@ PromiseCheck CheckPromise(System& system, const std::string& url,
     }
   }
 
+  std::map<int64_t, std::vector<absl::Time>> accepted_at;
+  for (const testing::TelegramMessage& m : system.telegram().messages()) {
+    accepted_at[ReservationIn(m.text)].push_back(m.accepted_at);
+  }
   std::map<int64_t, int> messages = system.MessagesByReservation();
   for (const auto& [reservation, n] : messages) r.messages += n;
   r.committed = static_cast<int>(committed.size());
@@ -209,6 +220,15 @@ PromiseCheck CheckPromise(System& system, const std::string& url,
       ++r.failed_but_delivered;
       Log(absl::StrCat("FAILED BUT DELIVERED: reservation ", reservation, " event ",
                        payment.event_id));
+    }
+    if (auto confirmed = sent_at.find(payment.event_id); confirmed != sent_at.end()) {
+      for (absl::Time t : accepted_at[reservation]) {
+        if (t <= confirmed->second) continue;
+        ++r.copies_after_sent;
+        Log(absl::StrCat("COPY AFTER CONFIRMED DELIVERY: reservation ", reservation, " event ",
+                         payment.event_id, ", ",
+                         absl::ToInt64Milliseconds(t - confirmed->second), " ms after SENT"));
+      }
     }
     if (n > 1) {
       if (uncertain) {
@@ -265,6 +285,7 @@ std::string PromiseCheck::Summary() const {
       << "duplicates:                    " << duplicates << "\n"
       << "uncertain (counted):           " << uncertain << " deliveries, extra messages "
       << uncertain_extra << "\n"
+      << "copies after confirmed SENT:   " << copies_after_sent << "\n"
       << "messages for no payment:       " << phantom << "\n"
       << "parked, not delivered:         " << failed_parked << " of payments, "
       << failed_unexplained << " not explained\n"
@@ -283,6 +304,7 @@ void PromiseCheck::ExpectKept() const {
   EXPECT_EQ(lost, 0);
   EXPECT_EQ(failed_but_delivered, 0);
   EXPECT_EQ(duplicates, 0);
+  EXPECT_EQ(copies_after_sent, 0);
   EXPECT_EQ(phantom, 0);
   EXPECT_EQ(pending_left, 0);
   EXPECT_EQ(failed_unexplained, 0);

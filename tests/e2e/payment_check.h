@@ -10,8 +10,8 @@
 //
 // The promise: every acknowledged payment committed (with the payment id the client got),
 // none refused that committed, one message per committed payment (apart from deliveries the
-// notifier itself counted as uncertain, listed), none for anything else, nothing PENDING,
-// every parked row explained by an injected Telegram failure, none parked FAILED that Telegram
+// notifier itself counted as uncertain, listed), none after its delivery was confirmed SENT,
+// none for anything else, nothing PENDING, every parked row explained by an injected Telegram failure, none parked FAILED that Telegram
 // has, no negative balance and money conserved.
 //
 // PaymentLoad is thread-safe; the rest is for the test's thread.
@@ -70,6 +70,8 @@ struct PromiseCheck {
   // From Postgres and the fake Telegram.
   int committed = 0, messages = 0, lost = 0, duplicates = 0, phantom = 0;
   int uncertain = 0, uncertain_extra = 0;
+  // Messages Telegram accepted after the delivery row said SENT: a stale sender woke up.
+  int copies_after_sent = 0;
   int failed_parked = 0, failed_unexplained = 0, failed_but_delivered = 0;
   int telegram_faulted = 0;
   int64_t pending_left = 0, negative_balances = 0, balance_mismatches = 0;

@@ -250,6 +250,11 @@ void System::Restart(Service service, int index) {
                                      EnvFor(instance));
 }
 
+void System::Signal(Service service, int index, int signal) {
+  Instance& instance = Find(service, index);
+  if (instance.process != nullptr) kill(instance.process->pid(), signal);
+}
+
 std::vector<std::string> System::CheckUnexpectedExits() {
   std::vector<std::string> dead;
   for (Instance& instance : instances_) {

@@ -94,6 +94,9 @@ class System {
   // with the same settings and ports.
   void Kill(Service service, int index = 0);
   void Restart(Service service, int index = 0);
+  // Sends `signal` to one running instance without waiting (SIGSTOP and SIGCONT freeze and wake
+  // it, as a suspended VM or a throttled container would).
+  void Signal(Service service, int index, int signal);
   // Restarts any service that exited without Kill(); returns the names of those found dead.
   std::vector<std::string> CheckUnexpectedExits();
   // 1 SERVING, 2 NOT_SERVING, -1 no answer.

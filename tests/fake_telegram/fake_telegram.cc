@@ -132,7 +132,8 @@ bool ParseFaultMode(const std::string& name, FaultMode* mode) {
                                                          {"400", FaultMode::k400},
                                                          {"403", FaultMode::k403},
                                                          {"chat_not_found", FaultMode::kChatNotFound},
-                                                         {"stall", FaultMode::kStall}};
+                                                         {"stall", FaultMode::kStall},
+                                                         {"gateway_5xx", FaultMode::kGateway5xx}};
   auto it = kModes.find(name);
   if (it == kModes.end()) return false;
   *mode = it->second;
@@ -567,6 +568,8 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
     return;
   }
 
+  // Set for kGateway5xx: the status the gateway answers once the message is delivered.
+  int gateway_status = 0;
   if (std::optional<Fault> fault = TakeFault(chat_id)) {
     if (fault->mode != FaultMode::kStall) {
       std::lock_guard lock(mu_);
@@ -593,6 +596,9 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
       case FaultMode::kStall:
         Stall(fault->stall);
         break;  // then answer normally: the caller may have given up by now
+      case FaultMode::kGateway5xx:
+        gateway_status = fault->status;
+        break;  // delivered below, then the gateway's page instead of the answer
       case FaultMode::kOff:
         break;
     }
@@ -636,6 +642,15 @@ void FakeTelegram::HandleSend(const httplib::Request& req, httplib::Response& re
   }
   // Delivered, but the answer comes after the client has given up.
   if (slow) Stall(options_.profile.slow_answer_delay);
+  if (gateway_status != 0) {
+    res.status = gateway_status;
+    res.set_content(absl::StrCat("<html><head><title>", gateway_status,
+                                 "</title></head><body><center><h1>", gateway_status,
+                                 " Gateway Error</h1></center><hr><center>nginx</center></body>"
+                                 "</html>\n"),
+                    "text/html");
+    return;
+  }
   json chat_json = chat_id;
   int64_t numeric_chat;
   if (absl::SimpleAtoi(chat_id, &numeric_chat)) chat_json = numeric_chat;
@@ -654,7 +669,8 @@ void FakeTelegram::HandleFail(const httplib::Request& req, httplib::Response& re
       !body["mode"].is_string()) {
     Reply(res, 400,
           json{{"ok", false},
-               {"description", "want {\"mode\": \"5xx|429|400|403|chat_not_found|stall|off\"}"}});
+               {"description",
+                "want {\"mode\": \"5xx|gateway_5xx|429|400|403|chat_not_found|stall|off\"}"}});
     return;
   }
   Fault fault;

@@ -58,10 +58,12 @@
 //                                  200 {"ok":true,"result":{"message_id":N,..}}, the injected
 //                                  fault, or 429 from the rate limits above. Missing chat_id/text:
 //                                  400. With --token set, another token: 401.
-//   POST /control/fail             JSON {"mode":"5xx"|"429"|"400"|"403"|"chat_not_found"|
-//                                               "stall"|"off",
+//   POST /control/fail             JSON {"mode":"5xx"|"gateway_5xx"|"429"|"400"|"403"|
+//                                               "chat_not_found"|"stall"|"off",
 //                                        "count":N        (next N requests; 0 or absent = always),
-//                                        "status":503     (for 5xx; default 500),
+//                                        "status":503     (for 5xx and gateway_5xx, which
+//                                                          delivers, then answers an HTML
+//                                                          page; default 500),
 //                                        "retry_after":2  (seconds, for 429; default 1),
 //                                        "stall_ms":2000  (for stall: sleep, then answer normally),
 //                                        "chat_id":"42"   (only requests for this chat)}
@@ -127,13 +129,24 @@ struct Response;
 
 namespace concert::testing {
 
-enum class FaultMode { kOff, k5xx, k429, k400, k403, kChatNotFound, kStall };
+enum class FaultMode {
+  kOff,
+  k5xx,  // the Bot API's own error answer: {"ok":false,"error_code":<status>}, nothing delivered
+  k429,
+  k400,
+  k403,
+  kChatNotFound,
+  kStall,
+  // The message is delivered (recorded), then a gateway in front of the Bot API answers
+  // `status` with an HTML page of its own (nginx's 502/504): the client cannot tell.
+  kGateway5xx,
+};
 
 struct Fault {
   FaultMode mode = FaultMode::kOff;
   // How many requests it applies to; 0 = every request until removed.
   int count = 0;
-  int status = 500;                         // for k5xx
+  int status = 500;                         // for k5xx and kGateway5xx
   int retry_after_seconds = 1;              // for k429
   absl::Duration stall = absl::Seconds(5);  // for kStall: sleep, then answer normally
   // Empty: any chat. Otherwise only requests for this chat id (its text form).
