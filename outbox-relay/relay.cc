@@ -155,7 +155,13 @@ struct Relay::Metrics {
         stale_dropped(r.GetCounter(
             "relay_stale_events_dropped_total",
             "Events received on a replication connection that was lost while the relay was "
-            "paused, dropped unsent (the slot's new holder relays them)")) {}
+            "paused, dropped unsent (the slot's new holder relays them)")) {
+    // At 0 from the start: increase() never sees the first event of a series that appears
+    // with it, and the first set-aside row is the one an operator must hear of.
+    for (const char* reason_class : {"no_topic", "undecodable", "too_large"}) {
+      set_aside(reason_class);
+    }
+  }
 
   // Events set aside, by reason class ("no_topic", "undecodable", "too_large").
   metrics::Counter& set_aside(const std::string& reason_class) {
@@ -223,7 +229,7 @@ class Relay::Session {
   void MeasureSlot();
   void MeasureStranded();
   absl::Status EnsureStillHoldingSlot();
-  absl::Status WaitForSyncStandby(Lsn commit_lsn);
+  absl::Status WaitForSyncStandby(Lsn commit_end);
   absl::Status Drain(const absl::Notification& stop);
 
   Relay& relay_;
@@ -235,6 +241,10 @@ class Relay::Session {
   // The server has synchronous_standby_names set: a transaction is relayed only once the
   // synchronous standby has it (WaitForSyncStandby).
   bool sync_replication_ = false;
+  // With sync_replication_, the open transaction's inserts: only its Commit says where its
+  // commit record ends. pgoutput sends a transaction whole once it committed, so holding them
+  // costs no time, and memory only for the size of one transaction.
+  std::vector<Insert> held_inserts_;
   Lsn standby_flushed_ = 0;  // the synchronous standby's flush position, as last read
   std::shared_ptr<CommitTracker> tracker_ = std::make_shared<CommitTracker>();
 
@@ -463,14 +473,15 @@ absl::Status Relay::Session::Drain(const absl::Notification&) {
 // committing client still waits for the synchronous standby. Relayed then, an event could
 // outlive its payment: the primary dies, the standby that never had the commit is promoted,
 // and Telegram has a message for a payment that does not exist. So a transaction is relayed
-// only once the synchronous standby flushed WAL past its commit record's start (a commit
-// record is flushed whole), as Postgres counts it: the slowest of the synchronous standbys
+// only once the synchronous standby flushed WAL up to its commit record's end, as Postgres
+// waits for it (a standby can stop inside a record, which then is not there after a
+// promotion), and as Postgres counts it: the slowest of the synchronous standbys
 // (FIRST n, or a plain list), or with quorum commit (ANY n) the n-th most advanced of the
 // quorum. Standbys are read from pg_stat_replication: the relay's role needs pg_monitor (or
 // pg_read_all_stats) to see their positions. PostgreSQL 17's synchronized_standby_slots makes
 // the server hold the stream back instead.
-absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_lsn) {
-  if (!sync_replication_ || standby_flushed_ > commit_lsn) return absl::OkStatus();
+absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_end) {
+  if (standby_flushed_ >= commit_end) return absl::OkStatus();
   absl::Time deadline = absl::Now() + kSyncStandbyWait;
   absl::Duration pause = absl::Milliseconds(1);
   while (true) {
@@ -483,11 +494,11 @@ absl::Status Relay::Session::WaitForSyncStandby(Lsn commit_lsn) {
     } catch (const std::exception& e) {
       return Annotate(StatusFromException(e), "reading the synchronous standby's position");
     }
-    if (standby_flushed_ > commit_lsn) return absl::OkStatus();
+    if (standby_flushed_ >= commit_end) return absl::OkStatus();
     if (absl::Now() >= deadline) {
       return absl::UnavailableError(absl::StrCat(
-          "no synchronous standby confirmed the transaction committed at ",
-          FormatLsn(commit_lsn), " within ", absl::FormatDuration(kSyncStandbyWait),
+          "no synchronous standby confirmed the transaction whose commit ends at ",
+          FormatLsn(commit_end), " within ", absl::FormatDuration(kSyncStandbyWait),
           " (none connected, or the relay's role lacks pg_monitor to see it): not relaying "
           "what a failover could undo"));
     }
@@ -560,11 +571,15 @@ absl::Status Relay::Session::Handle(absl::string_view copy_data) {
   server_end_ = std::max(server_end_, x.wal_end);
   ASSIGN_OR_RETURN(Message msg, DecodeMessage(x.data));
   if (auto* b = std::get_if<Begin>(&msg)) {
-    RETURN_IF_ERROR(WaitForSyncStandby(b->final_lsn));
     tx_ = tracker_->Begin();
     tx_commit_time_ = b->commit_time;
   } else if (auto* c = std::get_if<Commit>(&msg)) {
     if (!tx_) return absl::InternalError("Commit without Begin in the replication stream");
+    if (sync_replication_) {
+      RETURN_IF_ERROR(WaitForSyncStandby(c->end_lsn));
+      for (const Insert& held : held_inserts_) RETURN_IF_ERROR(HandleInsert(held));
+      held_inserts_.clear();
+    }
     tracker_->End(*tx_, c->end_lsn, FromPgTime(tx_commit_time_));
     received_ = std::max(received_, c->end_lsn);
     tx_.reset();
@@ -589,7 +604,8 @@ absl::Status Relay::Session::Handle(absl::string_view copy_data) {
       relations_[r->id] = cols;
     }
   } else if (auto* ins = std::get_if<Insert>(&msg)) {
-    return HandleInsert(*ins);
+    if (!sync_replication_) return HandleInsert(*ins);
+    held_inserts_.push_back(std::move(*ins));
   }
   return absl::OkStatus();
 }

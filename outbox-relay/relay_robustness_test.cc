@@ -1,9 +1,14 @@
 // outbox-relay against bad rows, bad settings and bad timing, on the real Postgres and Kafka:
 // a row no Kafka accepts, a row of an unknown type, a database setting that changes the text
 // form of bytea, a catch-up of old rows that is interrupted, and a relay that wakes up after
-// another took its slot. The rule they check: a bad row is set aside where an operator sees it
-// (relay.set_aside_events, a metric, a log line) and the stream goes on; nothing is lost.
+// another took its slot, and a synchronous standby that has only part of a commit. The rules
+// they check: a bad row is set aside where an operator sees it (relay.set_aside_events, a
+// metric, a log line) and the stream goes on; nothing is lost; nothing is relayed that a
+// failover could undo.
+#include <libpq-fe.h>
+
 #include "outbox-relay/outbox.h"
+#include "outbox-relay/pgoutput.h"
 #include "outbox-relay/test_util.h"
 
 namespace concert::relay {
@@ -285,6 +290,134 @@ TEST(RelayFaultTest, FrozenRelayThatLostItsSlotDropsWhatItHadBuffered) {
   EXPECT_EQ(a.Stop(SIGTERM), 0);
   EXPECT_EQ(b.Stop(SIGTERM), 0);
   DropSlot(pg.url(), slot);
+}
+
+// A synchronous standby that reports the flush position a test chooses: a physical replication
+// client (as pg_receivewal --synchronous is one), so that the primary's pg_stat_replication
+// shows a standby exactly where the test needs it. Until Hold(), it reports all it received as
+// flushed, so that the primary's commits do not wait for it.
+class SteeredStandby {
+ public:
+  SteeredStandby(const std::string& url, const std::string& name) {
+    conn_ = PQconnectdb(absl::StrCat(url, "?replication=true&application_name=", name).c_str());
+    EXPECT_EQ(PQstatus(conn_), CONNECTION_OK) << PQerrorMessage(conn_);
+    PGresult* system = PQexec(conn_, "IDENTIFY_SYSTEM");
+    EXPECT_EQ(PQresultStatus(system), PGRES_TUPLES_OK) << PQerrorMessage(conn_);
+    std::string start = PQgetvalue(system, 0, 2);  // xlogpos
+    PQclear(system);
+    EXPECT_TRUE(ParseLsn(start).ok()) << start;
+    received_ = ParseLsn(start).value_or(0);
+    PGresult* copy = PQexec(conn_, absl::StrCat("START_REPLICATION ", start).c_str());
+    EXPECT_EQ(PQresultStatus(copy), PGRES_COPY_BOTH) << PQerrorMessage(conn_);
+    PQclear(copy);
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~SteeredStandby() {
+    stop_ = true;
+    thread_.join();
+    PQfinish(conn_);
+  }
+  // Reports `lsn` as flushed from now on, whatever arrives.
+  void Hold(Lsn lsn) { held_ = lsn; }
+  void Follow() { held_ = 0; }
+
+ private:
+  void Run() {
+    while (!stop_) {
+      PQconsumeInput(conn_);
+      char* buf = nullptr;
+      int n;
+      while ((n = PQgetCopyData(conn_, &buf, /*async=*/1)) > 0) {
+        absl::StatusOr<CopyMessage> m = ParseCopyMessage(absl::string_view(buf, n));
+        if (m.ok()) {
+          if (auto* x = std::get_if<XLogData>(&*m)) {
+            received_ = std::max(received_, x->start + x->data.size());
+          }
+        }
+        PQfreemem(buf);
+      }
+      Lsn held = held_;
+      Lsn flushed = held != 0 ? held : received_;
+      std::string status = EncodeStandbyStatus(flushed, flushed, flushed, PgNow(), false);
+      PQputCopyData(conn_, status.data(), static_cast<int>(status.size()));
+      PQflush(conn_);
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  }
+
+  PGconn* conn_ = nullptr;
+  Lsn received_ = 0;
+  std::atomic<Lsn> held_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+std::string Text(pqxx::connection& c, const std::string& sql) {
+  pqxx::nontransaction tx(c);
+  return tx.exec1(sql)[0].as<std::string>();
+}
+
+// A standby that flushed past the start of a commit record but not to its end does not have
+// the commit (Postgres' own commit waits for its end): relayed then, a failover to that
+// standby would leave Telegram a message for a payment that does not exist.
+TEST(RelaySyncStandbyTest, RelaysOnlyOnceTheStandbyFlushedTheWholeCommitRecord) {
+  concert::testing::PrivatePostgres pg;
+  ASSERT_TRUE(payment::MigrateSchema(pg.url()).ok());
+  pqxx::connection c(pg.url());
+  {
+    pqxx::nontransaction tx(c);
+    tx.exec("ALTER SYSTEM SET synchronous_standby_names = 'steered'");
+    tx.exec("SELECT pg_reload_conf()");
+    // Where each commit record ends, as logical decoding reports it.
+    tx.exec("SELECT pg_create_logical_replication_slot('commit_probe', 'test_decoding')");
+  }
+  SteeredStandby standby(pg.url(), "steered");
+  std::string topic = UniqueName("relay_payments"), slot = UniqueName("relay_slot");
+  InProcessRelay relay(Options(pg.url(), KafkaBootstrap(), topic, slot));
+  ASSERT_TRUE(WaitUntil(
+      [&] { return relay.registry().GetGauge("relay_active", "").Value() == 1; },
+      absl::Seconds(30)));
+
+  absl::StatusOr<Lsn> before = ParseLsn(Text(c, "SELECT pg_current_wal_flush_lsn()::text"));
+  ASSERT_TRUE(before.ok());
+  standby.Hold(*before);
+  std::string xid;
+  {
+    pqxx::work tx(c);
+    // The commit returns without the standby, as if its confirmation were still on the way.
+    tx.exec("SET LOCAL synchronous_commit = local");
+    xid = tx.exec1("SELECT txid_current()::text")[0].as<std::string>();
+    tx.exec_params(
+        "INSERT INTO payment.outbox_events (event_id, aggregate_type, aggregate_id, event_type, "
+        "payload) VALUES (gen_random_uuid(), 'Reservation', '1', 'PaymentCompleted', $1)",
+        pqxx::binarystring(std::string("paid")));
+    tx.commit();
+  }
+  std::string commit_end;
+  {
+    pqxx::nontransaction tx(c);
+    commit_end = tx.exec_params1(
+                       "SELECT lsn::text FROM pg_logical_slot_peek_changes('commit_probe', NULL, "
+                       "NULL) WHERE xid::text = $1 AND data LIKE 'COMMIT%'",
+                       xid)[0]
+                     .as<std::string>();
+  }
+  absl::StatusOr<Lsn> end = ParseLsn(commit_end);
+  ASSERT_TRUE(end.ok()) << commit_end;
+  standby.Hold(*end - 1);  // past the commit record's start, short of its end
+
+  TopicReader reader(KafkaBootstrap(), topic);
+  reader.ReadUntil([](const std::vector<Received>&) { return false; }, absl::Seconds(3));
+  EXPECT_TRUE(reader.records().empty())
+      << "relayed a commit the synchronous standby had flushed only up to "
+      << FormatLsn(*end - 1) << " of " << commit_end;
+  standby.Follow();
+  EXPECT_TRUE(reader.ReadUntil([](const std::vector<Received>& r) { return !r.empty(); },
+                               absl::Seconds(30)))
+      << "not relayed once the standby had the commit";
+  relay.Stop();
+  DropSlot(pg.url(), slot);
+  DropSlot(pg.url(), "commit_probe");
 }
 
 }  // namespace

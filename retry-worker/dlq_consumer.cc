@@ -125,19 +125,22 @@ absl::StatusOr<std::unique_ptr<DlqConsumer>> DlqConsumer::Create(
       new DlqConsumer(std::move(consumer), store, registry, std::move(on_health)));
 }
 
+DlqConsumer::Metrics::Metrics(metrics::Registry& registry)
+    : recorded(registry.GetCounter("retry_dlq_records_total", "DLQ records stored")),
+      parked(registry.GetCounter(kParkedMetric, kParkedMetricHelp)),
+      store_errors(registry.GetCounter("retry_dlq_store_errors_total",
+                                       "Failures to store a DLQ record (retried)")),
+      unstorable(registry.GetCounter(
+          "retry_dlq_unstorable_total",
+          "DLQ records Postgres refused as they came, parked as bytes (error class unstorable)")) {}
+
 DlqConsumer::DlqConsumer(std::unique_ptr<RdKafka::KafkaConsumer> consumer,
                          FailedMessageStore& store, metrics::Registry& registry,
                          std::function<void(bool)> on_health)
     : consumer_(std::move(consumer)),
       store_(store),
       on_health_(std::move(on_health)),
-      recorded_(registry.GetCounter("retry_dlq_records_total", "DLQ records stored")),
-      parked_(registry.GetCounter(kParkedMetric, kParkedMetricHelp)),
-      store_errors_(registry.GetCounter("retry_dlq_store_errors_total",
-                                        "Failures to store a DLQ record (retried)")),
-      unstorable_(registry.GetCounter(
-          "retry_dlq_unstorable_total",
-          "DLQ records Postgres refused as they came, parked as bytes (error class unstorable)")) {}
+      metrics_(registry) {}
 
 DlqConsumer::~DlqConsumer() { consumer_->close(); }
 
@@ -149,13 +152,13 @@ bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notificatio
     absl::StatusOr<RecordOutcome> outcome = store_.Record(entry);
     if (outcome.ok()) {
       ReportHealth(true);
-      recorded_.Increment();
+      metrics_.recorded.Increment();
       nlohmann::json fields = {{"event_id", entry.event_id}, {"id", outcome->id},
                                {"attempt", entry.attempt}, {"status", outcome->status},
                                {"error_class", entry.error_class}};
-      if (unstorable) unstorable_.Increment();
+      if (unstorable) metrics_.unstorable.Increment();
       if (outcome->parked) {
-        parked_.Increment();
+        metrics_.parked.Increment();
         fields["error_message"] = entry.error_message;
         fields["note"] = entry.park_reason;
         log::Warn(absl::StrCat("message parked as ", outcome->status), fields);
@@ -184,7 +187,7 @@ bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notificatio
       unstorable = false;
     }
     ReportHealth(false);
-    store_errors_.Increment();
+    metrics_.store_errors.Increment();
     log::Warn("storing DLQ record failed; retrying",
               {{"event_id", entry.event_id}, {"error", std::string(outcome.status().message())}});
     if (stop.WaitForNotificationWithTimeout(backoff)) return false;

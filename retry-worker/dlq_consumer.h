@@ -33,6 +33,16 @@ DlqEntry ParseDlqRecord(const RdKafka::Message& message);
 
 class DlqConsumer {
  public:
+  // The consumer's counters. Constructing them registers them at 0: RetryWorker does so at
+  // start, so that they exist before Kafka and Postgres are reached.
+  struct Metrics {
+    explicit Metrics(metrics::Registry& registry);
+    metrics::Counter& recorded;
+    metrics::Counter& parked;
+    metrics::Counter& store_errors;
+    metrics::Counter& unstorable;
+  };
+
   // `on_health` (on Run's thread) is told false while Postgres cannot store anything and true
   // once a record is stored again.
   static absl::StatusOr<std::unique_ptr<DlqConsumer>> Create(
@@ -56,10 +66,7 @@ class DlqConsumer {
   std::unique_ptr<RdKafka::KafkaConsumer> consumer_;
   FailedMessageStore& store_;
   std::function<void(bool)> on_health_;
-  metrics::Counter& recorded_;
-  metrics::Counter& parked_;
-  metrics::Counter& store_errors_;
-  metrics::Counter& unstorable_;
+  Metrics metrics_;
 };
 
 }  // namespace concert::retry

@@ -640,6 +640,23 @@ TEST_F(RetryWorkerTest, PostgresDownMakesTheConsumerWaitAndHealthNotServing) {
   }, absl::Seconds(30))) << "the record was skipped";
 }
 
+// Issue 27: the counters the alerts and the dashboard read exist at 0 from the start, also
+// while Postgres keeps the worker from connecting: increase() never sees the first event of a
+// series that appears with it.
+TEST_F(RetryWorkerTest, CountersExistAtZeroBeforePostgresIsReached) {
+  Options o = DefaultOptions();
+  o.database_url =
+      absl::StrCat("postgresql://concert:concert@127.0.0.1:", concert::testing::FreePort(), "/x");
+  RetryWorker worker(o);
+  EXPECT_FALSE(worker.Start().ok());
+  ASSERT_TRUE(worker.serving());
+  for (const char* name : {"retry_dlq_records_total", "retry_dlq_store_errors_total",
+                           "retry_dlq_unstorable_total", "retry_republished_total",
+                           "retry_publish_errors_total", "retry_parked_total"}) {
+    EXPECT_EQ(MetricValue(worker.registry(), name), 0) << name;
+  }
+}
+
 // Issue 12: a row whose re-publish cannot succeed (no original topic, a topic that does not
 // exist, a record too large) is parked with the reason instead of being claimed first on every
 // pass, so it never starves the rows behind it.

@@ -36,15 +36,16 @@ absl::StatusOr<std::unique_ptr<Scheduler>> Scheduler::Create(Options options,
   return scheduler;
 }
 
-Scheduler::Scheduler(Options options, FailedMessageStore& store, metrics::Registry& registry)
-    : options_(std::move(options)),
-      store_(store),
-      republished_(registry.GetCounter("retry_republished_total",
-                                       "Messages re-published to their original topic")),
-      publish_errors_(registry.GetCounter(
+Scheduler::Metrics::Metrics(metrics::Registry& registry)
+    : republished(registry.GetCounter("retry_republished_total",
+                                      "Messages re-published to their original topic")),
+      publish_errors(registry.GetCounter(
           "retry_publish_errors_total",
           "Re-publishes that failed (row parked, or PENDING again after the first backoff)")),
-      parked_(registry.GetCounter(kParkedMetric, kParkedMetricHelp)) {}
+      parked(registry.GetCounter(kParkedMetric, kParkedMetricHelp)) {}
+
+Scheduler::Scheduler(Options options, FailedMessageStore& store, metrics::Registry& registry)
+    : options_(std::move(options)), store_(store), metrics_(registry) {}
 
 absl::Status Scheduler::EnsureProducer() {
   if (producer_ != nullptr) {
@@ -117,14 +118,14 @@ absl::StatusOr<FailedMessageStore::PassResult> Scheduler::RunOnce() {
                                    {"topic", rows[i].original_topic},
                                    {"attempt", rows[i].attempts + 1}};
           if (results[i].ok()) {
-            republished_.Increment();
+            metrics_.republished.Increment();
             log::Info("re-published", fields);
             continue;
           }
-          publish_errors_.Increment();
+          metrics_.publish_errors.Increment();
           fields["error"] = std::string(results[i].message());
           if (FailedMessageStore::IsPermanentPublishError(results[i])) {
-            parked_.Increment();
+            metrics_.parked.Increment();
             log::Warn("re-publish cannot succeed; parked", fields);
           } else {
             log::Warn("re-publish not acknowledged; due again after the first backoff", fields);

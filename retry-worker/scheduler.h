@@ -41,6 +41,15 @@ class Scheduler {
     std::function<void(const absl::Status&)> on_pass;
   };
 
+  // The scheduler's counters. Constructing them registers them at 0: RetryWorker does so at
+  // start, so that they exist before Kafka and Postgres are reached.
+  struct Metrics {
+    explicit Metrics(metrics::Registry& registry);
+    metrics::Counter& republished;
+    metrics::Counter& publish_errors;
+    metrics::Counter& parked;
+  };
+
   static absl::StatusOr<std::unique_ptr<Scheduler>> Create(Options options,
                                                            FailedMessageStore& store,
                                                            metrics::Registry& registry);
@@ -59,9 +68,7 @@ class Scheduler {
   Options options_;
   FailedMessageStore& store_;
   std::unique_ptr<kafka::Producer> producer_;
-  metrics::Counter& republished_;
-  metrics::Counter& publish_errors_;
-  metrics::Counter& parked_;
+  Metrics metrics_;
 };
 
 }  // namespace concert::retry

@@ -37,6 +37,10 @@ absl::Status RetryWorker::Serve() {
   metrics::Gauge& oldest = registry_.GetGauge(
       "retry_oldest_pending_age_seconds", "Age of the oldest PENDING row (0 when none)");
   metrics::Gauge& db_up = registry_.GetGauge("retry_database_up", "1 when Postgres answered");
+  // The counters exist from here at 0, even while Connect() cannot reach Postgres or Kafka:
+  // increase() never sees the first event of a series that appears with it.
+  DlqConsumer::Metrics{registry_};
+  Scheduler::Metrics{registry_};
   registry_.OnCollect([this, gauges, &oldest, &db_up] {
     absl::StatusOr<StatusCounts> counts = store_->Counts();
     db_up.Set(counts.ok() ? 1 : 0);

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Static checks of deploy/observability/ against the services' sources (no Prometheus needed).
+"""Checks of deploy/observability/ against the services' sources (no Prometheus needed).
 
 1. metrics   every metric the C++ sources register (registry.GetCounter/GetGauge/GetHistogram
              with a literal name or a kName constant), with its labels; counters must end in
@@ -18,7 +18,20 @@
 A self-test first proves that (3) catches a misspelt metric, a label the metric lacks, a
 histogram queried by its bare name and rate() over a gauge.
 
+With --live or --targets, instead, against running services:
+
+6. fresh    every series an alert or a panel selects is exported (at 0 or more) right after
+            the services start, before any traffic: for each selector some series matches it,
+            and each alternative of a regex matcher such as code=~"UNAVAILABLE|INTERNAL"; a
+            series that appears only with its first event hides that event from increase().
+            --live CMD starts the system with CMD (tests/observability/fresh_system.cc: it
+            prints "target <service> <host:port>" lines, then "ready", and stops when its
+            standard input closes); --targets scrapes a system already up (`make up`:
+            127.0.0.1:9101,127.0.0.1:9102,127.0.0.1:9103,127.0.0.1:9104), fresh only if it
+            has served nothing yet.
+
     deploy/observability/check_observability.py [--root DIR] [--write]
+    deploy/observability/check_observability.py --live CMD | --targets HOST:PORT,...
 
 Prints PASS/FAIL lines and "check_observability: N passed, M failed"; exits 1 on a failure.
 """
@@ -26,7 +39,9 @@ import argparse
 import json
 import pathlib
 import re
+import subprocess
 import sys
+import urllib.request
 
 import yaml
 
@@ -161,13 +176,9 @@ def tokens(expr):
     return out
 
 
-def query_problems(expr, series):
-    """Problems with the metrics, labels and functions of one PromQL expression."""
-    try:
-        toks = tokens(expr)
-    except ValueError as e:
-        return [str(e)]
-    problems, calls = [], []  # calls: the function each open '(' belongs to (None: grouping)
+def selectors(toks):
+    """(metric, [(label, op, value)], innermost function around it) for each selector."""
+    calls = []  # the function each open '(' belongs to (None: grouping)
     i = 0
     while i < len(toks):
         kind, text = toks[i]
@@ -190,29 +201,40 @@ def query_problems(expr, series):
             calls.append(text)
             i += 1
         elif kind == "ident" and text.lower() not in KEYWORDS:
-            name, matchers = text, []
+            matchers = []
             if nxt == "{":
                 i += 2
                 while i < len(toks) and toks[i][1] != "}":
-                    if toks[i][0] == "ident" and i + 1 < len(toks) and \
+                    if toks[i][0] == "ident" and i + 2 < len(toks) and \
                             toks[i + 1][1] in ("=", "!=", "=~", "!~"):
-                        matchers.append(toks[i][1])
+                        value = toks[i + 2][1][1:-1].encode().decode("unicode_escape")
+                        matchers.append((toks[i][1], toks[i + 1][1], value))
                     i += 1
-            if name in PROMETHEUS_SERIES:
-                pass
-            elif name not in series:
-                problems.append(f"{name}: no service exports it")
-            else:
-                base, kind_of, labels = series[name]
-                for label in matchers:
-                    if label not in labels and label not in TARGET_LABELS:
-                        problems.append(f"{name}{{{label}=...}}: {base} has no label {label} "
-                                        f"(it has {', '.join(sorted(labels)) or 'none'})")
-                if calls and calls[-1] in COUNTER_FUNCTIONS and \
-                        kind_of not in ("counter", "histogram_bucket", "histogram_sum",
-                                        "histogram_count"):
-                    problems.append(f"{calls[-1]}({name}): {name} is a {kind_of}, not a counter")
+            yield text, matchers, calls[-1] if calls else None
         i += 1
+
+
+def query_problems(expr, series):
+    """Problems with the metrics, labels and functions of one PromQL expression."""
+    try:
+        toks = tokens(expr)
+    except ValueError as e:
+        return [str(e)]
+    problems = []
+    for name, matchers, call in selectors(toks):
+        if name in PROMETHEUS_SERIES:
+            continue
+        if name not in series:
+            problems.append(f"{name}: no service exports it")
+            continue
+        base, kind_of, labels = series[name]
+        for label, _, _ in matchers:
+            if label not in labels and label not in TARGET_LABELS:
+                problems.append(f"{name}{{{label}=...}}: {base} has no label {label} "
+                                f"(it has {', '.join(sorted(labels)) or 'none'})")
+        if call in COUNTER_FUNCTIONS and \
+                kind_of not in ("counter", "histogram_bucket", "histogram_sum", "histogram_count"):
+            problems.append(f"{call}({name}): {name} is a {kind_of}, not a counter")
     return problems
 
 
@@ -355,11 +377,133 @@ def check_dashboard(report, series):
     report.check(queries > 0, f"dashboard: {queries} queries checked")
 
 
+# --- 6. a fresh start --------------------------------------------------------------------------
+
+SAMPLE = re.compile(r"([A-Za-z_:][\w:]*)(?:\{(.*)\})?\s+\S+")
+LABEL = re.compile(r'(\w+)="((?:\\.|[^"\\])*)"')
+
+
+def queries():
+    """(where, expression) of every alert and every dashboard panel."""
+    out = []
+    for group in yaml.safe_load((HERE / "alerts.yaml").read_text())["groups"]:
+        for rule in group["rules"]:
+            out.append((f"alert {rule.get('alert') or rule.get('record')}", rule["expr"]))
+    panels = []
+    for p in json.loads((HERE / "dashboard.json").read_text()).get("panels", []):
+        panels.append(p)
+        panels.extend(p.get("panels", []))
+    for p in panels:
+        for t in p.get("targets", []):
+            out.append((f"panel {p.get('id')} {p.get('title')!r}", t.get("expr", "")))
+    return out
+
+
+def scrape(address):
+    """The series, (name, labels), that the metrics endpoint at host:port exports."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return [(m.group(1), dict(LABEL.findall(m.group(2) or "")))
+            for m in map(SAMPLE.match, text.splitlines()) if m]
+
+
+def matches(labels, label, op, value):
+    have = labels.get(label, "")
+    if op == "=":
+        return have == value
+    if op == "!=":
+        return have != value
+    return (re.fullmatch(value, have) is not None) == (op == "=~")
+
+
+def wanted(matchers):
+    """The label matchers some exported series must satisfy, one list per series: each value
+    of a list such as code=~"UNAVAILABLE|INTERNAL" on its own (each is a known label value)."""
+    lists = [[]]
+    for label, op, value in matchers:
+        if label in TARGET_LABELS:  # added by the scrape, not by the service
+            continue
+        if op == "=~" and re.fullmatch(r"[\w|]+", value):
+            options = [(label, "=", v) for v in value.split("|")]
+        else:
+            options = [(label, op, value)]
+        lists = [have + [o] for have in lists for o in options]
+    return lists
+
+
+def check_fresh(report, exported):
+    report.check(bool(exported), f"{len(exported)} series scraped", ["none"])
+    for where, expr in queries():
+        missing = set()
+        for name, matchers, _ in selectors(tokens(expr)):
+            if name in PROMETHEUS_SERIES:
+                continue
+            for want in wanted(matchers):
+                if not any(n == name and all(matches(labels, *m) for m in want)
+                           for n, labels in exported):
+                    missing.add(name + "{" + ",".join(f'{l}{o}"{v}"' for l, o, v in want) + "}")
+        report.check(not missing, f"{where}: every series it selects exists from the start",
+                     [f"not exported: {m}" for m in sorted(missing)])
+
+
+def start_system(command):
+    """Runs `command` until it prints "ready" (it ends on its own when the system does not
+    start); returns it and the addresses it printed."""
+    process = subprocess.Popen(command, shell=True, stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True)
+    targets = []
+    for line in process.stdout:
+        words = line.split()
+        if words[:1] == ["target"] and len(words) == 3:
+            targets.append(words[2])
+        elif words == ["ready"]:
+            return process, targets
+    stop_system(process)
+    raise SystemExit(f"FAIL  {command} did not start the system (exit {process.returncode})")
+
+
+def stop_system(process):
+    process.stdin.close()
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def live(args):
+    report = Report()
+    process = None
+    try:
+        if args.live:
+            process, targets = start_system(args.live)
+        else:
+            targets = args.targets.split(",")
+        exported = []
+        for address in targets:
+            try:
+                exported += scrape(address)
+            except OSError as e:
+                report.check(False, f"scrape {address}", [str(e)])
+        check_fresh(report, exported)
+    finally:
+        if process:
+            stop_system(process)
+    print(f"check_observability: {report.passed} passed, {report.failed} failed")
+    return 1 if report.failed else 0
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", type=pathlib.Path, default=HERE.parent.parent)
     parser.add_argument("--write", action="store_true", help="regenerate prometheusrule.yaml")
+    parser.add_argument("--live", metavar="CMD",
+                        help="start the system with CMD and check a fresh start (6)")
+    parser.add_argument("--targets", metavar="HOST:PORT,...",
+                        help="check a fresh start (6) of the services already up there")
     args = parser.parse_args()
+    if args.live or args.targets:
+        return live(args)
 
     report = Report()
     metrics = registered_metrics(args.root.resolve())
