@@ -120,6 +120,8 @@ int main(int argc, char** argv) {
   o.poller.poll_timeout =
       s.Duration("TELEGRAM_POLL_TIMEOUT", o.poller.poll_timeout, absl::Seconds(1),
                  absl::Seconds(50), "How long one getUpdates long poll waits");
+  o.poller.bot_username = s.String("TELEGRAM_BOT_USERNAME", "",
+                                   "The bot's username, named by commands in groups; empty: getMe");
   o.links.address = s.String("PAYMENT_SERVER_ADDRESS", o.links.address,
                              "payment-server's gRPC address (TelegramLinkService)");
   o.links.token = s.String("INTERNAL_TOKEN", "",

@@ -10,6 +10,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "common/log.h"
 #include "common/postgres.h"
@@ -23,9 +24,30 @@ using nlohmann::json;
 // The advisory lock that elects the one poller per notifier database ("tgupdate" in ASCII).
 constexpr int64_t kPollerLockKey = 0x7467757064617465;
 constexpr int kMaxCodeLength = 64;
+// Updates per getUpdates, and the most an answer may take: 20 updates with the longest texts
+// (4,096 characters, each escaped to at most 6 bytes, twice with a quoted reply) stay far below
+// the cap, so only a broken or hostile answer exceeds it.
+constexpr int kUpdatesPerPoll = 20;
+constexpr size_t kMaxGetUpdatesBytes = 4 << 20;
+constexpr size_t kMaxGetMeBytes = 64 << 10;
+// Every outcome of an update, each counted from 0 (so that increase() sees the first one).
+constexpr const char* kOutcomes[] = {"linked",  "expired",  "used",    "unknown_code",
+                                     "no_code", "unlinked", "ignored", "retry"};
 
-size_t Append(char* data, size_t size, size_t count, void* out) {
-  static_cast<std::string*>(out)->append(data, size * count);
+// An answer being read, refused past `max` bytes.
+struct CappedBody {
+  std::string data;
+  size_t max = 0;
+  bool over = false;
+};
+
+size_t AppendCapped(char* data, size_t size, size_t count, void* out) {
+  auto* body = static_cast<CappedBody*>(out);
+  if (body->data.size() + size * count > body->max) {
+    body->over = true;
+    return 0;  // aborts the transfer
+  }
+  body->data.append(data, size * count);
   return size * count;
 }
 
@@ -43,19 +65,30 @@ bool IsCodeShaped(const std::string& code) {
   });
 }
 
+// Whether this session still holds the poller lock; throws when the connection is gone (and
+// with it the lock).
+bool HoldsLock(pqxx::connection& conn) {
+  pqxx::nontransaction tx(conn);
+  return tx
+      .exec_params1("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND granted AND pid = pg_backend_pid() AND objsubid = 1 "
+                    "AND ((classid::bigint << 32) | objid::bigint) = $1)",
+                    kPollerLockKey)[0]
+      .as<bool>();
+}
+
 }  // namespace
 
-std::optional<std::string> StartCode(const std::string& text) {
+std::optional<BotCommand> ParseCommand(const std::string& text) {
   absl::string_view rest = absl::StripLeadingAsciiWhitespace(text);
-  if (!absl::ConsumePrefix(&rest, "/start")) return std::nullopt;
-  if (absl::ConsumePrefix(&rest, "@")) {
-    // "/start@<bot> ...": skip the bot's name.
-    size_t end = rest.find_first_of(" \t\n");
-    rest = end == absl::string_view::npos ? "" : rest.substr(end);
-  } else if (!rest.empty() && !absl::ascii_isspace(static_cast<unsigned char>(rest[0]))) {
-    return std::nullopt;  // "/startle" is another command
-  }
-  return std::string(absl::StripAsciiWhitespace(rest));
+  if (!absl::ConsumePrefix(&rest, "/")) return std::nullopt;
+  size_t end = std::min(rest.find_first_of(" \t\n"), rest.size());
+  std::pair<absl::string_view, absl::string_view> name_and_bot =
+      absl::StrSplit(rest.substr(0, end), absl::MaxSplits('@', 1));
+  if (name_and_bot.first.empty()) return std::nullopt;
+  return BotCommand{.name = std::string(name_and_bot.first),
+                    .bot = std::string(name_and_bot.second),
+                    .args = std::string(absl::StripAsciiWhitespace(rest.substr(end)))};
 }
 
 UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sender& replies,
@@ -67,10 +100,34 @@ UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sende
       registry_(registry),
       leader_(registry.GetGauge(
           "notifier_telegram_poller_leader",
-          "1 while this replica holds the lock and polls the bot's updates")) {}
+          "1 while this replica holds the lock and polls the bot's updates")) {
+  for (const char* outcome : kOutcomes) UpdatesCounter(outcome);
+}
+
+metrics::Counter& UpdatePoller::UpdatesCounter(const std::string& outcome) {
+  return registry_.GetCounter("notifier_telegram_updates_total",
+                              "Bot updates handled, by outcome (linked, expired, used, "
+                              "unknown_code, no_code, unlinked, ignored, retry)",
+                              {{"outcome", outcome}});
+}
 
 void UpdatePoller::Run(const absl::Notification& stop) {
   absl::Duration backoff = options_.standby_interval;
+  username_ = options_.bot_username;
+  while (username_.empty() && !stop.HasBeenNotified()) {
+    absl::StatusOr<nlohmann::json> me = Call("getMe", "", absl::Seconds(10), kMaxGetMeBytes, stop);
+    if (me.ok() && me->is_object() && me->contains("username") && (*me)["username"].is_string()) {
+      username_ = (*me)["username"].get<std::string>();
+      log::Info("telegram updates: the bot's username from getMe", {{"username", username_}});
+      break;
+    }
+    log::Warn("telegram getMe failed; retrying",
+              {{"error", me.ok() ? "no username in the answer"
+                                 : RedactToken(me.status().message(), options_.token)}});
+    stop.WaitForNotificationWithTimeout(backoff);
+    backoff = std::min(backoff * 2, options_.max_backoff);
+  }
+  backoff = options_.standby_interval;
   bool said_standby = false;
   while (!stop.HasBeenNotified()) {
     try {
@@ -123,12 +180,20 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
   log::Info("telegram updates: this replica holds the lock and polls", {{"offset", offset}});
   absl::Duration backoff = absl::Milliseconds(500);
   while (!stop.HasBeenNotified()) {
+    // A broken connection throws here and ends the leadership: a poll by a replica that lost
+    // the lock would end the new holder's with 409.
+    if (!HoldsLock(conn)) break;
     absl::StatusOr<std::vector<Update>> updates = GetUpdates(offset, stop);
     if (stop.HasBeenNotified()) break;
     bool retry = !updates.ok();
     if (!updates.ok()) {
       log::Warn("telegram getUpdates failed; retrying",
                 {{"error", RedactToken(updates.status().message(), options_.token)}});
+    } else if (!updates->empty() && !HoldsLock(conn)) {
+      // The session ended while the poll was out (e.g. Postgres restarted): another replica
+      // may hold the lock and handle these from the stored offset, so handling them here too
+      // would answer them twice.
+      break;
     } else {
       for (const Update& update : *updates) {
         if (Handle(update, stop) == Outcome::kRetry) {
@@ -143,9 +208,6 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
         tx.commit();
       }
     }
-    // Proves the session (and so the lock) is still there before the next poll; a broken
-    // connection throws and ends the leadership.
-    pqxx::nontransaction(conn).exec("SELECT 1");
     if (retry) {
       stop.WaitForNotificationWithTimeout(backoff);
       backoff = std::min(backoff * 2, options_.max_backoff);
@@ -156,25 +218,22 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
   leader_.Set(0);
 }
 
-absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(int64_t offset,
-                                                             const absl::Notification& stop) {
+absl::StatusOr<nlohmann::json> UpdatePoller::Call(const std::string& method,
+                                                  const std::string& query,
+                                                  absl::Duration timeout, size_t max_bytes,
+                                                  const absl::Notification& stop) {
   std::string url = absl::StrCat(absl::StripSuffix(options_.api_base, "/"), "/bot",
-                                 options_.token, "/getUpdates?offset=", offset, "&timeout=",
-                                 absl::ToInt64Seconds(options_.poll_timeout),
-                                 "&allowed_updates=%5B%22message%22%5D");
+                                 options_.token, "/", method, query);
   CURL* curl = curl_easy_init();
   if (curl == nullptr) return absl::UnavailableError("curl_easy_init failed");
-  std::string response;
+  CappedBody response{.max = max_bytes};
   char error[CURL_ERROR_SIZE] = {0};
   curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
   curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-  // The long poll itself plus room for Telegram's answer.
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(options_.poll_timeout +
-                                                               absl::Seconds(10))));
+  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(absl::ToInt64Milliseconds(timeout)));
   curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");  // the token goes to api_base only
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, Append);
+  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, AppendCapped);
   curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
   curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
   curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
@@ -184,23 +243,41 @@ absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(int64
   long status = 0;
   curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
   curl_easy_cleanup(curl);
+  if (response.over) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat(method, ": answer over ", max_bytes, " bytes"));
+  }
   if (code != CURLE_OK) {
     return absl::UnavailableError(
-        absl::StrCat("getUpdates: ", error[0] != '\0' ? error : curl_easy_strerror(code)));
+        absl::StrCat(method, ": ", error[0] != '\0' ? error : curl_easy_strerror(code)));
   }
-  json body = json::parse(response, nullptr, /*allow_exceptions=*/false);
+  json body = json::parse(response.data, nullptr, /*allow_exceptions=*/false);
   if (status != 200 || !body.is_object() || !body.value("ok", false) ||
-      !body.contains("result") || !body["result"].is_array()) {
-    // 409 (another poller: the lock holder that just died may still have a poll in flight)
-    // and 5xx pass with time; a 401 needs an operator, and the warning says so.
+      !body.contains("result")) {
+    // 409 (a newer getUpdates with this token, from outside this lock, ended ours) and 5xx pass
+    // with time; a 401 needs an operator, and the warning says so.
     std::string description =
         body.is_object() && body.contains("description") && body["description"].is_string()
             ? body["description"].get<std::string>()
             : "";
-    return absl::UnavailableError(absl::StrCat("getUpdates: HTTP ", status, " ", description));
+    return absl::UnavailableError(absl::StrCat(method, ": HTTP ", status, " ", description));
   }
+  return std::move(body["result"]);
+}
+
+absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(
+    int64_t offset, const absl::Notification& stop) {
+  absl::StatusOr<json> result =
+      Call("getUpdates",
+           absl::StrCat("?offset=", offset, "&limit=", kUpdatesPerPoll,
+                        "&timeout=", absl::ToInt64Seconds(options_.poll_timeout),
+                        "&allowed_updates=%5B%22message%22%5D"),
+           // The long poll itself plus room for Telegram's answer.
+           options_.poll_timeout + absl::Seconds(10), kMaxGetUpdatesBytes, stop);
+  if (!result.ok()) return result.status();
+  if (!result->is_array()) return absl::UnavailableError("getUpdates: result is not a list");
   std::vector<Update> updates;
-  for (const json& u : body["result"]) {
+  for (const json& u : *result) {
     if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) continue;
     Update update;
     update.update_id = u["update_id"].get<int64_t>();
@@ -219,26 +296,21 @@ absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(int64
 
 UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
                                            const absl::Notification& stop) {
-  auto count = [&](const std::string& outcome) {
-    registry_
-        .GetCounter("notifier_telegram_updates_total",
-                    "Bot updates handled, by outcome (linked, expired, used, unknown_code, "
-                    "no_code, unlinked, ignored, retry)",
-                    {{"outcome", outcome}})
-        .Increment();
-  };
-  if (update.chat_id == 0) {
+  auto count = [&](const std::string& outcome) { UpdatesCounter(outcome).Increment(); };
+  std::optional<BotCommand> command = ParseCommand(update.text);
+  if (update.chat_id == 0 || !command || !ForUs(*command)) {
     count("ignored");
     return Outcome::kDone;
   }
-  if (std::optional<std::string> code = StartCode(update.text)) {
-    if (code->empty()) {
+  if (command->name == "start") {
+    const std::string& code = command->args;
+    if (code.empty()) {
       if (!Reply(update.chat_id, LinkReply::kNoCode, stop)) return Outcome::kRetry;
       count("no_code");
       return Outcome::kDone;
     }
-    absl::StatusOr<int64_t> user = IsCodeShaped(*code)
-                                       ? links_.ConfirmLink(*code, update.chat_id)
+    absl::StatusOr<int64_t> user = IsCodeShaped(code)
+                                       ? links_.ConfirmLink(code, update.chat_id)
                                        : absl::NotFoundError("not a link code");
     LinkReply reply;
     std::string outcome;
@@ -268,7 +340,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
     count(outcome);
     return Outcome::kDone;
   }
-  if (absl::StripAsciiWhitespace(update.text) == "/stop") {
+  if (command->name == "stop") {
     if (absl::Status s = links_.UnlinkChat(update.chat_id, "stop"); !s.ok()) {
       log::Warn("unlinking a telegram chat failed; will retry",
                 {{"update_id", update.update_id}, {"error", std::string(s.message())}});
@@ -281,6 +353,10 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
   }
   count("ignored");
   return Outcome::kDone;
+}
+
+bool UpdatePoller::ForUs(const BotCommand& command) const {
+  return command.bot.empty() || absl::EqualsIgnoreCase(command.bot, username_);
 }
 
 bool UpdatePoller::Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop) {

@@ -7,15 +7,20 @@
 //   /stop          -> LinkClient::UnlinkChat(chat); answers "unlinked"
 //   anything else  -> acknowledged, ignored
 //
-// Telegram allows one getUpdates poller per bot (a second gets 409), however many notifier
-// replicas run. So the poller first takes a session-level Postgres advisory lock on a
-// connection of its own; only the holder polls, the others retry the lock every
-// standby_interval. The lock lives as long as that connection: when the holder's process dies
-// Postgres ends its session and another replica takes over within seconds; when the holder
-// loses its connection it stops polling at once (its lock is gone). When the holder's host
-// dies or drops off the network, nothing closes the connection: TCP keepalives on both ends
-// (10 s of silence, then 3 probes 5 s apart; the server's set for this session, as the
-// client's are by WithConnectDefaults) end the session, and with it the lock, within about
+// In groups Telegram's command menu writes "/start@<bot> <code>" and "/stop@<bot>": ours (the
+// username from the options, else from getMe at start; any case) is handled like the bare
+// command, another bot's is ignored.
+//
+// Telegram allows one getUpdates poller per bot (a newer getUpdates ends the older one with
+// 409), however many notifier replicas run. So the poller first takes a session-level Postgres
+// advisory lock on a connection of its own; only the holder polls, the others retry the lock
+// every standby_interval. The lock lives as long as that connection: when the holder's process
+// dies Postgres ends its session and another replica takes over within seconds; when the holder
+// loses its connection it stops polling at once (its lock is gone), and leaves what its last
+// poll brought unhandled: the next holder fetches it again from the stored offset. When the
+// holder's host dies or drops off the network, nothing closes the connection: TCP keepalives on
+// both ends (10 s of silence, then 3 probes 5 s apart; the server's set for this session, as
+// the client's are by WithConnectDefaults) end the session, and with it the lock, within about
 // 25 s, where the kernels' defaults would take over 2 hours.
 //
 // The bot's answers go through the notifier's Pacer, like every message of the bot (never as
@@ -26,6 +31,7 @@
 // written through the lock's connection after each update is handled: a restart or a takeover
 // neither replays nor skips updates. An update whose outcome payment-server could not decide
 // (unreachable, timeout) is not acknowledged: the poller backs off and asks for it again.
+// Telegram's answers are read up to a size cap: a bigger one is an error, logged and retried.
 //
 //   UpdatePoller poller(options, links, replies, pacer, metrics::Default());
 //   std::thread t([&] { poller.Run(StopRequested()); });
@@ -41,7 +47,7 @@
 #include <string>
 #include <vector>
 
-
+#include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
 #include "absl/status/statusor.h"
@@ -61,8 +67,11 @@ struct UpdatePollerOptions {
   // TELEGRAM_API_BASE and TELEGRAM_BOT_TOKEN.
   std::string api_base = "https://api.telegram.org";
   std::string token;
+  // TELEGRAM_BOT_USERNAME: the bot's username, which commands in groups name. Empty: asked
+  // with getMe when Run starts (retried while Telegram is unreachable).
+  std::string bot_username;
   // TELEGRAM_POLL_TIMEOUT: how long one getUpdates waits for an update. Longer means fewer
-  // requests; a replica taking over may get 409 until the dead holder's last poll ends.
+  // requests.
   absl::Duration poll_timeout = absl::Seconds(25);
   // How often a standby replica tries the lock.
   absl::Duration standby_interval = absl::Seconds(1);
@@ -73,6 +82,16 @@ struct UpdatePollerOptions {
   int reply_attempts = 5;
   MessageLocale locale = MessageLocale::kKorean;
 };
+
+// A bot command: "/start@concert_bot abc" is {.name = "start", .bot = "concert_bot",
+// .args = "abc"}; .bot is empty without "@".
+struct BotCommand {
+  std::string name;
+  std::string bot;
+  std::string args;
+};
+// nullopt for text that is not a command.
+std::optional<BotCommand> ParseCommand(const std::string& text);
 
 class UpdatePoller {
  public:
@@ -91,14 +110,23 @@ class UpdatePoller {
     std::string text;
   };
 
-  // Polls while this replica holds the lock; returns when stopping or the connection broke.
+  // Polls while this replica holds the lock; returns when stopping or the lock is gone.
   void PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop);
-  // One getUpdates; an error for anything but 200 ok:true.
+  // One Bot API call: the `result` of a 200 ok:true answer of at most `max_bytes`, else an
+  // error.
+  absl::StatusOr<nlohmann::json> Call(const std::string& method, const std::string& query,
+                                      absl::Duration timeout, size_t max_bytes,
+                                      const absl::Notification& stop);
+  // One getUpdates.
   absl::StatusOr<std::vector<Update>> GetUpdates(int64_t offset, const absl::Notification& stop);
+  // A command addressed to another bot (by its "@<bot>" suffix) is not ours.
+  bool ForUs(const BotCommand& command) const;
   Outcome Handle(const Update& update, const absl::Notification& stop);
   // False when `stop` came before the answer went (the update is then not acknowledged: the
   // next poller answers it); a failure of the answer itself is logged.
   bool Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop);
+  // notifier_telegram_updates_total{outcome}.
+  metrics::Counter& UpdatesCounter(const std::string& outcome);
 
   UpdatePollerOptions options_;
   LinkClient& links_;
@@ -106,11 +134,8 @@ class UpdatePoller {
   Pacer& pacer_;
   metrics::Registry& registry_;
   metrics::Gauge& leader_;
+  std::string username_;  // the bot's, set when Run starts
 };
-
-// The code of a "/start <code>" message ("" for a bare /start), or nullopt for other text.
-// "/start@<bot> <code>" (a group's form) counts too.
-std::optional<std::string> StartCode(const std::string& text);
 
 }  // namespace concert::notifier
 

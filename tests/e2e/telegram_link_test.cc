@@ -295,8 +295,10 @@ TEST_F(TelegramLinkTest, StopInTheChatOrUnlinkInTheAppEndsTheLinkAndTheNextPayme
   Link(users[0], 7101);
   Link(users[1], 7102);
 
-  // /stop in the chat: one answer there, and the app sees the link gone.
-  EXPECT_THAT(PressStart(7101, "/stop"), HasSubstr(kUnlinked));
+  // /stop in the chat, in the form Telegram's command menu writes in groups (a /stop meant for
+  // another bot is not ours): one answer there, and the app sees the link gone.
+  system_->telegram().InjectUserMessage(7101, "/stop@another_bot");
+  EXPECT_THAT(PressStart(7101, absl::StrCat("/stop@", kBotUsername)), HasSubstr(kUnlinked));
   v1::Account account;
   ASSERT_TRUE(client_->GetAccount(users[0], &account).ok());
   EXPECT_FALSE(account.telegram_linked());

@@ -154,13 +154,19 @@ std::string FakeTelegram::base_url() const {
 absl::Status FakeTelegram::Start() {
   server_->Post(R"(/bot([^/]*)/sendMessage)",
                 [this](const httplib::Request& req, httplib::Response& res) { HandleSend(req, res); });
-  server_->Get(R"(/bot([^/]*)/getMe)", [this](const httplib::Request&, httplib::Response& res) {
+  auto get_me = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!options_.token.empty() && req.matches[1] != options_.token) {
+      ReplyError(res, 401, "Unauthorized");
+      return;
+    }
     Reply(res, 200,
           json{{"ok", true},
                {"result",
                 {{"id", 1}, {"is_bot", true}, {"first_name", "Fake Concert Bot"},
                  {"username", options_.bot_username}}}});
-  });
+  };
+  server_->Get(R"(/bot([^/]*)/getMe)", get_me);
+  server_->Post(R"(/bot([^/]*)/getMe)", get_me);
   auto get_updates = [this](const httplib::Request& req, httplib::Response& res) {
     HandleGetUpdates(req, res);
   };
@@ -365,7 +371,19 @@ void FakeTelegram::HandleGetUpdates(const httplib::Request& req, httplib::Respon
   param("offset", &offset);
   param("timeout", &timeout);
   std::unique_lock lock(mu_);
-  if (polling_) {
+  ++get_updates_;
+  // The newest request is the poll; an older one still waiting ends with 409 (below).
+  const int64_t poll = ++current_poll_;
+  updates_cv_.notify_all();
+  // Acknowledged updates are forgotten, as Telegram does.
+  while (!update_ids_.empty() && update_ids_.front() < offset) {
+    update_ids_.erase(update_ids_.begin());
+    updates_.erase(updates_.begin());
+  }
+  updates_cv_.wait_for(lock, std::chrono::seconds(std::max<int64_t>(timeout, 0)), [&] {
+    return stopping_ || !updates_.empty() || current_poll_ != poll;
+  });
+  if (current_poll_ != poll) {
     ++conflicts_;
     lock.unlock();
     ReplyError(res, 409,
@@ -373,16 +391,6 @@ void FakeTelegram::HandleGetUpdates(const httplib::Request& req, httplib::Respon
                "instance is running");
     return;
   }
-  ++get_updates_;
-  // Acknowledged updates are forgotten, as Telegram does.
-  while (!update_ids_.empty() && update_ids_.front() < offset) {
-    update_ids_.erase(update_ids_.begin());
-    updates_.erase(updates_.begin());
-  }
-  polling_ = true;
-  updates_cv_.wait_for(lock, std::chrono::seconds(std::max<int64_t>(timeout, 0)),
-                       [&] { return stopping_ || !updates_.empty(); });
-  polling_ = false;
   json result = json::array();
   for (const std::string& u : updates_) result.push_back(json::parse(u));
   lock.unlock();

@@ -69,12 +69,14 @@
 //                                        "chat_id":"42"   (only requests for this chat)}
 //                                  "off" removes every fault (or only that chat's with chat_id).
 //                                  An injected 429 starts no flood wait.
-//   GET|POST /bot<token>/getMe     {"ok":true,"result":{"id":..,"is_bot":true,"username":..}}
+//   GET|POST /bot<token>/getMe     {"ok":true,"result":{"id":..,"is_bot":true,"first_name":..,
+//                                  "username":..}}; with --token set, another token: 401.
 //   GET|POST /bot<token>/getUpdates  offset, timeout (seconds, long poll) as JSON body, form or
 //                                  query. Updates with update_id < offset are forgotten; answers
 //                                  at once when one is pending, else when one arrives or timeout
-//                                  passes. A second getUpdates while one is in flight gets 409
-//                                  Conflict, as Telegram answers two bot instances.
+//                                  passes. As Telegram does with two bot instances, a newer
+//                                  getUpdates ends the one still in flight with 409 "Conflict:
+//                                  terminated by other getUpdates request" and polls on.
 //   POST /control/updates          JSON {"chat_id": 42, "text": "/start abc"}: a user writes to
 //                                  the bot; answers {"ok":true,"update_id":N}.
 //   GET  /control/messages[?chat_id=42]  JSON array of accepted messages (to that chat only):
@@ -258,7 +260,7 @@ class FakeTelegram {
   // A user in private chat `chat_id` (the user's id too) writes `text` to the bot; the next
   // getUpdates returns it. Returns its update_id.
   int64_t InjectUserMessage(int64_t chat_id, const std::string& text);
-  // getUpdates requests answered, and those refused with 409 because another was in flight.
+  // getUpdates requests received, and those ended with 409 by a newer one.
   int get_updates() const;
   int conflicts() const;
 
@@ -320,7 +322,7 @@ class FakeTelegram {
   std::vector<std::string> updates_;
   std::vector<int64_t> update_ids_;
   int64_t next_update_id_ = 1;
-  bool polling_ = false;
+  int64_t current_poll_ = 0;  // the newest getUpdates request's number
   int get_updates_ = 0;
   int conflicts_ = 0;
 };

@@ -71,13 +71,24 @@ TEST(FakeTelegram, AcceptsJsonAndFormAndRecordsThem) {
   EXPECT_EQ(json::parse(listed->body).size(), 2u);
 }
 
-TEST(FakeTelegram, GetMeNamesTheBot) {
-  FakeTelegram fake({.bot_username = "my_bot"});
+TEST(FakeTelegram, GetMeNamesTheBotLikeTheBotApi) {
+  FakeTelegram fake({.token = "T", .bot_username = "my_bot"});
   ASSERT_TRUE(fake.Start().ok());
   httplib::Client client = ClientFor(fake);
-  auto r = client.Get("/botT/getMe");
-  ASSERT_TRUE(r);
-  EXPECT_EQ(json::parse(r->body)["result"]["username"], "my_bot");
+  for (bool post : {false, true}) {
+    auto r = post ? client.Post("/botT/getMe") : client.Get("/botT/getMe");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 200);
+    json body = json::parse(r->body);
+    EXPECT_EQ(body["ok"], true);
+    EXPECT_TRUE(body["result"]["id"].is_number_integer());
+    EXPECT_EQ(body["result"]["is_bot"], true);
+    EXPECT_TRUE(body["result"]["first_name"].is_string());
+    EXPECT_EQ(body["result"]["username"], "my_bot");
+  }
+  auto other = client.Get("/botX/getMe");
+  ASSERT_TRUE(other);
+  EXPECT_EQ(other->status, 401);
 }
 
 TEST(FakeTelegram, GetUpdatesLongPollsAndForgetsWhatTheOffsetAcknowledges) {
@@ -118,20 +129,38 @@ TEST(FakeTelegram, GetUpdatesLongPollsAndForgetsWhatTheOffsetAcknowledges) {
   EXPECT_EQ(fake.conflicts(), 0);
 }
 
-TEST(FakeTelegram, ASecondPollerGetsConflict) {
+// As the Bot API does: a newer getUpdates ends the older long poll with 409, and the newer one
+// goes on polling.
+TEST(FakeTelegram, ANewerPollEndsTheOlderOneWithConflict) {
   FakeTelegram fake({});
   ASSERT_TRUE(fake.Start().ok());
+  int older_status = 0;
+  std::string older_body;
   std::thread first([&] {
     httplib::Client client = ClientFor(fake);
     client.set_read_timeout(10);
-    client.Get("/botT/getUpdates?timeout=2");
+    if (auto r = client.Get("/botT/getUpdates?timeout=5")) {
+      older_status = r->status;
+      older_body = r->body;
+    }
   });
   absl::SleepFor(absl::Milliseconds(300));
+  std::thread writer([&] {
+    absl::SleepFor(absl::Milliseconds(500));
+    fake.InjectUserMessage(42, "/start abc");
+  });
   httplib::Client second = ClientFor(fake);
-  auto r = second.Get("/botT/getUpdates?timeout=2");
+  second.set_read_timeout(10);
+  auto newer = second.Get("/botT/getUpdates?timeout=5");
   first.join();
-  ASSERT_TRUE(r);
-  EXPECT_EQ(r->status, 409);
+  writer.join();
+  EXPECT_EQ(older_status, 409);
+  EXPECT_EQ(json::parse(older_body, nullptr, false).value("description", ""),
+            "Conflict: terminated by other getUpdates request; make sure that only one bot "
+            "instance is running");
+  ASSERT_TRUE(newer);
+  EXPECT_EQ(newer->status, 200);
+  EXPECT_EQ(json::parse(newer->body)["result"].size(), 1u);
   EXPECT_EQ(fake.conflicts(), 1);
 }
 
