@@ -142,8 +142,7 @@ std::map<std::string, std::string> System::EnvFor(const Instance& instance) cons
       env["NOTIFICATIONS_FILE"] = "/dev/null";
       env["PAYMENT_SERVER_ADDRESS"] = payment_address();
       env["INTERNAL_TOKEN"] = internal_token_;
-      // Short long polls: a replica taking over from a killed one waits at most this long for
-      // the dead one's poll to end at Telegram (409 meanwhile).
+      // Short long polls: a poller notices a stop or a lost lock within this long.
       env["TELEGRAM_POLL_TIMEOUT"] = "2s";
       extra = &options_.notifier_env;
       break;
