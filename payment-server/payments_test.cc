@@ -46,16 +46,20 @@ std::string Auth(int64_t user_id, absl::Duration ttl = absl::Hours(1)) {
                                                 absl::Now()));
 }
 
-// A server of its own on a given database, with channels and stubs to it.
+// A server of its own on a given database, with channels and stubs to it. TelegramLinkService
+// is called where the notifier calls it: the internal server (the public one without it).
 class Client {
  public:
-  explicit Client(grpc::Server& server)
-      : channel_(server.InProcessChannel(grpc::ChannelArguments())),
+  explicit Client(PaymentServer& server)
+      : channel_(server.grpc_server().InProcessChannel(grpc::ChannelArguments())),
         payments_(v1::PaymentService::NewStub(channel_)),
         reservations_(v1::ReservationService::NewStub(channel_)),
         concerts_(v1::ConcertService::NewStub(channel_)),
         accounts_(v1::AccountService::NewStub(channel_)),
-        links_(internal::v1::TelegramLinkService::NewStub(channel_)) {}
+        links_(internal::v1::TelegramLinkService::NewStub(
+            server.internal_grpc_server() != nullptr
+                ? server.internal_grpc_server()->InProcessChannel(grpc::ChannelArguments())
+                : channel_)) {}
 
   grpc::Status Reserve(const std::string& auth, int64_t seat_id, v1::Reservation* out = nullptr) {
     grpc::ClientContext context;
@@ -189,6 +193,7 @@ class PaymentsTest : public ::testing::Test {
     options.auth.hs256_secret = kSecret;
     options.telegram_bot_username = kBot;
     options.internal_token = kInternalToken;
+    options.internal_grpc_address = "127.0.0.1:0";
     options.db_pool_size = 8;
     options.grpc_max_threads = 64;
     options.before_commit_for_test = [this](int64_t payment_id) -> absl::Status {
@@ -202,7 +207,7 @@ class PaymentsTest : public ::testing::Test {
     server_ = std::make_unique<PaymentServer>(options);
     ASSERT_TRUE(server_->Start().ok());
     ASSERT_TRUE(WaitUntil([&] { return server_->ready(); }, absl::Seconds(30)));
-    client_ = std::make_unique<Client>(server_->grpc_server());
+    client_ = std::make_unique<Client>(*server_);
   }
 
   // Everything an error must leave untouched.
@@ -445,7 +450,7 @@ TEST_F(PaymentsTest, TwentyConcurrentPaymentsOfOneReservationPayOnce) {
   std::string auth = Auth(1);
   for (int i = 0; i < kCalls; ++i) {
     threads.emplace_back([&, i] {
-      Client own(server_->grpc_server());
+      Client own(*server_);
       statuses[i] = own.Pay(auth, reservation, &payments[i]);
     });
   }
@@ -481,7 +486,7 @@ TEST_F(PaymentsTest, ConcurrentPaymentsOfOneUserNeverOverdraw) {
   std::string auth = Auth(3);
   for (int i = 0; i < kSeats; ++i) {
     threads.emplace_back([&, i] {
-      Client own(server_->grpc_server());
+      Client own(*server_);
       statuses[i] = own.Pay(auth, reservations[i]);
     });
   }
@@ -887,6 +892,31 @@ TEST_F(PaymentsTest, UnlinkTelegramRemovesTheCallersLinkAndTheNextEventCarriesNo
             grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// The notifier's service listens apart from the public API: on the public port even the right
+// INTERNAL_TOKEN gets UNIMPLEMENTED, so nobody outside can try tokens against it.
+TEST_F(PaymentsTest, TelegramLinkServiceIsServedOnTheInternalPortOnly) {
+  Exec(db_.url(), "INSERT INTO payment.telegram_links (user_id, chat_id) VALUES (1, 5001)");
+  auto unlink = [](int port) {
+    auto stub = internal::v1::TelegramLinkService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kInternalToken));
+    context.set_deadline(Deadline(absl::Seconds(30)));
+    internal::v1::UnlinkChatRequest request;
+    request.set_chat_id(5001);
+    internal::v1::UnlinkChatResponse response;
+    return stub->UnlinkChat(&context, request, &response);
+  };
+  ASSERT_GT(server_->internal_port(), 0);
+  ASSERT_NE(server_->internal_port(), server_->port());
+  grpc::Status on_public = unlink(server_->port());
+  EXPECT_EQ(on_public.error_code(), grpc::StatusCode::UNIMPLEMENTED) << on_public.error_message();
+  EXPECT_EQ(Count("telegram_links"), 1);
+  grpc::Status on_internal = unlink(server_->internal_port());
+  EXPECT_TRUE(on_internal.ok()) << on_internal.error_message();
+  EXPECT_EQ(Count("telegram_links"), 0);
+}
+
 TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   server_.reset();
   ServerOptions options;
@@ -896,7 +926,7 @@ TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(WaitUntil([&] { return server.ready(); }, absl::Seconds(30)));
-  Client client(server.grpc_server());
+  Client client(server);
   v1::TelegramLink link;
   grpc::Status status = client.LinkTelegram(Auth(1), &link);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
@@ -1120,7 +1150,7 @@ TEST(PaymentsDatabaseTest, UnreachableDatabaseIsUnavailableAndTheServerRecovers)
   options.health_check_interval = absl::Milliseconds(200);
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());
-  Client client(server.grpc_server());
+  Client client(server);
 
   absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(client.Health(), 2);  // NOT_SERVING
