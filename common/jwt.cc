@@ -8,6 +8,7 @@
 #include <openssl/hmac.h>
 #include <openssl/param_build.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <mutex>
@@ -16,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -327,6 +329,22 @@ class KeySet {
 
 bool Claims::HasScope(absl::string_view scope) const {
   return std::find(scopes.begin(), scopes.end(), scope) != scopes.end();
+}
+
+absl::StatusOr<int64_t> UserIdOf(const Claims& claims) {
+  const std::string& sub = claims.subject;
+  int64_t user_id = 0;
+  // SimpleAtoi alone takes "01", "+1" and " 1 " for 1: one user would have many subjects.
+  bool canonical = !sub.empty() && sub.front() != '0' &&
+                   std::all_of(sub.begin(), sub.end(), absl::ascii_isdigit) &&
+                   absl::SimpleAtoi(sub, &user_id);
+  if (!canonical) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("token sub '", absl::CEscape(sub),
+                     "' is not a user id (a positive decimal number, without sign, spaces or "
+                     "leading zeros)"));
+  }
+  return user_id;
 }
 
 std::string MintHs256(absl::string_view secret, const Hs256Token& token, absl::Time now) {

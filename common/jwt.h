@@ -52,6 +52,10 @@ struct Claims {
   bool HasScope(absl::string_view scope) const;
 };
 
+// The user id a token's `sub` names: a positive int64 written in canonical decimal ("42", never
+// "042", "+42" or " 42"), so that each user has exactly one subject. UNAUTHENTICATED otherwise.
+absl::StatusOr<int64_t> UserIdOf(const Claims& claims);
+
 // An HS256 token (what `payment-server mint-token` prints).
 struct Hs256Token {
   std::string subject;

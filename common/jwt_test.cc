@@ -353,6 +353,17 @@ TEST_F(JwtTest, AJwksLargerThanOneMebibyteIsRefused) {
   serving.join();
 }
 
+TEST(UserIdOfTest, OnlyACanonicalPositiveDecimalSubjectIsAUserId) {
+  EXPECT_EQ(*UserIdOf({.subject = "1"}), 1);
+  EXPECT_EQ(*UserIdOf({.subject = "9223372036854775807"}), INT64_MAX);
+  for (const char* sub : {"", "0", "01", "0001", " 1", "1 ", "+1", "-1", "1e3", "0x1", "١",
+                          "9223372036854775808", "alice"}) {
+    absl::StatusOr<int64_t> id = UserIdOf({.subject = sub});
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kUnauthenticated) << "sub '" << sub << "'";
+    EXPECT_THAT(id.status().message(), HasSubstr("is not a user id"));
+  }
+}
+
 Settings SettingsWithEnv(std::map<std::string, std::string> env) {
   static const char* argv[] = {"test"};
   return Settings("test", 1, argv, [env = std::move(env)](const char* name) -> const char* {

@@ -935,6 +935,26 @@ TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
             grpc::StatusCode::UNIMPLEMENTED);
 }
 
+// One user, one subject: `sub` is refused unless it is the user id in canonical decimal.
+TEST_F(PaymentsTest, ATokenSubjectOtherThanACanonicalUserIdIsUnauthenticated) {
+  auto token_for = [](const std::string& sub) {
+    return absl::StrCat("Bearer ",
+                        jwt::MintHs256(kSecret,
+                                       {.subject = sub, .expires_at = absl::Now() + absl::Hours(1)},
+                                       absl::Now()));
+  };
+  v1::Account account;
+  grpc::Status status = client_->GetAccount(token_for("1"), &account);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  for (const char* sub : {"01", " 1", "+1", "0001", "1 ", "0", "-1", "1.0", "9223372036854775808",
+                          "alice"}) {
+    status = client_->GetAccount(token_for(sub), &account);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "sub '" << sub << "'";
+    EXPECT_NE(status.error_message().find("is not a user id"), std::string::npos)
+        << status.error_message();
+  }
+}
+
 TEST_F(PaymentsTest, ListPaymentsShowsOnlyTheCallersNewestFirstAndStablePages) {
   std::vector<int64_t> mine;  // user 1's payment ids, oldest first
   for (int i = 0; i < 3; ++i) {

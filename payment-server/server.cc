@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
@@ -28,12 +27,7 @@ struct ApiContext {
   absl::StatusOr<int64_t> Caller(const grpc::ServerContext& context) const {
     ASSIGN_OR_RETURN(jwt::Claims claims,
                      verifier->VerifyAuthorization(AuthorizationMetadata(context), absl::Now()));
-    int64_t user_id = 0;
-    if (!absl::SimpleAtoi(claims.subject, &user_id) || user_id <= 0) {
-      return absl::UnauthenticatedError(
-          absl::StrCat("token sub '", claims.subject, "' is not a user id"));
-    }
-    return user_id;
+    return jwt::UserIdOf(claims);
   }
 
   absl::Status CheckReady() const {
