@@ -671,6 +671,39 @@ TEST_F(PaymentsTest, ListConcertsPagesByIdWithSchedulesAndIgnoresInsertsBehindTh
   EXPECT_TRUE(all.next_page_token().empty());
 }
 
+// A concert postponed with no date yet: its schedule starts at 'infinity' (or '-infinity'), a
+// valid timestamptz. It is listed without a start and its seats sell as any other's.
+TEST_F(PaymentsTest, AScheduleWithoutADateIsListedWithoutAStartAndSoldNormally) {
+  for (const char* when : {"infinity", "-infinity"}) {
+    SCOPED_TRACE(when);
+    Exec(db_.url(), absl::StrCat("UPDATE payment.schedules SET starts_at = '", when, "'"));
+    v1::ListConcertsResponse concerts;
+    grpc::Status status = client_->ListConcerts(Auth(1), 0, "", &concerts);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(concerts.concerts_size(), 1);
+    ASSERT_EQ(concerts.concerts(0).schedules_size(), 1);
+    EXPECT_FALSE(concerts.concerts(0).schedules(0).has_starts_at());
+    EXPECT_EQ(concerts.concerts(0).schedules(0).seat_count(), 50);
+    v1::ListSeatsResponse seats;
+    status = client_->ListSeats(Auth(1), demo_.schedule_id, 0, "", &seats);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(seats.seats_size(), 50);
+  }
+  v1::Reservation reservation;
+  grpc::Status status = client_->Reserve(Auth(1), demo_.seat_ids[0], &reservation);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(reservation.has_concert_start());
+  v1::Payment payment;
+  status = client_->Pay(Auth(1), reservation.reservation_id(), &payment);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Balance(1), 950000);
+  events::v1::PaymentCompleted event;
+  ASSERT_TRUE(event.ParseFromString(absl::HexStringToBytes(
+      QueryString(db_.url(), "SELECT encode(payload, 'hex') FROM payment.outbox_events"))));
+  EXPECT_EQ(event.payment_id(), payment.payment_id());
+  EXPECT_FALSE(event.has_concert_start());
+}
+
 TEST_F(PaymentsTest, ListSeatsShowsFreeHeldSoldAndAnExpiredHoldAsFree) {
   const int64_t held = demo_.seat_ids[0], sold = demo_.seat_ids[1], expired = demo_.seat_ids[2];
   Hold(1, held);
