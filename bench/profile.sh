@@ -63,7 +63,7 @@ INSERT INTO payment.reservations (id, user_id, seat_id, amount_won, status, expi
   SELECT n, 1 + n % $USERS, n, 50000, 'HELD', now() + interval '1 day' FROM generate_series(1, $N) n;
 ANALYZE payment.reservations;
 EOF
-PAY="127.0.0.1:$(free_port)" SECRET=profile
+PAY="127.0.0.1:$(free_port)" SECRET=profile-auth-token-secret-of-32-bytes
 "$BIN/payment-server" --database-url="$DB" --grpc-address="$PAY" --metrics-address="127.0.0.1:$(free_port)" \
   --auth-token-secret="$SECRET" --log-level=warn >"$OUT/payment-server.log" 2>&1 & PIDS+=($!)
 RELAY_METRICS="127.0.0.1:$(free_port)"

@@ -223,7 +223,7 @@ echo "quick=$QUICK sections=$(echo $SECTIONS) pay_duration=$PAY_DURATION relay_d
 
 scripts/postgres.sh start >/dev/null
 scripts/kafka.sh start >/dev/null
-SECRET="bench-$(date +%s%N)"
+SECRET="bench-auth-token-secret-$(date +%s%N)"  # at least 32 bytes
 ADMIN_TOKEN="bench-admin-$(date +%s%N)"
 "$BIN/payment-server" migrate --database-url="$DB" >>"$STATE/logs/migrate.log" 2>&1
 

@@ -176,6 +176,16 @@ std::string Settings::ListenAddress(absl::string_view name, absl::string_view de
   return value;
 }
 
+std::string Settings::Secret(absl::string_view name, size_t min_bytes, absl::string_view help) {
+  std::optional<std::string> value =
+      Lookup(name, "", help, absl::StrCat("empty, or at least ", min_bytes, " bytes"));
+  if (value && !value->empty() && value->size() < min_bytes) {
+    Fail(name, absl::StrCat(value->size(), " bytes is too short to be a secret; use at least ",
+                            min_bytes, " random bytes (e.g. openssl rand -hex ", min_bytes, ")"));
+  }
+  return value.value_or("");
+}
+
 absl::Status Settings::Validate() const {
   if (!errors_.empty()) return absl::InvalidArgumentError(errors_.front());
   for (const auto& [flag, value] : flags_) {

@@ -56,6 +56,9 @@ class Settings {
   // A single host:port to listen on; port 0 asks the kernel for a free one.
   std::string ListenAddress(absl::string_view name, absl::string_view default_value,
                             absl::string_view help);
+  // A shared secret (default empty): unset or at least `min_bytes` long, so that a guessable
+  // value such as "x" cannot start a service. The value never appears in an error.
+  std::string Secret(absl::string_view name, size_t min_bytes, absl::string_view help);
 
   const std::vector<std::string>& positional() const { return positional_; }
   bool help_requested() const { return help_requested_; }

@@ -50,6 +50,22 @@ TEST(SettingsTest, KafkaServerListAcceptsSeveralHosts) {
   EXPECT_TRUE(s.Validate().ok()) << s.Validate();
 }
 
+TEST(SettingsTest, ASecretShorterThanItsMinimumIsRefusedWithoutShowingIt) {
+  Settings short_one = Make({}, {{"API_SECRET", "hunter2"}});
+  EXPECT_EQ(short_one.Secret("API_SECRET", 32, "secret"), "hunter2");
+  absl::Status status = short_one.Validate();
+  EXPECT_THAT(status.message(), HasSubstr("invalid setting API_SECRET"));
+  EXPECT_THAT(status.message(), HasSubstr("at least 32"));
+  EXPECT_THAT(status.message(), ::testing::Not(HasSubstr("hunter2")));
+
+  Settings unset = Make({});
+  EXPECT_EQ(unset.Secret("API_SECRET", 32, "secret"), "");
+  EXPECT_TRUE(unset.Validate().ok());
+  Settings long_enough = Make({}, {{"API_SECRET", std::string(32, 'k')}});
+  long_enough.Secret("API_SECRET", 32, "secret");
+  EXPECT_TRUE(long_enough.Validate().ok());
+}
+
 TEST(SettingsTest, MissingRequiredSettingIsAnError) {
   Settings s = Make({});
   s.RequiredString("DATABASE_URL", "db");

@@ -109,6 +109,10 @@ std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
 // The call's `authorization` metadata ("" when absent).
 absl::string_view AuthorizationMetadata(const grpc::ServerContext& context);
 
+// Shared bearer secrets (settings read with Settings::Secret) are at least this long: a short
+// one could be guessed.
+inline constexpr size_t kMinSharedSecretBytes = 32;
+
 // OK when the call carries `authorization: Bearer <expected>` (compared in constant time, so a
 // shared secret cannot be guessed byte by byte); otherwise UNAUTHENTICATED naming `setting`,
 // the setting that holds the secret. For service-to-service and operator tokens.

@@ -8,15 +8,16 @@
 #include <openssl/hmac.h>
 #include <openssl/param_build.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <mutex>
 #include <nlohmann/json.hpp>
-#include <sstream>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -172,27 +173,45 @@ bool VerifySha256Signature(EVP_PKEY* key, absl::string_view data, absl::string_v
                           data.size()) == 1;
 }
 
+std::string TooLarge(absl::string_view source) {
+  return absl::StrCat(source, ": the JWKS is larger than ", kMaxJwksBytes, " bytes");
+}
+
+struct Body {
+  std::string text;
+  bool too_large = false;
+};
+
 size_t AppendBody(char* data, size_t size, size_t count, void* user) {
-  auto* body = static_cast<std::string*>(user);
-  if (body->size() + size * count > kMaxJwksBytes) return 0;  // aborts the transfer
-  body->append(data, size * count);
+  auto* body = static_cast<Body*>(user);
+  if (body->text.size() + size * count > kMaxJwksBytes) {
+    body->too_large = true;
+    return 0;  // aborts the transfer
+  }
+  body->text.append(data, size * count);
   return size * count;
 }
 
-absl::StatusOr<std::string> Fetch(const std::string& url) {
+absl::StatusOr<std::string> Fetch(const std::string& url, bool allow_http) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   std::unique_ptr<CURL, Deleter<CURL, curl_easy_cleanup>> curl(curl_easy_init());
   if (!curl) return absl::InternalError("curl_easy_init failed");
-  std::string body;
+  Body body;
   curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, "https,http");
+  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, allow_http ? "https,http" : "https");
   curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
   curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS,
                    static_cast<long>(absl::ToInt64Milliseconds(kJwksFetchTimeout)));
+  // A declared length over the cap is refused before any of the body is read.
+  curl_easy_setopt(curl.get(), CURLOPT_MAXFILESIZE_LARGE,
+                   static_cast<curl_off_t>(kMaxJwksBytes));
   curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &AppendBody);
   curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
   CURLcode code = curl_easy_perform(curl.get());
+  if (body.too_large || code == CURLE_FILESIZE_EXCEEDED) {
+    return absl::FailedPreconditionError(TooLarge(absl::StrCat("GET ", url)));
+  }
   if (code != CURLE_OK) {
     return absl::UnavailableError(absl::StrCat("GET ", url, ": ", curl_easy_strerror(code)));
   }
@@ -201,16 +220,19 @@ absl::StatusOr<std::string> Fetch(const std::string& url) {
   if (http_status != 200) {
     return absl::UnavailableError(absl::StrCat("GET ", url, ": HTTP ", http_status));
   }
-  return body;
+  return std::move(body.text);
 }
 
+// Reads at most one byte past the cap, so a huge (or endless, like /dev/zero) file is refused
+// without being read whole.
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  std::ostringstream text;
-  if (!in || !(text << in.rdbuf())) {
-    return absl::NotFoundError(absl::StrCat("cannot read ", path));
-  }
-  return text.str();
+  std::string text(kMaxJwksBytes + 1, '\0');
+  if (in) in.read(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!in && !in.eof()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  text.resize(static_cast<size_t>(in.gcount()));
+  if (text.size() > kMaxJwksBytes) return absl::FailedPreconditionError(TooLarge(path));
+  return text;
 }
 
 // A NumericDate claim (seconds since the epoch, RFC 7519 section 2): nullopt when absent,
@@ -309,6 +331,22 @@ bool Claims::HasScope(absl::string_view scope) const {
   return std::find(scopes.begin(), scopes.end(), scope) != scopes.end();
 }
 
+absl::StatusOr<int64_t> UserIdOf(const Claims& claims) {
+  const std::string& sub = claims.subject;
+  int64_t user_id = 0;
+  // SimpleAtoi alone takes "01", "+1" and " 1 " for 1: one user would have many subjects.
+  bool canonical = !sub.empty() && sub.front() != '0' &&
+                   std::all_of(sub.begin(), sub.end(), absl::ascii_isdigit) &&
+                   absl::SimpleAtoi(sub, &user_id);
+  if (!canonical) {
+    return absl::UnauthenticatedError(
+        absl::StrCat("token sub '", absl::CEscape(sub),
+                     "' is not a user id (a positive decimal number, without sign, spaces or "
+                     "leading zeros)"));
+  }
+  return user_id;
+}
+
 std::string MintHs256(absl::string_view secret, const Hs256Token& token, absl::Time now) {
   Json payload = {{"sub", token.subject},
                   {"iat", absl::ToUnixSeconds(now)},
@@ -323,11 +361,15 @@ std::string MintHs256(absl::string_view secret, const Hs256Token& token, absl::T
 
 VerifierOptions ReadVerifierOptions(Settings& s) {
   VerifierOptions o;
-  o.hs256_secret = s.String("AUTH_TOKEN_SECRET", "",
-                            "HS256 key of JWT bearer tokens, for local use (mint-token signs with it)");
+  o.hs256_secret = s.Secret(
+      "AUTH_TOKEN_SECRET", kMinHs256SecretBytes,
+      "HS256 key of JWT bearer tokens, for local use (mint-token signs with it)");
   o.jwks_file = s.String("AUTH_JWKS_FILE", "",
                          "JWKS file of the identity provider's RS256/ES256 keys");
   o.jwks_url = s.String("AUTH_JWKS_URL", "", "JWKS URL of the identity provider (https://)");
+  o.jwks_allow_http =
+      s.Bool("AUTH_JWKS_ALLOW_HTTP", o.jwks_allow_http,
+             "accept an http:// AUTH_JWKS_URL: for a loopback identity provider in tests only");
   o.jwks_refresh = s.Duration("AUTH_JWKS_REFRESH", o.jwks_refresh, absl::Seconds(1),
                               absl::Hours(24), "how often the JWKS is reloaded");
   o.issuer = s.String("AUTH_ISSUER", "", "the iss tokens must carry; empty: not checked");
@@ -338,8 +380,12 @@ VerifierOptions ReadVerifierOptions(Settings& s) {
     s.Fail("AUTH_JWKS_URL", "set AUTH_JWKS_FILE or AUTH_JWKS_URL, not both");
   }
   if (!o.jwks_url.empty() && !absl::StartsWith(o.jwks_url, "https://") &&
-      !absl::StartsWith(o.jwks_url, "http://")) {
-    s.Fail("AUTH_JWKS_URL", "expected an https:// URL");
+      !(o.jwks_allow_http && absl::StartsWith(o.jwks_url, "http://"))) {
+    s.Fail("AUTH_JWKS_URL", absl::StartsWith(o.jwks_url, "http://")
+                                ? "expected an https:// URL (http:// only with "
+                                  "AUTH_JWKS_ALLOW_HTTP=true, for a loopback identity provider "
+                                  "in tests)"
+                                : "expected an https:// URL");
   }
   return o;
 }
@@ -366,7 +412,8 @@ absl::Status Verifier::Start() {
 
 absl::StatusOr<std::shared_ptr<const KeySet>> Verifier::LoadKeys() const {
   absl::StatusOr<std::string> text =
-      options_.jwks_file.empty() ? Fetch(options_.jwks_url) : ReadFile(options_.jwks_file);
+      options_.jwks_file.empty() ? Fetch(options_.jwks_url, options_.jwks_allow_http)
+                                 : ReadFile(options_.jwks_file);
   if (!text.ok()) return text.status();
   return KeySet::Parse(*text);
 }

@@ -7,6 +7,11 @@
 // and its claims hold: `exp` (required) and `nbf` within AUTH_CLOCK_SKEW of now, `iss` equal to
 // AUTH_ISSUER and `aud` naming AUTH_AUDIENCE when those are set, `sub` present.
 //
+// Settings refuse what would make tokens forgeable or keys replaceable: an AUTH_TOKEN_SECRET
+// shorter than 32 bytes (HS256 needs a key of at least the hash's 256 bits, RFC 7518 section
+// 3.2), and an http:// AUTH_JWKS_URL unless AUTH_JWKS_ALLOW_HTTP is set (a loopback identity
+// provider in tests). A JWKS document larger than 1 MiB is an error, from a file or a URL.
+//
 // The header's `alg` picks the key family and nothing else: HS256 is only ever checked with the
 // shared secret and RS256/ES256 only with JWKS keys of that type (and that `alg`, when the key
 // states one), so `alg: none` and an HS256 token "signed" with a public key are refused.
@@ -47,6 +52,10 @@ struct Claims {
   bool HasScope(absl::string_view scope) const;
 };
 
+// The user id a token's `sub` names: a positive int64 written in canonical decimal ("42", never
+// "042", "+42" or " 42"), so that each user has exactly one subject. UNAUTHENTICATED otherwise.
+absl::StatusOr<int64_t> UserIdOf(const Claims& claims);
+
 // An HS256 token (what `payment-server mint-token` prints).
 struct Hs256Token {
   std::string subject;
@@ -64,7 +73,10 @@ class KeySet;
 struct VerifierOptions {
   std::string hs256_secret;  // AUTH_TOKEN_SECRET
   std::string jwks_file;     // AUTH_JWKS_FILE
-  std::string jwks_url;      // AUTH_JWKS_URL (https://, or http:// for loopback)
+  std::string jwks_url;      // AUTH_JWKS_URL (https://)
+  // AUTH_JWKS_ALLOW_HTTP: lets jwks_url be http://, for a loopback identity provider in tests;
+  // over plain HTTP anyone on the path could hand us their own keys.
+  bool jwks_allow_http = false;
   absl::Duration jwks_refresh = absl::Minutes(5);  // AUTH_JWKS_REFRESH
   std::string issuer;        // AUTH_ISSUER
   std::string audience;      // AUTH_AUDIENCE
@@ -77,6 +89,9 @@ struct VerifierOptions {
     return !hs256_secret.empty() || !jwks_file.empty() || !jwks_url.empty();
   }
 };
+
+// HS256 keys shorter than this are refused (RFC 7518 section 3.2).
+inline constexpr size_t kMinHs256SecretBytes = 32;
 
 // Reads the AUTH_* settings above (both AUTH_JWKS_FILE and AUTH_JWKS_URL set is an error).
 VerifierOptions ReadVerifierOptions(Settings& settings);

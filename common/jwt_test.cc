@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -297,6 +298,7 @@ TEST_F(JwtTest, AJwksUrlIsFetchedAndWaitedForWhileDown) {
   VerifierOptions options = Options();
   options.jwks_file.clear();
   options.jwks_url = absl::StrCat("http://127.0.0.1:", port, "/jwks.json");
+  options.jwks_allow_http = true;
   {
     Verifier verifier(options);
     ASSERT_TRUE(verifier.Start().ok()) << "an identity provider that is down is waited for";
@@ -314,6 +316,86 @@ TEST_F(JwtTest, AJwksUrlIsFetchedAndWaitedForWhileDown) {
   }
   idp_server.stop();
   serving.join();
+}
+
+// A JWKS is a few KiB: more than 1 MiB, from the file or the URL, is refused without being read
+// whole (a wrong file or a hostile answer must not fill the memory).
+TEST_F(JwtTest, AJwksLargerThanOneMebibyteIsRefused) {
+  std::string padded = idp_.Jwks();
+  padded.insert(padded.size() - 1, std::string(1 << 20, ' '));  // still a valid document
+  WriteFile(jwks_path_, padded);
+  Verifier from_file(Options());
+  absl::Status started = from_file.Start();
+  EXPECT_EQ(started.code(), absl::StatusCode::kFailedPrecondition) << started;
+  EXPECT_THAT(started.message(), HasSubstr("AUTH_JWKS_FILE"));
+  EXPECT_THAT(started.message(), HasSubstr("larger than 1048576 bytes"));
+
+  httplib::Server idp_server;
+  idp_server.Get("/jwks.json", [&](const httplib::Request&, httplib::Response& res) {
+    res.set_content(padded, "application/json");
+  });
+  int port = idp_server.bind_to_any_port("127.0.0.1");
+  ASSERT_GT(port, 0);
+  std::thread serving([&] { idp_server.listen_after_bind(); });
+  VerifierOptions options = Options();
+  options.jwks_file.clear();
+  options.jwks_url = absl::StrCat("http://127.0.0.1:", port, "/jwks.json");
+  options.jwks_allow_http = true;
+  {
+    Verifier from_url(options);
+    ASSERT_TRUE(from_url.Start().ok());
+    absl::StatusOr<Claims> claims = from_url.Verify(idp_.Sign("ec-1", GoodClaims()), kNow);
+    EXPECT_EQ(claims.status().code(), absl::StatusCode::kUnavailable) << claims.status();
+    EXPECT_THAT(claims.status().message(), HasSubstr(options.jwks_url));
+    EXPECT_THAT(claims.status().message(), HasSubstr("larger than 1048576 bytes"));
+  }
+  idp_server.stop();
+  serving.join();
+}
+
+TEST(UserIdOfTest, OnlyACanonicalPositiveDecimalSubjectIsAUserId) {
+  EXPECT_EQ(*UserIdOf({.subject = "1"}), 1);
+  EXPECT_EQ(*UserIdOf({.subject = "9223372036854775807"}), INT64_MAX);
+  for (const char* sub : {"", "0", "01", "0001", " 1", "1 ", "+1", "-1", "1e3", "0x1", "١",
+                          "9223372036854775808", "alice"}) {
+    absl::StatusOr<int64_t> id = UserIdOf({.subject = sub});
+    EXPECT_EQ(id.status().code(), absl::StatusCode::kUnauthenticated) << "sub '" << sub << "'";
+    EXPECT_THAT(id.status().message(), HasSubstr("is not a user id"));
+  }
+}
+
+Settings SettingsWithEnv(std::map<std::string, std::string> env) {
+  static const char* argv[] = {"test"};
+  return Settings("test", 1, argv, [env = std::move(env)](const char* name) -> const char* {
+    static thread_local std::string value;
+    auto it = env.find(name);
+    if (it == env.end()) return nullptr;
+    value = it->second;
+    return value.c_str();
+  });
+}
+
+TEST(JwtSettingsTest, AnHs256SecretShorterThan32BytesIsRefused) {
+  Settings short_secret = SettingsWithEnv({{"AUTH_TOKEN_SECRET", std::string(31, 's')}});
+  ReadVerifierOptions(short_secret);
+  EXPECT_THAT(short_secret.Validate().message(), HasSubstr("AUTH_TOKEN_SECRET"));
+  Settings long_enough = SettingsWithEnv({{"AUTH_TOKEN_SECRET", std::string(32, 's')}});
+  EXPECT_EQ(ReadVerifierOptions(long_enough).hs256_secret, std::string(32, 's'));
+  EXPECT_TRUE(long_enough.Validate().ok()) << long_enough.Validate();
+}
+
+TEST(JwtSettingsTest, AnHttpJwksUrlNeedsTheExplicitOptOut) {
+  Settings plain = SettingsWithEnv({{"AUTH_JWKS_URL", "http://127.0.0.1:8080/jwks.json"}});
+  ReadVerifierOptions(plain);
+  EXPECT_THAT(plain.Validate().message(), HasSubstr("AUTH_JWKS_URL"));
+  EXPECT_THAT(plain.Validate().message(), HasSubstr("AUTH_JWKS_ALLOW_HTTP"));
+  Settings allowed = SettingsWithEnv({{"AUTH_JWKS_URL", "http://127.0.0.1:8080/jwks.json"},
+                                      {"AUTH_JWKS_ALLOW_HTTP", "true"}});
+  EXPECT_TRUE(ReadVerifierOptions(allowed).jwks_allow_http);
+  EXPECT_TRUE(allowed.Validate().ok()) << allowed.Validate();
+  Settings https = SettingsWithEnv({{"AUTH_JWKS_URL", "https://idp.example.test/jwks.json"}});
+  ReadVerifierOptions(https);
+  EXPECT_TRUE(https.Validate().ok()) << https.Validate();
 }
 
 TEST(JwtSettingsTest, BothJwksSourcesAreRefused) {

@@ -69,8 +69,8 @@ absl::Status LinkClient::Observe(const char* method, const grpc::Status& status)
     }
     if (first) {
       log::Error("payment-server refuses the notifier's link calls: INTERNAL_TOKEN (and "
-                 "PAYMENT_SERVER_TLS_*) must match payment-server's; the bot's updates wait "
-                 "until they do",
+                 "PAYMENT_SERVER_TLS_*) must match payment-server's, and PAYMENT_SERVER_ADDRESS "
+                 "must be its INTERNAL_GRPC_ADDRESS; the bot's updates wait until they do",
                  {{"method", method}, {"code", code}, {"error", status.error_message()}});
     }
   }

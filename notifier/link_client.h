@@ -2,7 +2,7 @@
 // a deep-link code from a chat, and dropping a chat's link when the user stops the bot or
 // Telegram says the chat is gone. Calls carry `authorization: Bearer <INTERNAL_TOKEN>`.
 //
-//   LinkClient links({.address = "127.0.0.1:50051", .token = internal_token},
+//   LinkClient links({.address = "127.0.0.1:50055", .token = internal_token},
 //                    metrics::Default());
 //   absl::StatusOr<int64_t> user = links.ConfirmLink(code, chat_id);
 //   // NOT_FOUND: unknown code; FAILED_PRECONDITION: expired or used (see the message);
@@ -11,7 +11,8 @@
 // A call that got no decision is counted by method and code
 // (notifier_link_call_failures_total). A refusal that only an operator can end
 // (UNAUTHENTICATED, PERMISSION_DENIED: INTERNAL_TOKEN or the TLS files differ from
-// payment-server's; UNIMPLEMENTED: payment-server runs without INTERNAL_TOKEN) is also logged
+// payment-server's; UNIMPLEMENTED: payment-server runs without INTERNAL_TOKEN, or the address
+// is its public GRPC_ADDRESS instead of INTERNAL_GRPC_ADDRESS) is also logged
 // as an error, once per code until payment-server decides a call again: callers retry such
 // calls forever, and their warnings alone would not say what to fix.
 //
@@ -35,8 +36,8 @@
 namespace concert::notifier {
 
 struct LinkClientOptions {
-  // PAYMENT_SERVER_ADDRESS.
-  std::string address = "127.0.0.1:50051";
+  // PAYMENT_SERVER_ADDRESS: payment-server's INTERNAL_GRPC_ADDRESS.
+  std::string address = "127.0.0.1:50055";
   // INTERNAL_TOKEN, the same secret as payment-server's.
   std::string token;
   // PAYMENT_SERVER_TLS_CA_FILE's content: set, calls go over TLS trusting it; with

@@ -122,9 +122,10 @@ int main(int argc, char** argv) {
                  absl::Seconds(50), "How long one getUpdates long poll waits");
   o.poller.bot_username = s.String("TELEGRAM_BOT_USERNAME", "",
                                    "The bot's username, named by commands in groups; empty: getMe");
-  o.links.address = s.String("PAYMENT_SERVER_ADDRESS", o.links.address,
-                             "payment-server's gRPC address (TelegramLinkService)");
-  o.links.token = s.String("INTERNAL_TOKEN", "",
+  o.links.address =
+      s.String("PAYMENT_SERVER_ADDRESS", o.links.address,
+               "payment-server's INTERNAL_GRPC_ADDRESS, where its TelegramLinkService listens");
+  o.links.token = s.Secret("INTERNAL_TOKEN", kMinSharedSecretBytes,
                            "Bearer secret of payment-server's TelegramLinkService (same value)");
   o.links.tls_ca = ReadPemFileSetting(
       s, "PAYMENT_SERVER_TLS_CA_FILE",

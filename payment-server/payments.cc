@@ -21,6 +21,10 @@ namespace {
 
 // Timestamps travel as microseconds since the epoch so that no text parsing is involved.
 #define CONCERT_MICROS(column) "(extract(epoch FROM " column ") * 1000000)::bigint"
+// A concert postponed with no date starts at 'infinity' (or '-infinity'), which no bigint
+// holds: NULL then, and the API leaves the start unset.
+#define CONCERT_START_MICROS(column) \
+  "CASE WHEN isfinite(" column ") THEN " CONCERT_MICROS(column) " END"
 
 constexpr char kPay[] = "payment_pay";
 constexpr char kPaymentById[] = "payment_by_id";
@@ -157,7 +161,7 @@ void Payments::Prepare(pqxx::connection& conn) {
                             "ORDER BY p.id DESC LIMIT $3"));
   conn.prepare(kUserExists, "SELECT 1 FROM payment.users WHERE id = $1");
   conn.prepare(kSeatInfo,
-               "SELECT s.price_won, c.title, " CONCERT_MICROS("sch.starts_at") " "
+               "SELECT s.price_won, c.title, " CONCERT_START_MICROS("sch.starts_at") " "
                "FROM payment.seats s "
                "JOIN payment.schedules sch ON sch.id = s.schedule_id "
                "JOIN payment.concerts c ON c.id = sch.concert_id WHERE s.id = $1");
@@ -205,7 +209,7 @@ void Payments::Prepare(pqxx::connection& conn) {
                "SELECT id, title FROM payment.concerts WHERE id > $1 ORDER BY id LIMIT $2");
   // $1 is an array literal of the page's concert ids.
   conn.prepare(kSchedulesOfConcerts,
-               "SELECT sch.concert_id, sch.id, " CONCERT_MICROS("sch.starts_at") ", "
+               "SELECT sch.concert_id, sch.id, " CONCERT_START_MICROS("sch.starts_at") ", "
                "count(a.seat_id), count(a.seat_id) FILTER (WHERE a.availability = 'FREE') "
                "FROM payment.schedules sch "
                "LEFT JOIN payment.seat_availability a ON a.schedule_id = sch.id "
@@ -240,7 +244,9 @@ absl::StatusOr<v1::Reservation> Payments::ReserveSeat(int64_t user_id, int64_t s
     reservation.set_user_id(user_id);
     reservation.set_seat_id(seat_id);
     reservation.set_concert_title(seat[0][1].as<std::string>());
-    *reservation.mutable_concert_start() = TimestampFromMicros(seat[0][2].as<int64_t>());
+    if (!seat[0][2].is_null()) {
+      *reservation.mutable_concert_start() = TimestampFromMicros(seat[0][2].as<int64_t>());
+    }
     reservation.set_amount_won(price);
     reservation.set_status(v1::RESERVATION_STATUS_HELD);
     *reservation.mutable_expires_at() = TimestampFromMicros(inserted[0][1].as<int64_t>());
@@ -458,7 +464,9 @@ absl::StatusOr<v1::ListConcertsResponse> Payments::ListConcerts(
     for (const pqxx::row& row : schedules) {
       v1::Schedule* schedule = by_id.at(row[0].as<int64_t>())->add_schedules();
       schedule->set_schedule_id(row[1].as<int64_t>());
-      *schedule->mutable_starts_at() = TimestampFromMicros(row[2].as<int64_t>());
+      if (!row[2].is_null()) {
+        *schedule->mutable_starts_at() = TimestampFromMicros(row[2].as<int64_t>());
+      }
       schedule->set_seat_count(row[3].as<int32_t>());
       schedule->set_free_seat_count(row[4].as<int32_t>());
     }

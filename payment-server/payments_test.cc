@@ -46,16 +46,20 @@ std::string Auth(int64_t user_id, absl::Duration ttl = absl::Hours(1)) {
                                                 absl::Now()));
 }
 
-// A server of its own on a given database, with channels and stubs to it.
+// A server of its own on a given database, with channels and stubs to it. TelegramLinkService
+// is called where the notifier calls it: the internal server (the public one without it).
 class Client {
  public:
-  explicit Client(grpc::Server& server)
-      : channel_(server.InProcessChannel(grpc::ChannelArguments())),
+  explicit Client(PaymentServer& server)
+      : channel_(server.grpc_server().InProcessChannel(grpc::ChannelArguments())),
         payments_(v1::PaymentService::NewStub(channel_)),
         reservations_(v1::ReservationService::NewStub(channel_)),
         concerts_(v1::ConcertService::NewStub(channel_)),
         accounts_(v1::AccountService::NewStub(channel_)),
-        links_(internal::v1::TelegramLinkService::NewStub(channel_)) {}
+        links_(internal::v1::TelegramLinkService::NewStub(
+            server.internal_grpc_server() != nullptr
+                ? server.internal_grpc_server()->InProcessChannel(grpc::ChannelArguments())
+                : channel_)) {}
 
   grpc::Status Reserve(const std::string& auth, int64_t seat_id, v1::Reservation* out = nullptr) {
     grpc::ClientContext context;
@@ -189,6 +193,7 @@ class PaymentsTest : public ::testing::Test {
     options.auth.hs256_secret = kSecret;
     options.telegram_bot_username = kBot;
     options.internal_token = kInternalToken;
+    options.internal_grpc_address = "127.0.0.1:0";
     options.db_pool_size = 8;
     options.grpc_max_threads = 64;
     options.before_commit_for_test = [this](int64_t payment_id) -> absl::Status {
@@ -202,7 +207,7 @@ class PaymentsTest : public ::testing::Test {
     server_ = std::make_unique<PaymentServer>(options);
     ASSERT_TRUE(server_->Start().ok());
     ASSERT_TRUE(WaitUntil([&] { return server_->ready(); }, absl::Seconds(30)));
-    client_ = std::make_unique<Client>(server_->grpc_server());
+    client_ = std::make_unique<Client>(*server_);
   }
 
   // Everything an error must leave untouched.
@@ -445,7 +450,7 @@ TEST_F(PaymentsTest, TwentyConcurrentPaymentsOfOneReservationPayOnce) {
   std::string auth = Auth(1);
   for (int i = 0; i < kCalls; ++i) {
     threads.emplace_back([&, i] {
-      Client own(server_->grpc_server());
+      Client own(*server_);
       statuses[i] = own.Pay(auth, reservation, &payments[i]);
     });
   }
@@ -481,7 +486,7 @@ TEST_F(PaymentsTest, ConcurrentPaymentsOfOneUserNeverOverdraw) {
   std::string auth = Auth(3);
   for (int i = 0; i < kSeats; ++i) {
     threads.emplace_back([&, i] {
-      Client own(server_->grpc_server());
+      Client own(*server_);
       statuses[i] = own.Pay(auth, reservations[i]);
     });
   }
@@ -664,6 +669,39 @@ TEST_F(PaymentsTest, ListConcertsPagesByIdWithSchedulesAndIgnoresInsertsBehindTh
   ASSERT_TRUE(client_->ListConcerts(auth, 0, "", &all).ok());
   EXPECT_EQ(ConcertIds(all), (std::vector<int64_t>{1, 10, 20, 30, 35, 40}));
   EXPECT_TRUE(all.next_page_token().empty());
+}
+
+// A concert postponed with no date yet: its schedule starts at 'infinity' (or '-infinity'), a
+// valid timestamptz. It is listed without a start and its seats sell as any other's.
+TEST_F(PaymentsTest, AScheduleWithoutADateIsListedWithoutAStartAndSoldNormally) {
+  for (const char* when : {"infinity", "-infinity"}) {
+    SCOPED_TRACE(when);
+    Exec(db_.url(), absl::StrCat("UPDATE payment.schedules SET starts_at = '", when, "'"));
+    v1::ListConcertsResponse concerts;
+    grpc::Status status = client_->ListConcerts(Auth(1), 0, "", &concerts);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    ASSERT_EQ(concerts.concerts_size(), 1);
+    ASSERT_EQ(concerts.concerts(0).schedules_size(), 1);
+    EXPECT_FALSE(concerts.concerts(0).schedules(0).has_starts_at());
+    EXPECT_EQ(concerts.concerts(0).schedules(0).seat_count(), 50);
+    v1::ListSeatsResponse seats;
+    status = client_->ListSeats(Auth(1), demo_.schedule_id, 0, "", &seats);
+    ASSERT_TRUE(status.ok()) << status.error_message();
+    EXPECT_EQ(seats.seats_size(), 50);
+  }
+  v1::Reservation reservation;
+  grpc::Status status = client_->Reserve(Auth(1), demo_.seat_ids[0], &reservation);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_FALSE(reservation.has_concert_start());
+  v1::Payment payment;
+  status = client_->Pay(Auth(1), reservation.reservation_id(), &payment);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  EXPECT_EQ(Balance(1), 950000);
+  events::v1::PaymentCompleted event;
+  ASSERT_TRUE(event.ParseFromString(absl::HexStringToBytes(
+      QueryString(db_.url(), "SELECT encode(payload, 'hex') FROM payment.outbox_events"))));
+  EXPECT_EQ(event.payment_id(), payment.payment_id());
+  EXPECT_FALSE(event.has_concert_start());
 }
 
 TEST_F(PaymentsTest, ListSeatsShowsFreeHeldSoldAndAnExpiredHoldAsFree) {
@@ -887,6 +925,31 @@ TEST_F(PaymentsTest, UnlinkTelegramRemovesTheCallersLinkAndTheNextEventCarriesNo
             grpc::StatusCode::UNAUTHENTICATED);
 }
 
+// The notifier's service listens apart from the public API: on the public port even the right
+// INTERNAL_TOKEN gets UNIMPLEMENTED, so nobody outside can try tokens against it.
+TEST_F(PaymentsTest, TelegramLinkServiceIsServedOnTheInternalPortOnly) {
+  Exec(db_.url(), "INSERT INTO payment.telegram_links (user_id, chat_id) VALUES (1, 5001)");
+  auto unlink = [](int port) {
+    auto stub = internal::v1::TelegramLinkService::NewStub(grpc::CreateChannel(
+        absl::StrCat("127.0.0.1:", port), grpc::InsecureChannelCredentials()));
+    grpc::ClientContext context;
+    context.AddMetadata("authorization", absl::StrCat("Bearer ", kInternalToken));
+    context.set_deadline(Deadline(absl::Seconds(30)));
+    internal::v1::UnlinkChatRequest request;
+    request.set_chat_id(5001);
+    internal::v1::UnlinkChatResponse response;
+    return stub->UnlinkChat(&context, request, &response);
+  };
+  ASSERT_GT(server_->internal_port(), 0);
+  ASSERT_NE(server_->internal_port(), server_->port());
+  grpc::Status on_public = unlink(server_->port());
+  EXPECT_EQ(on_public.error_code(), grpc::StatusCode::UNIMPLEMENTED) << on_public.error_message();
+  EXPECT_EQ(Count("telegram_links"), 1);
+  grpc::Status on_internal = unlink(server_->internal_port());
+  EXPECT_TRUE(on_internal.ok()) << on_internal.error_message();
+  EXPECT_EQ(Count("telegram_links"), 0);
+}
+
 TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   server_.reset();
   ServerOptions options;
@@ -896,13 +959,33 @@ TEST_F(PaymentsTest, LinkTelegramWithoutABotIsFailedPrecondition) {
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());
   ASSERT_TRUE(WaitUntil([&] { return server.ready(); }, absl::Seconds(30)));
-  Client client(server.grpc_server());
+  Client client(server);
   v1::TelegramLink link;
   grpc::Status status = client.LinkTelegram(Auth(1), &link);
   EXPECT_EQ(status.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << status.error_message();
   // Without INTERNAL_TOKEN the internal service is not there at all.
   EXPECT_EQ(client.ConfirmLink(absl::StrCat("Bearer ", kInternalToken), "x", 1).error_code(),
             grpc::StatusCode::UNIMPLEMENTED);
+}
+
+// One user, one subject: `sub` is refused unless it is the user id in canonical decimal.
+TEST_F(PaymentsTest, ATokenSubjectOtherThanACanonicalUserIdIsUnauthenticated) {
+  auto token_for = [](const std::string& sub) {
+    return absl::StrCat("Bearer ",
+                        jwt::MintHs256(kSecret,
+                                       {.subject = sub, .expires_at = absl::Now() + absl::Hours(1)},
+                                       absl::Now()));
+  };
+  v1::Account account;
+  grpc::Status status = client_->GetAccount(token_for("1"), &account);
+  ASSERT_TRUE(status.ok()) << status.error_message();
+  for (const char* sub : {"01", " 1", "+1", "0001", "1 ", "0", "-1", "1.0", "9223372036854775808",
+                          "alice"}) {
+    status = client_->GetAccount(token_for(sub), &account);
+    EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAUTHENTICATED) << "sub '" << sub << "'";
+    EXPECT_NE(status.error_message().find("is not a user id"), std::string::npos)
+        << status.error_message();
+  }
 }
 
 TEST_F(PaymentsTest, ListPaymentsShowsOnlyTheCallersNewestFirstAndStablePages) {
@@ -1120,7 +1203,7 @@ TEST(PaymentsDatabaseTest, UnreachableDatabaseIsUnavailableAndTheServerRecovers)
   options.health_check_interval = absl::Milliseconds(200);
   PaymentServer server(options);
   ASSERT_TRUE(server.Start().ok());
-  Client client(server.grpc_server());
+  Client client(server);
 
   absl::SleepFor(absl::Seconds(1));
   EXPECT_EQ(client.Health(), 2);  // NOT_SERVING

@@ -280,6 +280,44 @@ BEGIN
   END IF;
 END $$;
 )sql"},
+      {6, "schedules without a date", R"sql(
+-- A concert postponed with no date starts at 'infinity' (or '-infinity'), which no Timestamp
+-- holds: its events leave concert_start out (start_message is NULL then).
+CREATE OR REPLACE FUNCTION payment.payment_completed(
+    event_id uuid, payment_id bigint, reservation_id bigint, user_id bigint, user_mail text,
+    concert_title text, concert_start timestamptz, paid_at timestamptz, amount_won bigint,
+    seat_id bigint, telegram_chat_id bigint) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE AS $$
+DECLARE
+  event_utf8 bytea := convert_to(event_id::text, 'UTF8');
+  mail_utf8 bytea := convert_to(user_mail, 'UTF8');
+  title_utf8 bytea := convert_to(concert_title, 'UTF8');
+  start_micros bigint := CASE WHEN isfinite(concert_start)
+                              THEN (extract(epoch FROM concert_start) * 1000000)::bigint END;
+  paid_micros bigint := (extract(epoch FROM paid_at) * 1000000)::bigint;
+  -- Timestamp's nanos are never negative: seconds round down.
+  start_fraction bigint := (start_micros % 1000000 + 1000000) % 1000000;
+  paid_fraction bigint := (paid_micros % 1000000 + 1000000) % 1000000;
+  start_seconds bigint := (start_micros - start_fraction) / 1000000;
+  paid_seconds bigint := (paid_micros - paid_fraction) / 1000000;
+  start_nanos bigint := start_fraction * 1000;
+  paid_nanos bigint := paid_fraction * 1000;
+  start_message bytea := payment.pb_timestamp(start_seconds, start_nanos);
+  paid_message bytea := payment.pb_timestamp(paid_seconds, paid_nanos);
+BEGIN
+  RETURN payment.pb_string(1, event_utf8) ||
+         payment.pb_int64(2, payment_id) ||
+         payment.pb_int64(3, reservation_id) ||
+         payment.pb_int64(4, user_id) ||
+         payment.pb_string(5, mail_utf8) ||
+         payment.pb_string(6, title_utf8) ||
+         coalesce(payment.pb_message(7, start_message), ''::bytea) ||
+         payment.pb_message(8, paid_message) ||
+         payment.pb_int64(9, amount_won) ||
+         payment.pb_int64(10, seat_id) ||
+         payment.pb_int64(11, telegram_chat_id);
+END $$;
+)sql"},
   };
   return *migrations;
 }

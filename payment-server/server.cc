@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_server.h"
@@ -41,12 +40,7 @@ struct ApiContext {
   absl::StatusOr<int64_t> Caller(const grpc::ServerContext& context) const {
     ASSIGN_OR_RETURN(jwt::Claims claims,
                      verifier->VerifyAuthorization(AuthorizationMetadata(context), absl::Now()));
-    int64_t user_id = 0;
-    if (!absl::SimpleAtoi(claims.subject, &user_id) || user_id <= 0) {
-      return absl::UnauthenticatedError(
-          absl::StrCat("token sub '", claims.subject, "' is not a user id"));
-    }
-    return user_id;
+    return jwt::UserIdOf(claims);
   }
 
   absl::Status CheckReady() const {
@@ -268,9 +262,12 @@ ServerOptions ReadServerOptions(Settings& s) {
   o.telegram_link_ttl =
       s.Duration("TELEGRAM_LINK_TTL", o.telegram_link_ttl, absl::Minutes(1), absl::Hours(24),
                  "how long a LinkTelegram code can be used");
-  o.internal_token = s.String(
-      "INTERNAL_TOKEN", "",
+  o.internal_token = s.Secret(
+      "INTERNAL_TOKEN", kMinSharedSecretBytes,
       "shared secret of the notifier's TelegramLinkService calls; empty: that service is off");
+  o.internal_grpc_address = s.ListenAddress(
+      "INTERNAL_GRPC_ADDRESS", o.internal_grpc_address,
+      "listen address of TelegramLinkService (with INTERNAL_TOKEN), for the notifier only");
   o.shutdown_grace =
       s.Duration("SHUTDOWN_GRACE", o.shutdown_grace, absl::ZeroDuration(), absl::Minutes(5),
                  "how long in-flight calls may take to finish on SIGTERM");
@@ -334,15 +331,29 @@ PaymentServer::~PaymentServer() { Stop(); }
 absl::Status PaymentServer::Start() {
   RETURN_IF_ERROR(verifier_->Start());
   int max_threads = options_.grpc_max_threads;
-  std::vector<grpc::Service*> services = {payment_api_.get(), reservation_api_.get(),
-                                          concert_api_.get(), account_api_.get()};
-  if (telegram_link_api_ != nullptr) services.push_back(telegram_link_api_.get());
-  ASSIGN_OR_RETURN(endpoint_, GrpcEndpoint::Start(options_.grpc_address, services, options_.tls,
-                                                  [max_threads](grpc::ServerBuilder& builder) {
-                                                    grpc::ResourceQuota quota("payment-server");
-                                                    quota.SetMaxThreads(max_threads);
-                                                    builder.SetResourceQuota(quota);
-                                                  }));
+  auto limit_threads = [max_threads](grpc::ServerBuilder& builder) {
+    grpc::ResourceQuota quota("payment-server");
+    quota.SetMaxThreads(max_threads);
+    builder.SetResourceQuota(quota);
+  };
+  ASSIGN_OR_RETURN(endpoint_,
+                   GrpcEndpoint::Start(options_.grpc_address,
+                                       {payment_api_.get(), reservation_api_.get(),
+                                        concert_api_.get(), account_api_.get()},
+                                       options_.tls, limit_threads));
+  if (telegram_link_api_ != nullptr) {
+    // Same certificate and client CA as the API; the probes' plaintext health port is the API's.
+    GrpcTls internal_tls = options_.tls;
+    internal_tls.health_address.clear();
+    absl::StatusOr<std::unique_ptr<GrpcEndpoint>> internal = GrpcEndpoint::Start(
+        options_.internal_grpc_address, {telegram_link_api_.get()}, internal_tls, limit_threads);
+    if (!internal.ok()) {
+      endpoint_.reset();
+      return absl::Status(internal.status().code(),
+                          absl::StrCat("INTERNAL_GRPC_ADDRESS: ", internal.status().message()));
+    }
+    internal_endpoint_ = *std::move(internal);
+  }
   watcher_ = std::thread([this] { WatchDatabase(); });
   return absl::OkStatus();
 }
@@ -369,7 +380,10 @@ void PaymentServer::WatchDatabase() {
     }
     bool healthy = status.ok();
     up.Set(healthy ? 1 : 0);
-    if (healthy != serving || first) endpoint_->SetServing(healthy);
+    if (healthy != serving || first) {
+      endpoint_->SetServing(healthy);
+      if (internal_endpoint_ != nullptr) internal_endpoint_->SetServing(healthy);
+    }
     if (healthy) {
       if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
       backoff = kFirstBackoff;
@@ -392,7 +406,12 @@ void PaymentServer::Stop() {
   stop_.Notify();
   log::Info("stopping: NOT_SERVING, finishing in-flight calls",
             {{"grace_ms", absl::ToInt64Milliseconds(options_.shutdown_grace)}});
+  // One after the other: a link call still in flight when the API is done gets the grace left.
+  absl::Time deadline = absl::Now() + options_.shutdown_grace;
   endpoint_->Shutdown(options_.shutdown_grace);
+  if (internal_endpoint_ != nullptr) {
+    internal_endpoint_->Shutdown(std::max(deadline - absl::Now(), absl::ZeroDuration()));
+  }
   if (watcher_.joinable()) watcher_.join();
   log::Info("stopped");
 }

@@ -68,8 +68,12 @@ struct ServerOptions {
   std::string telegram_bot_username;
   absl::Duration telegram_link_ttl = absl::Minutes(15);
   // INTERNAL_TOKEN: the bearer secret of concert.internal.v1.TelegramLinkService (the
-  // notifier's calls); empty leaves that service out.
+  // notifier's calls), at least kMinSharedSecretBytes; empty leaves that service out.
   std::string internal_token;
+  // INTERNAL_GRPC_ADDRESS: where TelegramLinkService listens (with INTERNAL_TOKEN), apart from
+  // the public API, which answers UNIMPLEMENTED for it: only the notifier needs to reach this
+  // port, and nobody else gets to guess the token there. Same TLS as GRPC_ADDRESS.
+  std::string internal_grpc_address = "127.0.0.1:50055";
   // SHUTDOWN_GRACE: how long in-flight calls may take to finish on SIGTERM.
   absl::Duration shutdown_grace = absl::Seconds(10);
   // Metrics go here; null gives the server a registry of its own (tests run several servers).
@@ -96,7 +100,12 @@ class PaymentServer {
   void Stop();
 
   int port() const { return endpoint_ ? endpoint_->port() : 0; }
+  int internal_port() const { return internal_endpoint_ ? internal_endpoint_->port() : 0; }
   grpc::Server& grpc_server() { return endpoint_->server(); }
+  // TelegramLinkService's server; null without INTERNAL_TOKEN.
+  grpc::Server* internal_grpc_server() {
+    return internal_endpoint_ ? &internal_endpoint_->server() : nullptr;
+  }
   // True once the schema is migrated (requests before that get UNAVAILABLE).
   bool ready() const { return ready_.load(); }
   metrics::Registry& registry() { return *registry_; }
@@ -122,6 +131,7 @@ class PaymentServer {
   std::unique_ptr<AccountApi> account_api_;
   std::unique_ptr<TelegramLinkApi> telegram_link_api_;  // null without INTERNAL_TOKEN
   std::unique_ptr<GrpcEndpoint> endpoint_;
+  std::unique_ptr<GrpcEndpoint> internal_endpoint_;  // null without INTERNAL_TOKEN
   std::atomic<bool> ready_{false};
   absl::Notification stop_;
   std::thread watcher_;

@@ -34,7 +34,7 @@ using ::concert::testing::TestIssuer;
 using ::concert::testing::ScratchDatabase;
 using ::concert::testing::WaitUntil;
 
-constexpr char kSecret[] = "process-test-secret";
+constexpr char kSecret[] = "process-test-secret-of-at-least-32-bytes";
 
 // Runs `payment-server <args>` through the shell with only the given environment (plus PATH).
 CommandOutput RunBinary(const std::string& env, const std::string& args, bool merge_stderr) {
@@ -162,7 +162,8 @@ TEST(PaymentServerProcessTest, SeedMintServePayAndStopOnSigterm) {
   {
     // A token minted with another secret is refused by this server.
     grpc::ClientContext context;
-    CommandOutput other = RunBinary("AUTH_TOKEN_SECRET=other", "mint-token --user-id=2", false);
+    CommandOutput other = RunBinary("AUTH_TOKEN_SECRET=another-secret-of-at-least-32-bytes",
+                                    "mint-token --user-id=2", false);
     context.AddMetadata("authorization",
                         "Bearer " + std::string(absl::StripAsciiWhitespace(other.out)));
     v1::GetPaymentRequest request;

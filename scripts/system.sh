@@ -22,6 +22,9 @@ BIN="$ROOT/${BUILD_DIR:-build}/bin"
 GRPCURL="$LOCAL/bin/grpcurl"
 DEV_ENV="$LOCAL/dev.env"
 
+# payment-server's TelegramLinkService, apart from its public API: the notifier's calls only.
+INTERNAL_GRPC_ADDRESS=127.0.0.1:50055
+
 # name, gRPC address (API and/or health), metrics address.
 SERVICES=(
   "payment-server 127.0.0.1:50051 127.0.0.1:9101"
@@ -47,8 +50,9 @@ ensure_dev_env() {
         "$(random_hex 32)" "$(random_hex 16)" >"$DEV_ENV"
     )
   fi
-  # Added later than the others: older .local/dev.env files get it on the next `up`.
-  grep -q '^INTERNAL_TOKEN=' "$DEV_ENV" || printf 'INTERNAL_TOKEN=%s\n' "$(random_hex 16)" >>"$DEV_ENV"
+  # Added later than the others: older .local/dev.env files get it on the next `up`. 32 random
+  # bytes (64 hex digits); the services refuse a shared secret under 32 bytes.
+  grep -q '^INTERNAL_TOKEN=' "$DEV_ENV" || printf 'INTERNAL_TOKEN=%s\n' "$(random_hex 32)" >>"$DEV_ENV"
 }
 
 # No real bot: run the fake Telegram and point both services at it.
@@ -106,6 +110,7 @@ up() {
   DATABASE_URL="postgresql://concert:concert@127.0.0.1:${PG_PORT:-55432}/concert"
   KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:${KAFKA_PORT:-9092}"
   set +a
+  export INTERNAL_GRPC_ADDRESS PAYMENT_SERVER_ADDRESS=$INTERNAL_GRPC_ADDRESS
   if [[ -z "${TELEGRAM_BOT_TOKEN:-}" ]]; then
     start_fake_telegram
   elif [[ -z "${TELEGRAM_BOT_USERNAME:-}" ]]; then

@@ -82,6 +82,15 @@ int HealthStatus(const std::string& address, const std::string& service) {
   return HealthStatus(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()), service);
 }
 
+std::string UniqueSecret(const std::string& prefix) {
+  std::random_device random;
+  std::string secret = prefix + "_";
+  for (int i = 0; i < 16; ++i) {
+    absl::StrAppend(&secret, absl::Hex(random() & 0xff, absl::kZeroPad2));
+  }
+  return secret;
+}
+
 ScratchDatabase::ScratchDatabase(const std::string& prefix) : name_(UniqueName("test_" + prefix)) {
   std::string admin = AdminDatabaseUrl();
   pqxx::connection conn(admin);

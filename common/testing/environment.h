@@ -31,6 +31,9 @@ std::string KafkaBootstrap();
 
 // "<prefix>_<random hex>", safe as a database, topic or group name.
 std::string UniqueName(const std::string& prefix);
+// "<prefix>_<32 random hex digits>": a shared secret as long as the services' settings want
+// (AUTH_TOKEN_SECRET, INTERNAL_TOKEN: at least 32 bytes).
+std::string UniqueSecret(const std::string& prefix);
 
 // Where the built binaries are (build/bin of the build tree that built this test).
 std::string BinaryPath(const std::string& name);

@@ -14,8 +14,9 @@ lint  every workload container: liveness and readiness probes (init containers e
       Service, PodDisruptionBudget and HorizontalPodAutoscaler points at a workload.
 env   for each of our services, the variable names its pods get (explicit env, plus the keys of
       envFrom ConfigMaps) must all be settings its binary lists in `--help`; settings without a
-      default must be set; GRPC_ADDRESS and METRICS_ADDRESS must listen on all interfaces at the
-      ports the container declares; the probes must be gRPC health probes on that port, liveness
+      default must be set; GRPC_ADDRESS and METRICS_ADDRESS (and payment-server's
+      INTERNAL_GRPC_ADDRESS when it has an INTERNAL_TOKEN, port "internal") must listen on all
+      interfaces at the ports the container declares; the probes must be gRPC health probes on that port, liveness
       and startup asking for "liveness", readiness for ""; values must have the shape of the
       default (a number where the default is a number, a duration where it is a duration);
       a setting naming a file read at start (a CA, certificate, key, password or JWKS *_FILE) must point
@@ -348,7 +349,11 @@ def env_check(objs, where, bin_dir):
                         problems.append(f"GRPC_HEALTH_ADDRESS={address}: container port "
                                         f"'health' is {ports.get('health')}")
             if not is_init:
-                for setting, port_name in (("GRPC_ADDRESS", "grpc"), ("METRICS_ADDRESS", "metrics")):
+                addresses = [("GRPC_ADDRESS", "grpc"), ("METRICS_ADDRESS", "metrics")]
+                # payment-server serves TelegramLinkService there when it has INTERNAL_TOKEN.
+                if "INTERNAL_GRPC_ADDRESS" in settings and "INTERNAL_TOKEN" in values:
+                    addresses.append(("INTERNAL_GRPC_ADDRESS", "internal"))
+                for setting, port_name in addresses:
                     address = values.get(setting)
                     if address is None:
                         problems.append(f"{setting} is not set (the default listens on loopback, "

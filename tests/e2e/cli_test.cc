@@ -42,7 +42,7 @@ std::vector<std::string> Lines(const std::string& text) {
 std::vector<std::string> ValidEnv() {
   return {absl::StrCat("GRPC_ADDRESS=127.0.0.1:", FreePort()),
           absl::StrCat("METRICS_ADDRESS=127.0.0.1:", FreePort()),
-          "AUTH_TOKEN_SECRET=cli-test-secret", "ADMIN_TOKEN=cli-test-admin"};
+          "AUTH_TOKEN_SECRET=cli-test-secret-of-at-least-32-bytes", "ADMIN_TOKEN=cli-test-admin"};
 }
 
 class CliTest : public ::testing::TestWithParam<std::string> {};
@@ -143,6 +143,35 @@ TEST_P(CliTest, KafkaSecurityMistakeIsExitTwoWithOneLineAndNoPassword) {
     EXPECT_EQ(run.exit_code, 2) << run.out;
     ASSERT_EQ(Lines(run.out).size(), 1u) << run.out;
     EXPECT_THAT(run.out, HasSubstr(named[i]));
+    EXPECT_THAT(run.out, ::testing::Not(HasSubstr("hunter2")));
+  }
+}
+
+// Security settings that would let anyone in: a shared secret shorter than 32 bytes (HS256
+// needs 256 bits, and a short token can be guessed) and a JWKS fetched over plain HTTP without
+// the explicit opt-out. The same one line and exit 2, never showing the secret.
+std::vector<std::string> WeakSecuritySettings(const std::string& binary) {
+  const std::string http_jwks = "AUTH_JWKS_URL=http://127.0.0.1:1/jwks.json";
+  if (binary == "payment-server") {
+    return {"AUTH_TOKEN_SECRET=hunter2", "INTERNAL_TOKEN=hunter2", http_jwks};
+  }
+  if (binary == "notifier") return {"INTERNAL_TOKEN=hunter2"};
+  if (binary == "retry-worker") return {"AUTH_TOKEN_SECRET=hunter2", http_jwks};
+  return {};
+}
+
+TEST_P(CliTest, WeakSecuritySettingIsExitTwoWithOneLineNamingIt) {
+  std::vector<std::string> settings = WeakSecuritySettings(GetParam());
+  if (settings.empty()) GTEST_SKIP() << "no tokens or JWKS";
+  for (const std::string& setting : settings) {
+    SCOPED_TRACE(setting);
+    std::vector<std::string> env = ValidEnv();
+    env.push_back("DATABASE_URL=postgresql://concert:concert@127.0.0.1:1/nothing");
+    env.push_back(setting);
+    CommandOutput run = RunBinary(GetParam(), env, /*limit_seconds=*/5);
+    EXPECT_EQ(run.exit_code, 2) << run.out;
+    ASSERT_EQ(Lines(run.out).size(), 1u) << run.out;
+    EXPECT_THAT(run.out, HasSubstr(setting.substr(0, setting.find('='))));
     EXPECT_THAT(run.out, ::testing::Not(HasSubstr("hunter2")));
   }
 }

@@ -33,9 +33,9 @@ using ::concert::testing::SourceRoot;
 using ::concert::testing::UniqueName;
 using ::concert::testing::WaitUntil;
 
-constexpr char kSecret[] = "tls-test-secret";
+constexpr char kSecret[] = "tls-test-secret-of-at-least-32-bytes";
 constexpr char kAdminToken[] = "tls-test-admin-token";
-constexpr char kInternalToken[] = "tls-test-internal-token";
+constexpr char kInternalToken[] = "tls-test-internal-token-of-32-bytes";
 
 // A CA and two certificates it signed (for 127.0.0.1 and localhost), made by scripts/tls.sh in a
 // temporary folder removed at the end: "server" for the services, "client" for grpcurl.
@@ -113,6 +113,7 @@ class GrpcTlsTest : public ::testing::Test {
                 {"AUTH_TOKEN_SECRET", kSecret},
                 {"INTERNAL_TOKEN", kInternalToken},
                 {"GRPC_ADDRESS", Address(grpc_port)},
+                {"INTERNAL_GRPC_ADDRESS", Address(internal_port_)},
                 {"METRICS_ADDRESS", Address(FreePort())}});
     auto server = std::make_unique<ChildProcess>(BinaryPath("payment-server"),
                                                  std::vector<std::string>{}, env);
@@ -132,6 +133,8 @@ class GrpcTlsTest : public ::testing::Test {
   }
 
   Certificates certs_;
+  // payment-server's TelegramLinkService (INTERNAL_GRPC_ADDRESS).
+  int internal_port_ = FreePort();
 };
 
 TEST_F(GrpcTlsTest, PaymentServerServesTlsAndHealthInPlaintextApart) {
@@ -196,9 +199,9 @@ TEST_F(GrpcTlsTest, MutualTlsRefusesClientsWithoutTheCertificate) {
   // Probes need no certificate.
   EXPECT_EQ(HealthStatus(Address(health_port)), 1);
 
-  // The notifier's calls to TelegramLinkService (PAYMENT_SERVER_TLS_*), with and without its
-  // client certificate.
-  notifier::LinkClientOptions link_options{.address = absl::StrCat("localhost:", grpc_port),
+  // The notifier's calls to TelegramLinkService (PAYMENT_SERVER_TLS_*) on its own port, with
+  // and without its client certificate; the API's port does not serve it.
+  notifier::LinkClientOptions link_options{.address = absl::StrCat("localhost:", internal_port_),
                                            .token = kInternalToken,
                                            .tls_ca = certs_.Read("ca.pem")};
   notifier::LinkClient anonymous(link_options, metrics::Default());
@@ -207,6 +210,10 @@ TEST_F(GrpcTlsTest, MutualTlsRefusesClientsWithoutTheCertificate) {
   link_options.tls_key = certs_.Read("client.key");
   notifier::LinkClient notifier(link_options, metrics::Default());
   EXPECT_TRUE(notifier.UnlinkChat(700001, "tls test").ok());
+  link_options.address = absl::StrCat("localhost:", grpc_port);
+  notifier::LinkClient on_public_port(link_options, metrics::Default());
+  EXPECT_EQ(on_public_port.UnlinkChat(700001, "tls test").code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
@@ -223,8 +230,8 @@ TEST_F(GrpcTlsTest, MissingOrUnpairedTlsFilesExitTwoNamingTheSetting) {
        }) {
     for (const char* binary : {"payment-server", "retry-worker"}) {
       CommandOutput run = RunCommandCapturing(absl::StrCat(
-          "env -i DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=x ADMIN_TOKEN=x ",
-          c.env, " ", BinaryPath(binary), " 2>&1"));
+          "env -i DATABASE_URL=postgresql://x@127.0.0.1:1/x AUTH_TOKEN_SECRET=", kSecret,
+          " ADMIN_TOKEN=x ", c.env, " ", BinaryPath(binary), " 2>&1"));
       EXPECT_EQ(run.exit_code, 2) << binary << " " << c.env << ": " << run.out;
       EXPECT_TRUE(absl::StrContains(run.out, c.setting)) << run.out;
       EXPECT_EQ(absl::StripTrailingAsciiWhitespace(run.out).find('\n'), absl::string_view::npos)

@@ -60,9 +60,9 @@ System::System(SystemOptions options)
       retry_group_(UniqueName("e2e_retry")),
       slot_(UniqueName("e2e_slot")),
       publication_(UniqueName("e2e_pub")),
-      auth_secret_(UniqueName("secret")),
+      auth_secret_(testing::UniqueSecret("secret")),
       admin_token_(UniqueName("admin")),
-      internal_token_(UniqueName("internal")),
+      internal_token_(testing::UniqueSecret("internal")),
       bot_token_(UniqueName("bot")) {
   testing::FakeTelegram::Options fake;
   fake.token = bot_token_;
@@ -75,6 +75,7 @@ System::System(SystemOptions options)
     instance.index = index;
     instance.grpc_address = Loopback(FreePort());
     instance.metrics_address = Loopback(FreePort());
+    if (service == Service::kPaymentServer) instance.internal_address = Loopback(FreePort());
     instances_.push_back(std::move(instance));
   };
   add(Service::kPaymentServer, 0);
@@ -123,6 +124,7 @@ std::map<std::string, std::string> System::EnvFor(const Instance& instance) cons
     case Service::kPaymentServer:
       env["AUTH_TOKEN_SECRET"] = auth_secret_;
       env["INTERNAL_TOKEN"] = internal_token_;
+      env["INTERNAL_GRPC_ADDRESS"] = instance.internal_address;
       env["TELEGRAM_BOT_USERNAME"] = kBotUsername;
       extra = &options_.payment_env;
       break;
@@ -140,7 +142,7 @@ std::map<std::string, std::string> System::EnvFor(const Instance& instance) cons
       env["TELEGRAM_RETRIES"] = "1";
       env["TELEGRAM_RETRY_BACKOFF"] = "200ms";
       env["NOTIFICATIONS_FILE"] = "/dev/null";
-      env["PAYMENT_SERVER_ADDRESS"] = payment_address();
+      env["PAYMENT_SERVER_ADDRESS"] = instances_[0].internal_address;
       env["INTERNAL_TOKEN"] = internal_token_;
       // Short long polls: a poller notices a stop or a lost lock within this long.
       env["TELEGRAM_POLL_TIMEOUT"] = "2s";

@@ -143,6 +143,7 @@ class System {
     int index;
     std::string grpc_address;
     std::string metrics_address;
+    std::string internal_address;  // payment-server's TelegramLinkService
     std::unique_ptr<testing::ChildProcess> process;
     std::vector<std::string> old_logs;
   };

@@ -370,7 +370,7 @@ TEST_F(TelegramLinkTest, ABotAnswerRateLimitedGoesAfterRetryAfterAndIsNeverPaid)
 // the update and asks again (an operator has to fix the setting), and says so: one error line
 // in its log, and every refused call counted.
 TEST_F(TelegramLinkTest, RefusedLinkCallsAreRetriedLoggedOnceAndCounted) {
-  StartSystem({.users = 1, .notifier_env = {{"INTERNAL_TOKEN", "not-payment-servers-token"}}});
+  StartSystem({.users = 1, .notifier_env = {{"INTERNAL_TOKEN", "not-payment-servers-internal-token"}}});
   const User& user = system_->seeded().users[0];
   v1::TelegramLink link;
   ASSERT_TRUE(client_->LinkTelegram(user, &link).ok());

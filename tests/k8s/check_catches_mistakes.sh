@@ -63,6 +63,11 @@ sed -i 's/^  GRPC_ADDRESS: "0.0.0.0:50054"/  GRPC_ADDRESS: "127.0.0.1:50054"/' "
 run_case "gRPC on loopback in a pod" "GRPC_ADDRESS=127.0.0.1:50054: must listen on all interfaces"
 
 fresh
+sed -i '/^  INTERNAL_GRPC_ADDRESS:/d' "$SCRATCH/k8s/base/config.yaml"
+run_case "payment-server's internal service left on loopback" \
+  "INTERNAL_GRPC_ADDRESS is not set"
+
+fresh
 sed -i 's/newTag: 0.1.0/newTag: latest/' "$SCRATCH/k8s/overlays/prod/kustomization.yaml"
 run_case "image tag latest" "image '[^']*:latest' is not pinned"
 
