@@ -28,7 +28,10 @@ absl::string_view Utf16Prefix(absl::string_view text, size_t max_units) {
 
 std::string Compose(const events::v1::PaymentCompleted& event, absl::TimeZone zone,
                     MessageLocale locale, absl::string_view title) {
-  std::string start = FormatLocalTime(FromProto(event.concert_start()), zone);
+  // A concert postponed without a date carries no start.
+  std::string start = event.has_concert_start()
+                          ? FormatLocalTime(FromProto(event.concert_start()), zone)
+                          : (locale == MessageLocale::kKorean ? "미정" : "to be announced");
   std::string paid = FormatLocalTime(FromProto(event.paid_at()), zone);
   std::string amount = FormatWon(event.amount_won(), locale);
   if (locale == MessageLocale::kKorean) {

@@ -39,7 +39,7 @@ std::string FormatLocalTime(absl::Time t, absl::TimeZone zone);
 //   예약자 ID: <user_mail>
 //   예약 번호: #<reservation_id>
 //   콘서트: <concert_title>
-//   시작 날짜: <concert_start>
+//   시작 날짜: <concert_start> ("미정" when the event has none: a concert without a date)
 //   결제 날짜: <paid_at>
 //   결제 금액: <amount>원
 //   콘서트 시작 10분전에는 꼭 입장 부탁드립니다!!

@@ -1,5 +1,6 @@
 #include "notifier/message.h"
 
+#include "absl/strings/match.h"
 #include "gtest/gtest.h"
 
 namespace concert::notifier {
@@ -67,6 +68,16 @@ TEST(FormatPaymentMessage, SeedTextInEnglish) {
             "Paid at: 2025-11-25 19:00:00\n"
             "Amount: 50,000 won\n"
             "Please be seated 10 minutes before the concert starts!!");
+}
+
+// A schedule postponed with no date (starts_at 'infinity') carries no concert_start.
+TEST(FormatPaymentMessage, AConcertWithoutADateSaysSo) {
+  events::v1::PaymentCompleted e = SeedEvent();
+  e.clear_concert_start();
+  EXPECT_TRUE(absl::StrContains(FormatPaymentMessage(e, Zone("Asia/Seoul"), kKo),
+                                "시작 날짜: 미정\n"));
+  EXPECT_TRUE(absl::StrContains(FormatPaymentMessage(e, Zone("Asia/Seoul"), kEn),
+                                "Start: to be announced\n"));
 }
 
 TEST(FormatPaymentMessage, AnyTitleFitsTelegramsLimitAndOnlyTheTitleIsCut) {
