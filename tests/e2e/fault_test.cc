@@ -81,7 +81,7 @@ const char* FaultName(Fault fault) {
     case Fault::kPostgres: return "Postgres stop immediate+start";
     case Fault::kTelegram5xx: return "Telegram 5xx window";
     case Fault::kTelegram429: return "Telegram 429s (retry after 2 s)";
-    case Fault::kPauseNotifier: return "pause a notifier past its session";
+    case Fault::kPauseNotifier: return "pause notifier past its session";
   }
   return "?";
 }
