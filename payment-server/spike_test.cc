@@ -163,6 +163,11 @@ class SpikeTest : public ::testing::Test {
         });
   }
 
+  // Whether the server's /metrics shows `sample` ("name{labels} value") as a line of its own.
+  bool Exposes(const std::string& sample) {
+    return absl::StrContains(server_->registry().Render(), absl::StrCat("\n", sample, "\n"));
+  }
+
   int64_t PaymentsOf(int64_t reservation) {
     return QueryInt(db_.url(), absl::StrCat("SELECT count(*) FROM payment.payments "
                                             "WHERE reservation_id = ", reservation));
@@ -260,10 +265,16 @@ TEST_F(SpikeTest, ACallWhoseDeadlinePassesWhileQueuedNeverReachesTheDatabase) {
                                              users[1])),
             1000000);
   EXPECT_EQ(payments_blocked_.load(), 2);  // the late call never began its transaction
+  EXPECT_TRUE(Exposes("payment_admission_refused_total{reason=\"deadline\"} 1"));
+  EXPECT_TRUE(Exposes("payment_admission_refused_total{reason=\"queue_full\"} 0"));
+  EXPECT_TRUE(Exposes("payment_admission_wait_seconds_count 3"));
 }
 
 TEST_F(SpikeTest, AFullAdmissionQueueRefusesWithPushbackAndWritesNothing) {
   StartServer(/*pool_size=*/1, /*block_payments=*/true, /*admission_queue_size=*/2);
+  // Alerts use increase(): every reason is exported from the start.
+  EXPECT_TRUE(Exposes("payment_admission_refused_total{reason=\"queue_full\"} 0"));
+  EXPECT_TRUE(Exposes("payment_admission_refused_total{reason=\"deadline\"} 0"));
   std::vector<int64_t> users, reservations;
   UsersHoldingSeats(5, users, reservations);
   absl::BlockingCounter first_done(1);
@@ -282,6 +293,8 @@ TEST_F(SpikeTest, AFullAdmissionQueueRefusesWithPushbackAndWritesNothing) {
         return answered == 2;
       },
       absl::Seconds(30)));
+  EXPECT_TRUE(Exposes("payment_admission_queued 2"));
+  EXPECT_TRUE(Exposes("payment_admission_refused_total{reason=\"queue_full\"} 2"));
   release_payments_.Notify();
   first_done.Wait();
   more_done.Wait();
