@@ -335,6 +335,42 @@ def limits_stage(raw, e2e):
     return rows
 
 
+# ---------------------------------------------------------------- 6. Opening
+def opening_stage(raw):
+    """Each concurrency of the race (spike-client's report, run.sh's opening_sold) and pgbench
+    running the same two statements; ratios are users served per second, ours / pgbench's."""
+    ref = None
+    level = lines(raw, "opening-pgbench-level.txt")
+    if level:
+        clients, _phase, sold, twice, negative = level[0]
+        ref, _ = pgbench_summary(raw, "opening-pgbench")
+        # A transaction is one user: a hold, and a payment when held.
+        ref.update({"concurrency": int(clients), "sold": int(sold), "paid_twice": int(twice),
+                    "negative_balances": int(negative),
+                    "cpu_ms": cpu_per_call(raw, "opening-pgbench", ref["transactions"])})
+    rows = []
+    for c, _phase, sold, twice, negative in lines(raw, "opening-levels.txt"):
+        with open(os.path.join(raw, f"opening-c{c}.json")) as f:
+            d = json.load(f)
+        refused = {}
+        for method, m in d["methods"].items():
+            for code, n in m["codes"].items():
+                if code not in ("OK", "ALREADY_EXISTS"):
+                    refused[f"{method} {code}"] = n
+        users = d["users"]
+        rows.append({
+            "concurrency": int(c), "users": users, "calls": d["calls"],
+            "calls_per_s": round(d["calls"] / d["seconds"], 1) if d["seconds"] else None,
+            "users_per_s": round(users / d["seconds"], 1) if d["seconds"] else None,
+            "methods": d["methods"], "sold": int(sold), "paid_twice": int(twice),
+            "negative_balances": int(negative), "refused": refused,
+            "cpu_ms": cpu_per_call(raw, f"opening-c{c}", users),
+            "ratio": ratio(users / d["seconds"] if d["seconds"] else None,
+                           ref["tps"] if ref else None),
+        })
+    return {"levels": rows, "pgbench": ref, "seats": int(read(raw, "opening-seats", "0") or 0)}
+
+
 def memory(raw):
     out = {}
     for name, phase, rss, hwm in lines(raw, "memory.txt"):
@@ -453,6 +489,30 @@ def markdown(r):
         if r.get("profile_notifier"):
             m += ["", "Notifier profile at its highest unlimited rate (bench/profile.sh notifier, perf; top entries):", "", "```",
                   r["profile_notifier"], "```"]
+    o = r.get("opening") or {}
+    if o.get("levels"):
+        p = o.get("pgbench") or {}
+        m += ["", f"## 6. The opening: {o['levels'][0]['users']:,} users race for {o['seats']:,} seats (ReserveSeat, then PayConcert; deadline 10 s)", "",
+              "A user is one ReserveSeat and, when it got the seat, one PayConcert; pgbench runs the same two "
+              f"statements per user at {p.get('concurrency', '–')} connections (the most Postgres allows). "
+              "CPU per user, ms (client, payment-server, Postgres).", "",
+              "| concurrent callers | users/s | calls/s | ReserveSeat p50 / p99 ms | PayConcert p50 / p99 ms | seats sold | paid twice / negative balances | refused (code: calls) | CPU client / server / Postgres | pgbench users/s | ours/pgbench |",
+              "|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+        for x in o["levels"]:
+            rs, pc = x["methods"].get("ReserveSeat", {}), x["methods"].get("PayConcert", {})
+            cpu = x.get("cpu_ms") or {}
+            refused = ", ".join(f"{k}: {v}" for k, v in sorted(x["refused"].items())) or "none"
+            m.append(f"| {x['concurrency']} | {fmt(x['users_per_s'])} | {fmt(x['calls_per_s'])} | "
+                     f"{fmt(rs.get('p50_ms'))} / {fmt(rs.get('p99_ms'))} | {fmt(pc.get('p50_ms'))} / {fmt(pc.get('p99_ms'))} | "
+                     f"{x['sold']:,} | {x['paid_twice']} / {x['negative_balances']} | {refused} | "
+                     f"{fmt(cpu.get('client'))} / {fmt(cpu.get('server'))} / {fmt(cpu.get('postgres'))} | "
+                     f"{fmt(p.get('tps'))} | {fmt(x['ratio'])} |")
+        if p:
+            pcpu = p.get("cpu_ms") or {}
+            m += ["", f"pgbench: {p['transactions']:,} users at {p['concurrency']} connections, {fmt(p.get('tps'))} users/s, "
+                  f"p50 {fmt(p['p50_ms'])} ms, p99 {fmt(p['p99_ms'])} ms, {p['sold']:,} seats sold, "
+                  f"paid twice / negative balances {p['paid_twice']} / {p['negative_balances']}, "
+                  f"CPU per user: pgbench {fmt(pcpu.get('client'))}, Postgres {fmt(pcpu.get('postgres'))} ms."]
     return "\n".join(m) + "\n"
 
 
@@ -506,6 +566,7 @@ def main():
     r["telegram_limits"] = limits_stage(a.raw, r["end_to_end"])
     r["profile_notifier"] = read(a.raw, "profile-notifier.txt")
     r["profile_payment_server"] = read(a.raw, "profile-payment-server.txt")
+    r["opening"] = opening_stage(a.raw)
     r["memory"] = memory(a.raw)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=2)

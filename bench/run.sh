@@ -16,6 +16,11 @@
 #                   b. paid broadcast 1,000/s over >= 5,000 chats, c. = 3a (no latency, no
 #                   limits), d. a payment spike far above 30/s and the drain after it,
 #                   e. every message to one chat (1/s)
+#   6. Opening      a concert's opening: BENCH_OPENING_USERS users (each with its own token) race
+#                   for BENCH_OPENING_SEATS seats at once, ReserveSeat then PayConcert
+#                   (bench/spike_client.cc, deadline 10 s), at each BENCH_OPENING_CONCURRENCY
+#                   vs  pgbench running the same two statements at the highest concurrency
+#                   Postgres allows
 #
 # It starts its own Postgres and Kafka on free ports (state in .local/bench/, wiped at start),
 # the services and the fake Telegram, and stops all of them at the end, on failure and on Ctrl-C.
@@ -23,7 +28,7 @@
 #
 # Environment (defaults = the full run; BENCH_QUICK=1 = a short smoke run):
 #   BUILD_DIR              build directory holding bin/ (default build)
-#   BENCH_SECTIONS         which sections run (default "pay relay e2e limits"); e2e = backlog
+#   BENCH_SECTIONS         which sections run (default "pay relay e2e limits spike"); e2e = backlog
 #                          (3a) + rates (3b), each also selectable alone; memory is always taken
 #   BENCH_PAY_CONCURRENCY  ghz/pgbench concurrency levels (default "1 8 32")
 #   BENCH_PAY_DURATION     seconds per level (default 30; quick 3)
@@ -49,6 +54,8 @@
 #                          (default 60; quick 5) over BENCH_SPIKE_CHATS payers (default 1000)
 #   BENCH_ONE_CHAT_MESSAGES  case e: messages to the one chat (default 60; quick 15)
 #   BENCH_SLOW_ANSWERS     the fake's --slow-answer-probability in section 5 (default 0)
+#   Section 6 (section name spike): BENCH_OPENING_USERS (default 2000; quick 500) race for
+#   BENCH_OPENING_SEATS (default 1000; quick 250) at BENCH_OPENING_CONCURRENCY (default "256 1000")
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -59,13 +66,13 @@ BUILD_DIR=$(realpath -m "${BUILD_DIR:-build}")
 BIN="$BUILD_DIR/bin"
 QUICK=${BENCH_QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
-  d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000
+  d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000 o_users=500 o_seats=250
   l_backlog=300 l_paid=5000 l_spike_rate=100 l_spike_s=5 l_one=15
 else
-  d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000
+  d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000 o_users=2000 o_seats=1000
   l_backlog=1800 l_paid=60000 l_spike_rate=500 l_spike_s=60 l_one=60
 fi
-SECTIONS=" ${BENCH_SECTIONS:-pay relay e2e limits} "
+SECTIONS=" ${BENCH_SECTIONS:-pay relay e2e limits spike} "
 want() {  # SECTION...: true when any of them was asked for
   local s
   for s in "$@"; do [[ "$SECTIONS" == *" $s "* ]] && return 0; done
@@ -95,6 +102,9 @@ SPIKE_DURATION=${BENCH_SPIKE_DURATION:-$l_spike_s}
 SPIKE_CHATS=${BENCH_SPIKE_CHATS:-1000}
 ONE_CHAT_MESSAGES=${BENCH_ONE_CHAT_MESSAGES:-$l_one}
 SLOW_ANSWERS=${BENCH_SLOW_ANSWERS:-0}
+OPENING_USERS=${BENCH_OPENING_USERS:-$o_users}
+OPENING_SEATS=${BENCH_OPENING_SEATS:-$o_seats}
+OPENING_LEVELS=${BENCH_OPENING_CONCURRENCY:-"256 1000"}
 
 GHZ="$LOCAL/bin/ghz"
 GRPCURL="$LOCAL/bin/grpcurl"
@@ -104,7 +114,7 @@ VENV="$LOCAL/bench-venv"
 STATE="$LOCAL/bench"
 RAW="$STATE/raw"
 
-for b in payment-server outbox-relay notifier retry-worker fake-telegram; do
+for b in payment-server outbox-relay notifier retry-worker fake-telegram spike-client; do
   [[ -x "$BIN/$b" ]] || die "$BIN/$b missing: build first (make build, or BUILD_DIR=...)"
 done
 [[ -x "$GHZ" && -x "$GRPCURL" ]] || die "ghz/grpcurl missing in $LOCAL/bin: run scripts/install-deps.sh"
@@ -272,6 +282,17 @@ pay_ghz() {
   [[ -s "$out" ]] || die "ghz wrote no report ($out)"
 }
 
+# run_pgbench NAME SCRIPT CLIENTS ARGS...: SCRIPT for as long as ARGS say (-T seconds or -t
+# transactions per client); its summary to NAME.out, one line per transaction to NAME.txt.
+run_pgbench() {
+  local name=$1 script=$2 c=$3; shift 3
+  rm -f "$RAW/$name".[0-9]*
+  (cd "$RAW" && "$PGBENCH" -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" \
+    -f "$script" -l --log-prefix="$name" "$@" "$DB" >"$name.out" 2>&1) ||
+    { cat "$RAW/$name.out" >&2; die "pgbench failed ($name)"; }
+  cat "$RAW/$name".[0-9]* >"$RAW/$name.txt"; rm -f "$RAW/$name".[0-9]*
+}
+
 PAY_ADDR="127.0.0.1:$(free_port)"
 start_payment_server() {
   start payment-server "$BIN/payment-server" --database-url="$DB" --grpc-address="$PAY_ADDR" \
@@ -318,23 +339,14 @@ INSERT INTO payment.outbox_events (event_id, aggregate_type, aggregate_id, event
   VALUES (:eid::uuid, 'reservation', :rid, 'PaymentCompleted', decode(:payload, 'hex'), '{}'::jsonb);
 END;
 EOF
-# run_pgbench NAME SCRIPT CLIENTS ARGS...: PAY_DURATION seconds of SCRIPT; its summary to
-# NAME.out, one line per transaction to NAME.txt.
-run_pgbench() {
-  local name=$1 script=$2 c=$3; shift 3
-  rm -f "$RAW/$name".[0-9]*
-  (cd "$RAW" && "$PGBENCH" -n -M prepared -c "$c" -j "$(( c < 2 ? 1 : 2 ))" -T "$PAY_DURATION" \
-    -f "$script" -l --log-prefix="$name" "$@" "$DB" >"$name.out" 2>&1) ||
-    { cat "$RAW/$name.out" >&2; die "pgbench failed ($name)"; }
-  cat "$RAW/$name".[0-9]* >"$RAW/$name.txt"; rm -f "$RAW/$name".[0-9]*
-}
 PAYLOAD_HEX=$(printf 'ab%.0s' $(seq 1 "$PAYLOAD_BYTES"))
 for c in $PAY_LEVELS; do
   seed_range "$phase" $((RATE_CAP * PAY_DURATION))
   sql -c "DROP SEQUENCE IF EXISTS bench_ref_reservation;
           CREATE SEQUENCE bench_ref_reservation START $((phase * 100000000));"
   say "   pgbench -c $c"
-  measured "pgbench-c$c" run_pgbench "pgbench-c$c" pay.pgbench "$c" -D payload="$PAYLOAD_HEX"
+  measured "pgbench-c$c" run_pgbench "pgbench-c$c" pay.pgbench "$c" -T "$PAY_DURATION" \
+    -D payload="$PAYLOAD_HEX"
   phase=$((phase + 1))
 done
 
@@ -351,7 +363,7 @@ for c in $PAY_LEVELS; do
   sql -c "DROP SEQUENCE IF EXISTS bench_ref_reservation; CREATE SEQUENCE bench_ref_reservation START $base;"
   say "   pgbench -c $c, one statement"
   measured "pgbench-one-c$c" run_pgbench "pgbench-one-c$c" pay-one.pgbench "$c" \
-    -D base="$base" -D users="$USERS"
+    -T "$PAY_DURATION" -D base="$base" -D users="$USERS"
   paid=$(sqlv "SELECT count(*) FROM payment.payments WHERE reservation_id >= $base")
   [[ "$paid" == "$(wc -l <"$RAW/pgbench-one-c$c.txt")" ]] ||
     die "pgbench's one-statement calls paid $paid reservations, not one per call"
@@ -709,6 +721,72 @@ ok=$(ghz_ok "$RAW/limits-d-ghz-0.json")
 say "   d: $ok payments; draining at 30/s (ideal $((ok / 30)) s)"
 wait_delivered "$ok" $((ok / 30 * 3 / 2 + 120)) || true
 case_end d 30 "$ok" "$phase"
+fi
+
+# ---------------------------------------------------------------- 6. Opening
+# Users of their own (ids from OPENING_FIRST, money enough), and per run a schedule of its own
+# with OPENING_SEATS free seats PHASE*10^8 + n; user n races for seat n % OPENING_SEATS.
+if want spike; then
+say "6. Opening: $OPENING_USERS users race for $OPENING_SEATS seats at concurrency $OPENING_LEVELS; pgbench reference"
+OPENING_FIRST=2000001
+echo "$OPENING_SEATS" >"$RAW/opening-seats"
+sql -c "INSERT INTO payment.users (id, name, mail, balance_won)
+  SELECT u, 'fan ' || u, 'fan' || u || '@example.com', 4000000000000000000
+  FROM generate_series($OPENING_FIRST, $OPENING_FIRST + $OPENING_USERS - 1) u"
+mint_tokens "$OPENING_FIRST" "$OPENING_USERS" "$RAW/opening-tokens.txt"
+opening_seats() {  # PHASE
+  sql <<EOF
+INSERT INTO payment.schedules (id, concert_id, starts_at) VALUES ($1 + 1, 1, now() + interval '30 days');
+INSERT INTO payment.seats (id, schedule_id, seat_number, price_won)
+  SELECT $(($1 * 100000000)) + n, $1 + 1, n, 50000 FROM generate_series(0, $OPENING_SEATS - 1) n;
+EOF
+}
+# opening_sold PHASE: seats of the phase's schedule sold, reservations paid twice and balances
+# below zero (both must be 0).
+opening_sold() {
+  sqlv "SELECT count(*) FILTER (WHERE r.status = 'PAID') || ' ' ||
+          (SELECT count(*) FROM (SELECT reservation_id FROM payment.payments
+             GROUP BY reservation_id HAVING count(*) > 1) twice) || ' ' ||
+          (SELECT count(*) FROM payment.users WHERE balance_won < 0)
+        FROM payment.reservations r JOIN payment.seats s ON s.id = r.seat_id
+        WHERE s.schedule_id = $1 + 1"
+}
+run_opening() {  # PHASE CONCURRENCY
+  "$BIN/spike-client" --address="$PAY_ADDR" --tokens="$RAW/opening-tokens.txt" \
+    --first-seat=$(($1 * 100000000)) --seats="$OPENING_SEATS" --concurrency="$2" \
+    --deadline=10s >"$RAW/opening-c$2.json"
+}
+start_payment_server
+phase=80
+for c in $OPENING_LEVELS; do
+  opening_seats "$phase"
+  say "   spike-client -c $c (seats ${phase}xxxxxxxx)"
+  measured "opening-c$c" run_opening "$phase" "$c"
+  echo "$c $phase $(opening_sold "$phase")" >>"$RAW/opening-levels.txt"
+  phase=$((phase + 1))
+done
+stop payment-server
+
+# The same two statements straight from pgbench, one transaction per user: the hold, then its
+# payment when held. As many connections as Postgres allows (a few kept for psql and the rest).
+cat >"$RAW/opening.pgbench" <<'EOF'
+SELECT nextval('bench_opening_user') AS n \gset
+\set payer :first + :n % :users
+\set seat :base + :n % :seats
+SELECT coalesce(r.reservation_id, 0) AS rid, (r.outcome = 'HELD')::int AS held
+  FROM payment.reserve_seat(:payer, :seat, 300000) r \gset
+\if :held
+SELECT p.outcome FROM payment.pay_concert(:payer, :rid, '{}') p;
+\endif
+EOF
+opening_seats "$phase"
+clients=$(( $(sqlv "SHOW max_connections") - 10 ))
+sql -c "DROP SEQUENCE IF EXISTS bench_opening_user; CREATE SEQUENCE bench_opening_user MINVALUE 0 START 0;"
+say "   pgbench -c $clients, the same two statements"
+measured "opening-pgbench" run_pgbench "opening-pgbench" opening.pgbench "$clients" \
+  -t $(( (OPENING_USERS + clients - 1) / clients )) -D first="$OPENING_FIRST" \
+  -D users="$OPENING_USERS" -D base=$((phase * 100000000)) -D seats="$OPENING_SEATS"
+echo "$clients $phase $(opening_sold "$phase")" >"$RAW/opening-pgbench-level.txt"
 fi
 
 # ---------------------------------------------------------------- report

@@ -136,7 +136,7 @@ std::chrono::system_clock::time_point Deadline(absl::Duration from_now) {
   return std::chrono::system_clock::now() + absl::ToChronoMilliseconds(from_now);
 }
 
-absl::string_view AuthorizationMetadata(const grpc::ServerContext& context) {
+absl::string_view AuthorizationMetadata(const grpc::ServerContextBase& context) {
   const auto& metadata = context.client_metadata();
   auto it = metadata.find("authorization");
   if (it == metadata.end()) return {};

@@ -107,7 +107,7 @@ class GrpcEndpoint {
 std::chrono::system_clock::time_point Deadline(absl::Duration from_now);
 
 // The call's `authorization` metadata ("" when absent).
-absl::string_view AuthorizationMetadata(const grpc::ServerContext& context);
+absl::string_view AuthorizationMetadata(const grpc::ServerContextBase& context);
 
 // Shared bearer secrets (settings read with Settings::Secret) are at least this long: a short
 // one could be guessed.

@@ -29,9 +29,7 @@ namespace {
 constexpr char kPay[] = "payment_pay";
 constexpr char kPaymentById[] = "payment_by_id";
 constexpr char kUserExists[] = "payment_user_exists";
-constexpr char kSeatInfo[] = "payment_seat_info";
-constexpr char kExpireStaleHolds[] = "payment_expire_stale_holds";
-constexpr char kInsertReservation[] = "payment_insert_reservation";
+constexpr char kReserve[] = "payment_reserve";
 constexpr char kPaymentsOfUser[] = "payment_payments_of_user";
 constexpr char kAccount[] = "payment_account";
 constexpr char kConcertsPage[] = "payment_concerts_page";
@@ -140,6 +138,35 @@ absl::Status PayOutcome(const std::string& outcome, const pqxx::row& row, int64_
   return absl::InternalError(absl::StrCat("payment.pay_concert answered '", outcome, "'"));
 }
 
+// The answer to payment.reserve_seat's row, whose outcomes schema.cc lists.
+absl::Status ReserveOutcome(const pqxx::row& row, int64_t user_id, int64_t seat_id,
+                            v1::Reservation& reservation) {
+  const std::string outcome = row[5].as<std::string>();
+  if (outcome == "USER_NOT_FOUND") {
+    return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist"));
+  }
+  if (outcome == "SEAT_NOT_FOUND") {
+    return absl::NotFoundError(absl::StrCat("seat ", seat_id, " does not exist"));
+  }
+  if (outcome == "TAKEN") {
+    return absl::AlreadyExistsError(absl::StrCat("seat ", seat_id, " is already held or sold"));
+  }
+  if (outcome != "HELD") {
+    return absl::InternalError(absl::StrCat("payment.reserve_seat answered '", outcome, "'"));
+  }
+  reservation.set_reservation_id(row[0].as<int64_t>());
+  reservation.set_user_id(user_id);
+  reservation.set_seat_id(seat_id);
+  reservation.set_concert_title(row[3].as<std::string>());
+  if (!row[4].is_null()) {
+    *reservation.mutable_concert_start() = TimestampFromMicros(row[4].as<int64_t>());
+  }
+  reservation.set_amount_won(row[2].as<int64_t>());
+  reservation.set_status(v1::RESERVATION_STATUS_HELD);
+  *reservation.mutable_expires_at() = TimestampFromMicros(row[1].as<int64_t>());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Payments::Payments(PgPool& pool, PaymentsOptions options)
@@ -160,21 +187,9 @@ void Payments::Prepare(pqxx::connection& conn) {
                             "WHERE p.user_id = $1 AND ($2::bigint = 0 OR p.id < $2) "
                             "ORDER BY p.id DESC LIMIT $3"));
   conn.prepare(kUserExists, "SELECT 1 FROM payment.users WHERE id = $1");
-  conn.prepare(kSeatInfo,
-               "SELECT s.price_won, c.title, " CONCERT_START_MICROS("sch.starts_at") " "
-               "FROM payment.seats s "
-               "JOIN payment.schedules sch ON sch.id = s.schedule_id "
-               "JOIN payment.concerts c ON c.id = sch.concert_id WHERE s.id = $1");
-  conn.prepare(kExpireStaleHolds,
-               "UPDATE payment.reservations SET status = 'EXPIRED', updated_at = now() "
-               "WHERE seat_id = $1 AND status = 'HELD' AND expires_at <= now()");
-  // The partial unique index (one HELD or PAID reservation per seat) decides races between
-  // two callers holding the same seat: the loser inserts nothing.
-  conn.prepare(kInsertReservation,
-               "INSERT INTO payment.reservations (user_id, seat_id, amount_won, status, expires_at) "
-               "VALUES ($1, $2, $3, 'HELD', now() + $4 * interval '1 millisecond') "
-               "ON CONFLICT (seat_id) WHERE status IN ('HELD', 'PAID') DO NOTHING "
-               "RETURNING id, " CONCERT_MICROS("expires_at"));
+  // payment.reserve_seat (schema.cc) returns the reservation id, its expiry in micros, the
+  // price, the concert's title and start in micros, then the outcome.
+  conn.prepare(kReserve, "SELECT * FROM payment.reserve_seat($1, $2, $3)");
   conn.prepare(kAccount,
                "SELECT id, name, mail, balance_won, "
                "EXISTS (SELECT 1 FROM payment.telegram_links WHERE user_id = u.id) "
@@ -226,31 +241,12 @@ void Payments::Prepare(pqxx::connection& conn) {
 absl::StatusOr<v1::Reservation> Payments::ReserveSeat(int64_t user_id, int64_t seat_id) {
   if (seat_id <= 0) return absl::InvalidArgumentError("seat_id must be positive");
   v1::Reservation reservation;
-  absl::Status status = pool_.Transact([&](pqxx::work& tx) -> absl::Status {
-    if (tx.exec_prepared(kUserExists, user_id).empty()) {
-      return absl::NotFoundError(absl::StrCat("user ", user_id, " does not exist"));
-    }
-    pqxx::result seat = tx.exec_prepared(kSeatInfo, seat_id);
-    if (seat.empty()) return absl::NotFoundError(absl::StrCat("seat ", seat_id, " does not exist"));
-    tx.exec_prepared(kExpireStaleHolds, seat_id);
-    int64_t price = seat[0][0].as<int64_t>();
-    pqxx::result inserted = tx.exec_prepared(kInsertReservation, user_id, seat_id, price,
-                                             absl::ToInt64Milliseconds(options_.reservation_hold));
-    if (inserted.empty()) {
-      return absl::AlreadyExistsError(absl::StrCat("seat ", seat_id, " is already held or sold"));
-    }
-    reservation.Clear();
-    reservation.set_reservation_id(inserted[0][0].as<int64_t>());
-    reservation.set_user_id(user_id);
-    reservation.set_seat_id(seat_id);
-    reservation.set_concert_title(seat[0][1].as<std::string>());
-    if (!seat[0][2].is_null()) {
-      *reservation.mutable_concert_start() = TimestampFromMicros(seat[0][2].as<int64_t>());
-    }
-    reservation.set_amount_won(price);
-    reservation.set_status(v1::RESERVATION_STATUS_HELD);
-    *reservation.mutable_expires_at() = TimestampFromMicros(inserted[0][1].as<int64_t>());
-    return absl::OkStatus();
+  // One round trip, committed on its own, never repeated: a repeat after a commit that a broken
+  // connection hid would find the caller's own hold and answer ALREADY_EXISTS.
+  absl::Status status = pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+    pqxx::row row = tx.exec_prepared1(kReserve, user_id, seat_id,
+                                      absl::ToInt64Milliseconds(options_.reservation_hold));
+    return ReserveOutcome(row, user_id, seat_id, reservation);
   });
   RETURN_IF_ERROR(status);
   log::Info("seat held", {{"reservation_id", reservation.reservation_id()},

@@ -10,7 +10,8 @@
 //
 // Errors are absl::Status with the codes of the API (see concert/v1/payment.proto); every
 // error leaves the database as it was. Thread-safe: every call blocks on the database, so call
-// it from the gRPC synchronous API's threads, never from a callback reactor.
+// it from threads that may block (the gRPC synchronous API's, AdmissionQueue's workers), never
+// from a callback reactor.
 #ifndef CONCERT_PAYMENT_SERVER_PAYMENTS_H_
 #define CONCERT_PAYMENT_SERVER_PAYMENTS_H_
 

@@ -16,6 +16,10 @@ constexpr absl::Duration kFirstBackoff = absl::Milliseconds(250);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
 // While the database stays down, repeat the warning at most this often.
 constexpr absl::Duration kDownLogEvery = absl::Seconds(30);
+// What a refusal for a full admission queue asks clients with a retry policy to wait: long
+// enough for a full queue to move (thousands of calls at a few milliseconds each on a pool of
+// connections), short enough that the payer is still there.
+constexpr absl::Duration kRetryPushback = absl::Seconds(1);
 
 metrics::Counter& RequestCounter(metrics::Registry& registry, const char* method,
                                  absl::StatusCode code) {
@@ -36,8 +40,11 @@ struct ApiContext {
   jwt::Verifier* verifier;
   const std::atomic<bool>* ready;
   metrics::Registry* registry;
+  AdmissionQueue* admission;
+  // ADMISSION_MAX_WAIT: the deadline in the queue of a call that brought none.
+  absl::Duration max_wait;
 
-  absl::StatusOr<int64_t> Caller(const grpc::ServerContext& context) const {
+  absl::StatusOr<int64_t> Caller(const grpc::ServerContextBase& context) const {
     ASSIGN_OR_RETURN(jwt::Claims claims,
                      verifier->VerifyAuthorization(AuthorizationMetadata(context), absl::Now()));
     return jwt::UserIdOf(claims);
@@ -51,7 +58,12 @@ struct ApiContext {
   // Runs one call, counts it by method and code, and times it.
   grpc::Status Observe(const char* method, const std::function<absl::Status()>& call) const {
     absl::Time start = absl::Now();
-    absl::Status status = call();
+    return Finished(method, start, call());
+  }
+
+  // Counts a call that began at `start` by method and code, times it, logs what the server
+  // should hear of, and converts its status for gRPC.
+  grpc::Status Finished(const char* method, absl::Time start, const absl::Status& status) const {
     double seconds = absl::ToDoubleSeconds(absl::Now() - start);
     RequestCounter(*registry, method, status.code()).Increment();
     RequestLatency(*registry, method).Observe(seconds);
@@ -74,23 +86,60 @@ struct ApiContext {
   // ready, then run `body` for the caller's user id.
   grpc::Status Authenticated(const char* method, const grpc::ServerContext& context,
                              const std::function<absl::Status(int64_t user_id)>& body) const {
-    return Observe(method, [&]() -> absl::Status {
-      ASSIGN_OR_RETURN(int64_t user_id, Caller(context));
-      RETURN_IF_ERROR(CheckReady());
-      return body(user_id);
-    });
+    return Observe(method, [&]() -> absl::Status { return AsCaller(context, body); });
+  }
+
+  // Authenticated for the callback API: the call waits in the admission queue (as long as its
+  // deadline allows), then the same steps run on one of the queue's workers, never on gRPC's
+  // callback threads (token keys may be fetched, the database blocks). A full queue refuses at
+  // once with a retry pushback for clients with a retry policy.
+  grpc::ServerUnaryReactor* Admitted(const char* method, grpc::CallbackServerContext* context,
+                                     std::function<absl::Status(int64_t user_id)> body) const {
+    grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+    absl::Time start = absl::Now();
+    absl::Time deadline = context->deadline() == std::chrono::system_clock::time_point::max()
+                              ? start + max_wait
+                              : absl::FromChrono(context->deadline());
+    absl::Status queued = admission->Submit(
+        deadline, [this, method, context, reactor, start,
+                   body = std::move(body)](absl::Status admitted) {
+          absl::Status status = admitted;
+          if (status.ok() && context->IsCancelled()) {
+            status = absl::CancelledError("the caller cancelled the call while it waited");
+          }
+          if (status.ok()) status = AsCaller(*context, body);
+          reactor->Finish(Finished(method, start, status));
+        });
+    if (!queued.ok()) {
+      context->AddTrailingMetadata("grpc-retry-pushback-ms",
+                                   absl::StrCat(absl::ToInt64Milliseconds(kRetryPushback)));
+      reactor->Finish(Finished(method, start, queued));
+    }
+    return reactor;
+  }
+
+ private:
+  absl::Status AsCaller(const grpc::ServerContextBase& context,
+                        const std::function<absl::Status(int64_t user_id)>& body) const {
+    ASSIGN_OR_RETURN(int64_t user_id, Caller(context));
+    RETURN_IF_ERROR(CheckReady());
+    return body(user_id);
   }
 };
 
 }  // namespace
 
-class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
+// PayConcert and ReserveSeat, the calls of a concert's opening, use the callback API and wait in
+// the admission queue; the others stay on the synchronous API (GRPC_MAX_THREADS).
+class PaymentServer::PaymentApi final
+    : public v1::PaymentService::WithCallbackMethod_PayConcert<v1::PaymentService::Service> {
  public:
   explicit PaymentApi(ApiContext context) : c_(std::move(context)) {}
 
-  grpc::Status PayConcert(grpc::ServerContext* context, const v1::PayConcertRequest* request,
-                          v1::Payment* response) override {
-    return c_.Authenticated("PayConcert", *context, [&](int64_t user_id) -> absl::Status {
+  grpc::ServerUnaryReactor* PayConcert(grpc::CallbackServerContext* context,
+                                       const v1::PayConcertRequest* request,
+                                       v1::Payment* response) override {
+    auto pay = [this, context, request, response](int64_t user_id) -> absl::Status {
       std::string traceparent;
       const auto& metadata = context->client_metadata();
       if (auto it = metadata.find("traceparent"); it != metadata.end()) {
@@ -99,7 +148,8 @@ class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
       ASSIGN_OR_RETURN(*response,
                        c_.payments->PayConcert(user_id, request->reservation_id(), traceparent));
       return absl::OkStatus();
-    });
+    };
+    return c_.Admitted("PayConcert", context, std::move(pay));
   }
 
   grpc::Status GetPayment(grpc::ServerContext* context, const v1::GetPaymentRequest* request,
@@ -122,16 +172,20 @@ class PaymentServer::PaymentApi final : public v1::PaymentService::Service {
   ApiContext c_;
 };
 
-class PaymentServer::ReservationApi final : public v1::ReservationService::Service {
+class PaymentServer::ReservationApi final
+    : public v1::ReservationService::WithCallbackMethod_ReserveSeat<
+          v1::ReservationService::Service> {
  public:
   explicit ReservationApi(ApiContext context) : c_(std::move(context)) {}
 
-  grpc::Status ReserveSeat(grpc::ServerContext* context, const v1::ReserveSeatRequest* request,
-                           v1::Reservation* response) override {
-    return c_.Authenticated("ReserveSeat", *context, [&](int64_t user_id) -> absl::Status {
+  grpc::ServerUnaryReactor* ReserveSeat(grpc::CallbackServerContext* context,
+                                        const v1::ReserveSeatRequest* request,
+                                        v1::Reservation* response) override {
+    auto reserve = [this, request, response](int64_t user_id) -> absl::Status {
       ASSIGN_OR_RETURN(*response, c_.payments->ReserveSeat(user_id, request->seat_id()));
       return absl::OkStatus();
-    });
+    };
+    return c_.Admitted("ReserveSeat", context, std::move(reserve));
   }
 
  private:
@@ -247,12 +301,20 @@ ServerOptions ReadServerOptions(Settings& s) {
       s.Int("DB_POOL_SIZE", o.db_pool_size, 1, 1000, "Postgres connections at most"));
   o.db_acquire_timeout =
       s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout, absl::Milliseconds(10),
-                 absl::Minutes(1), "how long a call waits for a free Postgres connection");
+                 absl::Minutes(1),
+                 "how long a call (but PayConcert, ReserveSeat) waits for a Postgres connection");
   o.db_max_attempts = static_cast<int>(
       s.Int("DB_MAX_ATTEMPTS", o.db_max_attempts, 1, 20,
             "tries of a transaction on serialization failure, deadlock or broken connection"));
-  o.grpc_max_threads = static_cast<int>(s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
-                                              "threads of the synchronous gRPC server at most"));
+  o.grpc_max_threads = static_cast<int>(
+      s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
+            "threads of the synchronous gRPC server (calls but PayConcert, ReserveSeat)"));
+  o.admission_queue_size = static_cast<int>(
+      s.Int("ADMISSION_QUEUE_SIZE", o.admission_queue_size, 1, 1000000,
+            "PayConcert and ReserveSeat calls waiting for the database at most; more are refused"));
+  o.admission_max_wait = s.Duration(
+      "ADMISSION_MAX_WAIT", o.admission_max_wait, absl::Milliseconds(10), absl::Minutes(5),
+      "how long a call without a deadline waits in the admission queue");
   o.health_check_interval = s.Duration(
       "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
       "how often the database is probed for grpc.health.v1 while healthy");
@@ -292,7 +354,12 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
                               .telegram_bot_username = options_.telegram_bot_username,
                               .telegram_link_ttl = options_.telegram_link_ttl});
   verifier_ = std::make_unique<jwt::Verifier>(options_.auth);
-  ApiContext context{payments_.get(), verifier_.get(), &ready_, registry_};
+  admission_ = std::make_unique<AdmissionQueue>(
+      AdmissionQueue::Options{.workers = options_.db_pool_size,
+                              .capacity = options_.admission_queue_size},
+      *registry_);
+  ApiContext context{payments_.get(), verifier_.get(), &ready_,
+                     registry_,       admission_.get(),  options_.admission_max_wait};
   payment_api_ = std::make_unique<PaymentApi>(context);
   reservation_api_ = std::make_unique<ReservationApi>(context);
   concert_api_ = std::make_unique<ConcertApi>(context);

@@ -1,5 +1,6 @@
 // payment-server as a whole: its options (read from Settings), the gRPC services over Payments
-// (synchronous API: blocking database work runs on gRPC's own bounded thread pool), the
+// (PayConcert and ReserveSeat on the callback API, waiting in an AdmissionQueue whose workers do
+// the blocking database work; the other calls on the synchronous API), the
 // start-up that keeps retrying migrations while Postgres is down, health that follows the
 // database, request metrics, and the graceful stop.
 //
@@ -32,6 +33,7 @@
 #include "concert/v1/concert.grpc.pb.h"
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
+#include "payment-server/admission.h"
 #include "payment-server/payments.h"
 
 namespace concert::payment {
@@ -53,13 +55,22 @@ struct ServerOptions {
   absl::Duration reservation_hold = absl::Minutes(5);
   // DB_POOL_SIZE: connections at most; more concurrent calls wait for one.
   int db_pool_size = 8;
-  // DB_ACQUIRE_TIMEOUT: how long a call waits for a free connection (then RESOURCE_EXHAUSTED).
+  // DB_ACQUIRE_TIMEOUT: how long a call of the synchronous API (neither PayConcert nor
+  // ReserveSeat) waits for a free connection (then RESOURCE_EXHAUSTED).
   absl::Duration db_acquire_timeout = absl::Seconds(5);
+  // ADMISSION_QUEUE_SIZE: PayConcert and ReserveSeat calls waiting for the database at most (see
+  // AdmissionQueue); one more is refused with RESOURCE_EXHAUSTED and grpc-retry-pushback-ms.
+  // Memory is the only cost of a waiting call, so size it for an opening's spike.
+  int admission_queue_size = 4096;
+  // ADMISSION_MAX_WAIT: how long a call without a deadline may wait in the queue (a call with one
+  // waits as long as it allows), then DEADLINE_EXCEEDED without touching the database.
+  absl::Duration admission_max_wait = absl::Seconds(10);
   // DB_MAX_ATTEMPTS: tries of one transaction on serialization failure, deadlock or a broken
   // connection.
   int db_max_attempts = 3;
-  // GRPC_MAX_THREADS: the synchronous server's thread limit (its resource quota). Calls beyond
-  // the pool size only wait, so a few times DB_POOL_SIZE is plenty.
+  // GRPC_MAX_THREADS: the synchronous server's thread limit (its resource quota), for every call
+  // but PayConcert and ReserveSeat. Calls beyond the pool size only wait, so a few times
+  // DB_POOL_SIZE is plenty.
   int grpc_max_threads = 32;
   // HEALTH_CHECK_INTERVAL: how often the database is probed while healthy. While it is down
   // (or the schema not yet migrated) the probe backs off from 250 ms up to 10 s.
@@ -130,6 +141,9 @@ class PaymentServer {
   std::unique_ptr<ConcertApi> concert_api_;
   std::unique_ptr<AccountApi> account_api_;
   std::unique_ptr<TelegramLinkApi> telegram_link_api_;  // null without INTERNAL_TOKEN
+  // After the services, before the endpoints: destroyed once no call can arrive, and while
+  // the services its queued work calls still exist.
+  std::unique_ptr<AdmissionQueue> admission_;
   std::unique_ptr<GrpcEndpoint> endpoint_;
   std::unique_ptr<GrpcEndpoint> internal_endpoint_;  // null without INTERNAL_TOKEN
   std::atomic<bool> ready_{false};
