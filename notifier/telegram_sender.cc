@@ -186,7 +186,9 @@ SendResult TelegramSender::SendOnce(const std::string& body,
   if (ownership.refused) return SendResult::NotOurs();
   if (code != CURLE_OK) {
     std::string what = error[0] != '\0' ? error : curl_easy_strerror(code);
-    if (code == CURLE_WRITE_ERROR) what = absl::StrCat("answer larger than ", kMaxAnswerBytes, " bytes");
+    if (code == CURLE_WRITE_ERROR) {
+      what = absl::StrCat("answer larger than ", kMaxAnswerBytes, " bytes");
+    }
     // A refused rewind: the request went out on a connection that then died unanswered.
     bool possibly_delivered = request_bytes > 0 || code == CURLE_SEND_FAIL_REWIND;
     return SendResult::Transient(code == CURLE_OPERATION_TIMEDOUT ? "timeout" : "connection",
