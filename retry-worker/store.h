@@ -47,9 +47,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "common/backoff.h"
 #include "common/kafka.h"
 #include "common/postgres.h"
-#include "retry-worker/backoff.h"
 
 namespace concert::retry {
 

@@ -1,8 +1,8 @@
-#include "retry-worker/backoff.h"
+#include "common/backoff.h"
 
 #include <gtest/gtest.h>
 
-namespace concert::retry {
+namespace concert {
 namespace {
 
 TEST(BackoffTest, DoublesPerFailedAttemptUpToTheCap) {
@@ -36,5 +36,29 @@ TEST(BackoffTest, UniformRandomStaysInRange) {
   }
 }
 
+TEST(BackoffTest, ALoopsWaitsDoubleUpToItsMaxAndStartOverAfterReset) {
+  Backoff backoff(absl::Milliseconds(100), absl::Milliseconds(500));
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(100));
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(200));
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(400));
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(500));
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(500));
+  backoff.Reset();
+  EXPECT_EQ(backoff.Next(), absl::Milliseconds(100));
+}
+
+TEST(BackoffTest, WaitReturnsFalseAtOnceWhenStopped) {
+  absl::Notification stop;
+  stop.Notify();
+  Backoff backoff(absl::Hours(1), absl::Hours(1));
+  EXPECT_FALSE(backoff.Wait(stop));
+}
+
+TEST(BackoffTest, WaitSleepsAndReturnsTrueWhenNotStopped) {
+  absl::Notification stop;
+  Backoff backoff(absl::Milliseconds(1), absl::Milliseconds(1));
+  EXPECT_TRUE(backoff.Wait(stop));
+}
+
 }  // namespace
-}  // namespace concert::retry
+}  // namespace concert

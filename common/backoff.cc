@@ -1,10 +1,10 @@
-#include "retry-worker/backoff.h"
+#include "common/backoff.h"
 
 #include <algorithm>
 #include <mutex>
 #include <random>
 
-namespace concert::retry {
+namespace concert {
 
 absl::Duration BackoffDelay(int failed_attempt, const BackoffPolicy& policy, double random01) {
   int doublings = std::clamp(failed_attempt, 1, 64) - 1;
@@ -24,4 +24,4 @@ double UniformRandom() {
   return std::uniform_real_distribution<double>(0.0, 1.0)(engine);
 }
 
-}  // namespace concert::retry
+}  // namespace concert
