@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/grpc_server.h"
 #include "common/jwt.h"
 
@@ -393,7 +394,7 @@ PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {
   }
   outcome.reservation_id = reservation.reservation_id();
   absl::Time give_up = absl::Now() + pay_retry_for_;
-  absl::Duration backoff = absl::Milliseconds(200);
+  Backoff backoff(absl::Milliseconds(200), absl::Seconds(2));
   while (true) {
     v1::Payment payment;
     grpc::Status paid = Pay(user, outcome.reservation_id, &payment);
@@ -418,13 +419,13 @@ PayOutcome PaymentClient::ReserveAndPay(const User& user, int64_t seat_id) {
       default:
         break;  // no answer or transient: the outcome is unknown, PayConcert may be repeated
     }
-    if (absl::Now() + backoff > give_up) {
+    absl::Duration wait = backoff.Next();
+    if (absl::Now() + wait > give_up) {
       outcome.kind = PayOutcome::Kind::kUnknown;
       outcome.finished = absl::Now();
       return outcome;
     }
-    absl::SleepFor(backoff);
-    backoff = std::min(backoff * 2, absl::Seconds(2));
+    absl::SleepFor(wait);
   }
 }
 
