@@ -1,6 +1,5 @@
 #include "common/jwt.h"
 
-#include <curl/curl.h>
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
 #include <openssl/ecdsa.h>
@@ -11,7 +10,6 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "absl/strings/ascii.h"
@@ -22,6 +20,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/http_client.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -177,50 +176,21 @@ std::string TooLarge(absl::string_view source) {
   return absl::StrCat(source, ": the JWKS is larger than ", kMaxJwksBytes, " bytes");
 }
 
-struct Body {
-  std::string text;
-  bool too_large = false;
-};
-
-size_t AppendBody(char* data, size_t size, size_t count, void* user) {
-  auto* body = static_cast<Body*>(user);
-  if (body->text.size() + size * count > kMaxJwksBytes) {
-    body->too_large = true;
-    return 0;  // aborts the transfer
-  }
-  body->text.append(data, size * count);
-  return size * count;
-}
-
 absl::StatusOr<std::string> Fetch(const std::string& url, bool allow_http) {
-  static std::once_flag once;
-  std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-  std::unique_ptr<CURL, Deleter<CURL, curl_easy_cleanup>> curl(curl_easy_init());
-  if (!curl) return absl::InternalError("curl_easy_init failed");
-  Body body;
-  curl_easy_setopt(curl.get(), CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl.get(), CURLOPT_PROTOCOLS_STR, allow_http ? "https,http" : "https");
-  curl_easy_setopt(curl.get(), CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl.get(), CURLOPT_TIMEOUT_MS,
-                   static_cast<long>(absl::ToInt64Milliseconds(kJwksFetchTimeout)));
-  // A declared length over the cap is refused before any of the body is read.
-  curl_easy_setopt(curl.get(), CURLOPT_MAXFILESIZE_LARGE,
-                   static_cast<curl_off_t>(kMaxJwksBytes));
-  curl_easy_setopt(curl.get(), CURLOPT_WRITEFUNCTION, &AppendBody);
-  curl_easy_setopt(curl.get(), CURLOPT_WRITEDATA, &body);
-  CURLcode code = curl_easy_perform(curl.get());
-  if (body.too_large || code == CURLE_FILESIZE_EXCEEDED) {
+  static HttpClient* http = new HttpClient();  // shared by every Verifier; never destroyed
+  HttpResponse r = http->Perform({.url = url,
+                                  .connect_timeout = kJwksFetchTimeout,
+                                  .timeout = kJwksFetchTimeout,
+                                  .max_answer_bytes = kMaxJwksBytes,
+                                  .https_only = !allow_http});
+  if (r.outcome == HttpResponse::Outcome::kTooLarge) {
     return absl::FailedPreconditionError(TooLarge(absl::StrCat("GET ", url)));
   }
-  if (code != CURLE_OK) {
-    return absl::UnavailableError(absl::StrCat("GET ", url, ": ", curl_easy_strerror(code)));
+  if (!r.answered()) return absl::UnavailableError(absl::StrCat("GET ", url, ": ", r.error));
+  if (r.status != 200) {
+    return absl::UnavailableError(absl::StrCat("GET ", url, ": HTTP ", r.status));
   }
-  long http_status = 0;
-  curl_easy_getinfo(curl.get(), CURLINFO_RESPONSE_CODE, &http_status);
-  if (http_status != 200) {
-    return absl::UnavailableError(absl::StrCat("GET ", url, ": HTTP ", http_status));
-  }
-  return std::move(body.text);
+  return std::move(r.body);
 }
 
 // Reads at most one byte past the cap, so a huge (or endless, like /dev/zero) file is refused

@@ -1,5 +1,5 @@
-// TelegramSender: POST {api_base}/bot{token}/sendMessage with JSON {chat_id, text} (and
-// allow_paid_broadcast in paid-broadcast mode) through libcurl, with connect and total timeouts:
+// TelegramSender: a payment's message through the Bot API's sendMessage (bot_api.h), {chat_id,
+// text} (and allow_paid_broadcast in paid-broadcast mode), with connect and total timeouts:
 //   200 ok:true                  -> sent
 //   429                          -> kRateLimited with parameters.retry_after (capped at
 //                                   max_retry_after): the caller pauses every send, then resends
@@ -21,21 +21,17 @@
 // The bot token is part of the URL; it is never logged and never appears in a SendResult
 // (RedactToken replaces it in anything that might carry it).
 //
-// Thread-safe: curl handles are pooled, one per concurrent Send(), and keep their connections.
+// Thread-safe: concurrent Send()s each use a connection of their own, kept alive between sends.
 #ifndef CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 #define CONCERT_NOTIFIER_TELEGRAM_SENDER_H_
 
 #include <functional>
-#include <mutex>
 #include <string>
-#include <vector>
 
-#include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "notifier/bot_api.h"
 #include "notifier/sender.h"
-
-struct curl_slist;
 
 namespace concert::notifier {
 
@@ -62,27 +58,18 @@ struct TelegramOptions {
 class TelegramSender final : public Sender {
  public:
   explicit TelegramSender(TelegramOptions options);
-  ~TelegramSender() override;
 
   SendResult Send(const Notification& notification) override;
   std::string name() const override { return "telegram"; }
 
  private:
-  SendResult SendOnce(const std::string& body, const std::function<bool()>& still_ours);
+  SendResult SendOnce(const Notification& notification);
   // Sleeps `d`; false when a stop was requested before or during the wait.
   bool Wait(absl::Duration d) const;
-  void* AcquireHandle();
-  void ReleaseHandle(void* handle);
 
   TelegramOptions options_;
-  std::string url_;
-  std::mutex mu_;
-  std::vector<void*> idle_handles_;  // CURL*, kept with their open connections
-  curl_slist* headers_ = nullptr;    // shared by every handle
+  BotApi bot_;
 };
-
-// `text` with every occurrence of `token` replaced by "<redacted>".
-std::string RedactToken(absl::string_view text, absl::string_view token);
 
 }  // namespace concert::notifier
 

@@ -198,35 +198,53 @@ TEST_F(TelegramSenderTest, NoRequestLeavesOnceTheSendIsNoLongerOurs) {
   EXPECT_EQ(fake_.requests(), 1);
 }
 
+// A plain HTTP server of the test's own on loopback, for answers the fake Telegram never gives.
+class AnswerServer {
+ public:
+  // `handler` answers every sendMessage.
+  explicit AnswerServer(httplib::Server::Handler handler) {
+    server_.Post(R"(/bot[^/]+/sendMessage)", std::move(handler));
+    server_.set_keep_alive_max_count(1);  // no idle connection for stop() to wait out
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    EXPECT_GT(port_, 0);
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    EXPECT_TRUE(WaitUntil([this] { return server_.is_running(); }, absl::Seconds(5)));
+  }
+  ~AnswerServer() {
+    server_.stop();
+    thread_.join();
+  }
+  // Options of a sender talking to this server.
+  TelegramOptions Options() const {
+    TelegramOptions o;
+    o.api_base = "http://127.0.0.1:" + std::to_string(port_);
+    o.token = kToken;
+    return o;
+  }
+
+ private:
+  httplib::Server server_;
+  int port_ = 0;
+  std::thread thread_;
+};
+
 // An answer no Bot API gives (megabytes) is cut off, not read into memory without bound; the
 // request went out, so it is a doubt.
 TEST(TelegramSenderAnswers, AnOversizedAnswerIsRefusedAndPossiblyDelivered) {
-  httplib::Server server;
-  server.Post(R"(/bot[^/]+/sendMessage)", [&](const httplib::Request&, httplib::Response& res) {
+  AnswerServer server([&](const httplib::Request&, httplib::Response& res) {
     res.set_content(std::string(8 << 20, ' ') + R"({"ok":true})", "application/json");
   });
-  server.set_keep_alive_max_count(1);
-  int port = server.bind_to_any_port("127.0.0.1");
-  ASSERT_GT(port, 0);
-  std::thread thread([&] { server.listen_after_bind(); });
-  ASSERT_TRUE(WaitUntil([&] { return server.is_running(); }, absl::Seconds(5)));
-  TelegramOptions o;
-  o.api_base = "http://127.0.0.1:" + std::to_string(port);
-  o.token = kToken;
-  TelegramSender sender(o);
+  TelegramSender sender(server.Options());
   SendResult r = sender.Send({"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "4242", "hi"});
   EXPECT_EQ(r.kind, SendResult::Kind::kTransient);
   EXPECT_TRUE(r.possibly_delivered);
   EXPECT_TRUE(absl::StrContains(r.message, "answer larger than")) << r.message;
-  server.stop();
-  thread.join();
 }
 
 // Answers with JSON types Telegram does not use must not abort the process.
 TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
-  httplib::Server server;
   std::atomic<int> calls{0};
-  server.Post(R"(/bot[^/]+/sendMessage)", [&](const httplib::Request&, httplib::Response& res) {
+  AnswerServer server([&](const httplib::Request&, httplib::Response& res) {
     switch (calls++) {
       case 0:
         res.status = 429;
@@ -247,15 +265,7 @@ TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
         res.set_content(R"({"ok":null})", "application/json");
     }
   });
-  server.set_keep_alive_max_count(1);  // no idle connection for stop() to wait out
-  int port = server.bind_to_any_port("127.0.0.1");
-  ASSERT_GT(port, 0);
-  std::thread thread([&] { server.listen_after_bind(); });
-  ASSERT_TRUE(WaitUntil([&] { return server.is_running(); }, absl::Seconds(5)));
-  TelegramOptions o;
-  o.api_base = "http://127.0.0.1:" + std::to_string(port);
-  o.token = kToken;
-  TelegramSender sender(o);
+  TelegramSender sender(server.Options());
   Notification note{"0b5f2a52-6f5b-4c4e-9a53-1b2f7f0f6a11", "7", "4242", "hi"};
 
   SendResult r = sender.Send(note);
@@ -268,8 +278,6 @@ TEST(TelegramSenderAnswers, UnexpectedJsonTypesAreReadLeniently) {
   r = sender.Send(note);
   EXPECT_EQ(r.kind, SendResult::Kind::kPermanent);
   EXPECT_EQ(r.error_class, "telegram_4xx");
-  server.stop();
-  thread.join();
 }
 
 // A server that answers the first request of a connection and closes the connection, without

@@ -1,7 +1,5 @@
 #include "notifier/update_poller.h"
 
-#include <curl/curl.h>
-
 #include <algorithm>
 #include <optional>
 
@@ -12,9 +10,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
+#include "common/backoff.h"
 #include "common/log.h"
 #include "common/postgres.h"
-#include "notifier/telegram_sender.h"
 
 namespace concert::notifier {
 namespace {
@@ -24,38 +22,11 @@ using nlohmann::json;
 // The advisory lock that elects the one poller per notifier database ("tgupdate" in ASCII).
 constexpr int64_t kPollerLockKey = 0x7467757064617465;
 constexpr int kMaxCodeLength = 64;
-// Updates per getUpdates, and the most an answer may take: 20 updates with the longest texts
-// (4,096 characters, each escaped to at most 6 bytes, twice with a quoted reply) stay far below
-// the cap, so only a broken or hostile answer exceeds it.
+// Updates per getUpdates (the Bot API caps the batch's size, see bot_api.h).
 constexpr int kUpdatesPerPoll = 20;
-constexpr size_t kMaxGetUpdatesBytes = 4 << 20;
-constexpr size_t kMaxGetMeBytes = 64 << 10;
 // Every outcome of an update, each counted from 0 (so that increase() sees the first one).
 constexpr const char* kOutcomes[] = {"linked",  "expired",  "used",    "unknown_code",
                                      "no_code", "unlinked", "ignored", "retry"};
-
-// An answer being read, refused past `max` bytes.
-struct CappedBody {
-  std::string data;
-  size_t max = 0;
-  bool over = false;
-};
-
-size_t AppendCapped(char* data, size_t size, size_t count, void* out) {
-  auto* body = static_cast<CappedBody*>(out);
-  if (body->data.size() + size * count > body->max) {
-    body->over = true;
-    return 0;  // aborts the transfer
-  }
-  body->data.append(data, size * count);
-  return size * count;
-}
-
-// libcurl's progress callback: a non-zero answer aborts the transfer, so a stop ends a long
-// poll at once.
-int AbortOnStop(void* stop, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
-  return static_cast<const absl::Notification*>(stop)->HasBeenNotified() ? 1 : 0;
-}
 
 // What Telegram allows in a deep-link start parameter; anything else cannot be our code.
 bool IsCodeShaped(const std::string& code) {
@@ -98,6 +69,10 @@ UpdatePoller::UpdatePoller(UpdatePollerOptions options, LinkClient& links, Sende
       replies_(replies),
       pacer_(pacer),
       registry_(registry),
+      bot_({.api_base = options_.api_base,
+            .token = options_.token,
+            .connect_timeout = options_.connect_timeout,
+            .timeout = options_.timeout}),
       leader_(registry.GetGauge(
           "notifier_telegram_poller_leader",
           "1 while this replica holds the lock and polls the bot's updates")) {
@@ -112,22 +87,21 @@ metrics::Counter& UpdatePoller::UpdatesCounter(const std::string& outcome) {
 }
 
 void UpdatePoller::Run(const absl::Notification& stop) {
-  absl::Duration backoff = options_.standby_interval;
   username_ = options_.bot_username;
+  Backoff backoff(options_.standby_interval, options_.max_backoff);
   while (username_.empty() && !stop.HasBeenNotified()) {
-    absl::StatusOr<nlohmann::json> me = Call("getMe", "", absl::Seconds(10), kMaxGetMeBytes, stop);
-    if (me.ok() && me->is_object() && me->contains("username") && (*me)["username"].is_string()) {
-      username_ = (*me)["username"].get<std::string>();
+    BotAnswer me = bot_.GetMe(stop);
+    if (me.ok && me.result.is_object() && me.result.contains("username") &&
+        me.result["username"].is_string()) {
+      username_ = me.result["username"].get<std::string>();
       log::Info("telegram updates: the bot's username from getMe", {{"username", username_}});
       break;
     }
     log::Warn("telegram getMe failed; retrying",
-              {{"error", me.ok() ? "no username in the answer"
-                                 : RedactToken(me.status().message(), options_.token)}});
-    stop.WaitForNotificationWithTimeout(backoff);
-    backoff = std::min(backoff * 2, options_.max_backoff);
+              {{"error", me.ok ? "no username in the answer" : bot_.Describe("getMe", me)}});
+    backoff.Wait(stop);
   }
-  backoff = options_.standby_interval;
+  backoff.Reset();
   bool said_standby = false;
   while (!stop.HasBeenNotified()) {
     try {
@@ -141,7 +115,7 @@ void UpdatePoller::Run(const absl::Notification& stop) {
         tx.exec("SET tcp_keepalives_interval = 5");
         tx.exec("SET tcp_keepalives_count = 3");
       }
-      backoff = options_.standby_interval;
+      backoff.Reset();
       while (!stop.HasBeenNotified()) {
         bool locked;
         {
@@ -162,8 +136,7 @@ void UpdatePoller::Run(const absl::Notification& stop) {
     } catch (const std::exception& e) {
       leader_.Set(0);
       log::Warn("telegram updates: database unavailable; retrying", {{"error", e.what()}});
-      stop.WaitForNotificationWithTimeout(backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
+      backoff.Wait(stop);
     }
   }
   leader_.Set(0);
@@ -178,7 +151,7 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
   }
   leader_.Set(1);
   log::Info("telegram updates: this replica holds the lock and polls", {{"offset", offset}});
-  absl::Duration backoff = absl::Milliseconds(500);
+  Backoff backoff(absl::Milliseconds(500), options_.max_backoff);
   while (!stop.HasBeenNotified()) {
     // A broken connection throws here and ends the leadership: a poll by a replica that lost
     // the lock would end the new holder's with 409.
@@ -188,7 +161,7 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
     bool retry = !updates.ok();
     if (!updates.ok()) {
       log::Warn("telegram getUpdates failed; retrying",
-                {{"error", RedactToken(updates.status().message(), options_.token)}});
+                {{"error", std::string(updates.status().message())}});
     } else if (!updates->empty() && !HoldsLock(conn)) {
       // The session ended while the poll was out (e.g. Postgres restarted): another replica
       // may hold the lock and handle these from the stored offset, so handling them here too
@@ -209,75 +182,28 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
       }
     }
     if (retry) {
-      stop.WaitForNotificationWithTimeout(backoff);
-      backoff = std::min(backoff * 2, options_.max_backoff);
+      backoff.Wait(stop);
     } else {
-      backoff = absl::Milliseconds(500);
+      backoff.Reset();
     }
   }
   leader_.Set(0);
 }
 
-absl::StatusOr<nlohmann::json> UpdatePoller::Call(const std::string& method,
-                                                  const std::string& query,
-                                                  absl::Duration timeout, size_t max_bytes,
-                                                  const absl::Notification& stop) {
-  std::string url = absl::StrCat(absl::StripSuffix(options_.api_base, "/"), "/bot",
-                                 options_.token, "/", method, query);
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return absl::UnavailableError("curl_easy_init failed");
-  CappedBody response{.max = max_bytes};
-  char error[CURL_ERROR_SIZE] = {0};
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, 5000L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, static_cast<long>(absl::ToInt64Milliseconds(timeout)));
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_NOPROXY, "*");  // the token goes to api_base only
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, AppendCapped);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &response);
-  curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, error);
-  curl_easy_setopt(curl, CURLOPT_NOPROGRESS, 0L);
-  curl_easy_setopt(curl, CURLOPT_XFERINFOFUNCTION, AbortOnStop);
-  curl_easy_setopt(curl, CURLOPT_XFERINFODATA, &stop);
-  CURLcode code = curl_easy_perform(curl);
-  long status = 0;
-  curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &status);
-  curl_easy_cleanup(curl);
-  if (response.over) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat(method, ": answer over ", max_bytes, " bytes"));
-  }
-  if (code != CURLE_OK) {
-    return absl::UnavailableError(
-        absl::StrCat(method, ": ", error[0] != '\0' ? error : curl_easy_strerror(code)));
-  }
-  json body = json::parse(response.data, nullptr, /*allow_exceptions=*/false);
-  if (status != 200 || !body.is_object() || !body.value("ok", false) ||
-      !body.contains("result")) {
-    // 409 (a newer getUpdates with this token, from outside this lock, ended ours) and 5xx pass
-    // with time; a 401 needs an operator, and the warning says so.
-    std::string description =
-        body.is_object() && body.contains("description") && body["description"].is_string()
-            ? body["description"].get<std::string>()
-            : "";
-    return absl::UnavailableError(absl::StrCat(method, ": HTTP ", status, " ", description));
-  }
-  return std::move(body["result"]);
-}
-
 absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(
     int64_t offset, const absl::Notification& stop) {
-  absl::StatusOr<json> result =
-      Call("getUpdates",
-           absl::StrCat("?offset=", offset, "&limit=", kUpdatesPerPoll,
-                        "&timeout=", absl::ToInt64Seconds(options_.poll_timeout),
-                        "&allowed_updates=%5B%22message%22%5D"),
-           // The long poll itself plus room for Telegram's answer.
-           options_.poll_timeout + absl::Seconds(10), kMaxGetUpdatesBytes, stop);
-  if (!result.ok()) return result.status();
-  if (!result->is_array()) return absl::UnavailableError("getUpdates: result is not a list");
+  BotAnswer answer = bot_.GetUpdates(offset, kUpdatesPerPoll, options_.poll_timeout, stop);
+  if (answer.http.outcome == HttpResponse::Outcome::kTooLarge) {
+    return absl::ResourceExhaustedError(bot_.Describe("getUpdates", answer));
+  }
+  if (!answer.ok) {
+    // 409 (a newer getUpdates with this token, from outside this lock, ended ours) and 5xx pass
+    // with time; a 401 needs an operator, and the warning says so.
+    return absl::UnavailableError(bot_.Describe("getUpdates", answer));
+  }
+  if (!answer.result.is_array()) return absl::UnavailableError("getUpdates: result is not a list");
   std::vector<Update> updates;
-  for (const json& u : *result) {
+  for (const json& u : answer.result) {
     if (!u.is_object() || !u.contains("update_id") || !u["update_id"].is_number_integer()) continue;
     Update update;
     update.update_id = u["update_id"].get<int64_t>();

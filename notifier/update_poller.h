@@ -31,7 +31,9 @@
 // written through the lock's connection after each update is handled: a restart or a takeover
 // neither replays nor skips updates. An update whose outcome payment-server could not decide
 // (unreachable, timeout) is not acknowledged: the poller backs off and asks for it again.
-// Telegram's answers are read up to a size cap: a bigger one is an error, logged and retried.
+// Telegram's answers are read up to a size cap (bot_api.h): a bigger one is an error, logged and
+// retried. getMe and getUpdates go through BotApi with TELEGRAM_CONNECT_TIMEOUT and
+// TELEGRAM_TIMEOUT (a long poll waits poll_timeout more); a stop ends a long poll at once.
 //
 //   UpdatePoller poller(options, links, replies, pacer, metrics::Default());
 //   std::thread t([&] { poller.Run(StopRequested()); });
@@ -54,6 +56,7 @@
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "notifier/bot_api.h"
 #include "notifier/link_client.h"
 #include "notifier/message.h"
 #include "notifier/pacer.h"
@@ -70,6 +73,10 @@ struct UpdatePollerOptions {
   // TELEGRAM_BOT_USERNAME: the bot's username, which commands in groups name. Empty: asked
   // with getMe when Run starts (retried while Telegram is unreachable).
   std::string bot_username;
+  // TELEGRAM_CONNECT_TIMEOUT and TELEGRAM_TIMEOUT, as for the payment messages (bot_api.h); a
+  // getUpdates takes poll_timeout longer.
+  absl::Duration connect_timeout = absl::Seconds(3);
+  absl::Duration timeout = absl::Seconds(10);
   // TELEGRAM_POLL_TIMEOUT: how long one getUpdates waits for an update. Longer means fewer
   // requests.
   absl::Duration poll_timeout = absl::Seconds(25);
@@ -112,12 +119,7 @@ class UpdatePoller {
 
   // Polls while this replica holds the lock; returns when stopping or the lock is gone.
   void PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop);
-  // One Bot API call: the `result` of a 200 ok:true answer of at most `max_bytes`, else an
-  // error.
-  absl::StatusOr<nlohmann::json> Call(const std::string& method, const std::string& query,
-                                      absl::Duration timeout, size_t max_bytes,
-                                      const absl::Notification& stop);
-  // One getUpdates.
+  // One getUpdates: the updates of an ok answer, else an error (the token redacted).
   absl::StatusOr<std::vector<Update>> GetUpdates(int64_t offset, const absl::Notification& stop);
   // A command addressed to another bot (by its "@<bot>" suffix) is not ours.
   bool ForUs(const BotCommand& command) const;
@@ -133,6 +135,7 @@ class UpdatePoller {
   Sender& replies_;
   Pacer& pacer_;
   metrics::Registry& registry_;
+  BotApi bot_;  // getMe and getUpdates; the answers go through `replies_`
   metrics::Gauge& leader_;
   std::string username_;  // the bot's, set when Run starts
 };
