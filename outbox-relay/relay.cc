@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <pqxx/pqxx>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -50,14 +49,6 @@ SELECT CASE WHEN (SELECT n FROM quorum) IS NULL
         ORDER BY flush_lsn DESC OFFSET (SELECT n FROM quorum) - 1 LIMIT 1)
 END::text)sql";
 
-bool IsIdentifier(const std::string& name) {
-  if (name.empty() || name.size() > 63) return false;
-  for (char c : name) {
-    if (!(absl::ascii_islower(c) || absl::ascii_isdigit(c) || c == '_')) return false;
-  }
-  return !absl::ascii_isdigit(name[0]);
-}
-
 // Marks a session that ended because the slot is held by another relay.
 absl::Status StandbyStatus(absl::string_view message) {
   absl::Status s = absl::FailedPreconditionError(message);
@@ -91,29 +82,6 @@ std::vector<double> AgeBuckets() {
 }
 
 }  // namespace
-
-absl::Status ValidateOptions(const RelayOptions& o) {
-  if (!IsIdentifier(o.slot)) {
-    return absl::InvalidArgumentError(
-        "REPLICATION_SLOT: use lower-case letters, digits and _ (at most 63)");
-  }
-  if (!IsIdentifier(o.publication)) {
-    return absl::InvalidArgumentError(
-        "PUBLICATION: use lower-case letters, digits and _ (at most 63)");
-  }
-  if (o.payment_completed_topic.empty()) {
-    return absl::InvalidArgumentError("PAYMENT_COMPLETED_TOPIC must not be empty");
-  }
-  if (o.topic_partitions < 1 || o.dlq_partitions < 1) {
-    return absl::InvalidArgumentError("TOPIC_PARTITIONS and DLQ_PARTITIONS must be at least 1");
-  }
-  if (o.backoff_initial > o.backoff_max) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "BACKOFF_INITIAL (", absl::FormatDuration(o.backoff_initial),
-        ") must not exceed BACKOFF_MAX (", absl::FormatDuration(o.backoff_max), ")"));
-  }
-  return absl::OkStatus();
-}
 
 struct Relay::Metrics {
   explicit Metrics(metrics::Registry& r)

@@ -23,55 +23,15 @@
 
 #include <functional>
 #include <memory>
-#include <string>
 
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
 #include "common/kafka.h"
 #include "common/metrics.h"
+#include "outbox-relay/options.h"
 
 namespace concert::relay {
-
-struct RelayOptions {
-  // Postgres (URL or key=value); the role needs REPLICATION (and rights to create the
-  // publication). The replication connection adds replication=database to it.
-  std::string database_url;
-  kafka::Cluster kafka;
-  // Event type PaymentCompleted goes here.
-  std::string payment_completed_topic = "payment-completed-topic";
-  int topic_partitions = 3;
-  // Created at start for the notifier and retry-worker; the relay writes nothing to it.
-  std::string dlq_topic = "payment-notification-dlq";
-  int dlq_partitions = 1;
-  // Where events of a type without a topic go. Empty (the default): they are set aside like
-  // every event that cannot be relayed (see Relay); the stream goes on.
-  std::string unknown_event_topic;
-  std::string slot = "concert_outbox_relay";
-  std::string publication = "concert_outbox";
-  // How often the confirmed position is reported to Postgres (and outbox rows deleted).
-  absl::Duration status_interval = absl::Seconds(1);
-  // Outbox rows are deleted in batches of at most this many ids.
-  int cleanup_batch = 5000;
-  // A record not acknowledged within this time fails, and the relay restarts the stream
-  // from the last confirmed position.
-  absl::Duration kafka_message_timeout = absl::Seconds(60);
-  // Events waiting longer than this for Kafka make the relay report NOT_SERVING.
-  absl::Duration kafka_stall_threshold = absl::Seconds(10);
-  absl::Duration backoff_initial = absl::Milliseconds(200);
-  absl::Duration backoff_max = absl::Seconds(10);
-  // How often a standby tries to take the slot over.
-  absl::Duration standby_poll_interval = absl::Seconds(1);
-  // How often the slot's retained WAL and the stranded outbox rows are measured.
-  absl::Duration slot_stats_interval = absl::Seconds(10);
-  // An outbox row still there this long after the stream moved past it is "stranded": counted
-  // (relay_outbox_stranded_rows) and logged, whatever the cause.
-  absl::Duration stranded_after = absl::Minutes(5);
-};
-
-// INVALID_ARGUMENT naming the setting when a name cannot be used as a Postgres identifier
-// or a count is out of range.
-absl::Status ValidateOptions(const RelayOptions& options);
 
 class Relay {
  public:
