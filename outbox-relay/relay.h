@@ -17,6 +17,11 @@
 // on. Only a stage-level failure (Postgres or Kafka unreachable) stops the stream, and then it
 // resumes from the last confirmed position.
 //
+// The parts: settings in options.h; a session (session.h) turns the stream into records and
+// confirms them; the slot and the synchronous-standby wait are slot.h's; the series are
+// relay_metrics.h's. This class owns what outlives a session: the producer, the backoff
+// between sessions and health.
+//
 // Call Run() from one thread; the health callback is called from that thread.
 #ifndef CONCERT_OUTBOX_RELAY_RELAY_H_
 #define CONCERT_OUTBOX_RELAY_RELAY_H_
@@ -33,6 +38,8 @@
 
 namespace concert::relay {
 
+struct RelayMetrics;
+
 class Relay {
  public:
   Relay(RelayOptions options, metrics::Registry& registry,
@@ -44,16 +51,15 @@ class Relay {
   void Run(const absl::Notification& stop);
 
  private:
-  class Session;
-  struct Metrics;
-
   absl::Status PrepareKafka();
+  // Schema `relay`, once per process.
+  absl::Status PreparePostgres();
   void SetHealth(bool serving);
   // Between sessions: the slot's lag and retained WAL as the server sees them.
   void MeasureSlotFromOutside();
 
   RelayOptions options_;
-  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<RelayMetrics> metrics_;
   std::function<void(bool)> on_health_;
   std::unique_ptr<kafka::Producer> producer_;
   bool kafka_suspect_ = true;
