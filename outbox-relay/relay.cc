@@ -1,6 +1,5 @@
 #include "outbox-relay/relay.h"
 
-#include <algorithm>
 #include <string>
 #include <utility>
 #include <vector>
@@ -8,6 +7,7 @@
 #include <pqxx/pqxx>
 
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/log.h"
 #include "common/postgres.h"
 #include "common/status.h"
@@ -76,7 +76,7 @@ absl::Status Relay::PreparePostgres() {
 void Relay::Run(const absl::Notification& stop) {
   metrics_->active.Set(0);
   SetHealth(false);
-  absl::Duration backoff = options_.backoff_initial;
+  Backoff backoff(options_.backoff_initial, options_.backoff_max);
   bool standby_logged = false;
   while (!stop.HasBeenNotified()) {
     absl::Status status = PrepareKafka();
@@ -115,9 +115,8 @@ void Relay::Run(const absl::Notification& stop) {
         metrics_->restarts_postgres.Increment();
       }
       // A session that streamed for a while was healthy: start the backoff over.
-      if (absl::Now() - started > absl::Seconds(30)) backoff = options_.backoff_initial;
-      wait = backoff;
-      backoff = std::min(backoff * 2, options_.backoff_max);
+      if (absl::Now() - started > absl::Seconds(30)) backoff.Reset();
+      wait = backoff.Next();
       if (!refusals_.Report(status, "preparing Kafka")) {
         log::Warn("stream interrupted; restarting from the confirmed position",
                   {{"error", std::string(status.message())},

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/log.h"
 #include "common/postgres.h"
 #include "common/status.h"
@@ -310,7 +311,8 @@ absl::StatusOr<bool> SyncStandby::Configured(pqxx::connection& catalog) {
 absl::Status SyncStandby::WaitUntilFlushed(Lsn commit_end) {
   if (flushed_ >= commit_end) return absl::OkStatus();
   absl::Time deadline = absl::Now() + kSyncStandbyWait;
-  absl::Duration pause = absl::Milliseconds(1);
+  // A commit usually reaches the standby within milliseconds: ask often at first.
+  Backoff backoff(absl::Milliseconds(1), absl::Milliseconds(100));
   while (true) {
     try {
       pqxx::nontransaction tx(catalog_);
@@ -329,8 +331,7 @@ absl::Status SyncStandby::WaitUntilFlushed(Lsn commit_end) {
           " (none connected, or the relay's role lacks pg_monitor to see it): not relaying "
           "what a failover could undo"));
     }
-    absl::SleepFor(pause);
-    pause = std::min(pause * 2, absl::Milliseconds(100));
+    absl::SleepFor(backoff.Next());
   }
 }
 
