@@ -45,7 +45,8 @@ int Requeue(const std::string& database_url, absl::Duration older_than) {
 int Serve(const concert::relay::ServiceOptions& options) {
   auto grpc = concert::StartGrpcServer(options.grpc_address, {});
   if (!grpc.ok()) {
-    concert::log::Error("cannot start gRPC health", {{"error", std::string(grpc.status().message())}});
+    concert::log::Error("cannot start gRPC health",
+                        {{"error", std::string(grpc.status().message())}});
     return 1;
   }
   concert::metrics::HttpServer metrics(concert::metrics::Default());

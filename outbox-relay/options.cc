@@ -52,8 +52,9 @@ ServiceOptions ReadOptions(Settings& s) {
   o.kafka = kafka::ReadCluster(s);
   o.payment_completed_topic = s.String("PAYMENT_COMPLETED_TOPIC", o.payment_completed_topic,
                                        "topic for PaymentCompleted events");
-  o.topic_partitions = static_cast<int>(s.Int("TOPIC_PARTITIONS", o.topic_partitions, 1, 10000,
-                                              "partitions of PAYMENT_COMPLETED_TOPIC when created"));
+  o.topic_partitions =
+      static_cast<int>(s.Int("TOPIC_PARTITIONS", o.topic_partitions, 1, 10000,
+                             "partitions of PAYMENT_COMPLETED_TOPIC when created"));
   o.dlq_topic =
       s.String("DLQ_TOPIC", o.dlq_topic, "dead-letter topic, created at start when missing");
   o.dlq_partitions = static_cast<int>(

@@ -308,7 +308,8 @@ absl::Status Session::CleanupAndConfirm() {
   }
   while (!to_delete_.empty()) {
     size_t n = std::min(to_delete_.size(), static_cast<size_t>(o_.cleanup_batch));
-    std::string ids = absl::StrCat("{", absl::StrJoin(to_delete_.begin(), to_delete_.begin() + n, ","), "}");
+    std::string ids =
+        absl::StrCat("{", absl::StrJoin(to_delete_.begin(), to_delete_.begin() + n, ","), "}");
     try {
       pqxx::nontransaction tx(*catalog_);
       pqxx::result r = tx.exec_params(

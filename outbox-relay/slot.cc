@@ -111,8 +111,8 @@ absl::StatusOr<PGconn*> ConnectReplication(const std::string& database_url) {
   const char* values[] = {url.c_str(), "database", "outbox-relay", options.c_str(), nullptr};
   PGconn* conn = PQconnectdbParams(keys, values, /*expand_dbname=*/1);
   if (conn == nullptr || PQstatus(conn) != CONNECTION_OK) {
-    absl::Status error_status =
-        absl::UnavailableError(absl::StrCat("replication connection: ", ResultError(conn, nullptr)));
+    absl::Status error_status = absl::UnavailableError(
+        absl::StrCat("replication connection: ", ResultError(conn, nullptr)));
     PQfinish(conn);
     return error_status;
   }
