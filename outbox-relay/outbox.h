@@ -30,6 +30,9 @@
 namespace concert::relay {
 
 inline constexpr char kRelaySchema[] = "relay";
+// The table the relay streams, deletes relayed rows from and re-queues (payment-server's).
+inline constexpr char kOutboxSchema[] = "payment";
+inline constexpr char kOutboxTable[] = "outbox_events";
 
 const std::vector<Migration>& Migrations();
 // Migrate(url, "relay", Migrations()).
