@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -12,6 +13,8 @@
 namespace concert::payment {
 namespace {
 
+// While the database is down (or not migrated yet), it is probed again after 250 ms, then ever
+// more seldom up to every 10 s.
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(250);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
 // While the database stays down, repeat the warning at most this often.
@@ -286,56 +289,6 @@ class PaymentServer::TelegramLinkApi final : public internal::v1::TelegramLinkSe
   std::string internal_token_;
 };
 
-ServerOptions ReadServerOptions(Settings& s) {
-  ServerOptions o;
-  o.database_url = s.String("DATABASE_URL", "",
-                            "Postgres URL (required by serve, migrate and seed-demo)");
-  o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "gRPC listen address");
-  o.tls = ReadGrpcTls(s);
-  o.metrics_address =
-      s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
-  o.auth = jwt::ReadVerifierOptions(s);
-  o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold, absl::Seconds(10),
-                                  absl::Hours(24), "how long ReserveSeat holds a seat for payment");
-  o.db_pool_size = static_cast<int>(
-      s.Int("DB_POOL_SIZE", o.db_pool_size, 1, 1000, "Postgres connections at most"));
-  o.db_acquire_timeout =
-      s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout, absl::Milliseconds(10),
-                 absl::Minutes(1),
-                 "how long a call (but PayConcert, ReserveSeat) waits for a Postgres connection");
-  o.db_max_attempts = static_cast<int>(
-      s.Int("DB_MAX_ATTEMPTS", o.db_max_attempts, 1, 20,
-            "tries of a transaction on serialization failure, deadlock or broken connection"));
-  o.grpc_max_threads = static_cast<int>(
-      s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
-            "threads of the synchronous gRPC server (calls but PayConcert, ReserveSeat)"));
-  o.admission_queue_size = static_cast<int>(
-      s.Int("ADMISSION_QUEUE_SIZE", o.admission_queue_size, 1, 1000000,
-            "PayConcert and ReserveSeat calls waiting for the database at most; more are refused"));
-  o.admission_max_wait = s.Duration(
-      "ADMISSION_MAX_WAIT", o.admission_max_wait, absl::Milliseconds(10), absl::Minutes(5),
-      "how long a call without a deadline waits in the admission queue");
-  o.health_check_interval = s.Duration(
-      "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
-      "how often the database is probed for grpc.health.v1 while healthy");
-  o.telegram_bot_username =
-      s.String("TELEGRAM_BOT_USERNAME", "",
-               "the bot's username for LinkTelegram's t.me links; empty: LinkTelegram is refused");
-  o.telegram_link_ttl =
-      s.Duration("TELEGRAM_LINK_TTL", o.telegram_link_ttl, absl::Minutes(1), absl::Hours(24),
-                 "how long a LinkTelegram code can be used");
-  o.internal_token = s.Secret(
-      "INTERNAL_TOKEN", kMinSharedSecretBytes,
-      "shared secret of the notifier's TelegramLinkService calls; empty: that service is off");
-  o.internal_grpc_address = s.ListenAddress(
-      "INTERNAL_GRPC_ADDRESS", o.internal_grpc_address,
-      "listen address of TelegramLinkService (with INTERNAL_TOKEN), for the notifier only");
-  o.shutdown_grace =
-      s.Duration("SHUTDOWN_GRACE", o.shutdown_grace, absl::ZeroDuration(), absl::Minutes(5),
-                 "how long in-flight calls may take to finish on SIGTERM");
-  return o;
-}
-
 PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options)) {
   if (options_.registry == nullptr) {
     own_registry_ = std::make_unique<metrics::Registry>();
@@ -427,7 +380,7 @@ absl::Status PaymentServer::Start() {
 
 void PaymentServer::WatchDatabase() {
   metrics::Gauge& up = registry_->GetGauge("payment_db_up", "1 when the last database probe succeeded");
-  absl::Duration backoff = kFirstBackoff;
+  Backoff backoff(kFirstBackoff, kMaxBackoff);
   bool first = true;
   bool serving = false;
   absl::Time last_down_log = absl::InfinitePast();
@@ -453,7 +406,7 @@ void PaymentServer::WatchDatabase() {
     }
     if (healthy) {
       if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
-      backoff = kFirstBackoff;
+      backoff.Reset();
     } else if (serving || first || absl::Now() - last_down_log >= kDownLogEvery) {
       log::Warn("database unavailable; NOT_SERVING, retrying with backoff",
                 {{"error", std::string(status.message())}});
@@ -461,9 +414,8 @@ void PaymentServer::WatchDatabase() {
     }
     serving = healthy;
     first = false;
-    absl::Duration wait = healthy ? options_.health_check_interval : backoff;
-    if (!healthy) backoff = std::min(backoff * 2, kMaxBackoff);
-    stop_.WaitForNotificationWithTimeout(wait);
+    stop_.WaitForNotificationWithTimeout(healthy ? options_.health_check_interval
+                                                 : backoff.Next());
   }
 }
 
