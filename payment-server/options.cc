@@ -34,6 +34,10 @@ ServerOptions ReadServerOptions(Settings& s) {
   o.admission_max_wait = s.Duration(
       "ADMISSION_MAX_WAIT", o.admission_max_wait, absl::Milliseconds(10), absl::Minutes(5),
       "how long a call without a deadline waits in the admission queue");
+  o.admission_retry_pushback = s.Duration(
+      "ADMISSION_RETRY_PUSHBACK", o.admission_retry_pushback, absl::Milliseconds(10),
+      absl::Minutes(1),
+      "longest retry pushback of a refusal; it is the full queue's expected drain time");
   o.health_check_interval = s.Duration(
       "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
       "how often the database is probed for grpc.health.v1 while healthy");

@@ -54,6 +54,11 @@ struct ServerOptions {
   // ADMISSION_MAX_WAIT: how long a call without a deadline may wait in the queue (a call with one
   // waits as long as it allows), then DEADLINE_EXCEEDED without touching the database.
   absl::Duration admission_max_wait = absl::Seconds(10);
+  // ADMISSION_RETRY_PUSHBACK: the longest grpc-retry-pushback-ms a refusal for a full queue
+  // asks for. The pushback itself is how long the full queue is expected to take to drain (its
+  // size times the recent time per call, over the workers), spread at random over half to one
+  // and a half times that so that retries do not return together, and at most this.
+  absl::Duration admission_retry_pushback = absl::Seconds(1);
   // DB_MAX_ATTEMPTS: tries of one transaction on serialization failure, deadlock or a broken
   // connection.
   int db_max_attempts = 3;

@@ -1,8 +1,8 @@
 // payment-server as a whole (its settings are in options.h): the gRPC services over Payments
 // (PayConcert and ReserveSeat on the callback API, waiting in an AdmissionQueue whose workers do
-// the blocking database work; the other calls on the synchronous API), the
-// start-up that keeps retrying migrations while Postgres is down, health that follows the
-// database, request metrics, and the graceful stop.
+// the blocking database work; the other calls on the synchronous API), callers known by their
+// tokens (Callers), the start-up that keeps retrying migrations while Postgres is down, health
+// that follows the database, request metrics, and the graceful stop.
 //
 //   PaymentServer server(options);
 //   RETURN_IF_ERROR(server.Start());        // listens at once; NOT_SERVING until migrated
@@ -34,6 +34,7 @@
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
 #include "payment-server/admission.h"
+#include "payment-server/callers.h"
 #include "payment-server/options.h"
 #include "payment-server/payments.h"
 
@@ -70,6 +71,7 @@ class PaymentServer {
   class ConcertApi;
   class AccountApi;
   class TelegramLinkApi;
+  struct Methods;  // each method's request metrics
   void WatchDatabase();
 
   ServerOptions options_;
@@ -78,6 +80,8 @@ class PaymentServer {
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<Payments> payments_;
   std::unique_ptr<jwt::Verifier> verifier_;
+  std::unique_ptr<Callers> callers_;
+  std::unique_ptr<Methods> methods_;
   std::unique_ptr<PaymentApi> payment_api_;
   std::unique_ptr<ReservationApi> reservation_api_;
   std::unique_ptr<ConcertApi> concert_api_;
