@@ -94,9 +94,8 @@ void AdmissionQueue::Work() {
 absl::Duration AdmissionQueue::RetryPushback() const {
   absl::Duration drain = absl::Nanoseconds(recent_work_ns_.load(std::memory_order_relaxed)) *
                          options_.capacity / std::max(options_.workers, 1);
-  absl::Duration spread = drain * (0.5 + UniformRandom());
-  return std::clamp(spread, absl::Milliseconds(10),
-                    std::max(options_.max_retry_pushback, absl::Milliseconds(10)));
+  absl::Duration longest = std::min(drain, options_.max_retry_pushback);
+  return std::max(longest * (0.5 + UniformRandom() / 2), absl::Milliseconds(10));
 }
 
 }  // namespace concert::payment

@@ -57,9 +57,8 @@ class AdmissionQueue {
 
   // What a refused call is asked to wait before it retries (grpc-retry-pushback-ms): the time a
   // full queue is expected to take to drain at the pace work ran lately (capacity x the recent
-  // time per call / workers), drawn at random between half and one and a half times that, so
-  // that refused clients come back spread out, not together; within 10 ms and
-  // max_retry_pushback.
+  // time per call / workers), at most max_retry_pushback, then drawn at random between half and
+  // all of that, so that refused clients come back spread out, not together; at least 10 ms.
   absl::Duration RetryPushback() const;
 
  private:

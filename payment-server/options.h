@@ -56,8 +56,8 @@ struct ServerOptions {
   absl::Duration admission_max_wait = absl::Seconds(10);
   // ADMISSION_RETRY_PUSHBACK: the longest grpc-retry-pushback-ms a refusal for a full queue
   // asks for. The pushback itself is how long the full queue is expected to take to drain (its
-  // size times the recent time per call, over the workers), spread at random over half to one
-  // and a half times that so that retries do not return together, and at most this.
+  // size times the recent time per call, over the workers), at most this, then drawn at random
+  // between half and all of that so that retries do not return together.
   absl::Duration admission_retry_pushback = absl::Seconds(1);
   // DB_MAX_ATTEMPTS: tries of one transaction on serialization failure, deadlock or a broken
   // connection.
