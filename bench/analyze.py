@@ -368,7 +368,47 @@ def opening_stage(raw):
             "ratio": ratio(users / d["seconds"] if d["seconds"] else None,
                            ref["tps"] if ref else None),
         })
-    return {"levels": rows, "pgbench": ref, "seats": int(read(raw, "opening-seats", "0") or 0)}
+    return {"levels": rows, "pgbench": ref, "seats": int(read(raw, "opening-seats", "0") or 0),
+            "pay": opening_pay(raw)}
+
+
+# Goals of issue 30 for PayConcert alone.
+PAY_CPU_GOAL_MS = 0.10          # payment-server's CPU per PayConcert
+PAY_SERVER_SIDE_GOAL = 1.2      # (payment-server + Postgres) / pgbench's Postgres, per payment
+PAY_THOUSAND_GOAL = 0.9         # throughput at 1,000 callers / at the first (reference) level
+
+
+def opening_pay(raw):
+    """PayConcert alone at each level (spike-client --payments): payments/s, its ratio to the
+    first level's, payment-server's CPU per payment, and the server side's CPU per payment
+    (payment-server + Postgres) against Postgres's CPU per transaction when pgbench runs
+    PayConcert's one statement in the same run."""
+    ref = None
+    level = lines(raw, "opening-pay-pgbench-level.txt")
+    if level:
+        ref, _ = pgbench_summary(raw, "opening-pay-pgbench")
+        ref.update({"concurrency": int(level[0][0]),
+                    "cpu_ms": cpu_per_call(raw, "opening-pay-pgbench", ref["transactions"])})
+    ref_pg = ((ref or {}).get("cpu_ms") or {}).get("postgres")
+    rows = []
+    for c, _phase in lines(raw, "opening-pay-levels.txt"):
+        with open(os.path.join(raw, f"opening-pay-c{c}.json")) as f:
+            d = json.load(f)
+        pc = d["methods"].get("PayConcert", {})
+        cpu = cpu_per_call(raw, f"opening-pay-c{c}", d["sold"]) or {}
+        server_side = (cpu["server"] + cpu["postgres"]) if cpu else None
+        rows.append({
+            "concurrency": int(c), "calls": d["calls"], "paid": d["sold"],
+            "codes": pc.get("codes", {}), "p50_ms": pc.get("p50_ms"), "p99_ms": pc.get("p99_ms"),
+            "rps": round(d["sold"] / d["seconds"], 1) if d["seconds"] else None,
+            "cpu_ms": cpu or None,
+            "server_side_ms": round(server_side, 3) if server_side is not None else None,
+            "server_side_ratio": ratio(server_side, ref_pg),
+        })
+    if rows:
+        for x in rows:
+            x["ratio_to_first"] = ratio(x["rps"], rows[0]["rps"])
+    return {"levels": rows, "pgbench": ref}
 
 
 def memory(raw):
@@ -513,7 +553,32 @@ def markdown(r):
                   f"p50 {fmt(p['p50_ms'])} ms, p99 {fmt(p['p99_ms'])} ms, {p['sold']:,} seats sold, "
                   f"paid twice / negative balances {p['paid_twice']} / {p['negative_balances']}, "
                   f"CPU per user: pgbench {fmt(pcpu.get('client'))}, Postgres {fmt(pcpu.get('postgres'))} ms."]
+        m += opening_pay_markdown(o.get("pay") or {})
     return "\n".join(m) + "\n"
+
+
+def opening_pay_markdown(pay):
+    if not pay.get("levels"):
+        return []
+    p = pay.get("pgbench") or {}
+    pcpu = p.get("cpu_ms") or {}
+    first = pay["levels"][0]["concurrency"]
+    m = ["", f"PayConcert alone ({pay['levels'][0]['calls']:,} held reservations paid per level, "
+         "spike-client --payments): throughput against its own at the first level, and CPU per payment, ms, "
+         f"against pgbench running PayConcert's one statement at {p.get('concurrency', '–')} connections "
+         f"({fmt(p.get('tps'))} tps, Postgres {fmt(pcpu.get('postgres'))} ms per transaction). Goals: "
+         f"payment-server ≤ {PAY_CPU_GOAL_MS} ms, server side ≤ {PAY_SERVER_SIDE_GOAL}× pgbench's Postgres, "
+         f"1,000 callers ≥ {PAY_THOUSAND_GOAL}× the first level.", "",
+         f"| concurrent callers | payments/s | ÷ at {first} | p50 / p99 ms | codes | CPU client / payment-server / Postgres | server side (payment-server + Postgres) | ÷ pgbench's Postgres |",
+         "|---:|---:|---:|---:|---|---:|---:|---:|"]
+    for x in pay["levels"]:
+        cpu = x.get("cpu_ms") or {}
+        codes = ", ".join(f"{k}: {v:,}" for k, v in sorted(x["codes"].items()))
+        m.append(f"| {x['concurrency']} | {fmt(x['rps'])} | {fmt(x.get('ratio_to_first'))} | "
+                 f"{fmt(x['p50_ms'])} / {fmt(x['p99_ms'])} | {codes} | "
+                 f"{fmt(cpu.get('client'))} / {fmt(cpu.get('server'))} / {fmt(cpu.get('postgres'))} | "
+                 f"{fmt(x.get('server_side_ms'))} | {fmt(x.get('server_side_ratio'))} |")
+    return m
 
 
 def plot(dists, path, title):

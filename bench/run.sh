@@ -55,7 +55,10 @@
 #   BENCH_ONE_CHAT_MESSAGES  case e: messages to the one chat (default 60; quick 15)
 #   BENCH_SLOW_ANSWERS     the fake's --slow-answer-probability in section 5 (default 0)
 #   Section 6 (section name spike): BENCH_OPENING_USERS (default 2000; quick 500) race for
-#   BENCH_OPENING_SEATS (default 1000; quick 250) at BENCH_OPENING_CONCURRENCY (default "256 1000")
+#   BENCH_OPENING_SEATS (default 1000; quick 250) at BENCH_OPENING_CONCURRENCY (default "256 1000");
+#   then PayConcert alone, BENCH_OPENING_PAYMENTS held reservations (default 30000; quick 3000)
+#   paid at each BENCH_OPENING_PAY_CONCURRENCY (default "32 1000"; the first is the reference
+#   level), beside pgbench running PayConcert's one statement at that first level
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -66,10 +69,10 @@ BUILD_DIR=$(realpath -m "${BUILD_DIR:-build}")
 BIN="$BUILD_DIR/bin"
 QUICK=${BENCH_QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
-  d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000 o_users=500 o_seats=250
+  d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000 o_users=500 o_seats=250 o_pay=3000
   l_backlog=300 l_paid=5000 l_spike_rate=100 l_spike_s=5 l_one=15
 else
-  d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000 o_users=2000 o_seats=1000
+  d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000 o_users=2000 o_seats=1000 o_pay=30000
   l_backlog=1800 l_paid=60000 l_spike_rate=500 l_spike_s=60 l_one=60
 fi
 SECTIONS=" ${BENCH_SECTIONS:-pay relay e2e limits spike} "
@@ -105,6 +108,8 @@ SLOW_ANSWERS=${BENCH_SLOW_ANSWERS:-0}
 OPENING_USERS=${BENCH_OPENING_USERS:-$o_users}
 OPENING_SEATS=${BENCH_OPENING_SEATS:-$o_seats}
 OPENING_LEVELS=${BENCH_OPENING_CONCURRENCY:-"256 1000"}
+OPENING_PAYMENTS=${BENCH_OPENING_PAYMENTS:-$o_pay}
+OPENING_PAY_LEVELS=${BENCH_OPENING_PAY_CONCURRENCY:-"32 1000"}
 
 GHZ="$LOCAL/bin/ghz"
 GRPCURL="$LOCAL/bin/grpcurl"
@@ -765,7 +770,40 @@ for c in $OPENING_LEVELS; do
   echo "$c $phase $(opening_sold "$phase")" >>"$RAW/opening-levels.txt"
   phase=$((phase + 1))
 done
+
+# PayConcert alone: OPENING_PAYMENTS held reservations of the opening's users (reservation n of a
+# phase is user n's, its token on line n of the tokens file) paid at each level; its throughput at
+# a thousand callers against its own at the first level, and payment-server's CPU per payment.
+run_opening_pay() {  # PHASE CONCURRENCY
+  "$BIN/spike-client" --address="$PAY_ADDR" --tokens="$RAW/opening-tokens.txt" \
+    --payments="$OPENING_PAYMENTS" --first-reservation=$(($1 * 100000000)) --concurrency="$2" \
+    --deadline=10s >"$RAW/opening-pay-c$2.json"
+}
+pay_phase=90
+for c in $OPENING_PAY_LEVELS; do
+  seed_range "$pay_phase" "$OPENING_PAYMENTS" "$OPENING_USERS" "$OPENING_FIRST"
+  say "   spike-client --payments=$OPENING_PAYMENTS -c $c (reservations ${pay_phase}xxxxxxxx)"
+  measured "opening-pay-c$c" run_opening_pay "$pay_phase" "$c"
+  echo "$c $pay_phase" >>"$RAW/opening-pay-levels.txt"
+  pay_phase=$((pay_phase + 1))
+done
 stop payment-server
+
+# The reference of payment-server's CPU per payment: pgbench running PayConcert's one statement
+# over as many reservations at the first pay level (Postgres's CPU per transaction).
+ref_c=${OPENING_PAY_LEVELS%% *}
+seed_range "$pay_phase" "$OPENING_PAYMENTS" "$OPENING_USERS" "$OPENING_FIRST"
+cat >"$RAW/opening-pay.pgbench" <<'EOF'
+SELECT p.outcome FROM (SELECT nextval('bench_opening_reservation') AS rid) s,
+  payment.pay_concert(:first + (s.rid - :base) % :users, s.rid, '{}') p;
+EOF
+sql -c "DROP SEQUENCE IF EXISTS bench_opening_reservation;
+        CREATE SEQUENCE bench_opening_reservation START $((pay_phase * 100000000));"
+say "   pgbench -c $ref_c, PayConcert's one statement"
+measured "opening-pay-pgbench" run_pgbench "opening-pay-pgbench" opening-pay.pgbench "$ref_c" \
+  -t $((OPENING_PAYMENTS / ref_c)) -D first="$OPENING_FIRST" -D users="$OPENING_USERS" \
+  -D base=$((pay_phase * 100000000))
+echo "$ref_c $pay_phase" >"$RAW/opening-pay-pgbench-level.txt"
 
 # The same two statements straight from pgbench, one transaction per user: the hold, then its
 # payment when held. As many connections as Postgres allows (a few kept for psql and the rest).

@@ -1,9 +1,11 @@
 #include "payment-server/admission.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 
 namespace concert::payment {
 namespace {
@@ -40,14 +42,19 @@ AdmissionQueue::~AdmissionQueue() {
 
 absl::Status AdmissionQueue::Submit(absl::Time deadline,
                                     std::function<void(absl::Status admitted)> work) {
+  bool queued = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (queue_.size() < static_cast<size_t>(options_.capacity)) {
       queue_.push_back(Entry{absl::Now(), deadline, std::move(work)});
       queued_gauge_.Set(static_cast<double>(queue_.size()));
-      ready_.notify_one();
-      return absl::OkStatus();
+      queued = true;
     }
+  }
+  if (queued) {
+    // Outside the lock: a worker woken while it is held would only block on it again.
+    ready_.notify_one();
+    return absl::OkStatus();
   }
   refused_queue_full_.Increment();
   return absl::ResourceExhaustedError(
@@ -77,7 +84,18 @@ void AdmissionQueue::Work() {
       continue;
     }
     entry.work(absl::OkStatus());
+    // An average over about the last 16 calls; a lost update between workers is harmless.
+    int64_t took = absl::ToInt64Nanoseconds(absl::Now() - now);
+    int64_t recent = recent_work_ns_.load(std::memory_order_relaxed);
+    recent_work_ns_.store(recent + (took - recent) / 16, std::memory_order_relaxed);
   }
+}
+
+absl::Duration AdmissionQueue::RetryPushback() const {
+  absl::Duration drain = absl::Nanoseconds(recent_work_ns_.load(std::memory_order_relaxed)) *
+                         options_.capacity / std::max(options_.workers, 1);
+  absl::Duration longest = std::min(drain, options_.max_retry_pushback);
+  return std::max(longest * (0.5 + UniformRandom() / 2), absl::Milliseconds(10));
 }
 
 }  // namespace concert::payment

@@ -9,13 +9,14 @@
 //     if (!admitted.ok()) return Answer(admitted);  // DEADLINE_EXCEEDED: do no work
 //     Answer(DoBlockingDatabaseWork());
 //   });
-//   if (!queued.ok()) Answer(queued);  // RESOURCE_EXHAUSTED: the queue is full
+//   if (!queued.ok()) Answer(queued, queue.RetryPushback());  // RESOURCE_EXHAUSTED: full
 //
 // Thread-safe. Work runs on the queue's own threads, so it may block (gRPC's callback threads
 // must not). The destructor runs what is still queued, then joins the workers.
 #ifndef CONCERT_PAYMENT_SERVER_ADMISSION_H_
 #define CONCERT_PAYMENT_SERVER_ADMISSION_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -38,6 +39,8 @@ class AdmissionQueue {
     // ADMISSION_QUEUE_SIZE: calls waiting at most. Sized for a spike: a refusal is a payer told
     // "no" while a wait of a second would have served them.
     int capacity = 4096;
+    // ADMISSION_RETRY_PUSHBACK: the longest RetryPushback().
+    absl::Duration max_retry_pushback = absl::Seconds(1);
   };
 
   // Metrics: payment_admission_queued (gauge), payment_admission_wait_seconds (histogram),
@@ -52,6 +55,12 @@ class AdmissionQueue {
   // never called, when `capacity` calls already wait.
   absl::Status Submit(absl::Time deadline, std::function<void(absl::Status admitted)> work);
 
+  // What a refused call is asked to wait before it retries (grpc-retry-pushback-ms): the time a
+  // full queue is expected to take to drain at the pace work ran lately (capacity x the recent
+  // time per call / workers), at most max_retry_pushback, then drawn at random between half and
+  // all of that, so that refused clients come back spread out, not together; at least 10 ms.
+  absl::Duration RetryPushback() const;
+
  private:
   struct Entry {
     absl::Time queued_at;
@@ -59,6 +68,8 @@ class AdmissionQueue {
     std::function<void(absl::Status)> work;
   };
   void Work();
+  // A moving average of how long one call's work took (nanoseconds); workers update it.
+  std::atomic<int64_t> recent_work_ns_{1000000};
 
   const Options options_;
   metrics::Gauge& queued_gauge_;

@@ -5,8 +5,7 @@
 //   payment-server seed-demo            migrate, add the demo concert, seats and users, print ids
 //   payment-server mint-token --user-id=N [--ttl=24h] [--scope=S]   print an HS256 JWT for user N
 //
-// Every setting is an environment variable or the flag beside it; --help lists them.
-#include <cstdlib>
+// Every setting is an environment variable or the flag beside it (options.h); --help lists them.
 #include <iostream>
 
 #include "absl/time/clock.h"
@@ -15,6 +14,7 @@
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "payment-server/demo.h"
+#include "payment-server/options.h"
 #include "payment-server/schema.h"
 #include "payment-server/server.h"
 
@@ -22,89 +22,59 @@ namespace {
 
 constexpr char kProgram[] = "payment-server";
 
-[[noreturn]] void ExitWithSettingError(absl::string_view setting, absl::string_view problem) {
-  std::cerr << kProgram << ": invalid setting " << setting << " (--"
-            << concert::FlagNameFor(setting) << "): " << problem << "\n";
-  std::exit(2);
+// The command's outcome as the process's exit code, its error logged.
+int Finish(const absl::Status& status, const char* failed) {
+  if (status.ok()) return 0;
+  concert::log::Error(failed, {{"error", std::string(status.message())}});
+  return 1;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  using concert::payment::Command;
   concert::InstallStopHandler();
   concert::Settings settings(kProgram, argc, argv);
-  concert::payment::ServerOptions options = concert::payment::ReadServerOptions(settings);
-  std::string log_level_name =
-      settings.String("LOG_LEVEL", "info", "debug, info, warn or error");
-  int64_t user_id = settings.Int("USER_ID", 0, 0, INT64_MAX,
-                                 "mint-token: the user the token identifies (--user-id=N)");
-  absl::Duration ttl = settings.Duration("TTL", absl::Hours(24), absl::Minutes(1),
-                                         absl::Hours(24 * 365),
-                                         "mint-token: how long the token is valid");
-  std::string scope = settings.String(
-      "SCOPE", "", "mint-token: the token's scope (concert.admin for the retry-worker's admin API)");
-  settings.ExitIfInvalid();
-
-  concert::log::Level level;
-  if (!concert::log::ParseLevel(log_level_name, &level)) {
-    ExitWithSettingError("LOG_LEVEL", "expected debug, info, warn or error");
-  }
-  const std::vector<std::string>& args = settings.positional();
-  std::string command = args.empty() ? "serve" : args[0];
-  if (args.size() > 1 || (command != "serve" && command != "migrate" && command != "seed-demo" &&
-                          command != "mint-token")) {
-    std::cerr << kProgram << ": unknown command '" << (args.size() > 1 ? args[1] : command)
-              << "' (commands: serve, migrate, seed-demo, mint-token; see --help)\n";
+  absl::StatusOr<Command> command = concert::payment::ParseCommand(settings.positional());
+  concert::payment::Options options =
+      concert::payment::ReadOptions(settings, command.value_or(Command::kServe));
+  if (!command.ok() && !settings.help_requested()) {
+    std::cerr << kProgram << ": " << command.status().message() << "\n";
     return 2;
   }
-  if (command != "mint-token" && options.database_url.empty()) {
-    ExitWithSettingError("DATABASE_URL", "missing; it is required");
-  }
-  if (command == "serve" && !options.auth.any_key()) {
-    ExitWithSettingError("AUTH_TOKEN_SECRET",
-                         "missing; serve needs AUTH_TOKEN_SECRET, AUTH_JWKS_FILE or AUTH_JWKS_URL");
-  }
-  if (command == "mint-token" && options.auth.hs256_secret.empty()) {
-    ExitWithSettingError("AUTH_TOKEN_SECRET", "missing; mint-token signs with it");
-  }
-  concert::log::Init(kProgram, level);
+  settings.ExitIfInvalid();
+  concert::log::Init(kProgram, options.log_level);
+  const concert::payment::ServerOptions& server = options.server;
 
-  if (command == "mint-token") {
-    if (user_id <= 0) ExitWithSettingError("USER_ID", "mint-token needs --user-id=N with N > 0");
-    absl::Time now = absl::Now();
-    std::cout << concert::jwt::MintHs256(options.auth.hs256_secret,
-                                         {.subject = std::to_string(user_id),
-                                          .expires_at = now + ttl,
-                                          .issuer = options.auth.issuer,
-                                          .audience = options.auth.audience,
-                                          .scope = scope},
-                                         now)
-              << "\n";
-    return 0;
-  }
-  if (command == "migrate") {
-    if (absl::Status s = concert::payment::MigrateSchema(options.database_url); !s.ok()) {
-      concert::log::Error("migration failed", {{"error", std::string(s.message())}});
-      return 1;
+  switch (*command) {
+    case Command::kMintToken: {
+      absl::Time now = absl::Now();
+      std::cout << concert::jwt::MintHs256(server.auth.hs256_secret,
+                                           {.subject = std::to_string(options.mint_token.user_id),
+                                            .expires_at = now + options.mint_token.ttl,
+                                            .issuer = server.auth.issuer,
+                                            .audience = server.auth.audience,
+                                            .scope = options.mint_token.scope},
+                                           now)
+                << "\n";
+      return 0;
     }
-    concert::log::Info("migrations applied", {{"schema", concert::payment::kSchema}});
-    return 0;
-  }
-  if (command == "seed-demo") {
-    absl::StatusOr<concert::payment::DemoData> demo =
-        concert::payment::SeedDemo(options.database_url);
-    if (!demo.ok()) {
-      concert::log::Error("seeding demo data failed",
-                          {{"error", std::string(demo.status().message())}});
-      return 1;
+    case Command::kMigrate: {
+      absl::Status migrated = concert::payment::MigrateSchema(server.database_url);
+      if (migrated.ok()) {
+        concert::log::Info("migrations applied", {{"schema", concert::payment::kSchema}});
+      }
+      return Finish(migrated, "migration failed");
     }
-    std::cout << concert::payment::DescribeDemo(*demo);
-    return 0;
+    case Command::kSeedDemo: {
+      absl::StatusOr<concert::payment::DemoData> demo =
+          concert::payment::SeedDemo(server.database_url);
+      if (demo.ok()) std::cout << concert::payment::DescribeDemo(*demo);
+      return Finish(demo.status(), "seeding demo data failed");
+    }
+    case Command::kServe:
+      return Finish(concert::payment::Serve(server, concert::StopRequested()),
+                    "payment-server failed");
   }
-  absl::Status status = concert::payment::Serve(options, concert::StopRequested());
-  if (!status.ok()) {
-    concert::log::Error("payment-server failed", {{"error", std::string(status.message())}});
-    return 1;
-  }
-  return 0;
+  return 2;
 }

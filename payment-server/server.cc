@@ -1,9 +1,13 @@
 #include "payment-server/server.h"
 
 #include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/backoff.h"
 #include "common/grpc_server.h"
 #include "common/log.h"
 #include "common/status.h"
@@ -12,15 +16,12 @@
 namespace concert::payment {
 namespace {
 
+// While the database is down (or not migrated yet), it is probed again after 250 ms, then ever
+// more seldom up to every 10 s.
 constexpr absl::Duration kFirstBackoff = absl::Milliseconds(250);
 constexpr absl::Duration kMaxBackoff = absl::Seconds(10);
 // While the database stays down, repeat the warning at most this often.
 constexpr absl::Duration kDownLogEvery = absl::Seconds(30);
-// What a refusal for a full admission queue asks clients with a retry policy to wait: long
-// enough for a full queue to move (thousands of calls at a few milliseconds each on a pool of
-// connections), short enough that the payer is still there.
-constexpr absl::Duration kRetryPushback = absl::Seconds(1);
-
 metrics::Counter& RequestCounter(metrics::Registry& registry, const char* method,
                                  absl::StatusCode code) {
   return registry.GetCounter("payment_grpc_requests_total",
@@ -34,20 +35,55 @@ metrics::Histogram& RequestLatency(metrics::Registry& registry, const char* meth
                                {{"method", method}});
 }
 
-// What every gRPC service needs: the domain, the token verifier, readiness and metrics.
+// The request series of one method, each looked up in the registry once, when first needed: a
+// lookup by labels allocates and locks, too much for every call. Thread-safe.
+class MethodMetrics {
+ public:
+  MethodMetrics(metrics::Registry& registry, const char* method)
+      : registry_(registry), method_(method) {}
+
+  void Observe(absl::StatusCode code, double seconds) {
+    Cached(latency_, [&] { return &RequestLatency(registry_, method_); })->Observe(seconds);
+    size_t i = static_cast<size_t>(code);
+    if (i >= kCodes) return RequestCounter(registry_, method_, code).Increment();
+    Cached(by_code_[i], [&] { return &RequestCounter(registry_, method_, code); })->Increment();
+  }
+
+ private:
+  static constexpr size_t kCodes = 17;  // absl::StatusCode's 0..16
+
+  // Two threads may both look a series up: the registry returns the same one to both.
+  template <typename T, typename Lookup>
+  static T* Cached(std::atomic<T*>& slot, Lookup lookup) {
+    T* found = slot.load(std::memory_order_acquire);
+    if (found == nullptr) {
+      found = lookup();
+      slot.store(found, std::memory_order_release);
+    }
+    return found;
+  }
+
+  metrics::Registry& registry_;
+  const char* const method_;
+  std::atomic<metrics::Histogram*> latency_{nullptr};
+  std::array<std::atomic<metrics::Counter*>, kCodes> by_code_{};
+};
+
+// Every method's MethodMetrics, made at start; read-only afterwards.
+using MethodMetricsMap = std::map<std::string, std::unique_ptr<MethodMetrics>, std::less<>>;
+
+// What every gRPC service needs: the domain, who calls, readiness and metrics.
 struct ApiContext {
   Payments* payments;
-  jwt::Verifier* verifier;
+  Callers* callers;
   const std::atomic<bool>* ready;
-  metrics::Registry* registry;
+  const MethodMetricsMap* methods;
   AdmissionQueue* admission;
   // ADMISSION_MAX_WAIT: the deadline in the queue of a call that brought none.
   absl::Duration max_wait;
 
   absl::StatusOr<int64_t> Caller(const grpc::ServerContextBase& context) const {
-    ASSIGN_OR_RETURN(jwt::Claims claims,
-                     verifier->VerifyAuthorization(AuthorizationMetadata(context), absl::Now()));
-    return jwt::UserIdOf(claims);
+    return callers->UserId(AuthorizationMetadata(context), absl::Now());
   }
 
   absl::Status CheckReady() const {
@@ -65,8 +101,12 @@ struct ApiContext {
   // should hear of, and converts its status for gRPC.
   grpc::Status Finished(const char* method, absl::Time start, const absl::Status& status) const {
     double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-    RequestCounter(*registry, method, status.code()).Increment();
-    RequestLatency(*registry, method).Observe(seconds);
+    auto it = methods->find(absl::string_view(method));
+    if (it == methods->end()) {  // cannot happen: PaymentServer makes every method's
+      log::Error("no metrics for a method", {{"method", method}});
+      std::abort();
+    }
+    it->second->Observe(status.code(), seconds);
     switch (status.code()) {
       case absl::StatusCode::kUnavailable:
       case absl::StatusCode::kInternal:
@@ -111,8 +151,9 @@ struct ApiContext {
           reactor->Finish(Finished(method, start, status));
         });
     if (!queued.ok()) {
-      context->AddTrailingMetadata("grpc-retry-pushback-ms",
-                                   absl::StrCat(absl::ToInt64Milliseconds(kRetryPushback)));
+      context->AddTrailingMetadata(
+          "grpc-retry-pushback-ms",
+          absl::StrCat(absl::ToInt64Milliseconds(admission->RetryPushback())));
       reactor->Finish(Finished(method, start, queued));
     }
     return reactor;
@@ -130,7 +171,10 @@ struct ApiContext {
 }  // namespace
 
 // PayConcert and ReserveSeat, the calls of a concert's opening, use the callback API and wait in
-// the admission queue; the others stay on the synchronous API (GRPC_MAX_THREADS).
+// the admission queue; the others stay on the synchronous API (GRPC_MAX_THREADS), on purpose:
+// they are not what thousands of fans call at once, in the queue they would wait in line with
+// (and behind) payments for the same connections, and while PayConcert is under load the
+// synchronous server's idle threads were measured to cost nothing (no CPU, no switches).
 class PaymentServer::PaymentApi final
     : public v1::PaymentService::WithCallbackMethod_PayConcert<v1::PaymentService::Service> {
  public:
@@ -286,55 +330,9 @@ class PaymentServer::TelegramLinkApi final : public internal::v1::TelegramLinkSe
   std::string internal_token_;
 };
 
-ServerOptions ReadServerOptions(Settings& s) {
-  ServerOptions o;
-  o.database_url = s.String("DATABASE_URL", "",
-                            "Postgres URL (required by serve, migrate and seed-demo)");
-  o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "gRPC listen address");
-  o.tls = ReadGrpcTls(s);
-  o.metrics_address =
-      s.ListenAddress("METRICS_ADDRESS", o.metrics_address, "Prometheus /metrics listen address");
-  o.auth = jwt::ReadVerifierOptions(s);
-  o.reservation_hold = s.Duration("RESERVATION_HOLD", o.reservation_hold, absl::Seconds(10),
-                                  absl::Hours(24), "how long ReserveSeat holds a seat for payment");
-  o.db_pool_size = static_cast<int>(
-      s.Int("DB_POOL_SIZE", o.db_pool_size, 1, 1000, "Postgres connections at most"));
-  o.db_acquire_timeout =
-      s.Duration("DB_ACQUIRE_TIMEOUT", o.db_acquire_timeout, absl::Milliseconds(10),
-                 absl::Minutes(1),
-                 "how long a call (but PayConcert, ReserveSeat) waits for a Postgres connection");
-  o.db_max_attempts = static_cast<int>(
-      s.Int("DB_MAX_ATTEMPTS", o.db_max_attempts, 1, 20,
-            "tries of a transaction on serialization failure, deadlock or broken connection"));
-  o.grpc_max_threads = static_cast<int>(
-      s.Int("GRPC_MAX_THREADS", o.grpc_max_threads, 2, 10000,
-            "threads of the synchronous gRPC server (calls but PayConcert, ReserveSeat)"));
-  o.admission_queue_size = static_cast<int>(
-      s.Int("ADMISSION_QUEUE_SIZE", o.admission_queue_size, 1, 1000000,
-            "PayConcert and ReserveSeat calls waiting for the database at most; more are refused"));
-  o.admission_max_wait = s.Duration(
-      "ADMISSION_MAX_WAIT", o.admission_max_wait, absl::Milliseconds(10), absl::Minutes(5),
-      "how long a call without a deadline waits in the admission queue");
-  o.health_check_interval = s.Duration(
-      "HEALTH_CHECK_INTERVAL", o.health_check_interval, absl::Milliseconds(100), absl::Minutes(5),
-      "how often the database is probed for grpc.health.v1 while healthy");
-  o.telegram_bot_username =
-      s.String("TELEGRAM_BOT_USERNAME", "",
-               "the bot's username for LinkTelegram's t.me links; empty: LinkTelegram is refused");
-  o.telegram_link_ttl =
-      s.Duration("TELEGRAM_LINK_TTL", o.telegram_link_ttl, absl::Minutes(1), absl::Hours(24),
-                 "how long a LinkTelegram code can be used");
-  o.internal_token = s.Secret(
-      "INTERNAL_TOKEN", kMinSharedSecretBytes,
-      "shared secret of the notifier's TelegramLinkService calls; empty: that service is off");
-  o.internal_grpc_address = s.ListenAddress(
-      "INTERNAL_GRPC_ADDRESS", o.internal_grpc_address,
-      "listen address of TelegramLinkService (with INTERNAL_TOKEN), for the notifier only");
-  o.shutdown_grace =
-      s.Duration("SHUTDOWN_GRACE", o.shutdown_grace, absl::ZeroDuration(), absl::Minutes(5),
-                 "how long in-flight calls may take to finish on SIGTERM");
-  return o;
-}
+struct PaymentServer::Methods {
+  MethodMetricsMap by_name;
+};
 
 PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options)) {
   if (options_.registry == nullptr) {
@@ -354,12 +352,24 @@ PaymentServer::PaymentServer(ServerOptions options) : options_(std::move(options
                               .telegram_bot_username = options_.telegram_bot_username,
                               .telegram_link_ttl = options_.telegram_link_ttl});
   verifier_ = std::make_unique<jwt::Verifier>(options_.auth);
+  callers_ = std::make_unique<Callers>(*verifier_, Callers::Options{});
+  methods_ = std::make_unique<Methods>();
+  for (const char* method : {"PayConcert", "GetPayment", "ListPayments", "ReserveSeat",
+                             "ListConcerts", "ListSeats", "GetAccount", "LinkTelegram",
+                             "UnlinkTelegram", "ConfirmLink", "UnlinkChat"}) {
+    methods_->by_name.emplace(method, std::make_unique<MethodMetrics>(*registry_, method));
+  }
   admission_ = std::make_unique<AdmissionQueue>(
       AdmissionQueue::Options{.workers = options_.db_pool_size,
-                              .capacity = options_.admission_queue_size},
+                              .capacity = options_.admission_queue_size,
+                              .max_retry_pushback = options_.admission_retry_pushback},
       *registry_);
-  ApiContext context{payments_.get(), verifier_.get(), &ready_,
-                     registry_,       admission_.get(),  options_.admission_max_wait};
+  ApiContext context{.payments = payments_.get(),
+                     .callers = callers_.get(),
+                     .ready = &ready_,
+                     .methods = &methods_->by_name,
+                     .admission = admission_.get(),
+                     .max_wait = options_.admission_max_wait};
   payment_api_ = std::make_unique<PaymentApi>(context);
   reservation_api_ = std::make_unique<ReservationApi>(context);
   concert_api_ = std::make_unique<ConcertApi>(context);
@@ -427,7 +437,7 @@ absl::Status PaymentServer::Start() {
 
 void PaymentServer::WatchDatabase() {
   metrics::Gauge& up = registry_->GetGauge("payment_db_up", "1 when the last database probe succeeded");
-  absl::Duration backoff = kFirstBackoff;
+  Backoff backoff(kFirstBackoff, kMaxBackoff);
   bool first = true;
   bool serving = false;
   absl::Time last_down_log = absl::InfinitePast();
@@ -453,7 +463,7 @@ void PaymentServer::WatchDatabase() {
     }
     if (healthy) {
       if (!serving) log::Info("serving", {{"address", options_.grpc_address}});
-      backoff = kFirstBackoff;
+      backoff.Reset();
     } else if (serving || first || absl::Now() - last_down_log >= kDownLogEvery) {
       log::Warn("database unavailable; NOT_SERVING, retrying with backoff",
                 {{"error", std::string(status.message())}});
@@ -461,9 +471,8 @@ void PaymentServer::WatchDatabase() {
     }
     serving = healthy;
     first = false;
-    absl::Duration wait = healthy ? options_.health_check_interval : backoff;
-    if (!healthy) backoff = std::min(backoff * 2, kMaxBackoff);
-    stop_.WaitForNotificationWithTimeout(wait);
+    stop_.WaitForNotificationWithTimeout(healthy ? options_.health_check_interval
+                                                 : backoff.Next());
   }
 }
 

@@ -1,8 +1,8 @@
-// payment-server as a whole: its options (read from Settings), the gRPC services over Payments
+// payment-server as a whole (its settings are in options.h): the gRPC services over Payments
 // (PayConcert and ReserveSeat on the callback API, waiting in an AdmissionQueue whose workers do
-// the blocking database work; the other calls on the synchronous API), the
-// start-up that keeps retrying migrations while Postgres is down, health that follows the
-// database, request metrics, and the graceful stop.
+// the blocking database work; the other calls on the synchronous API), callers known by their
+// tokens (Callers), the start-up that keeps retrying migrations while Postgres is down, health
+// that follows the database, request metrics, and the graceful stop.
 //
 //   PaymentServer server(options);
 //   RETURN_IF_ERROR(server.Start());        // listens at once; NOT_SERVING until migrated
@@ -34,68 +34,11 @@
 #include "concert/v1/payment.grpc.pb.h"
 #include "concert/v1/reservation.grpc.pb.h"
 #include "payment-server/admission.h"
+#include "payment-server/callers.h"
+#include "payment-server/options.h"
 #include "payment-server/payments.h"
 
 namespace concert::payment {
-
-struct ServerOptions {
-  // DATABASE_URL: required by serve, migrate and seed-demo.
-  std::string database_url;
-  // GRPC_ADDRESS: port 0 picks a free one (see PaymentServer::port()).
-  std::string grpc_address = "127.0.0.1:50051";
-  // GRPC_TLS_CERT_FILE, GRPC_TLS_KEY_FILE, GRPC_TLS_CLIENT_CA_FILE, GRPC_HEALTH_ADDRESS: TLS or
-  // mTLS on GRPC_ADDRESS, and health alone in plaintext for probes (see common/grpc_server.h).
-  GrpcTls tls;
-  // METRICS_ADDRESS: Prometheus /metrics (Serve only).
-  std::string metrics_address = "127.0.0.1:9101";
-  // AUTH_*: how callers' JWT bearer tokens are verified (see common/jwt.h); serve needs a key
-  // (AUTH_TOKEN_SECRET, AUTH_JWKS_FILE or AUTH_JWKS_URL), mint-token AUTH_TOKEN_SECRET.
-  jwt::VerifierOptions auth;
-  // RESERVATION_HOLD.
-  absl::Duration reservation_hold = absl::Minutes(5);
-  // DB_POOL_SIZE: connections at most; more concurrent calls wait for one.
-  int db_pool_size = 8;
-  // DB_ACQUIRE_TIMEOUT: how long a call of the synchronous API (neither PayConcert nor
-  // ReserveSeat) waits for a free connection (then RESOURCE_EXHAUSTED).
-  absl::Duration db_acquire_timeout = absl::Seconds(5);
-  // ADMISSION_QUEUE_SIZE: PayConcert and ReserveSeat calls waiting for the database at most (see
-  // AdmissionQueue); one more is refused with RESOURCE_EXHAUSTED and grpc-retry-pushback-ms.
-  // Memory is the only cost of a waiting call, so size it for an opening's spike.
-  int admission_queue_size = 4096;
-  // ADMISSION_MAX_WAIT: how long a call without a deadline may wait in the queue (a call with one
-  // waits as long as it allows), then DEADLINE_EXCEEDED without touching the database.
-  absl::Duration admission_max_wait = absl::Seconds(10);
-  // DB_MAX_ATTEMPTS: tries of one transaction on serialization failure, deadlock or a broken
-  // connection.
-  int db_max_attempts = 3;
-  // GRPC_MAX_THREADS: the synchronous server's thread limit (its resource quota), for every call
-  // but PayConcert and ReserveSeat. Calls beyond the pool size only wait, so a few times
-  // DB_POOL_SIZE is plenty.
-  int grpc_max_threads = 32;
-  // HEALTH_CHECK_INTERVAL: how often the database is probed while healthy. While it is down
-  // (or the schema not yet migrated) the probe backs off from 250 ms up to 10 s.
-  absl::Duration health_check_interval = absl::Seconds(5);
-  // TELEGRAM_BOT_USERNAME and TELEGRAM_LINK_TTL: see PaymentsOptions.
-  std::string telegram_bot_username;
-  absl::Duration telegram_link_ttl = absl::Minutes(15);
-  // INTERNAL_TOKEN: the bearer secret of concert.internal.v1.TelegramLinkService (the
-  // notifier's calls), at least kMinSharedSecretBytes; empty leaves that service out.
-  std::string internal_token;
-  // INTERNAL_GRPC_ADDRESS: where TelegramLinkService listens (with INTERNAL_TOKEN), apart from
-  // the public API, which answers UNIMPLEMENTED for it: only the notifier needs to reach this
-  // port, and nobody else gets to guess the token there. Same TLS as GRPC_ADDRESS.
-  std::string internal_grpc_address = "127.0.0.1:50055";
-  // SHUTDOWN_GRACE: how long in-flight calls may take to finish on SIGTERM.
-  absl::Duration shutdown_grace = absl::Seconds(10);
-  // Metrics go here; null gives the server a registry of its own (tests run several servers).
-  metrics::Registry* registry = nullptr;
-  // Test seam, see PaymentsOptions::before_commit_for_test.
-  std::function<absl::Status(int64_t payment_id)> before_commit_for_test;
-};
-
-// Reads every payment-server setting (so --help lists them all). Requirements that depend on
-// the subcommand (DATABASE_URL, a token key) are checked by the caller.
-ServerOptions ReadServerOptions(Settings& settings);
 
 class PaymentServer {
  public:
@@ -128,6 +71,7 @@ class PaymentServer {
   class ConcertApi;
   class AccountApi;
   class TelegramLinkApi;
+  struct Methods;  // each method's request metrics
   void WatchDatabase();
 
   ServerOptions options_;
@@ -136,6 +80,8 @@ class PaymentServer {
   std::unique_ptr<PgPool> pool_;
   std::unique_ptr<Payments> payments_;
   std::unique_ptr<jwt::Verifier> verifier_;
+  std::unique_ptr<Callers> callers_;
+  std::unique_ptr<Methods> methods_;
   std::unique_ptr<PaymentApi> payment_api_;
   std::unique_ptr<ReservationApi> reservation_api_;
   std::unique_ptr<ConcertApi> concert_api_;
