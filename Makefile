@@ -65,9 +65,11 @@ bench: build
 	BUILD_DIR=$(BUILD_DIR) bench/run.sh
 
 # The container image from deploy/Dockerfile without Docker: a Debian 12 base made with
-# debootstrap, buildah, and an OCI archive in .local/image/concert.oci.tar. Needs root.
+# debootstrap, buildah, and an OCI archive in .local/image/concert.oci.tar. Needs root. The
+# build context carries librdkafka's verified source tarball (.local/downloads/).
 image:
 	scripts/install-deps.sh image
+	scripts/install-deps.sh librdkafka-source
 	scripts/image.sh
 
 # Every binary of that image run as the dev overlay's pod specs run it (UID 10001, read-only

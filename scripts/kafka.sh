@@ -37,8 +37,8 @@
 #   KAFKA_MTLS_PORT       SSL requiring a client certificate signed by ca.pem
 #   KAFKA_SASL_USERS      "user:password ...": PLAIN users (in the listener's JAAS) and SCRAM
 #                         users (created or updated at every start with Kafka's ConfigCommand)
-# (librdkafka before 2.6.1, Debian 12's 2.0.2 included, fails SCRAM against Kafka 4.x brokers:
-# confluentinc/librdkafka#4895. Kafka's own clients use SCRAM here; ours, PLAIN.)
+# (SCRAM against these Kafka 4 brokers needs librdkafka 2.6.1 or later, confluentinc/librdkafka
+# #4895: the services' own build, scripts/install-deps.sh librdkafka, not Debian 12's 2.0.2.)
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(dirname "$0")/lib.sh"

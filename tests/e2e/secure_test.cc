@@ -1,9 +1,10 @@
 // Production connections on loopback: a Kafka of the test's own with a SASL_SSL and an
 // mTLS listener, and a Postgres with TLS on, certificates made by scripts/tls.sh at test time.
-// What a user notices: payments carried end to end over them; a wrong password, an untrusted CA
-// or a missing client certificate give one clear line and health NOT_SERVING, the process
-// still up; topics get the configured replication, and a factor the cluster cannot satisfy is
-// refused.
+// What a user notices: payments carried end to end over them with each SASL mechanism (PLAIN,
+// SCRAM-SHA-256, SCRAM-SHA-512: the SCRAM users made by Kafka's own ConfigCommand, see
+// scripts/kafka.sh); a wrong password, an untrusted CA or a missing client certificate give one
+// clear line and health NOT_SERVING, the process still up; topics get the configured
+// replication, and a factor the cluster cannot satisfy is refused.
 #include <map>
 #include <string>
 #include <vector>
@@ -13,6 +14,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/testing/environment.h"
@@ -33,16 +35,17 @@ using testing::WaitUntil;
 
 constexpr char kRefusedLine[] = "Kafka refused this service";
 
+// One Kafka and one Postgres for every test of this file (the fixture's and the parameterized
+// suite's alike), started once.
+class SecureServers : public ::testing::Environment {
+ public:
+  void SetUp() override;
+  void TearDown() override;
+};
+
 class SecureConnectionsTest : public ::testing::Test {
  protected:
-  static void SetUpTestSuite() {
-    kafka_ = new PrivateKafka(PrivateKafka::Listeners::kSecured);
-    postgres_ = new PrivatePostgres(PrivatePostgres::Tls::kOn);
-  }
-  static void TearDownTestSuite() {
-    delete kafka_;
-    delete postgres_;
-  }
+  friend class SecureServers;
 
   // Verifies the server's certificate against the test CA, and its name (127.0.0.1).
   static std::string TlsDatabaseUrl() {
@@ -51,8 +54,8 @@ class SecureConnectionsTest : public ::testing::Test {
   }
   static std::string Tls(const std::string& file) { return kafka_->tls_dir() + "/" + file; }
 
-  // SASL_SSL settings of a service with the broker's user. PLAIN, not SCRAM: librdkafka 2.0.2
-  // (Debian 12) fails SCRAM against Kafka 4.x brokers (fixed in 2.6.1, librdkafka#4895).
+  // SASL_SSL settings of a service with the broker's user (PLAIN, SCRAM-SHA-256 or
+  // SCRAM-SHA-512; SCRAM against Kafka 4 needs librdkafka 2.6.1 or later, librdkafka#4895).
   static std::map<std::string, std::string> SaslSsl(const std::string& mechanism) {
     return {{"KAFKA_SECURITY_PROTOCOL", "SASL_SSL"},
             {"KAFKA_SASL_MECHANISM", mechanism},
@@ -66,6 +69,21 @@ class SecureConnectionsTest : public ::testing::Test {
 };
 PrivateKafka* SecureConnectionsTest::kafka_ = nullptr;
 PrivatePostgres* SecureConnectionsTest::postgres_ = nullptr;
+
+void SecureServers::SetUp() {
+  SecureConnectionsTest::kafka_ = new PrivateKafka(PrivateKafka::Listeners::kSecured);
+  SecureConnectionsTest::postgres_ = new PrivatePostgres(PrivatePostgres::Tls::kOn);
+}
+void SecureServers::TearDown() {
+  delete SecureConnectionsTest::kafka_;
+  delete SecureConnectionsTest::postgres_;
+}
+[[maybe_unused]] ::testing::Environment* const kSecureServers =
+    ::testing::AddGlobalTestEnvironment(new SecureServers);
+
+// The payments test once per SASL mechanism of the relay and the notifier.
+class SecurePaymentsTest : public SecureConnectionsTest,
+                           public ::testing::WithParamInterface<std::string> {};
 
 int CountLines(const std::string& log, const std::string& needle) {
   int n = 0;
@@ -83,7 +101,8 @@ std::string DescribeTopic(const std::string& bootstrap, const std::string& topic
       .out;
 }
 
-TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPostgres) {
+TEST_P(SecurePaymentsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPostgres) {
+  const std::string& mechanism = GetParam();
   std::string password_file = Tls("sasl-password");
   ASSERT_EQ(testing::RunCommand(absl::StrCat("printf '%s\\n' '", PrivateKafka::kSaslPassword,
                                              "' > ", password_file)),
@@ -92,8 +111,8 @@ TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPo
                         .kafka_bootstrap = kafka_->sasl_ssl_bootstrap(),
                         .users = 2,
                         .link_chats = true};
-  options.relay_env = SaslSsl("PLAIN");
-  options.notifier_env = SaslSsl("PLAIN");
+  options.relay_env = SaslSsl(mechanism);
+  options.notifier_env = SaslSsl(mechanism);
   options.notifier_env.erase("KAFKA_SASL_PASSWORD");
   options.notifier_env["KAFKA_SASL_PASSWORD_FILE"] = password_file;
   // The retry-worker on the listener that demands a client certificate.
@@ -126,10 +145,13 @@ TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPo
   pay(0);
   ASSERT_TRUE(WaitUntil(all_delivered, absl::Seconds(60))) << "logs: " << system.LogPaths();
   EXPECT_EQ(system.telegram().faulted(), 2);
+  // (of this run's topic: the database is shared with the runs of the other mechanisms)
   EXPECT_TRUE(WaitUntil(
       [&] {
-        return QueryInt(TlsDatabaseUrl(), "SELECT count(*) FROM retry.failed_messages "
-                                          "WHERE status = 'PROCESSED'") == 1;
+        return QueryInt(TlsDatabaseUrl(),
+                        absl::StrCat("SELECT count(*) FROM retry.failed_messages "
+                                     "WHERE status = 'PROCESSED' AND original_topic = '",
+                                     system.topic(), "'")) == 1;
       },
       absl::Seconds(10)));
   // Then the straight path, a few times.
@@ -156,6 +178,12 @@ TEST_F(SecureConnectionsTest, PaymentsTravelOverSaslSslAndMutualTlsKafkaAndTlsPo
     EXPECT_THAT(log, Not(HasSubstr(PrivateKafka::kSaslPassword))) << path;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Mechanisms, SecurePaymentsTest,
+                         ::testing::Values("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"),
+                         [](const ::testing::TestParamInfo<std::string>& info) {
+                           return absl::StrReplaceAll(info.param, {{"-", "_"}});
+                         });
 
 // One Kafka-speaking service run alone, with topic, group and slot names of its own; `env`
 // says how it reaches Kafka.
@@ -196,9 +224,12 @@ TEST_F(SecureConnectionsTest, RefusedConnectionsAreOneClearLineAndNotServing) {
     std::map<std::string, std::string> env;
     std::string reason;  // in the one line
   };
-  std::map<std::string, std::string> wrong_password = SaslSsl("PLAIN");
-  wrong_password["KAFKA_SASL_PASSWORD"] = "not-the-password";
-  wrong_password["KAFKA_BOOTSTRAP_SERVERS"] = kafka_->sasl_ssl_bootstrap();
+  auto wrong_password = [&](const std::string& mechanism) {
+    std::map<std::string, std::string> env = SaslSsl(mechanism);
+    env["KAFKA_SASL_PASSWORD"] = "not-the-password";
+    env["KAFKA_BOOTSTRAP_SERVERS"] = kafka_->sasl_ssl_bootstrap();
+    return env;
+  };
   std::map<std::string, std::string> untrusted_ca = SaslSsl("PLAIN");
   untrusted_ca["KAFKA_SSL_CA_FILE"] = Tls("other/ca.pem");
   untrusted_ca["KAFKA_BOOTSTRAP_SERVERS"] = kafka_->sasl_ssl_bootstrap();
@@ -206,7 +237,10 @@ TEST_F(SecureConnectionsTest, RefusedConnectionsAreOneClearLineAndNotServing) {
       {"KAFKA_BOOTSTRAP_SERVERS", kafka_->mtls_bootstrap()},
       {"KAFKA_SECURITY_PROTOCOL", "SSL"},
       {"KAFKA_SSL_CA_FILE", Tls("ca.pem")}};
-  std::vector<Case> cases = {{"wrong password", wrong_password, "Authentication failed"},
+  std::vector<Case> cases = {
+      {"wrong password, PLAIN", wrong_password("PLAIN"), "Authentication failed"},
+      {"wrong password, SCRAM-SHA-256", wrong_password("SCRAM-SHA-256"), "Authentication failed"},
+      {"wrong password, SCRAM-SHA-512", wrong_password("SCRAM-SHA-512"), "Authentication failed"},
                              {"untrusted CA", untrusted_ca, "certificate verify failed"},
                              {"no client certificate", no_certificate, "SSL routines"}};
 
