@@ -6,6 +6,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/kafka/headers.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "concert/events/v1/payment_events.pb.h"

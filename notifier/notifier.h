@@ -63,7 +63,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "common/metrics.h"
 #include "notifier/dead_letters.h"
 #include "notifier/delivery_store.h"

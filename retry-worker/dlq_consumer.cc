@@ -5,6 +5,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/kafka/headers.h"
 #include "common/log.h"
 #include "common/status.h"
 

@@ -18,14 +18,15 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "common/metrics.h"
 #include "retry-worker/store.h"
 
 namespace concert::retry {
 
-// Reads the dead-letter headers (common/kafka.h, namespace dlq) of one DLQ record. Headers that
-// are not dead-letter ones are the original record's and are kept, as bytes, for re-publishing.
+// Reads the dead-letter headers (common/kafka/headers.h, namespace dlq) of one DLQ record.
+// Headers that are not dead-letter ones are the original record's and are kept, as bytes, for
+// re-publishing.
 // A record without an event_id gets "poison:<topic>:<partition>:<offset>" as its key; one
 // without an original topic cannot be re-published and is classed "poison". Never fails: what
 // cannot be used (an attempt header out of range) makes the entry park at once with the reason.

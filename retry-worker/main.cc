@@ -7,7 +7,7 @@
 #include <iostream>
 
 #include "common/config.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "retry-worker/options.h"
