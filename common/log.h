@@ -7,7 +7,7 @@
 //
 // Thread-safe: lines from different threads never interleave. The libraries' own lines come
 // here too, so that every line on stderr is JSON: Init() routes gRPC's (gpr_log, with fields
-// grpc_file and grpc_line), and every Kafka client made through common/kafka.h routes
+// grpc_file and grpc_line), and every Kafka client made through common/kafka/cluster.h routes
 // librdkafka's (fields kafka_client and kafka_facility, its syslog level mapped to ours).
 // libpqxx discards Postgres notices unless a connection registers an errorhandler.
 #ifndef CONCERT_COMMON_LOG_H_

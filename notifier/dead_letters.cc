@@ -4,6 +4,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/backoff.h"
 #include "common/log.h"
 
 namespace concert::notifier {
@@ -83,7 +84,7 @@ void DeadLetters::Recreate(const std::shared_ptr<kafka::Producer>& broken) {
 absl::Status DeadLetters::Send(const RdKafka::Message& original, DeadLetter& letter,
                                const absl::Notification& stop) {
   kafka::Record record = Build(original, letter);
-  absl::Duration backoff = absl::Milliseconds(100);
+  Backoff backoff(absl::Milliseconds(100), options_.max_backoff);
   while (true) {
     std::shared_ptr<kafka::Producer> producer = Producer();
     absl::Status status = absl::UnavailableError("no DLQ producer");
@@ -129,10 +130,7 @@ absl::Status DeadLetters::Send(const RdKafka::Message& original, DeadLetter& let
                  {{"error", std::string(producer->FatalError().message())}});
       Recreate(producer);
     }
-    if (stop.WaitForNotificationWithTimeout(backoff)) {
-      return absl::CancelledError("stopping while the DLQ is unavailable");
-    }
-    backoff = std::min(backoff * 2, options_.max_backoff);
+    if (!backoff.Wait(stop)) return absl::CancelledError("stopping while the DLQ is unavailable");
   }
 }
 

@@ -32,7 +32,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/kafka.h"
+#include "common/kafka/producer.h"
 
 namespace concert::notifier {
 

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include "common/kafka/admin.h"
 #include "common/testing/environment.h"
 
 namespace concert::notifier {

@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 
 namespace concert::notifier {
 namespace {

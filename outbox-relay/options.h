@@ -18,7 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/config.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "common/log.h"
 
 namespace concert::relay {

@@ -32,7 +32,9 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/kafka.h"
+#include "common/kafka/admin.h"
+#include "common/kafka/cluster.h"
+#include "common/kafka/producer.h"
 #include "common/metrics.h"
 #include "outbox-relay/options.h"
 

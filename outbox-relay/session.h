@@ -36,7 +36,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
-#include "common/kafka.h"
+#include "common/kafka/producer.h"
 #include "outbox-relay/commit_tracker.h"
 #include "outbox-relay/options.h"
 #include "outbox-relay/outbox.h"

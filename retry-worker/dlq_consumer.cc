@@ -5,6 +5,8 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/backoff.h"
+#include "common/kafka/headers.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -116,13 +118,14 @@ DlqEntry ParseDlqRecord(const RdKafka::Message& m) {
 absl::StatusOr<std::unique_ptr<DlqConsumer>> DlqConsumer::Create(
     const kafka::Config& config, const std::string& topic, FailedMessageStore& store,
     metrics::Registry& registry, std::function<void(bool)> on_health) {
-  ASSIGN_OR_RETURN(std::unique_ptr<RdKafka::Conf> conf, kafka::MakeConf(config));
-  std::string error;
-  std::unique_ptr<RdKafka::KafkaConsumer> consumer(RdKafka::KafkaConsumer::create(conf.get(), error));
-  if (!consumer) return absl::InvalidArgumentError(absl::StrCat("kafka consumer: ", error));
-  RETURN_IF_ERROR(kafka::StatusFromError(consumer->subscribe({topic}), "subscribing to " + topic));
-  return std::unique_ptr<DlqConsumer>(
-      new DlqConsumer(std::move(consumer), store, registry, std::move(on_health)));
+  std::unique_ptr<DlqConsumer> self(new DlqConsumer(store, registry, std::move(on_health)));
+  // One worker: records are stored one after another, in the order read.
+  ASSIGN_OR_RETURN(self->consumer_,
+                   kafka::KeyedConsumer::Create(
+                       {.config = config, .topic = topic, .concurrency = 1,
+                        .poll_timeout = absl::Milliseconds(200)},
+                       *self, registry));
+  return self;
 }
 
 DlqConsumer::Metrics::Metrics(metrics::Registry& registry)
@@ -134,20 +137,25 @@ DlqConsumer::Metrics::Metrics(metrics::Registry& registry)
           "retry_dlq_unstorable_total",
           "DLQ records Postgres refused as they came, parked as bytes (error class unstorable)")) {}
 
-DlqConsumer::DlqConsumer(std::unique_ptr<RdKafka::KafkaConsumer> consumer,
-                         FailedMessageStore& store, metrics::Registry& registry,
+DlqConsumer::DlqConsumer(FailedMessageStore& store, metrics::Registry& registry,
                          std::function<void(bool)> on_health)
-    : consumer_(std::move(consumer)),
-      store_(store),
+    : store_(store),
       on_health_(std::move(on_health)),
       metrics_(registry) {}
 
-DlqConsumer::~DlqConsumer() { consumer_->close(); }
+DlqConsumer::~DlqConsumer() = default;  // the consumer leaves the group
 
-bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notification& stop) {
+void DlqConsumer::Handle(const RdKafka::Message& message, const kafka::Assignment& assignment,
+                         kafka::Completion done) {
+  // Not stored: not committed, re-read after a restart or by the partition's next owner.
+  done(Store(message, assignment.cancelled()) ? kafka::Completion::kDone
+                                              : kafka::Completion::kAbandoned);
+}
+
+bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notification& cancelled) {
   DlqEntry entry = ParseDlqRecord(message);
   bool unstorable = false;
-  absl::Duration backoff = absl::Milliseconds(200);
+  Backoff backoff(absl::Milliseconds(200), absl::Seconds(10));
   while (true) {
     absl::StatusOr<RecordOutcome> outcome = store_.Record(entry);
     if (outcome.ok()) {
@@ -190,8 +198,7 @@ bool DlqConsumer::Store(const RdKafka::Message& message, const absl::Notificatio
     metrics_.store_errors.Increment();
     log::Warn("storing DLQ record failed; retrying",
               {{"event_id", entry.event_id}, {"error", std::string(outcome.status().message())}});
-    if (stop.WaitForNotificationWithTimeout(backoff)) return false;
-    backoff = std::min(backoff * 2, absl::Seconds(10));
+    if (!backoff.Wait(cancelled)) return false;
   }
 }
 
@@ -199,27 +206,6 @@ void DlqConsumer::ReportHealth(bool storing) {
   if (on_health_) on_health_(storing);
 }
 
-void DlqConsumer::Run(const absl::Notification& stop) {
-  while (!stop.HasBeenNotified()) {
-    std::unique_ptr<RdKafka::Message> m(consumer_->consume(200));
-    switch (m->err()) {
-      case RdKafka::ERR_NO_ERROR:
-        break;
-      case RdKafka::ERR__TIMED_OUT:
-      case RdKafka::ERR__PARTITION_EOF:
-        continue;
-      default:
-        log::Warn("DLQ consumer error", {{"error", m->errstr()}});
-        continue;
-    }
-    if (!Store(*m, stop)) return;  // not stored: not committed, re-read after a restart
-    // The row is committed; only now may the group move past the record.
-    RdKafka::ErrorCode code = consumer_->commitSync(m.get());
-    if (code != RdKafka::ERR_NO_ERROR) {
-      // Harmless: the record is re-read later and Record() ignores it as already stored.
-      log::Warn("committing DLQ offset failed", {{"error", RdKafka::err2str(code)}});
-    }
-  }
-}
+void DlqConsumer::Run(const absl::Notification& stop) { consumer_->Run(stop); }
 
 }  // namespace concert::retry

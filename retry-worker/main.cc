@@ -6,8 +6,9 @@
 #include <cstdlib>
 #include <iostream>
 
+#include "common/backoff.h"
 #include "common/config.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "common/log.h"
 #include "common/shutdown.h"
 #include "retry-worker/options.h"
@@ -44,7 +45,7 @@ int main(int argc, char** argv) {
   // trying with backoff while the admin API and health (NOT_SERVING) answer.
   concert::retry::RetryWorker worker(options);
   concert::kafka::RefusalLog refusals;
-  absl::Duration backoff = absl::Seconds(1);
+  concert::Backoff backoff(absl::Seconds(1), absl::Seconds(30));
   while (true) {
     absl::Status s = worker.Start();
     if (s.ok()) {
@@ -57,15 +58,15 @@ int main(int argc, char** argv) {
       concert::log::Error("cannot start", {{"error", std::string(s.message())}});
       return 1;  // an address taken, or a configuration Kafka rejects: no use retrying
     }
+    absl::Duration retry_in = backoff.Next();
     if (!refusals.Report(s, "starting")) {
       concert::log::Error("cannot start; retrying",
                           {{"error", std::string(s.message())},
-                           {"retry_in_s", absl::ToDoubleSeconds(backoff)}});
+                           {"retry_in_s", absl::ToDoubleSeconds(retry_in)}});
     }
-    if (concert::StopRequested().WaitForNotificationWithTimeout(backoff)) {
+    if (concert::StopRequested().WaitForNotificationWithTimeout(retry_in)) {
       worker.Stop();
       return 0;
     }
-    backoff = std::min(backoff * 2, absl::Seconds(30));
   }
 }

@@ -16,7 +16,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "common/kafka.h"
+#include "common/kafka/admin.h"
+#include "common/kafka/headers.h"
+#include "common/kafka/producer.h"
 #include "common/testing/environment.h"
 #include "concert/events/v1/payment_events.pb.h"
 #include "concert/ops/v1/failed_messages.grpc.pb.h"

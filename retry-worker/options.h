@@ -13,7 +13,7 @@
 #include "common/config.h"
 #include "common/grpc_server.h"
 #include "common/jwt.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 
 namespace concert::retry {
 

@@ -5,6 +5,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/blocking_counter.h"
+#include "common/backoff.h"
 #include "common/log.h"
 #include "common/status.h"
 
@@ -140,16 +141,15 @@ absl::StatusOr<FailedMessageStore::PassResult> Scheduler::RunOnce() {
 void Scheduler::Run(const absl::Notification& stop) {
   // After a failed pass (Postgres away) the next comes sooner than `interval`, backing off up
   // to it: health, which follows the passes, then recovers soon after Postgres does.
-  absl::Duration retry_in = kFirstRetry;
+  Backoff retry(kFirstRetry, options_.interval);
   while (!stop.HasBeenNotified()) {
     absl::StatusOr<FailedMessageStore::PassResult> pass = RunOnce();
     absl::Duration wait = options_.interval;
     if (!pass.ok()) {
       log::Warn("re-publish pass failed", {{"error", std::string(pass.status().message())}});
-      wait = std::min(retry_in, options_.interval);
-      retry_in = std::min(retry_in * 2, options_.interval);
+      wait = retry.Next();
     } else {
-      retry_in = kFirstRetry;
+      retry.Reset();
       if (pass->claimed == options_.batch && pass->deferred == 0) continue;  // more may be due
     }
     stop.WaitForNotificationWithTimeout(wait);

@@ -23,7 +23,8 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/notification.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
+#include "common/kafka/producer.h"
 #include "common/metrics.h"
 #include "retry-worker/store.h"
 

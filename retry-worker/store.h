@@ -48,7 +48,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/backoff.h"
-#include "common/kafka.h"
+#include "common/kafka/headers.h"
 #include "common/postgres.h"
 
 namespace concert::retry {

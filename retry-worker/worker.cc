@@ -2,7 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_server.h"
-#include "common/kafka.h"
+#include "common/kafka/admin.h"
+#include "common/kafka/cluster.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "retry-worker/schema.h"

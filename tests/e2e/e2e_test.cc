@@ -16,7 +16,8 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
-#include "common/kafka.h"
+#include "common/kafka/headers.h"
+#include "common/kafka/producer.h"
 #include "tests/e2e/system_test.h"
 
 namespace concert::e2e {

@@ -48,7 +48,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 #include "tests/e2e/payment_check.h"
 #include "tests/e2e/system.h"
 

@@ -22,7 +22,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
-#include "common/kafka.h"
+#include "common/kafka/headers.h"
+#include "common/kafka/producer.h"
 #include "concert/events/v1/payment_events.pb.h"
 #include "tests/e2e/system_test.h"
 

@@ -1,9 +1,12 @@
 // Against the real local Kafka broker (scripts/kafka.sh): an idempotent producer with acks=all
 // and a consumer group that commits by hand.
-#include "common/kafka.h"
+#include "common/kafka/producer.h"
 
 #include <gtest/gtest.h>
 
+#include "common/kafka/admin.h"
+#include "common/kafka/cluster.h"
+#include "common/kafka/headers.h"
 #include "common/testing/environment.h"
 
 namespace concert::kafka {

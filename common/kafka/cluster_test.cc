@@ -8,7 +8,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "common/kafka.h"
+#include "common/kafka/cluster.h"
 
 namespace concert::kafka {
 namespace {
