@@ -29,7 +29,7 @@ bool IsSecurityError(rd_kafka_resp_err_t err) {
   }
 }
 
-// A broker's TLS alert (no client certificate where one is required) reaches librdkafka 2.0.2
+// A broker's TLS alert (no client certificate where one is required) reaches librdkafka
 // as a receive failure, reported only in a log line: recognised by OpenSSL's and SASL's words.
 bool SaysRefused(absl::string_view line) {
   return absl::StrContains(line, "SSL routines") || absl::StrContains(line, "SSL handshake") ||

@@ -6,6 +6,7 @@
 //   kafka::Cluster cluster = kafka::ReadCluster(settings);   // KAFKA_* settings, in main()
 //   ASSIGN_OR_RETURN(auto conf, kafka::MakeConf(kafka::ConsumerConfig(cluster, "g", "svc")));
 //
+// librdkafka is 2.12.0, built by `scripts/install-deps.sh librdkafka` (README: Quick start).
 // Every client made through MakeConf logs through common/log.h. Thread-compatible values;
 // RefusalLog belongs to one retry loop.
 #ifndef CONCERT_COMMON_KAFKA_CLUSTER_H_
@@ -55,8 +56,8 @@ Cluster ReadCluster(Settings& settings);
 
 // Idempotent (exactly-once per partition), acks=all, ordered, lightly batched.
 Config ProducerConfig(const Cluster& cluster, const std::string& client_id);
-// Manual commits only, eager "range" assignor (librdkafka 2.0.2's cooperative-sticky has bugs),
-// start at the earliest offset when the group has none.
+// Manual commits only, eager "range" assignor (chosen when librdkafka 2.0.2 had bugs in
+// cooperative-sticky), start at the earliest offset when the group has none.
 Config ConsumerConfig(const Cluster& cluster, const std::string& group_id,
                       const std::string& client_id);
 

@@ -3,7 +3,7 @@
 namespace concert::kafka {
 
 std::optional<std::string> HeaderValue(const RdKafka::Message& message, absl::string_view name) {
-  // headers() is not const in librdkafka 2.0.2 but does not modify the message.
+  // headers() is not const in librdkafka but does not modify the message.
   RdKafka::Headers* headers = const_cast<RdKafka::Message&>(message).headers();
   if (headers == nullptr) return std::nullopt;
   RdKafka::Headers::Header last = headers->get_last(std::string(name));
@@ -13,7 +13,7 @@ std::optional<std::string> HeaderValue(const RdKafka::Message& message, absl::st
 
 Headers AllHeaders(const RdKafka::Message& message) {
   Headers out;
-  // headers() is not const in librdkafka 2.0.2 but does not modify the message.
+  // headers() is not const in librdkafka but does not modify the message.
   RdKafka::Headers* headers = const_cast<RdKafka::Message&>(message).headers();
   if (headers == nullptr) return out;
   for (const RdKafka::Headers::Header& h : headers->get_all()) {

@@ -197,7 +197,7 @@ TEST_F(EndToEndTest, PermanentTelegramFailureIsParkedVisibleAndRetryable) {
 
 // The DLQ's records as Kafka's console consumer prints them (key, headers, value per line),
 // read from the beginning, at most `max` records, bounded in time. Kafka's own tool rather than
-// a librdkafka consumer: destroying a short-lived librdkafka 2.0.2 consumer here sometimes hung
+// a librdkafka consumer: destroying a short-lived consumer of librdkafka 2.0.2 here sometimes hung
 // (joining its broker thread), and a test must not hang.
 std::string ReadTopicWithConsoleConsumer(const std::string& topic, int max) {
   std::string command = absl::StrCat(
