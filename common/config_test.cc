@@ -3,21 +3,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/testing/settings.h"
+
 namespace concert {
 namespace {
 
 using ::testing::HasSubstr;
 
 Settings Make(std::vector<const char*> args, std::map<std::string, std::string> env = {}) {
-  args.insert(args.begin(), "prog");
-  return Settings("prog", static_cast<int>(args.size()), args.data(),
-                  [env = std::move(env)](const char* name) -> const char* {
-                    static thread_local std::string value;
-                    auto it = env.find(name);
-                    if (it == env.end()) return nullptr;
-                    value = it->second;
-                    return value.c_str();
-                  });
+  return testing::SettingsOf("prog", std::move(env), std::move(args));
 }
 
 TEST(SettingsTest, FlagWinsOverEnvironmentWhichWinsOverDefault) {

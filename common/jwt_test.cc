@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/testing/jwt_issuer.h"
+#include "common/testing/settings.h"
 
 namespace concert::jwt {
 namespace {
@@ -365,14 +366,7 @@ TEST(UserIdOfTest, OnlyACanonicalPositiveDecimalSubjectIsAUserId) {
 }
 
 Settings SettingsWithEnv(std::map<std::string, std::string> env) {
-  static const char* argv[] = {"test"};
-  return Settings("test", 1, argv, [env = std::move(env)](const char* name) -> const char* {
-    static thread_local std::string value;
-    auto it = env.find(name);
-    if (it == env.end()) return nullptr;
-    value = it->second;
-    return value.c_str();
-  });
+  return testing::SettingsOf("test", std::move(env));
 }
 
 TEST(JwtSettingsTest, AnHs256SecretShorterThan32BytesIsRefused) {

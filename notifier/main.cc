@@ -66,7 +66,7 @@ int Run(notifier::Options& o, grpc::Server& health) {
         kafka::ProducerConfig(o.notifier.kafka, "notifier-dlq"));
   });
   // Workers wait for a connection while others hold one: a few suffice, most time is HTTP.
-  PgPool pool({.url = o.database_url, .size = std::min(o.notifier.concurrency, 8)});
+  PgPool pool({.url = o.database_url, .size = std::min(o.notifier.consumer.concurrency, 8)});
   notifier::DeliveryStore store(pool);
   std::unique_ptr<notifier::Sender> sender;
   if (o.telegram.token.empty()) {
@@ -147,7 +147,7 @@ int main(int argc, char** argv) {
       RetryUntilOk("applying migrations", [&] { return notifier::MigrateSchema(o.database_url); }) &&
       RetryUntilOk("creating topics", [&] {
         return kafka::EnsureTopics(o.notifier.kafka,
-                                   {{o.notifier.topic, o.topic_partitions},
+                                   {{o.notifier.consumer.topic, o.topic_partitions},
                                     {o.dlq_topic, o.dlq_partitions}});
       });
   int code = ready ? Run(o, **grpc) : 0;

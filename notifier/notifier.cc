@@ -128,18 +128,13 @@ Notifier::~Notifier() = default;
 
 absl::Status Notifier::Run(const absl::Notification& stop, std::function<void(bool)> on_health) {
   stop_ = &stop;
-  absl::StatusOr<std::unique_ptr<kafka::KeyedConsumer>> consumer = kafka::KeyedConsumer::Create(
-      {.config = kafka::ConsumerConfig(options_.kafka, options_.group_id, options_.client_id),
-       .topic = options_.topic,
-       .concurrency = options_.concurrency,
-       .max_pending = options_.max_pending,
-       .commit_interval = options_.commit_interval,
-       .revoke_timeout = options_.revoke_timeout,
-       .health_interval = options_.health_interval,
-       .metrics_prefix = "notifier"},
-      *this, registry_);
+  kafka::KeyedConsumerOptions consumer_options = options_.consumer;
+  consumer_options.config =
+      kafka::ConsumerConfig(options_.kafka, options_.group_id, options_.client_id);
+  absl::StatusOr<std::unique_ptr<kafka::KeyedConsumer>> consumer =
+      kafka::KeyedConsumer::Create(consumer_options, *this, registry_);
   if (!consumer.ok()) return consumer.status();
-  log::Info("notifying", {{"topic", options_.topic}, {"sender", sender_.name()}});
+  log::Info("notifying", {{"topic", options_.consumer.topic}, {"sender", sender_.name()}});
   (*consumer)->Run(stop, std::move(on_health));
   return absl::OkStatus();
 }

@@ -78,7 +78,6 @@ bool ParseUnlinkedPolicy(const std::string& name, UnlinkedPolicy* policy);
 struct NotifierOptions {
   kafka::Cluster kafka;
   std::string group_id = "notification-group";
-  std::string topic = "payment-completed-topic";
   std::string client_id = "notifier";
   // Zone of the times in the message text.
   absl::TimeZone time_zone = absl::UTCTimeZone();
@@ -87,23 +86,17 @@ struct NotifierOptions {
   std::string operator_chat_id;
   UnlinkedPolicy unlinked_policy = UnlinkedPolicy::kOperator;
   UncertainPolicy uncertain_policy = UncertainPolicy::kResend;
-  // Records worked on at once (sends in flight, at most one per reservation).
-  int concurrency = 32;
-  // Records read and not yet finished before the partitions pause (resumed at three quarters).
-  int max_pending = 10000;
-  // How often finished offsets are committed (and at every rebalance and at stop). Shorter
-  // means fewer redeliveries (duplicates skipped) after a crash; longer, fewer commit requests.
-  absl::Duration commit_interval = absl::Milliseconds(200);
+  // How the records are read: their order per reservation, how many are worked on at once
+  // (SEND_CONCURRENCY: sends in flight), pausing, commits, revokes (`config` is filled from
+  // `kafka`, `group_id` and `client_id`).
+  kafka::KeyedConsumerOptions consumer{.topic = "payment-completed-topic",
+                                       .metrics_prefix = "notifier"};
   // Bound of the backoff between retries of a record while Postgres or the DLQ is down.
   absl::Duration max_backoff = absl::Seconds(5);
-  // How long a revoke waits for records being sent before letting their partitions go.
-  absl::Duration revoke_timeout = absl::Seconds(20);
   // A send whose Begin (or last check) is older than this, or whose partition was revoked, asks
   // Postgres that its row is still its own before a request leaves: a process frozen past its
   // consumer session (10 s) may have lost the record to another replica meanwhile.
   absl::Duration ownership_recheck_after = absl::Seconds(3);
-  // How often Postgres and Kafka are probed for health when nothing else shows their state.
-  absl::Duration health_interval = absl::Seconds(5);
 };
 
 // The handler of KeyedConsumer (common/kafka/consumer.h) for payment-completed-topic: decode,

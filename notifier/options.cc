@@ -79,8 +79,8 @@ Options ReadOptions(Settings& s) {
   o.database_url = s.RequiredString("DATABASE_URL", "Postgres URL (schema `notification`)");
   o.notifier.kafka = kafka::ReadCluster(s);
   o.notifier.group_id = s.String("KAFKA_GROUP_ID", "notification-group", "Consumer group");
-  o.notifier.topic = s.String("PAYMENT_COMPLETED_TOPIC", "payment-completed-topic",
-                              "Topic of PaymentCompleted events");
+  o.notifier.consumer.topic = s.String("PAYMENT_COMPLETED_TOPIC", "payment-completed-topic",
+                                       "Topic of PaymentCompleted events");
   o.topic_partitions = static_cast<int>(s.Int("PAYMENT_COMPLETED_PARTITIONS", 3, 1, 1000,
                                               "Partitions when the notifier creates the topic"));
   o.dlq_topic = s.String("DLQ_TOPIC", "payment-notification-dlq", "Dead-letter topic");
@@ -139,11 +139,11 @@ Options ReadOptions(Settings& s) {
   o.telegram.max_retry_after =
       s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30), absl::Seconds(1), absl::Hours(1),
                  "Longest 429 retry_after honoured (every send pauses that long)");
-  o.notifier.concurrency = static_cast<int>(
+  o.notifier.consumer.concurrency = static_cast<int>(
       s.Int("SEND_CONCURRENCY", 32, 1, 1000,
             "Records worked on at once, at most one per reservation (sends in flight); about "
             "rate x answer time is enough"));
-  o.notifier.max_pending = static_cast<int>(
+  o.notifier.consumer.max_pending = static_cast<int>(
       s.Int("MAX_PENDING", 10000, 10, 1000000,
             "Records read and unfinished before the consumer pauses its partitions (about 1 KiB "
             "each)"));
@@ -179,7 +179,7 @@ Options ReadOptions(Settings& s) {
   w.uncertain_policy = s.String("UNCERTAIN_POLICY", "resend",
                                 "A send whose outcome is unknown (no answer, or a crash "
                                 "mid-send): resend (maybe a duplicate) or skip (maybe lost)");
-  o.notifier.commit_interval =
+  o.notifier.consumer.commit_interval =
       s.Duration("COMMIT_INTERVAL", absl::Milliseconds(200), absl::Milliseconds(10),
                  absl::Minutes(1), "How often finished offsets are committed");
   o.grpc_address = s.ListenAddress("GRPC_ADDRESS", o.grpc_address, "Health gRPC address");

@@ -8,6 +8,8 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
+#include "common/testing/settings.h"
+
 namespace concert::notifier {
 namespace {
 
@@ -20,12 +22,7 @@ constexpr char kSecret[] = "0123456789abcdef0123456789abcdef";
 Options Read(std::map<std::string, std::string> env, std::string* error,
              std::vector<const char*> args = {}) {
   env.emplace("DATABASE_URL", "postgresql://127.0.0.1:1/x");
-  args.insert(args.begin(), "notifier");
-  Settings s("notifier", static_cast<int>(args.size()), args.data(),
-             [&env](const char* name) -> const char* {
-               auto it = env.find(name);
-               return it == env.end() ? nullptr : it->second.c_str();
-             });
+  Settings s = testing::SettingsOf("notifier", std::move(env), std::move(args));
   Options o = ReadOptions(s);
   absl::Status valid = s.Validate();
   *error = std::string(valid.message());

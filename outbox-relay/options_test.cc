@@ -7,21 +7,15 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include "common/testing/settings.h"
+
 namespace concert::relay {
 namespace {
 
 using ::testing::HasSubstr;
 
 Settings FromEnv(std::map<std::string, std::string> env) {
-  const char* argv[] = {"outbox-relay"};
-  return Settings("outbox-relay", 1, argv,
-                  [env = std::move(env)](const char* name) -> const char* {
-                    static thread_local std::string value;
-                    auto it = env.find(name);
-                    if (it == env.end()) return nullptr;
-                    value = it->second;
-                    return value.c_str();
-                  });
+  return testing::SettingsOf("outbox-relay", std::move(env));
 }
 
 TEST(RelayOptionsTest, DefaultsAreTheStructsAndValid) {

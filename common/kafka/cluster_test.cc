@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "common/kafka/cluster.h"
+#include "common/testing/settings.h"
 
 namespace concert::kafka {
 namespace {
@@ -17,14 +18,7 @@ using ::testing::HasSubstr;
 using ::testing::Not;
 
 Settings Make(std::map<std::string, std::string> env) {
-  const char* argv[] = {"prog"};
-  return Settings("prog", 1, argv, [env = std::move(env)](const char* name) -> const char* {
-    static thread_local std::string value;
-    auto it = env.find(name);
-    if (it == env.end()) return nullptr;
-    value = it->second;
-    return value.c_str();
-  });
+  return testing::SettingsOf("prog", std::move(env));
 }
 
 // A file with `content`, removed at the end of the test.
