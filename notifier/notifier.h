@@ -2,13 +2,14 @@
 // notification-group, turns each into one message through a Sender, keeps the delivery record in
 // Postgres (DeliveryStore), and sends what cannot be delivered to the DLQ topic (DeadLetters).
 //
-// Concurrency: a KeyedConsumer (common/kafka/consumer.h). Its thread only reads records and hands
-// them to a pool of `concurrency` workers; it never waits for HTTP, so it stays in its group.
-// Records with the same key (one reservation) are worked on strictly one after another, in
-// offset order; different reservations go in parallel. An offset is committed only below the
-// lowest unfinished record of its partition (every `commit_interval`, at a revoke and at stop).
-// Beyond `max_pending` records read and unfinished, the partitions are paused (polling goes on)
-// until a quarter drained. The delivery row of each send is one Delivery's (notifier/delivery.h).
+// Concurrency: a KeyedConsumer (common/kafka/consumer.h). Its thread only reads records and
+// hands them to a pool of `consumer.concurrency` workers; it never waits for HTTP, so it stays in
+// its group. Records with the same key (one reservation) are worked on strictly one after
+// another, in offset order; different reservations go in parallel. An offset is committed only
+// below the lowest unfinished record of its partition (every `consumer.commit_interval`, at a
+// revoke and at stop). Beyond `consumer.max_pending` records read and unfinished, the partitions
+// are paused (polling goes on) until a quarter drained. The delivery row of each send is one
+// Delivery's (notifier/delivery.h).
 //
 // Per record, in a worker:
 //   headers, decode -> poison (another event type or content type, undecodable payload, no or
