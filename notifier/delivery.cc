@@ -41,16 +41,27 @@ void Deliveries::Probe() { SetPostgresOk(store_.Ping().ok()); }
 absl::StatusOr<Delivery> Deliveries::Begin(const std::string& event_id, int incoming_attempt,
                                            const absl::Notification& cancelled,
                                            const absl::Notification& stop) {
-  absl::StatusOr<BeginResult> begin =
-      store_.Begin(event_id, options_.uncertain_policy, incoming_attempt);
-  if (!begin.ok()) {
-    SetPostgresOk(false);
-    log::Error("recording delivery intent failed; will retry",
-               {{"event_id", event_id}, {"error", std::string(begin.status().message())}});
-    return begin.status();
+  while (true) {
+    absl::StatusOr<BeginResult> begin =
+        store_.Begin(event_id, options_.uncertain_policy, incoming_attempt);
+    if (!begin.ok()) {
+      SetPostgresOk(false);
+      log::Error("recording delivery intent failed; will retry",
+                 {{"event_id", event_id}, {"error", std::string(begin.status().message())}});
+      return begin.status();
+    }
+    SetPostgresOk(true);
+    if (begin->action != BeginResult::Action::kBusy) {
+      return Delivery(*this, event_id, *begin, cancelled, stop);
+    }
+    log::Info("found in flight under another send's lease: waiting for it to run out",
+              {{"event_id", event_id},
+               {"send", begin->attempts},
+               {"wait_ms", absl::ToInt64Milliseconds(begin->busy_for)}});
+    if (cancelled.WaitForNotificationWithTimeout(begin->busy_for)) {
+      return absl::CancelledError("partition revoked while waiting for another send's lease");
+    }
   }
-  SetPostgresOk(true);
-  return Delivery(*this, event_id, *begin, cancelled, stop);
 }
 
 Delivery::Delivery(Deliveries& deliveries, std::string event_id, BeginResult begin,

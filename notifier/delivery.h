@@ -93,9 +93,10 @@ class Deliveries {
  public:
   Deliveries(DeliveryStore& store, DeliveryOptions options, metrics::Registry& registry);
 
-  // Claims `event_id` (DeliveryStore::Begin). `cancelled`: the record's partition was revoked
-  // (or stopping); `stop`: the process stops. Both must outlive the Delivery. An error is
-  // Postgres's: logged, and the record is to be tried again.
+  // Claims `event_id` (DeliveryStore::Begin), first waiting out another send's lease on the
+  // row (kBusy). `cancelled`: the record's partition was revoked (or stopping); `stop`: the
+  // process stops. Both must outlive the Delivery. An error is Postgres's (logged), or
+  // `cancelled` during that wait: the record is to be tried again.
   absl::StatusOr<Delivery> Begin(const std::string& event_id, int incoming_attempt,
                                  const absl::Notification& cancelled,
                                  const absl::Notification& stop);

@@ -52,6 +52,12 @@ INSERT INTO notification.telegram_updates (next_update_id) VALUES (0);
 -- duplicate; only the retry-worker's re-publish (a higher attempt) sends again.
 ALTER TABLE notification.deliveries ADD COLUMN dead_lettered_attempt int;
 )sql"},
+      {4, "send_lease", R"sql(
+-- Until when the send that holds this SENDING row may still have a request on its way to
+-- Telegram: set by Begin and renewed by each ownership check. Another worker takes the row
+-- over only after it (NULL: rows written before, free to take).
+ALTER TABLE notification.deliveries ADD COLUMN owned_until timestamptz;
+)sql"},
   };
   return kMigrations;
 }
@@ -90,16 +96,17 @@ std::string IdArray(const std::vector<std::string>& ids) {
 
 }  // namespace
 
-DeliveryStore::DeliveryStore(PgPool& pool)
+DeliveryStore::DeliveryStore(PgPool& pool, absl::Duration send_lease)
     : pool_(pool),
+      lease_seconds_(absl::ToDoubleSeconds(send_lease)),
       first_sights_([this](const std::vector<std::string>& ids) -> Batcher::Answer {
         absl::flat_hash_set<std::string> inserted;
         RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
           for (const pqxx::row& row : tx.exec_params(
-                   "INSERT INTO notification.deliveries (event_id, state, attempts) "
-                   "SELECT unnest($1::uuid[]), 'SENDING', 1 ON CONFLICT (event_id) DO NOTHING "
-                   "RETURNING event_id::text",
-                   IdArray(ids))) {
+                   "INSERT INTO notification.deliveries (event_id, state, attempts, owned_until) "
+                   "SELECT unnest($1::uuid[]), 'SENDING', 1, now() + make_interval(secs => $2) "
+                   "ON CONFLICT (event_id) DO NOTHING RETURNING event_id::text",
+                   IdArray(ids), lease_seconds_)) {
             inserted.insert(row[0].as<std::string>());
           }
           return absl::OkStatus();
@@ -146,8 +153,9 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
     result = BeginResult();
     // Seen before. The row lock orders us after any other instance working on it.
     pqxx::row row = tx.exec_params1(
-        "SELECT state, attempts, coalesce(dead_lettered_attempt, 0) FROM notification.deliveries "
-        "WHERE event_id = $1::uuid FOR UPDATE",
+        "SELECT state, attempts, coalesce(dead_lettered_attempt, 0), "
+        "       greatest(extract(epoch FROM owned_until - now()), 0)::float8 "
+        "FROM notification.deliveries WHERE event_id = $1::uuid FOR UPDATE",
         event_id);
     std::string state = row[0].as<std::string>();
     int attempts = row[1].as<int>();
@@ -159,6 +167,15 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
     }
     result.uncertain = state == "SENDING" && attempts >= incoming_attempt;
     result.retry = !result.uncertain;
+    double owned_for = row[3].is_null() ? 0 : row[3].as<double>();
+    if (result.uncertain && owned_for > 0) {
+      // Its sender may still have a request on the way: taking over now could put a second
+      // copy next to it, even after ours is confirmed.
+      result.action = BeginResult::Action::kBusy;
+      result.attempts = attempts;
+      result.busy_for = absl::Seconds(owned_for);
+      return absl::OkStatus();
+    }
     if (result.uncertain && policy == UncertainPolicy::kSkip) {
       result.action = BeginResult::Action::kSkip;
       result.attempts = attempts;
@@ -172,8 +189,9 @@ absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
     result.attempts = attempts + 1;
     tx.exec_params(
         "UPDATE notification.deliveries SET state = 'SENDING', attempts = attempts + 1, "
-        "uncertain = uncertain OR $2, updated_at = now() WHERE event_id = $1::uuid",
-        event_id, result.uncertain);
+        "uncertain = uncertain OR $2, updated_at = now(), "
+        "owned_until = now() + make_interval(secs => $3) WHERE event_id = $1::uuid",
+        event_id, result.uncertain, lease_seconds_);
     return absl::OkStatus();
   }));
   return result;
@@ -254,9 +272,11 @@ absl::StatusOr<bool> DeliveryStore::Release(const std::string& event_id, int sen
 absl::StatusOr<bool> DeliveryStore::StillSending(const std::string& event_id, int send) {
   bool sending = false;
   RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
-    sending = !tx.exec_params("SELECT 1 FROM notification.deliveries "
-                              "WHERE event_id = $1::uuid AND state = 'SENDING' AND attempts = $2",
-                              event_id, send)
+    sending = !tx.exec_params("UPDATE notification.deliveries "
+                              "SET owned_until = now() + make_interval(secs => $3) "
+                              "WHERE event_id = $1::uuid AND state = 'SENDING' AND attempts = $2 "
+                              "RETURNING 1",
+                              event_id, send, lease_seconds_)
                    .empty();
     return absl::OkStatus();
   }, PgPool::Retry::kIdempotent));

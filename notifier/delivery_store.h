@@ -19,6 +19,14 @@
 // what the record's new owner did (Begin again -> attempts+1, then SENT). A retry of a Mark*
 // whose first try committed unseen (a broken connection) finds its own outcome and answers true.
 //
+// Leases: a send may still have a request on its way to Telegram for a while after its owner
+// last knew the row was its own, and a frozen owner wakes mid-send. So Begin and each
+// StillSending set the row's `owned_until` to now + `send_lease`, and a Begin that finds the
+// row SENDING for another send before that time does not take it over: kBusy, try again after
+// `busy_for`. The lease must cover the owner's whole last request: the time it trusts a check
+// (ownership_recheck_after) plus a request's timeout. A dead letter proves its send is over:
+// the retry-worker's re-publish never waits.
+//
 // Begin commits SENDING *before* the send, so a crash between sending and MarkSent leaves
 // evidence: the redelivered record finds SENDING and the notifier counts it as uncertain
 // instead of silently sending twice (or silently dropping). A send whose outcome is unknown
@@ -36,6 +44,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/postgres.h"
 #include "notifier/batcher.h"
 
@@ -63,6 +72,7 @@ struct BeginResult {
     kSend,       // SENDING is committed: send now, then MarkSent / MarkFailed
     kDuplicate,  // already SENT or UNDELIVERABLE, or FAILED and dead-lettered: skip
     kSkip,       // uncertain and the policy is skip: now SENT, do not send
+    kBusy,       // SENDING under another send's lease: nothing changed, try after busy_for
   };
   Action action = Action::kSend;
   // Found SENDING on arrival.
@@ -71,11 +81,14 @@ struct BeginResult {
   bool retry = false;
   // Send attempts including this one.
   int attempts = 1;
+  // kBusy: how long the other send's lease still runs.
+  absl::Duration busy_for;
 };
 
 class DeliveryStore {
  public:
-  explicit DeliveryStore(PgPool& pool);
+  // `send_lease`: see "Leases" above; zero takes over a row found SENDING at once.
+  explicit DeliveryStore(PgPool& pool, absl::Duration send_lease = absl::ZeroDuration());
 
   // `event_id` must be a UUID (the caller validates it). `incoming_attempt` is the attempt
   // number the record carries (1 unless the retry-worker re-published it after a dead letter):
@@ -102,14 +115,16 @@ class DeliveryStore {
   // Final: no retry, no DLQ. `reason` is kept in last_error.
   absl::StatusOr<bool> MarkUndeliverable(const std::string& event_id, int send,
                                          const std::string& reason);
-  // Whether the row is still SENDING for send number `send`: asked before a request goes out
-  // when the worker may have been paused or lost its partition since its Begin.
+  // Whether the row is still SENDING for send number `send`, renewing its lease when it is:
+  // asked before a request goes out when the worker may have been paused or lost its partition
+  // since its Begin.
   absl::StatusOr<bool> StillSending(const std::string& event_id, int send);
   // SELECT 1, for health.
   absl::Status Ping();
 
  private:
   PgPool& pool_;
+  const double lease_seconds_;
   // The two writes every message makes, batched across concurrent callers.
   Batcher first_sights_;  // INSERT SENDING ... ON CONFLICT DO NOTHING: returns the inserted
   Batcher sent_;          // SENDING -> SENT, ids as "<event id>/<send>"

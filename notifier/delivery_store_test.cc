@@ -3,6 +3,7 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/time/clock.h"
 #include "common/testing/environment.h"
 #include "gtest/gtest.h"
 
@@ -147,6 +148,50 @@ TEST_F(DeliveryStoreTest, AStaleSendChangesNothingOnceTakenOver) {
   EXPECT_FALSE(*store_.MarkDeadLettered(kId, 1, 1));
   EXPECT_EQ(State(), "SENT/2/true");
   EXPECT_EQ(store_.Begin(kId, UncertainPolicy::kResend)->action, BeginResult::Action::kDuplicate);
+}
+
+// The fault run's "copy after confirmed SENT": worker A, woken from a freeze, checked that the
+// row was still its own and sent; worker B took the row over a moment later and sent too, and
+// B's copy was confirmed before A's arrived. Under a lease, B waits until every request A may
+// still have on its way has ended, and A's every check renews the lease.
+TEST_F(DeliveryStoreTest, ARowIsNotTakenOverWhileItsSendersLeaseRuns) {
+  DeliveryStore leased(pool_, absl::Seconds(2));
+  ASSERT_EQ(leased.Begin(kId, UncertainPolicy::kResend)->attempts, 1);  // worker A
+  absl::Time claimed = absl::Now();
+
+  auto early = leased.Begin(kId, UncertainPolicy::kResend);  // worker B, at once
+  ASSERT_TRUE(early.ok());
+  EXPECT_EQ(early->action, BeginResult::Action::kBusy);
+  EXPECT_GT(early->busy_for, absl::Seconds(1));
+  EXPECT_LE(early->busy_for, absl::Seconds(2));
+  // The same under the skip policy: marking it SENT could not stop A's request either.
+  EXPECT_EQ(leased.Begin(kId, UncertainPolicy::kSkip)->action, BeginResult::Action::kBusy);
+  EXPECT_EQ(State(), "SENDING/1/false");
+
+  // A checks again a second later: the lease runs from the check.
+  absl::SleepFor(absl::Seconds(1) - (absl::Now() - claimed));
+  ASSERT_TRUE(*leased.StillSending(kId, 1));
+  absl::SleepFor(absl::Milliseconds(1500));  // past the Begin's lease, not the check's
+  EXPECT_EQ(leased.Begin(kId, UncertainPolicy::kResend)->action, BeginResult::Action::kBusy);
+
+  absl::SleepFor(absl::Milliseconds(700));  // the check's lease is over
+  auto takeover = leased.Begin(kId, UncertainPolicy::kResend);
+  ASSERT_TRUE(takeover.ok());
+  EXPECT_EQ(takeover->action, BeginResult::Action::kSend);
+  EXPECT_TRUE(takeover->uncertain);
+  EXPECT_EQ(takeover->attempts, 2);
+  EXPECT_FALSE(*leased.StillSending(kId, 1));  // A's next check: not its own any more
+}
+
+// A dead letter proves its send is over: the retry-worker's re-publish of a send found SENDING
+// (its FAILED mark unwritten) does not wait for the lease.
+TEST_F(DeliveryStoreTest, ARepublishedDeadLetterDoesNotWaitForTheLease) {
+  DeliveryStore leased(pool_, absl::Seconds(30));
+  ASSERT_TRUE(leased.Begin(kId, UncertainPolicy::kResend).ok());
+  auto retry = leased.Begin(kId, UncertainPolicy::kResend, /*incoming_attempt=*/2);
+  ASSERT_TRUE(retry.ok());
+  EXPECT_EQ(retry->action, BeginResult::Action::kSend);
+  EXPECT_EQ(retry->attempts, 2);
 }
 
 // A stale failure must not undo the new owner's own failure either (its dead letter is the one

@@ -67,7 +67,7 @@ int Run(notifier::Options& o, grpc::Server& health) {
   });
   // Workers wait for a connection while others hold one: a few suffice, most time is HTTP.
   PgPool pool({.url = o.database_url, .size = std::min(o.notifier.consumer.concurrency, 8)});
-  notifier::DeliveryStore store(pool);
+  notifier::DeliveryStore store(pool, o.send_lease);
   std::unique_ptr<notifier::Sender> sender;
   if (o.telegram.token.empty()) {
     sender = std::make_unique<notifier::LogSender>(o.notifications_file);

@@ -247,6 +247,8 @@ Notifier::Outcome Notifier::Send(const RdKafka::Message& message,
       log::Warn("uncertain delivery: found in flight, not resent (UNCERTAIN_POLICY=skip)",
                 {{"event_id", delivery->event_id()}, {"policy", "skip"}});
       return Outcome::kDone;
+    case BeginResult::Action::kBusy:  // waited out by Deliveries::Begin; never here
+      return Outcome::kRetry;
     case BeginResult::Action::kSend:
       break;
   }

@@ -61,6 +61,8 @@ void Validate(Settings& s, const Words& w, Options& o) {
   if (!o.links.tls_cert.empty() && o.links.tls_ca.empty()) {
     s.Fail("PAYMENT_SERVER_TLS_CERT_FILE", "needs PAYMENT_SERVER_TLS_CA_FILE");
   }
+  o.send_lease =
+      o.notifier.ownership_recheck_after + o.telegram.total_timeout + absl::Seconds(1);
   // The bot's poller talks to the same bot, with the same timeouts, in the same language.
   o.poller.database_url = o.database_url;
   o.poller.api_base = o.telegram.api_base;

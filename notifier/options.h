@@ -43,6 +43,10 @@ struct Options {
   TelegramOptions telegram;
   // NOTIFICATIONS_FILE: the log sender's output without a bot token.
   std::string notifications_file = ".local/notifications.jsonl";
+  // Derived: how long a send's requests may still be on their way after its owner last knew
+  // the delivery row was its own (DeliveryStore's lease): the time a check is trusted
+  // (ownership_recheck_after), one whole request (TELEGRAM_TIMEOUT) and a second to spare.
+  absl::Duration send_lease;
   // TELEGRAM_RATE (TELEGRAM_PAID_RATE with paid broadcasts), TELEGRAM_BURST,
   // TELEGRAM_CHAT_INTERVAL, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_INTERVAL, TELEGRAM_GROUP_BURST:
   // one budget for every message of the bot.

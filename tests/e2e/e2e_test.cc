@@ -78,7 +78,7 @@ class EndToEndTest : public SystemTest {
 
 TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
   constexpr int kPayments = 50;
-  StartSystem({.users = 5, .link_chats = true});
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 5, .link_chats = true}));
   std::map<int64_t, User> paid = PayMany(*system_, kPayments);
   ASSERT_EQ(paid.size(), kPayments);
 
@@ -112,7 +112,7 @@ TEST_F(EndToEndTest, EveryPaymentBecomesExactlyOneMessageWithItsDetails) {
 }
 
 TEST_F(EndToEndTest, TransientTelegramFailuresAreDeliveredByTheRetryWorker) {
-  StartSystem({.users = 2});
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 2}));
   // Each notifier attempt makes 2 requests (TELEGRAM_RETRIES=1): the first messages fail both,
   // go to the DLQ, and only the retry-worker's re-publish can deliver them.
   system_->telegram().SetFault({.mode = testing::FaultMode::k5xx, .count = 6, .status = 503});
@@ -147,7 +147,7 @@ TEST_F(EndToEndTest, TransientTelegramFailuresAreDeliveredByTheRetryWorker) {
 }
 
 TEST_F(EndToEndTest, PermanentTelegramFailureIsParkedVisibleAndRetryable) {
-  StartSystem({.users = 2});
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 2}));
   system_->telegram().SetFault({.mode = testing::FaultMode::k400, .count = 0});
   std::map<int64_t, User> paid = PayMany(*system_, 2);
   ASSERT_EQ(paid.size(), 2u);
@@ -217,7 +217,7 @@ std::string ReadTopicWithConsoleConsumer(const std::string& topic, int max) {
 }
 
 TEST_F(EndToEndTest, PoisonRecordGoesToTheDlqAndIsParkedWhileDeliveriesGoOn) {
-  StartSystem({.users = 2});
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 2}));
   // Before the poison, a payment, so we know the pipeline runs.
   std::map<int64_t, User> before = PayMany(*system_, 2);
   ASSERT_TRUE(WaitUntil([&] { return AllDelivered(*system_, before); }, absl::Seconds(60)));

@@ -147,10 +147,11 @@ class PoisonTest : public SystemTest {
 
 TEST_F(PoisonTest, BadRecordsAtEveryStageAreSetAsideWithTheirReasonWhilePaymentsFlow) {
   // Payers in chats of their own, each well under Telegram's 1 message/s per chat.
-  StartSystem({.users = 16,
-               .seats = 2000,
-               .link_chats = true,
-               .relay_env = {{"STRANDED_AFTER", "2s"}, {"SLOT_STATS_INTERVAL", "1s"}}});
+  ASSERT_NO_FATAL_FAILURE(
+      StartSystem({.users = 16,
+                   .seats = 2000,
+                   .link_chats = true,
+                   .relay_env = {{"STRANDED_AFTER", "2s"}, {"SLOT_STATS_INTERVAL", "1s"}}}));
   BackgroundPayer payer(*system_);
   ASSERT_TRUE(WaitUntil([&] { return !system_->MessagesByReservation().empty(); },
                         absl::Seconds(60)));

@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "common/backoff.h"
 #include "common/grpc_server.h"
@@ -227,10 +228,25 @@ absl::Status System::Start() {
   }
   for (Instance& instance : instances_) Restart(instance.service, instance.index);
   if (!WaitHealthy(absl::Seconds(90))) {
-    return absl::DeadlineExceededError(
-        absl::StrCat("services did not all become SERVING; logs: ", LogPaths()));
+    return absl::DeadlineExceededError(absl::StrCat(
+        "services did not all become SERVING within 90 s:", NotServing(), "\nlogs: ", LogPaths()));
   }
   return absl::OkStatus();
+}
+
+std::string System::NotServing() {
+  std::string report;
+  for (Instance& instance : instances_) {
+    int health = testing::HealthStatus(instance.grpc_address);
+    if (health == 1) continue;
+    absl::StrAppend(&report, "\n  ", ServiceName(instance.service), "[", instance.index,
+                    "]: ", health == 2 ? "NOT_SERVING" : "no answer", "; its last lines:");
+    std::string log = instance.process == nullptr ? "" : instance.process->ReadLog();
+    std::vector<absl::string_view> lines = absl::StrSplit(log, '\n', absl::SkipEmpty());
+    size_t from = lines.size() > 12 ? lines.size() - 12 : 0;
+    for (size_t i = from; i < lines.size(); ++i) absl::StrAppend(&report, "\n    ", lines[i]);
+  }
+  return report;
 }
 
 void System::Kill(Service service, int index) {

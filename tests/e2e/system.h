@@ -105,6 +105,8 @@ class System {
   double Metric(Service service, int index, const std::string& name,
                 const std::string& label_filter = "");
   bool WaitHealthy(absl::Duration timeout);
+  // Each instance not SERVING now, with the last lines of its log; "" when all are.
+  std::string NotServing();
   // Every child's log file, those of killed or restarted instances included.
   std::vector<std::string> LogFiles() const;
   // The same, space-separated, for failure messages.

@@ -4,7 +4,10 @@
 //    protected:
 //     PoisonTest() : SystemTest("poison") {}
 //   };
-//   TEST_F(PoisonTest, ...) { StartSystem({.users = 4}); ... system_->... }
+//   TEST_F(PoisonTest, ...) {
+//     ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 4}));  // a failed start ends the test
+//     ... system_->...
+//   }
 //
 // StartSystem fills in the database and Kafka and waits until every service serves; TearDown
 // stops the services before the database is dropped, and names their logs when the test failed.

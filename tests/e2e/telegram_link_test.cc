@@ -110,7 +110,8 @@ class TelegramLinkTest : public SystemTest {
 
 TEST_F(TelegramLinkTest, EachPayerGetsTheMessageInTheirOwnChatAndGoneChatsAreUnlinked) {
   constexpr int kLinkedUsers = 3;
-  StartSystem({.users = kLinkedUsers + 1});  // the last one never links
+  // The last user never links.
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = kLinkedUsers + 1}));
   const std::vector<User>& users = system_->seeded().users;
   const int64_t operator_chat = std::stoll(kChatId);
   auto chat_of = [](int i) { return int64_t{7001} + i; };
@@ -201,9 +202,8 @@ TEST_F(TelegramLinkTest, EachPayerGetsTheMessageInTheirOwnChatAndGoneChatsAreUnl
 }
 
 TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverAndNoUpdateIsLost) {
-  StartSystem({.notifiers = 2,
-               .users = 3,
-               .notifier_env = {{"UNLINKED_POLICY", "skip"}}});
+  ASSERT_NO_FATAL_FAILURE(StartSystem(
+      {.notifiers = 2, .users = 3, .notifier_env = {{"UNLINKED_POLICY", "skip"}}}));
   auto leaders = [&] {
     std::vector<int> out;
     for (int i = 0; i < 2; ++i) {
@@ -289,7 +289,8 @@ TEST_F(TelegramLinkTest, OneReplicaPollsAndAnotherTakesOverAndNoUpdateIsLost) {
 }
 
 TEST_F(TelegramLinkTest, StopInTheChatOrUnlinkInTheAppEndsTheLinkAndTheNextPaymentIsUnlinked) {
-  StartSystem({.users = 2});  // UNLINKED_POLICY unset, TELEGRAM_CHAT_ID set: the operator's
+  // UNLINKED_POLICY unset, TELEGRAM_CHAT_ID set: unlinked payers go to the operator's chat.
+  ASSERT_NO_FATAL_FAILURE(StartSystem({.users = 2}));
   const std::vector<User>& users = system_->seeded().users;
   const int64_t operator_chat = std::stoll(kChatId);
   Link(users[0], 7101);
@@ -330,7 +331,8 @@ TEST_F(TelegramLinkTest, StopInTheChatOrUnlinkInTheAppEndsTheLinkAndTheNextPayme
 // sent again (a bounded number of times), so that a confirmation is not lost to a busy bot.
 // They are never paid broadcasts, even when payment messages are.
 TEST_F(TelegramLinkTest, ABotAnswerRateLimitedGoesAfterRetryAfterAndIsNeverPaid) {
-  StartSystem({.users = 2, .notifier_env = {{"TELEGRAM_PAID_BROADCAST", "true"}}});
+  ASSERT_NO_FATAL_FAILURE(
+      StartSystem({.users = 2, .notifier_env = {{"TELEGRAM_PAID_BROADCAST", "true"}}}));
   const std::vector<User>& users = system_->seeded().users;
   system_->telegram().SetFault(
       {.mode = testing::FaultMode::k429, .count = 2, .retry_after_seconds = 1, .chat_id = "7201"});
@@ -370,7 +372,8 @@ TEST_F(TelegramLinkTest, ABotAnswerRateLimitedGoesAfterRetryAfterAndIsNeverPaid)
 // the update and asks again (an operator has to fix the setting), and says so: one error line
 // in its log, and every refused call counted.
 TEST_F(TelegramLinkTest, RefusedLinkCallsAreRetriedLoggedOnceAndCounted) {
-  StartSystem({.users = 1, .notifier_env = {{"INTERNAL_TOKEN", "not-payment-servers-internal-token"}}});
+  ASSERT_NO_FATAL_FAILURE(StartSystem(
+      {.users = 1, .notifier_env = {{"INTERNAL_TOKEN", "not-payment-servers-internal-token"}}}));
   const User& user = system_->seeded().users[0];
   v1::TelegramLink link;
   ASSERT_TRUE(client_->LinkTelegram(user, &link).ok());
