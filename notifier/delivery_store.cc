@@ -58,6 +58,14 @@ ALTER TABLE notification.deliveries ADD COLUMN dead_lettered_attempt int;
 -- over only after it (NULL: rows written before, free to take).
 ALTER TABLE notification.deliveries ADD COLUMN owned_until timestamptz;
 )sql"},
+      {5, "telegram_budget", R"sql(
+-- Telegram's limits for the whole fleet of notifiers (notifier/budget.h): one GCRA bucket per
+-- row, "bot" and "chat:<id>", its theoretical arrival time in Postgres's clock.
+CREATE TABLE notification.telegram_budget (
+  bucket  text PRIMARY KEY,
+  tat     timestamptz NOT NULL
+);
+)sql"},
   };
   return kMigrations;
 }

@@ -66,7 +66,7 @@ int Run(notifier::Options& o, grpc::Server& health) {
         kafka::ProducerConfig(o.notifier.kafka, "notifier-dlq"));
   });
   // Workers wait for a connection while others hold one: a few suffice, most time is HTTP.
-  PgPool pool({.url = o.database_url, .size = std::min(o.notifier.consumer.concurrency, 8)});
+  PgPool pool({.url = o.database_url, .size = std::min(o.pacer.workers, 8)});
   notifier::DeliveryStore store(pool, o.send_lease);
   std::unique_ptr<notifier::Sender> sender;
   if (o.telegram.token.empty()) {
@@ -83,8 +83,10 @@ int Run(notifier::Options& o, grpc::Server& health) {
   if (!o.links.token.empty()) {
     links = std::make_unique<notifier::LinkClient>(o.links, metrics::Default());
   }
-  // One pacer per bot: payment messages and the bot's answers share Telegram's limits.
-  notifier::Pacer pacer(o.pacing);
+  // One budget per bot, shared by every replica: payment messages and the bot's answers share
+  // Telegram's limits. The pacer outlives the consumer, whose records wait in it.
+  notifier::SharedBudget budget(pool, o.pacing);
+  notifier::Pacer pacer(budget, o.pacer);
   notifier::Notifier worker(o.notifier, store, *sender, pacer, dlq, metrics::Default(),
                             links.get());
   std::unique_ptr<notifier::TelegramSender> replies;

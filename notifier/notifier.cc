@@ -148,20 +148,46 @@ bool Notifier::Healthy(bool probe, nlohmann::json& details) {
   return postgres_ok && dlq_ok;
 }
 
+// One record from Handle() until its Completion: the consumer keeps the message and the
+// assignment alive until then.
+struct Notifier::Record {
+  const RdKafka::Message& message;
+  const kafka::Assignment& assignment;
+  kafka::Completion done;
+  Backoff backoff;
+};
+
 void Notifier::Handle(const RdKafka::Message& message, const kafka::Assignment& assignment,
                       kafka::Completion done) {
-  Backoff backoff(kFirstRetry, options_.max_backoff);
-  while (true) {
-    if (Process(message, assignment) == Outcome::kDone) return done(kafka::Completion::kDone);
-    // Postgres or the DLQ is down: this lane waits, the others go on as far as they can.
-    if (assignment.cancelled().HasBeenNotified() || !backoff.Wait(assignment.cancelled())) {
-      return done(kafka::Completion::kAbandoned);
-    }
-  }
+  Start(std::make_shared<Record>(
+      Record{message, assignment, std::move(done), Backoff(kFirstRetry, options_.max_backoff)}));
 }
 
-Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
-                                    const kafka::Assignment& assignment) {
+void Notifier::Start(std::shared_ptr<Record> record) {
+  Routed routed;
+  Outcome outcome = Process(*record, &routed);
+  if (outcome != Outcome::kPace) return Finish(std::move(record), outcome);
+  // The record waits in its chat's queue, on no thread, until its slots are free.
+  pacer_.Submit(routed.chat_id, Pacer::Priority::kNotification, record->assignment.cancelled(),
+                [this, record, routed](bool go, const Pacer::Waits& waits) {
+                  CountWaits(routed.chat_id, waits);
+                  if (!go) return record->done(kafka::Completion::kAbandoned);
+                  Finish(record, Send(*record, routed));
+                });
+}
+
+void Notifier::Finish(std::shared_ptr<Record> record, Outcome outcome) {
+  if (outcome == Outcome::kDone) return record->done(kafka::Completion::kDone);
+  // Postgres or the DLQ is down: this lane waits, the others go on as far as they can.
+  const absl::Notification& cancelled = record->assignment.cancelled();
+  if (cancelled.HasBeenNotified() || !record->backoff.Wait(cancelled)) {
+    return record->done(kafka::Completion::kAbandoned);
+  }
+  Start(std::move(record));
+}
+
+Notifier::Outcome Notifier::Process(Record& record, Routed* routed) {
+  const RdKafka::Message& message = record.message;
   RecordHeaders headers = ReadHeaders(message);
   int attempt = headers.attempt;
   auto poison = [&](const std::string& event_id, std::string why) {
@@ -171,7 +197,7 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
                            .attempt = attempt});
   };
   if (!headers.foreign.empty()) return poison(headers.event_id, headers.foreign);
-  events::v1::PaymentCompleted event;
+  events::v1::PaymentCompleted& event = routed->event;
   if (!event.ParseFromArray(message.payload(), static_cast<int>(message.len()))) {
     return poison(headers.event_id, "undecodable payload");
   }
@@ -182,18 +208,31 @@ Notifier::Outcome Notifier::Process(const RdKafka::Message& message,
   if (absl::Status complete = CheckPaymentCompleted(event); !complete.ok()) {
     return poison(event_id, std::string(complete.message()));
   }
-  return Send(message, assignment, event, attempt);
+  routed->attempt = attempt;
+  routed->payer_chat = event.telegram_chat_id();
+  if (routed->payer_chat == 0 && options_.unlinked_policy == UnlinkedPolicy::kSkip) {
+    routed->unlinked_skip = true;  // nothing to send, so nothing to pace
+    return Send(record, *routed);
+  }
+  routed->chat_id = routed->payer_chat != 0 ? std::to_string(routed->payer_chat)
+                                            : options_.operator_chat_id;
+  return Outcome::kPace;
 }
 
-bool Notifier::Pace(const std::string& chat_id, const kafka::Assignment& assignment) {
-  Pacer::Waits waits;
-  bool acquired = pacer_.Acquire(chat_id, assignment.cancelled(), &waits);
+void Notifier::CountWaits(const std::string& chat_id, const Pacer::Waits& waits) {
   auto count = [](metrics::Counter& counter, absl::Duration waited) {
     if (waited > absl::ZeroDuration()) counter.Increment(absl::ToDoubleSeconds(waited));
   };
   count(pacing_wait_bot_, waits.bot);
   count(IsGroupChat(chat_id) ? pacing_wait_group_ : pacing_wait_chat_, waits.chat);
   count(pacing_wait_flood_, waits.flood);
+}
+
+bool Notifier::Pace(const std::string& chat_id, const kafka::Assignment& assignment) {
+  Pacer::Waits waits;
+  bool acquired = pacer_.Acquire(chat_id, Pacer::Priority::kNotification,
+                                 assignment.cancelled(), &waits);
+  CountWaits(chat_id, waits);
   return acquired;
 }
 
@@ -221,16 +260,14 @@ Notifier::Outcome Notifier::Undeliverable(Delivery& delivery, const std::string&
   return Outcome::kDone;
 }
 
-Notifier::Outcome Notifier::Send(const RdKafka::Message& message,
-                                 const kafka::Assignment& assignment,
-                                 const events::v1::PaymentCompleted& event, int attempt) {
-  int64_t payer_chat = event.telegram_chat_id();
-  bool unlinked_skip = payer_chat == 0 && options_.unlinked_policy == UnlinkedPolicy::kSkip;
-  std::string chat_id = payer_chat != 0 ? std::to_string(payer_chat) : options_.operator_chat_id;
+Notifier::Outcome Notifier::Send(Record& record, const Routed& routed) {
+  const RdKafka::Message& message = record.message;
+  const kafka::Assignment& assignment = record.assignment;
+  const events::v1::PaymentCompleted& event = routed.event;
+  int attempt = routed.attempt;
+  int64_t payer_chat = routed.payer_chat;
 
   // Paced before Begin: a wait holds no SENDING row that a crash would turn into a doubt.
-  if (!unlinked_skip && !Pace(chat_id, assignment)) return Outcome::kRetry;
-
   absl::StatusOr<Delivery> delivery =
       deliveries_.Begin(event.event_id(), attempt, assignment.cancelled(), *stop_);
   if (!delivery.ok()) return Outcome::kRetry;
@@ -258,10 +295,11 @@ Notifier::Outcome Notifier::Send(const RdKafka::Message& message,
               {{"event_id", delivery->event_id()}, {"policy", "resend"},
                {"attempts", begin.attempts}});
   }
-  if (unlinked_skip) {
+  if (routed.unlinked_skip) {
     return Undeliverable(*delivery, "no_link", "the payer has no linked Telegram chat");
   }
-  Notification notification{delivery->event_id(), std::to_string(event.reservation_id()), chat_id,
+  Notification notification{delivery->event_id(), std::to_string(event.reservation_id()),
+                            routed.chat_id,
                             FormatPaymentMessage(event, options_.time_zone, options_.locale)};
   notification.still_ours = [&delivery] { return delivery->StillOurs(); };
   return Deliver(message, assignment, *delivery, notification, payer_chat, attempt);

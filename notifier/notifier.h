@@ -3,20 +3,23 @@
 // Postgres (DeliveryStore), and sends what cannot be delivered to the DLQ topic (DeadLetters).
 //
 // Concurrency: a KeyedConsumer (common/kafka/consumer.h). Its thread only reads records and
-// hands them to a pool of `consumer.concurrency` workers; it never waits for HTTP, so it stays in
-// its group. Records with the same key (one reservation) are worked on strictly one after
-// another, in offset order; different reservations go in parallel. An offset is committed only
-// below the lowest unfinished record of its partition (every `consumer.commit_interval`, at a
-// revoke and at stop). Beyond `consumer.max_pending` records read and unfinished, the partitions
-// are paused (polling goes on) until a quarter drained. The delivery row of each send is one
-// Delivery's (notifier/delivery.h).
+// hands them to a few workers that decode and route them; it never waits for HTTP, so it stays
+// in its group. Records with the same key (one reservation) are worked on strictly one after
+// another, in offset order; different reservations go in parallel. A routed record waits for
+// its chat's and the bot's slots in the Pacer (notifier/pacer.h), in its chat's queue and on no
+// thread, and is sent on one of the Pacer's SEND_CONCURRENCY workers. An offset is committed
+// only below the lowest unfinished record of its partition (every `consumer.commit_interval`, at
+// a revoke and at stop). Beyond `consumer.max_pending` records read and unfinished (waiting in
+// the Pacer included), the partitions are paused (polling goes on) until a quarter drained. The
+// delivery row of each send is one Delivery's (notifier/delivery.h).
 //
-// Per record, in a worker:
+// Per record:
 //   headers, decode -> poison (another event type or content type, undecodable payload, no or
 //                      invalid event id, missing fields): DLQ at once
 //   route           -> the payer's chat (event.telegram_chat_id); none linked: the operator's
 //                      chat, or with UNLINKED_POLICY=skip UNDELIVERABLE, counted, done
-//   pace            -> Pacer: the bot's, the chat's or group's rate, and any 429 pause
+//   pace            -> Pacer: the chat's or group's slot and the bot's, from the budget every
+//                      replica shares (notifier/budget.h), and any 429 pause
 //   Begin           -> SENT or UNDELIVERABLE already: duplicate, skipped and counted
 //                      SENDING found: uncertain, counted, UNCERTAIN_POLICY decides
 //   send            -> ok: MarkSent
@@ -39,7 +42,8 @@
 // known to have failed goes to the DLQ even when its FAILED mark could not be written (the dead
 // letter's attempt number tells the next Begin it was not delivered).
 //
-//   Pacer pacer(pacing);  // shared with the bot's answers (UpdatePoller)
+//   SharedBudget budget(pool, pacing);
+//   Pacer pacer(budget, {.workers = 32});  // shared with the bot's answers (UpdatePoller)
 //   Notifier notifier(options, store, sender, pacer, dead_letters, metrics::Default(), &links);
 //   notifier.Run(StopRequested(), [&](bool ok) { SetServing(*grpc, ok); });
 #ifndef CONCERT_NOTIFIER_NOTIFIER_H_
@@ -47,6 +51,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 
 #include <librdkafka/rdkafkacpp.h>
@@ -87,10 +92,11 @@ struct NotifierOptions {
   std::string operator_chat_id;
   UnlinkedPolicy unlinked_policy = UnlinkedPolicy::kOperator;
   UncertainPolicy uncertain_policy = UncertainPolicy::kResend;
-  // How the records are read: their order per reservation, how many are worked on at once
-  // (SEND_CONCURRENCY: sends in flight), pausing, commits, revokes (`config` is filled from
+  // How the records are read: their order per reservation, how many are decoded and routed at
+  // once (sends in flight are the Pacer's), pausing, commits, revokes (`config` is filled from
   // `kafka`, `group_id` and `client_id`).
   kafka::KeyedConsumerOptions consumer{.topic = "payment-completed-topic",
+                                       .concurrency = 4,
                                        .metrics_prefix = "notifier"};
   // Bound of the backoff between retries of a record while Postgres or the DLQ is down.
   absl::Duration max_backoff = absl::Seconds(5);
@@ -119,23 +125,40 @@ class Notifier : private kafka::RecordHandler {
   absl::Status Run(const absl::Notification& stop, std::function<void(bool)> on_health = nullptr);
 
  private:
-  enum class Outcome { kDone, kRetry };
+  enum class Outcome {
+    kDone,
+    kRetry,
+    kPace,  // decoded and routed: to wait for its slots in the Pacer, then Send()
+  };
+  struct Record;
+  // Where a decoded record goes.
+  struct Routed {
+    events::v1::PaymentCompleted event;
+    int attempt = 1;         // the record's retry_topic-attempts
+    int64_t payer_chat = 0;  // the payer's linked chat; 0: none
+    std::string chat_id;     // the payer's, or the operator's
+    bool unlinked_skip = false;  // no chat: UNDELIVERABLE (UNLINKED_POLICY=skip)
+  };
   // A stale change leaves the record to its new owner: done here. Given up: tried again.
   static Outcome OutcomeOf(Recorded recorded) {
     return recorded == Recorded::kGaveUp ? Outcome::kRetry : Outcome::kDone;
   }
 
-  // kafka::RecordHandler: Process() until done, retried with backoff in its lane while
-  // Postgres or the DLQ is down; abandoned at stop or revoke.
+  // kafka::RecordHandler: Start().
   void Handle(const RdKafka::Message& message, const kafka::Assignment& assignment,
               kafka::Completion done) override;
   bool Healthy(bool probe, nlohmann::json& details) override;
 
-  // Headers, decode, poison -> DLQ; then Send().
-  Outcome Process(const RdKafka::Message& message, const kafka::Assignment& assignment);
-  // Route, pace, Begin, then Deliver().
-  Outcome Send(const RdKafka::Message& message, const kafka::Assignment& assignment,
-               const events::v1::PaymentCompleted& event, int attempt);
+  // Process(), then the Pacer runs Send() once the chat's and the bot's slots are free; Finish().
+  void Start(std::shared_ptr<Record> record);
+  // Done: completes the record. Retry (Postgres or the DLQ down): Start() again after a
+  // backoff, or abandoned when its partition goes first.
+  void Finish(std::shared_ptr<Record> record, Outcome outcome);
+  // Headers, decode, poison -> DLQ; route; an unlinked payer under UNLINKED_POLICY=skip is
+  // recorded at once (Send), the others are kPace.
+  Outcome Process(Record& record, Routed* routed);
+  // Begin, then Deliver().
+  Outcome Send(Record& record, const Routed& routed);
   // The request (again after each 429) and its outcome, onto `delivery`'s row. `payer_chat`:
   // the payer's linked chat, 0 for the operator's.
   Outcome Deliver(const RdKafka::Message& message, const kafka::Assignment& assignment,
@@ -144,8 +167,11 @@ class Notifier : private kafka::RecordHandler {
   // A failed send: FAILED (or SENT uncertain under UNCERTAIN_POLICY=skip), then the DLQ.
   Outcome Fail(const RdKafka::Message& message, Delivery& delivery, const SendResult& result,
                int attempt);
-  // Pacer::Acquire for `chat_id`, its waits counted by scope; false when cancelled.
+  // After a 429, on the worker that holds the send: waits for fresh slots; false when
+  // cancelled.
   bool Pace(const std::string& chat_id, const kafka::Assignment& assignment);
+  // notifier_pacing_wait_seconds_total by scope.
+  void CountWaits(const std::string& chat_id, const Pacer::Waits& waits);
   Outcome ToDlq(const RdKafka::Message& message, DeadLetter letter);
   // MarkUndeliverable, then counts it by `reason`.
   Outcome Undeliverable(Delivery& delivery, const std::string& reason, const std::string& detail);

@@ -141,10 +141,10 @@ Options ReadOptions(Settings& s) {
   o.telegram.max_retry_after =
       s.Duration("TELEGRAM_MAX_RETRY_AFTER", absl::Seconds(30), absl::Seconds(1), absl::Hours(1),
                  "Longest 429 retry_after honoured (every send pauses that long)");
-  o.notifier.consumer.concurrency = static_cast<int>(
+  o.pacer.workers = static_cast<int>(
       s.Int("SEND_CONCURRENCY", 32, 1, 1000,
-            "Records worked on at once, at most one per reservation (sends in flight); about "
-            "rate x answer time is enough"));
+            "Sends in flight at once; about the bot's rate x Telegram's answer time is enough "
+            "(records waiting for their chat's slot hold none)"));
   o.notifier.consumer.max_pending = static_cast<int>(
       s.Int("MAX_PENDING", 10000, 10, 1000000,
             "Records read and unfinished before the consumer pauses its partitions (about 1 KiB "

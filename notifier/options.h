@@ -28,8 +28,8 @@ struct Options {
   // DATABASE_URL (required): the Postgres holding schema `notification`.
   std::string database_url;
   // KAFKA_*, PAYMENT_COMPLETED_TOPIC, TELEGRAM_CHAT_ID, NOTIFY_TIME_ZONE, MESSAGE_LOCALE,
-  // UNLINKED_POLICY, UNCERTAIN_POLICY, SEND_CONCURRENCY, MAX_PENDING, COMMIT_INTERVAL: the
-  // consumer's (notifier.h).
+  // UNLINKED_POLICY, UNCERTAIN_POLICY, MAX_PENDING, COMMIT_INTERVAL: the consumer's
+  // (notifier.h).
   NotifierOptions notifier;
   // PAYMENT_COMPLETED_PARTITIONS, DLQ_PARTITIONS: partitions when the notifier creates the
   // topics.
@@ -49,8 +49,10 @@ struct Options {
   absl::Duration send_lease;
   // TELEGRAM_RATE (TELEGRAM_PAID_RATE with paid broadcasts), TELEGRAM_BURST,
   // TELEGRAM_CHAT_INTERVAL, TELEGRAM_CHAT_BURST, TELEGRAM_GROUP_INTERVAL, TELEGRAM_GROUP_BURST:
-  // one budget for every message of the bot.
+  // one budget for every message of the bot, shared by every replica (budget.h).
   PacingOptions pacing;
+  // SEND_CONCURRENCY: the Pacer's workers, sends in flight at once.
+  PacerOptions pacer;
   // Derived: TELEGRAM_UPDATES=poll with a bot token.
   bool poll_updates = false;
   // TELEGRAM_POLL_TIMEOUT, TELEGRAM_BOT_USERNAME; the database, the bot and its timeouts, and

@@ -3,91 +3,372 @@
 #include <algorithm>
 
 #include "absl/time/clock.h"
+#include "common/backoff.h"
+#include "common/log.h"
 
 namespace concert::notifier {
 namespace {
 
-// Sleeps until `t`; false when stop was notified first.
-bool SleepUntil(absl::Time t, const absl::Notification& stop, absl::Duration* waited) {
-  absl::Duration d = t - absl::Now();
-  if (d <= absl::ZeroDuration()) return !stop.HasBeenNotified();
-  *waited += d;
-  return !stop.WaitForNotificationWithTimeout(d);
-}
+// How often waiting sends are checked for a revoke or a stop.
+constexpr absl::Duration kSweepEvery = absl::Milliseconds(50);
+// A leased slot of the bot unused this long after its time is dropped: using it now would add
+// to a burst.
+constexpr absl::Duration kSlotGrace = absl::Milliseconds(200);
+// Chats claimed in one round at most.
+constexpr size_t kMaxClaims = 256;
 
 }  // namespace
 
-bool IsGroupChat(const std::string& chat_id) {
-  return !chat_id.empty() && (chat_id[0] == '-' || chat_id[0] == '@');
+struct Pacer::Granted {
+  absl::Notification done;
+  bool go = false;
+  Waits waits;
+};
+
+Pacer::Pacer(Budget& budget, PacerOptions options, metrics::Registry& registry)
+    : budget_(budget),
+      options_(options),
+      waiting_gauge_(registry.GetGauge("notifier_pacer_waiting",
+                                       "Messages of the bot waiting for their chat's or the "
+                                       "bot's slot under Telegram's limits")),
+      budget_errors_(registry.GetCounter("notifier_budget_errors_total",
+                                         "Reservations of Telegram's budget in Postgres that "
+                                         "failed (nothing is sent until one succeeds)")) {
+  idle_workers_ = std::max(options_.workers, 1);
+  for (int i = 0; i < idle_workers_; ++i) workers_.emplace_back([this] { Work(); });
+  dispatcher_ = std::thread([this] { Dispatch(); });
 }
 
-Pacer::Bucket Pacer::MakeBucket(double rate, int burst) {
-  if (rate <= 0) return {absl::ZeroDuration(), absl::ZeroDuration()};
-  absl::Duration interval = absl::Seconds(1.0 / rate);
-  return {interval, interval * std::max(burst - 1, 0)};
+Pacer::~Pacer() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  dispatch_cv_.notify_all();
+  dispatcher_.join();
+  // Whatever still waits ends unsent; granted sends already queued still run.
+  std::vector<std::function<void()>> ended;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [chat_id, chat] : chats_) {
+      for (auto* queue : {&chat.answers, &chat.notifications}) {
+        for (Request& r : *queue) {
+          if (r.granted) {
+            r.granted->done.Notify();
+          } else {
+            ended.push_back([send = std::move(r.send)] { send(false, {}); });
+          }
+        }
+      }
+    }
+    chats_.clear();
+    waiting_ = 0;
+  }
+  for (auto& end : ended) end();
+  work_cv_.notify_all();
+  for (std::thread& t : workers_) t.join();
 }
 
-Pacer::Pacer(PacingOptions options)
-    : bot_(MakeBucket(options.bot_rate, options.bot_burst)),
-      chat_(MakeBucket(options.chat_rate, options.chat_burst)),
-      group_(MakeBucket(options.group_rate, options.group_burst)) {}
-
-absl::Time Pacer::Take(const Bucket& bucket, absl::Time now, absl::Time* tat) {
-  if (bucket.interval == absl::ZeroDuration()) return now;
-  absl::Time at = std::max(now, *tat - bucket.tolerance);
-  *tat = std::max(*tat, at) + bucket.interval;
-  return at;
+void Pacer::Submit(const std::string& chat_id, Priority priority,
+                   const absl::Notification& cancelled, Send send) {
+  Enqueue(chat_id, {.priority = priority, .cancelled = &cancelled, .send = std::move(send)});
 }
 
-absl::Time Pacer::ReserveChat(const std::string& chat_id, absl::Time now) {
-  const Bucket& bucket = IsGroupChat(chat_id) ? group_ : chat_;
-  if (bucket.interval == absl::ZeroDuration()) return now;
+bool Pacer::Acquire(const std::string& chat_id, Priority priority, const absl::Notification& stop,
+                    Waits* waits) {
+  auto granted = std::make_shared<Granted>();
+  Enqueue(chat_id, {.priority = priority, .cancelled = &stop, .granted = granted});
+  granted->done.WaitForNotification();
+  *waits = granted->waits;
+  return granted->go;
+}
+
+void Pacer::Block(absl::Duration retry_after) {
+  {
+    std::lock_guard lock(mu_);
+    blocked_until_ = std::max(blocked_until_, absl::Now() + retry_after);
+    bot_slots_.clear();  // leased before the 429: void
+  }
+  dispatch_cv_.notify_one();
+  // The other replicas learn it from the budget; should Postgres not take it, their next 429
+  // tells them.
+  if (absl::Status s = budget_.Block(retry_after); !s.ok()) {
+    log::Warn("could not share a 429's pause with the other replicas",
+              {{"error", std::string(s.message())}});
+  }
+}
+
+int Pacer::waiting() const {
   std::lock_guard lock(mu_);
-  // A bucket whose arrival time has passed is full again: forgetting it changes nothing.
-  if (chat_tat_.size() > 10000 && now - last_sweep_ > absl::Seconds(10)) {
-    last_sweep_ = now;
-    for (auto it = chat_tat_.begin(); it != chat_tat_.end();) {
-      it = it->second < now ? chat_tat_.erase(it) : std::next(it);
+  return waiting_;
+}
+
+void Pacer::Enqueue(const std::string& chat_id, Request request) {
+  {
+    std::lock_guard lock(mu_);
+    request.seq = next_seq_++;
+    request.submitted = absl::Now();
+    auto [it, inserted] = chats_.try_emplace(chat_id);
+    Chat& chat = it->second;
+    bool answer = request.priority == Priority::kAnswer;
+    (answer ? chat.answers : chat.notifications).push_back(std::move(request));
+    ++waiting_;
+    waiting_gauge_.Set(waiting_);
+    if (inserted) {
+      chat.stage = Stage::kToClaim;
+      Refile(chat_id, chat);
+    } else if (answer) {
+      Refile(chat_id, chat);  // an answer may be the chat's new head
     }
   }
-  auto [it, inserted] = chat_tat_.try_emplace(chat_id, absl::InfinitePast());
-  return Take(bucket, now, &it->second);
+  dispatch_cv_.notify_one();
 }
 
-absl::Time Pacer::ReserveBot(absl::Time now) {
-  std::lock_guard lock(mu_);
-  return Take(bot_, std::max(now, blocked_until_), &bot_tat_);
+void Pacer::Unfile(const std::string& chat_id, Chat& chat) {
+  Key key{std::get<0>(chat.key), std::get<1>(chat.key), chat_id};
+  switch (chat.stage) {
+    case Stage::kToClaim:
+      to_claim_.erase(key);
+      break;
+    case Stage::kReady:
+      ready_.erase(key);
+      break;
+    case Stage::kTimed:
+      timed_.erase({chat.ready_at, chat_id});
+      break;
+    case Stage::kClaiming:
+      break;
+  }
 }
 
-void Pacer::BlockUntil(absl::Time until) {
-  std::lock_guard lock(mu_);
-  ++blocks_;
-  blocked_until_ = std::max(blocked_until_, until);
-  // Slots handed out before the 429 are void; the next ones start after the pause.
-  bot_tat_ = std::max(bot_tat_, blocked_until_);
+void Pacer::Refile(const std::string& chat_id, Chat& chat) {
+  Unfile(chat_id, chat);
+  if (chat.empty()) {
+    // A claim on its way stays: the chat is forgotten when it comes back.
+    if (chat.stage != Stage::kClaiming) chats_.erase(chat_id);
+    return;
+  }
+  const Request& head = chat.head();
+  chat.key = {static_cast<int>(head.priority), head.seq};
+  Key key{static_cast<int>(head.priority), head.seq, chat_id};
+  switch (chat.stage) {
+    case Stage::kToClaim:
+      to_claim_.insert(key);
+      break;
+    case Stage::kReady:
+      ready_.insert(key);
+      break;
+    case Stage::kTimed:
+      timed_.insert({chat.ready_at, chat_id});
+      break;
+    case Stage::kClaiming:
+      break;
+  }
 }
 
-void Pacer::Block(absl::Duration retry_after) { BlockUntil(absl::Now() + retry_after); }
+void Pacer::DropStaleSlots(absl::Time now) {
+  while (!bot_slots_.empty() && bot_slots_.front() < now - kSlotGrace) bot_slots_.pop_front();
+}
 
-bool Pacer::Acquire(const std::string& chat_id, const absl::Notification& stop, Waits* waits) {
-  *waits = {};
-  if (!SleepUntil(ReserveChat(chat_id, absl::Now()), stop, &waits->chat)) return false;
-  while (true) {
-    int64_t blocks;
-    absl::Time blocked_until;
-    {
-      std::lock_guard lock(mu_);
-      blocks = blocks_;
-      blocked_until = blocked_until_;
+int Pacer::BotSlotsWanted(absl::Time now) {
+  if (!budget_.bot_paced() || blocked_until_ > now) return 0;
+  DropStaleSlots(now);
+  // The next lease once the last one is due: about 100 ms of the bot's rate ahead, no more.
+  if (!bot_slots_.empty() && bot_slots_.back() > now) return 0;
+  int can_go = 0;
+  int workers = idle_workers_;
+  int enough = static_cast<int>(bot_slots_.size()) + budget_.max_lease();
+  for (const Key& key : ready_) {
+    if (can_go >= enough) break;
+    if (std::get<0>(key) == static_cast<int>(Priority::kAnswer)) {
+      ++can_go;
+    } else if (workers > 0) {
+      --workers;
+      ++can_go;
+    } else {
+      break;  // only notifications follow, and no worker is free for them
     }
+  }
+  return std::min(std::max(can_go - static_cast<int>(bot_slots_.size()), 0), budget_.max_lease());
+}
+
+Pacer::Waits Pacer::WaitsOf(const Request& request, absl::Time chat_ready, absl::Time now,
+                            absl::Time blocked_until) {
+  Waits waits;
+  absl::Time slot = std::max(request.submitted, chat_ready);
+  waits.chat = std::max(slot - request.submitted, absl::ZeroDuration());
+  if (blocked_until > slot) waits.flood = std::min(blocked_until, now) - slot;
+  waits.bot = std::max(now - slot - waits.flood, absl::ZeroDuration());
+  return waits;
+}
+
+void Pacer::GrantReady(absl::Time now) {
+  bool paced = budget_.bot_paced();
+  if (paced) DropStaleSlots(now);
+  for (auto it = ready_.begin(); it != ready_.end();) {
+    std::string chat_id = std::get<2>(*it);
+    Chat& chat = chats_.at(chat_id);
+    bool answer = std::get<0>(*it) == static_cast<int>(Priority::kAnswer);
+    if (!answer && idle_workers_ == 0) break;  // only notifications follow
+    if (blocked_until_ > now) break;
+    if (paced) {
+      if (bot_slots_.empty() || bot_slots_.front() > now) break;
+      bot_slots_.pop_front();
+    }
+    it = ready_.erase(it);
+    std::deque<Request>& queue = chat.answers.empty() ? chat.notifications : chat.answers;
+    Request request = std::move(queue.front());
+    queue.pop_front();
+    --waiting_;
+    Waits waits = WaitsOf(request, chat.ready_at, now, blocked_until_);
+    chat.stage = Stage::kToClaim;  // its next message needs a slot of its own
+    Refile(chat_id, chat);
+    if (request.granted) {
+      request.granted->go = true;
+      request.granted->waits = waits;
+      request.granted->done.Notify();
+    } else {
+      --idle_workers_;
+      runnable_.push_back([send = std::move(request.send), waits] { send(true, waits); });
+      work_cv_.notify_one();
+    }
+  }
+  waiting_gauge_.Set(waiting_);
+}
+
+void Pacer::SweepCancelled(std::vector<std::function<void()>>* ended) {
+  std::vector<std::string> changed;
+  for (auto& [chat_id, chat] : chats_) {
+    bool removed = false;
+    for (auto* queue : {&chat.answers, &chat.notifications}) {
+      for (auto r = queue->begin(); r != queue->end();) {
+        if (!r->cancelled->HasBeenNotified()) {
+          ++r;
+          continue;
+        }
+        if (r->granted) {
+          r->granted->done.Notify();  // go = false
+        } else {
+          ended->push_back([send = std::move(r->send)] { send(false, {}); });
+        }
+        r = queue->erase(r);
+        --waiting_;
+        removed = true;
+      }
+    }
+    if (removed) changed.push_back(chat_id);
+  }
+  for (const std::string& chat_id : changed) Refile(chat_id, chats_.at(chat_id));
+  waiting_gauge_.Set(waiting_);
+}
+
+bool Pacer::ReserveRound(std::unique_lock<std::mutex>& lock,
+                         const std::vector<std::string>& claiming, int bot_slots) {
+  lock.unlock();
+  absl::StatusOr<Budget::Grant> grant = budget_.Reserve({.chats = claiming, .bot_slots = bot_slots});
+  absl::Time got = absl::Now();
+  lock.lock();
+  if (!grant.ok()) {
+    budget_errors_.Increment();
+    log::Warn("reserving Telegram's budget failed; sends wait",
+              {{"error", std::string(grant.status().message())}});
+  }
+  for (size_t i = 0; i < claiming.size(); ++i) {
+    Chat& chat = chats_.at(claiming[i]);
+    if (grant.ok()) {
+      chat.ready_at = got + grant->chats[i];
+      chat.stage = chat.ready_at <= got ? Stage::kReady : Stage::kTimed;
+    } else {
+      chat.stage = Stage::kToClaim;
+    }
+    Refile(claiming[i], chat);
+  }
+  if (grant.ok()) {
+    for (int k = 0; k < bot_slots; ++k) {
+      bot_slots_.push_back(got + grant->bot_first + grant->bot_spacing * k);
+    }
+  }
+  return grant.ok();
+}
+
+void Pacer::Dispatch() {
+  std::unique_lock lock(mu_);
+  Backoff backoff(absl::Milliseconds(100), absl::Seconds(5));
+  absl::Time next_sweep = absl::Now();
+  absl::Time budget_retry_at = absl::InfinitePast();
+  while (!stopping_) {
     absl::Time now = absl::Now();
-    absl::Time slot = ReserveBot(now);
-    absl::Duration* scope = blocked_until > now ? &waits->flood : &waits->bot;
-    if (!SleepUntil(slot, stop, scope)) return false;
-    std::lock_guard lock(mu_);
-    if (blocks_ == blocks) return true;
-    // A 429 arrived while waiting: this slot may fall inside or right after the pause with
-    // everyone else's; take a fresh one.
+    if (now >= next_sweep) {
+      next_sweep = now + kSweepEvery;
+      std::vector<std::function<void()>> ended;
+      SweepCancelled(&ended);
+      if (!ended.empty()) {
+        lock.unlock();
+        for (auto& end : ended) end();
+        lock.lock();
+        continue;
+      }
+    }
+    while (!timed_.empty() && timed_.begin()->first <= now) {
+      std::string chat_id = timed_.begin()->second;
+      Chat& chat = chats_.at(chat_id);
+      Unfile(chat_id, chat);
+      chat.stage = Stage::kReady;
+      Refile(chat_id, chat);
+    }
+    GrantReady(now);
+
+    if (now >= budget_retry_at) {
+      std::vector<std::string> claiming;
+      for (auto it = to_claim_.begin(); it != to_claim_.end() && claiming.size() < kMaxClaims;) {
+        const std::string& chat_id = std::get<2>(*it);
+        chats_.at(chat_id).stage = Stage::kClaiming;
+        claiming.push_back(chat_id);
+        it = to_claim_.erase(it);
+      }
+      int bot_slots = BotSlotsWanted(now);
+      if (!claiming.empty() || bot_slots > 0) {
+        if (ReserveRound(lock, claiming, bot_slots)) {
+          backoff.Reset();
+        } else {
+          budget_retry_at = absl::Now() + backoff.Next();
+        }
+        continue;
+      }
+    }
+
+    absl::Time wake = waiting_ > 0 ? next_sweep : absl::InfiniteFuture();
+    if (!timed_.empty()) wake = std::min(wake, timed_.begin()->first);
+    bool grantable = !ready_.empty() && (idle_workers_ > 0 || std::get<0>(*ready_.begin()) ==
+                                                                  static_cast<int>(Priority::kAnswer));
+    if (blocked_until_ > now) {
+      wake = std::min(wake, blocked_until_);
+    } else if (grantable && !bot_slots_.empty()) {
+      wake = std::min(wake, std::max(bot_slots_.front(), now));
+    }
+    if (budget_retry_at > now && (!to_claim_.empty() || !ready_.empty())) {
+      wake = std::min(wake, budget_retry_at);
+    }
+    if (wake == absl::InfiniteFuture()) {
+      dispatch_cv_.wait(lock);
+    } else if (wake > now) {
+      dispatch_cv_.wait_for(lock, absl::ToChronoNanoseconds(wake - now));
+    }
+  }
+}
+
+void Pacer::Work() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    work_cv_.wait(lock, [&] { return stopping_ || !runnable_.empty(); });
+    if (runnable_.empty()) return;
+    std::function<void()> job = std::move(runnable_.front());
+    runnable_.pop_front();
+    lock.unlock();
+    job();
+    lock.lock();
+    ++idle_workers_;
+    dispatch_cv_.notify_one();
   }
 }
 

@@ -1,93 +1,152 @@
-// Pacer: keeps the notifier under Telegram's limits, so that a healthy run sees almost no 429,
-// and holds every send while a 429's retry_after runs.
+// Pacer: schedules every message of the bot under Telegram's limits (Budget, notifier/budget.h),
+// so that a healthy fleet sees almost no 429, and no busy chat holds up the others.
 //
-// Three kinds of token bucket, kept as GCRA "theoretical arrival times" (one absl::Time each):
-// the bot (all chats together, 30/s; 1,000/s with paid broadcasts), each private chat (1/s with
-// a small burst) and each group or channel (a negative chat id or "@name": 20/min). A send
-// first reserves a slot of its chat and waits for it, then a slot of the bot and waits for that,
-// so that messages queued for one busy chat never hold back the bot's slots for other chats.
-// A 429 (Block) moves every later slot past retry_after; sends already waiting for a bot slot
-// take a new one after it, so the bot does not burst the moment the pause ends.
+// A send waits in its chat's queue, not on a thread: the Pacer hands it to one of its workers
+// only once its chat's slot and a slot of the bot are both free. Forty messages for one group
+// (20/min) wait in that group's queue while private chats' messages go at the bot's rate. Among
+// the chats whose slot is free, answers the bot owes a user (Priority::kAnswer: someone is
+// looking at the screen) go before notifications, then the oldest first; within one chat,
+// answers first, then in the order submitted. A 429 (Block) pauses the whole bot, every replica
+// included, for its retry_after.
 //
-//   Pacer pacer(options);
-//   Pacer::Waits waits;
-//   if (!pacer.Acquire(chat_id, stop, &waits)) return;  // stop requested while waiting
-//   SendResult r = sender.Send(n);
+//   Pacer pacer(budget, {.workers = 32});
+//   pacer.Submit(chat_id, Pacer::Priority::kNotification, assignment.cancelled(),
+//                [&](bool go, const Pacer::Waits& waits) { if (go) Send(...); else ...; });
+//   // The bot's answers, on the caller's thread (no worker):
+//   if (!pacer.Acquire(chat_id, Pacer::Priority::kAnswer, stop, &waits)) return;  // stopped
+//   SendResult r = replies.Send(answer);
 //   if (r.kind == SendResult::Kind::kRateLimited) pacer.Block(r.retry_after);
 //
-// Thread-safe. Idle chats' buckets are forgotten.
+// Slots come from the Budget in rounds, one call each: the chats whose next message is waiting
+// and a lease of the bot's slots sized to what can go now. While the Budget is unavailable
+// (Postgres down) nothing is sent; sends wait, and a cancelled one ends at once.
+//
+// Thread-safe. Destroying the Pacer ends every waiting send with go = false.
 #ifndef CONCERT_NOTIFIER_PACER_H_
 #define CONCERT_NOTIFIER_PACER_H_
 
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
 #include <mutex>
+#include <set>
 #include <string>
+#include <thread>
+#include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "absl/synchronization/notification.h"
 #include "absl/time/time.h"
+#include "common/metrics.h"
+#include "notifier/budget.h"
 
 namespace concert::notifier {
 
-// A rate of 0 (or less) leaves that bucket out: no pacing of that kind, for a Bot API stand-in
-// without limits.
-struct PacingOptions {
-  // Messages per second across all chats, and how many may go at once after a quiet spell.
-  double bot_rate = 30;
-  int bot_burst = 5;
-  // Per private chat.
-  double chat_rate = 1;
-  int chat_burst = 2;
-  // Per group or channel, per second (20/min).
-  double group_rate = 20.0 / 60;
-  int group_burst = 3;
+struct PacerOptions {
+  // Sends in flight at once (SEND_CONCURRENCY): about the bot's rate times Telegram's answer
+  // time is enough.
+  int workers = 32;
 };
-
-// A chat id naming a group, supergroup or channel: negative, or a public "@username".
-bool IsGroupChat(const std::string& chat_id);
 
 class Pacer {
  public:
-  explicit Pacer(PacingOptions options);
-
-  // How long one Acquire waited, by what held it.
+  enum class Priority { kAnswer = 0, kNotification = 1 };
+  // How long one send waited, by what held it.
   struct Waits {
-    absl::Duration chat;   // the chat's own slot (private chat or group)
-    absl::Duration bot;    // the bot's rate across chats
+    absl::Duration chat;   // its chat's slot (private chat or group)
+    absl::Duration bot;    // the bot's rate across chats, or a free worker
     absl::Duration flood;  // a 429's retry_after
   };
+  // Called once: go = true on a worker when the slots are free; go = false, at once, when
+  // `cancelled` was notified first or the Pacer is destroyed.
+  using Send = std::function<void(bool go, const Waits& waits)>;
 
-  // Waits until a message to `chat_id` may go, and takes its slots. False when `stop` was
-  // notified first (the slots taken stay taken).
-  bool Acquire(const std::string& chat_id, const absl::Notification& stop, Waits* waits);
-  // Telegram answered 429: nothing of this bot goes before now + retry_after.
+  Pacer(Budget& budget, PacerOptions options, metrics::Registry& registry = metrics::Default());
+  ~Pacer();
+  Pacer(const Pacer&) = delete;
+  Pacer& operator=(const Pacer&) = delete;
+
+  // `cancelled` must outlive the call of `send`.
+  void Submit(const std::string& chat_id, Priority priority, const absl::Notification& cancelled,
+              Send send);
+  // Waits on this thread until a message to `chat_id` may go, taking its slots; false when
+  // `stop` was notified first.
+  bool Acquire(const std::string& chat_id, Priority priority, const absl::Notification& stop,
+               Waits* waits);
+  // Telegram answered 429: nothing of this bot goes before now + retry_after, in any replica.
   void Block(absl::Duration retry_after);
 
-  // The building blocks of Acquire, without waiting (unit tests drive them with their own
-  // clock): the time a message to `chat_id` may go, given the request at `now`, taking it.
-  absl::Time ReserveChat(const std::string& chat_id, absl::Time now);
-  // The time the next bot slot is free, not before `now` nor before a 429's pause, taking it.
-  absl::Time ReserveBot(absl::Time now);
-  void BlockUntil(absl::Time until);
+  // Sends waiting for their slots.
+  int waiting() const;
 
  private:
-  struct Bucket {
-    absl::Duration interval;   // 1 / rate; zero: unlimited
-    absl::Duration tolerance;  // (burst - 1) * interval
+  struct Granted;  // Acquire's meeting point with the scheduling thread
+  struct Request {
+    uint64_t seq;
+    Priority priority;
+    const absl::Notification* cancelled;
+    Send send;  // empty for Acquire
+    std::shared_ptr<Granted> granted;  // Acquire's
+    absl::Time submitted;
   };
-  static Bucket MakeBucket(double rate, int burst);
-  // GCRA: the earliest time at or after `now` the bucket allows, and its arrival time moved on.
-  static absl::Time Take(const Bucket& bucket, absl::Time now, absl::Time* tat);
+  // Where a chat with waiting requests stands.
+  enum class Stage { kToClaim, kClaiming, kTimed, kReady };
+  struct Chat {
+    std::deque<Request> answers, notifications;
+    Stage stage = Stage::kToClaim;
+    absl::Time ready_at;  // kTimed, kReady: when its slot is free
+    std::tuple<int, uint64_t> key;  // of the head, as filed in to_claim_ or ready_
+    const Request& head() const { return answers.empty() ? notifications.front() : answers.front(); }
+    bool empty() const { return answers.empty() && notifications.empty(); }
+  };
+  using Key = std::tuple<int, uint64_t, std::string>;  // priority, head's seq, chat
 
-  const Bucket bot_;
-  const Bucket chat_;
-  const Bucket group_;
-  std::mutex mu_;
-  absl::Time bot_tat_ = absl::InfinitePast();
+  void Enqueue(const std::string& chat_id, Request request);
+  // Files `chat` by its head in the set of its stage (unfiled first); erases it when empty.
+  void Refile(const std::string& chat_id, Chat& chat);
+  void Unfile(const std::string& chat_id, Chat& chat);
+  void Dispatch();      // the scheduling thread
+  // One call of the Budget for `claiming` and `bot_slots`, without the lock (held on entry and
+  // on return); false when the Budget failed.
+  bool ReserveRound(std::unique_lock<std::mutex>& lock, const std::vector<std::string>& claiming,
+                    int bot_slots);
+  void Work();          // a worker
+  // Under the lock. Hands out every request that may go now.
+  void GrantReady(absl::Time now);
+  // Ends the requests whose `cancelled` was notified; their calls go to `ended`, to be made
+  // without the lock.
+  void SweepCancelled(std::vector<std::function<void()>>* ended);
+  // Bot slots that the ready requests could use now, beyond those leased.
+  int BotSlotsWanted(absl::Time now);
+  void DropStaleSlots(absl::Time now);
+  static Waits WaitsOf(const Request& request, absl::Time chat_ready, absl::Time now,
+                       absl::Time blocked_until);
+
+  Budget& budget_;
+  const PacerOptions options_;
+  metrics::Gauge& waiting_gauge_;
+  metrics::Counter& budget_errors_;
+
+  mutable std::mutex mu_;
+  std::condition_variable dispatch_cv_;  // work for the scheduling thread
+  std::condition_variable work_cv_;      // work for the workers
+  bool stopping_ = false;
+  uint64_t next_seq_ = 0;
+  int waiting_ = 0;
+  std::unordered_map<std::string, Chat> chats_;
+  std::set<Key> to_claim_;  // chats whose head needs its chat's slot
+  std::set<std::pair<absl::Time, std::string>> timed_;  // slot reserved, free later
+  std::set<Key> ready_;     // slot free: waiting for the bot (and a worker)
+  std::deque<absl::Time> bot_slots_;  // leased, not yet used
   absl::Time blocked_until_ = absl::InfinitePast();
-  int64_t blocks_ = 0;  // Block() calls so far: a waiting send re-takes its bot slot after one
-  std::unordered_map<std::string, absl::Time> chat_tat_;
-  absl::Time last_sweep_ = absl::InfinitePast();
+  int idle_workers_ = 0;
+  std::deque<std::function<void()>> runnable_;
+  std::vector<std::thread> workers_;
+  std::thread dispatcher_;
 };
 
 }  // namespace concert::notifier

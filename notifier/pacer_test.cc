@@ -1,78 +1,146 @@
-// The pacer's arithmetic, driven with a clock of the test's own: slots per bot, per private
-// chat and per group, bursts, and a 429's pause.
+// The Pacer's scheduling over an in-memory budget: a busy chat waits in its own queue, answers
+// go first, a cancelled send ends at once, a 429 pauses everything.
 #include "notifier/pacer.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+
 namespace concert::notifier {
 namespace {
 
-const absl::Time kT0 = absl::FromUnixSeconds(1'800'000'000);
-
-TEST(PacerTest, PrivateChatGetsItsBurstThenOnePerInterval) {
-  Pacer pacer({.chat_rate = 1, .chat_burst = 2});
-  EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0);
-  EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0);
-  EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0 + absl::Seconds(1));
-  EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0 + absl::Seconds(2));
-  // Another chat is not held back by this one.
-  EXPECT_EQ(pacer.ReserveChat("43", kT0), kT0);
-  // After a quiet spell the burst is back, never more.
-  EXPECT_EQ(pacer.ReserveChat("42", kT0 + absl::Seconds(10)), kT0 + absl::Seconds(10));
-  EXPECT_EQ(pacer.ReserveChat("42", kT0 + absl::Seconds(10)), kT0 + absl::Seconds(10));
-  EXPECT_EQ(pacer.ReserveChat("42", kT0 + absl::Seconds(10)), kT0 + absl::Seconds(11));
-}
-
-TEST(PacerTest, GroupsAndChannelsGetTwentyAMinute) {
-  Pacer pacer({.group_rate = 20.0 / 60, .group_burst = 1});
-  EXPECT_TRUE(IsGroupChat("-1001234567890"));
-  EXPECT_TRUE(IsGroupChat("@concert_news"));
-  EXPECT_FALSE(IsGroupChat("42"));
-  EXPECT_EQ(pacer.ReserveChat("-100", kT0), kT0);
-  EXPECT_EQ(pacer.ReserveChat("-100", kT0), kT0 + absl::Seconds(3));
-  EXPECT_EQ(pacer.ReserveChat("@news", kT0), kT0);
-  EXPECT_EQ(pacer.ReserveChat("@news", kT0), kT0 + absl::Seconds(3));
-}
-
-TEST(PacerTest, BotSlotsAreSpacedAcrossChatsAtItsRate) {
-  Pacer pacer({.bot_rate = 30, .bot_burst = 3});
-  for (int i = 0; i < 3; ++i) EXPECT_EQ(pacer.ReserveBot(kT0), kT0);
-  absl::Time last = kT0;
-  for (int i = 0; i < 30; ++i) last = pacer.ReserveBot(kT0);
-  // 3 at once, then 30 more at 1/30 s apart: the last one a second after the burst.
-  EXPECT_LT(absl::AbsDuration(last - (kT0 + absl::Seconds(1))), absl::Microseconds(1));
-}
-
-TEST(PacerTest, A429PausesTheBotAndSlotsStartAfterIt) {
-  Pacer pacer({.bot_rate = 10, .bot_burst = 1});
-  EXPECT_EQ(pacer.ReserveBot(kT0), kT0);
-  pacer.BlockUntil(kT0 + absl::Seconds(5));
-  EXPECT_EQ(pacer.ReserveBot(kT0 + absl::Seconds(1)), kT0 + absl::Seconds(5));
-  EXPECT_EQ(pacer.ReserveBot(kT0 + absl::Seconds(1)), kT0 + absl::Seconds(5) + absl::Milliseconds(100));
-  // A shorter pause never shortens a longer one.
-  pacer.BlockUntil(kT0 + absl::Seconds(2));
-  EXPECT_GE(pacer.ReserveBot(kT0 + absl::Seconds(1)), kT0 + absl::Seconds(5));
-}
-
-TEST(PacerTest, ARateOfZeroIsUnpaced) {
-  Pacer pacer({.bot_rate = 0, .chat_rate = 0, .group_rate = 0});
-  for (int i = 0; i < 100; ++i) {
-    EXPECT_EQ(pacer.ReserveBot(kT0), kT0);
-    EXPECT_EQ(pacer.ReserveChat("42", kT0), kT0);
-    EXPECT_EQ(pacer.ReserveChat("-42", kT0), kT0);
+// What the Pacer handed out, in order.
+class Log {
+ public:
+  Pacer::Send Record(const std::string& what) {
+    return [this, what](bool go, const Pacer::Waits&) {
+      std::lock_guard lock(mu_);
+      (go ? granted_ : ended_).push_back(what);
+    };
   }
-  // A 429 still pauses everything.
-  pacer.BlockUntil(kT0 + absl::Seconds(3));
-  EXPECT_EQ(pacer.ReserveBot(kT0), kT0 + absl::Seconds(3));
+  std::vector<std::string> granted() {
+    std::lock_guard lock(mu_);
+    return granted_;
+  }
+  std::vector<std::string> ended() {
+    std::lock_guard lock(mu_);
+    return ended_;
+  }
+  bool WaitFor(size_t granted, absl::Duration timeout) {
+    absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (this->granted().size() >= granted) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::string> granted_, ended_;
+};
+
+// Forty messages for one group (20/min) queued ahead of private chats' used to hold every
+// worker; now they wait in the group's queue and the private chats go at the bot's rate.
+TEST(PacerTest, ABusyGroupDoesNotHoldBackPrivateChats) {
+  LocalBudget budget({.bot_rate = 200, .bot_burst = 5, .chat_rate = 1, .chat_burst = 1,
+                      .group_rate = 20.0 / 60, .group_burst = 1});
+  Pacer pacer(budget, {.workers = 2});
+  absl::Notification never;
+  Log log;
+  for (int i = 0; i < 40; ++i) {
+    pacer.Submit("-100", Pacer::Priority::kNotification, never, log.Record("group"));
+  }
+  for (int i = 0; i < 20; ++i) {
+    pacer.Submit(std::to_string(i + 1), Pacer::Priority::kNotification, never,
+                 log.Record("private"));
+  }
+  ASSERT_TRUE(log.WaitFor(21, absl::Seconds(5))) << log.granted().size();
+  std::vector<std::string> granted = log.granted();
+  EXPECT_EQ(std::count(granted.begin(), granted.end(), "group"), 1);  // the next in 3 s
+  EXPECT_EQ(pacer.waiting(), 39);
 }
 
-TEST(PacerTest, AcquireEndsAtOnceWhenCancelled) {
-  Pacer pacer({.chat_rate = 0.001, .chat_burst = 1});
-  absl::Notification stop;
+// Within one chat the order of submission holds; a chat's second message waits for its slot.
+TEST(PacerTest, OneChatsMessagesGoInOrderAtItsRate) {
+  LocalBudget budget({.bot_rate = 0, .chat_rate = 20, .chat_burst = 1});
+  Pacer pacer(budget, {.workers = 4});
+  absl::Notification never;
+  Log log;
+  for (int i = 0; i < 5; ++i) {
+    pacer.Submit("42", Pacer::Priority::kNotification, never, log.Record(std::to_string(i)));
+  }
+  ASSERT_TRUE(log.WaitFor(5, absl::Seconds(5)));
+  EXPECT_EQ(log.granted(), (std::vector<std::string>{"0", "1", "2", "3", "4"}));
+}
+
+// A user waiting for the bot's answer is served before the backlog of notifications.
+TEST(PacerTest, AnAnswerGoesBeforeWaitingNotifications) {
+  LocalBudget budget({.bot_rate = 10, .bot_burst = 1, .chat_rate = 0});
+  Pacer pacer(budget, {.workers = 4});
+  absl::Notification never;
+  Log log;
+  for (int i = 0; i < 20; ++i) {
+    pacer.Submit(std::to_string(i + 1), Pacer::Priority::kNotification, never,
+                 log.Record("notification"));
+  }
+  ASSERT_TRUE(log.WaitFor(1, absl::Seconds(5)));
   Pacer::Waits waits;
-  ASSERT_TRUE(pacer.Acquire("42", stop, &waits));  // the burst: no wait
+  ASSERT_TRUE(pacer.Acquire("777", Pacer::Priority::kAnswer, never, &waits));
+  // At 10/s, at most a slot or two went to notifications meanwhile.
+  EXPECT_LE(log.granted().size(), 3u);
+  EXPECT_GE(pacer.waiting(), 17);
+}
+
+TEST(PacerTest, ACancelledSendEndsAtOnceAndUnsent) {
+  LocalBudget budget({.chat_rate = 0.001, .chat_burst = 1});
+  Pacer pacer(budget, {.workers = 1});
+  absl::Notification never, revoked;
+  Log log;
+  pacer.Submit("42", Pacer::Priority::kNotification, never, log.Record("first"));
+  pacer.Submit("42", Pacer::Priority::kNotification, revoked, log.Record("second"));  // ~17 min
+  ASSERT_TRUE(log.WaitFor(1, absl::Seconds(5)));
+  revoked.Notify();
+  absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (log.ended().empty() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_EQ(log.ended(), std::vector<std::string>{"second"});
+  EXPECT_EQ(pacer.waiting(), 0);
+
+  absl::Notification stop;
   stop.Notify();
-  EXPECT_FALSE(pacer.Acquire("42", stop, &waits));  // the next slot is ~17 minutes away
+  Pacer::Waits waits;
+  EXPECT_FALSE(pacer.Acquire("42", Pacer::Priority::kAnswer, stop, &waits));
+}
+
+TEST(PacerTest, A429PausesEverySendForItsRetryAfter) {
+  LocalBudget budget({.bot_rate = 0, .chat_rate = 0, .group_rate = 0});
+  Pacer pacer(budget, {.workers = 2});
+  absl::Notification never;
+  Pacer::Waits waits;
+  absl::Time blocked = absl::Now();
+  pacer.Block(absl::Milliseconds(300));
+  ASSERT_TRUE(pacer.Acquire("42", Pacer::Priority::kAnswer, never, &waits));
+  EXPECT_GE(absl::Now() - blocked, absl::Milliseconds(300));
+  EXPECT_GT(waits.flood, absl::Milliseconds(200));
+}
+
+TEST(PacerTest, DestroyingThePacerEndsWhatWaits) {
+  LocalBudget budget({.group_rate = 0.001, .group_burst = 1});
+  absl::Notification never;
+  Log log;
+  {
+    Pacer pacer(budget, {.workers = 1});
+    pacer.Submit("-1", Pacer::Priority::kNotification, never, log.Record("a"));
+    pacer.Submit("-1", Pacer::Priority::kNotification, never, log.Record("b"));
+    ASSERT_TRUE(log.WaitFor(1, absl::Seconds(5)));
+  }
+  EXPECT_EQ(log.granted(), std::vector<std::string>{"a"});
+  EXPECT_EQ(log.ended(), std::vector<std::string>{"b"});
 }
 
 }  // namespace

@@ -296,7 +296,7 @@ bool UpdatePoller::Reply(int64_t chat_id, LinkReply reply, const absl::Notificat
   SendResult sent;
   for (int attempt = 1; attempt <= options_.reply_attempts; ++attempt) {
     Pacer::Waits waits;
-    if (!pacer_.Acquire(answer.chat_id, stop, &waits)) return false;
+    if (!pacer_.Acquire(answer.chat_id, Pacer::Priority::kAnswer, stop, &waits)) return false;
     sent = replies_.Send(answer);
     if (sent.kind != SendResult::Kind::kRateLimited) break;
     // Telegram asks the whole bot to wait: the notifier's messages pause too.

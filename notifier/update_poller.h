@@ -23,9 +23,10 @@
 // the client's are by WithConnectDefaults) end the session, and with it the lock, within about
 // 25 s, where the kernels' defaults would take over 2 hours.
 //
-// The bot's answers go through the notifier's Pacer, like every message of the bot (never as
-// paid broadcasts: `replies` is a sender without them). A 429 pauses every send for its
-// retry_after, then the answer goes again, up to reply_attempts times.
+// The bot's answers go through the notifier's Pacer, like every message of the bot, ahead of
+// the payment notifications waiting there (never as paid broadcasts: `replies` is a sender
+// without them). A 429 pauses every send for its retry_after, then the answer goes again, up to
+// reply_attempts times.
 //
 // The offset (the next update_id to ask for) is a row in notification.telegram_updates,
 // written through the lock's connection after each update is handled: a restart or a takeover

@@ -125,12 +125,13 @@ class UpdatePollerTest : public ::testing::Test {
   metrics::Registry registry_;
   std::unique_ptr<LinkClient> links_;
   std::unique_ptr<TelegramSender> replies_;
-  Pacer pacer_{{.bot_rate = 1000,
-                .bot_burst = 100,
-                .chat_rate = 1000,
-                .chat_burst = 100,
-                .group_rate = 1000,
-                .group_burst = 100}};
+  LocalBudget budget_{{.bot_rate = 1000,
+                       .bot_burst = 100,
+                       .chat_rate = 1000,
+                       .chat_burst = 100,
+                       .group_rate = 1000,
+                       .group_burst = 100}};
+  Pacer pacer_{budget_, {.workers = 1}, registry_};
   absl::Notification stop_;
   std::unique_ptr<UpdatePoller> poller_;
   std::thread thread_;

@@ -110,7 +110,7 @@ sed -i 's/              memory: 384Mi//' "$SCRATCH/k8s/base/retry-worker.yaml"
 run_case "memory limit removed" "no resources.limits.memory"
 
 fresh
-sed -i 's/^  maxReplicas: 3/  maxReplicas: three/' "$SCRATCH/k8s/base/notifier.yaml"
+sed -i 's/^  maxReplicas: 6/  maxReplicas: six/' "$SCRATCH/k8s/base/payment-server.yaml"
 run_case "HPA with a wrong type (schema)" "FAIL  schema .*"
 
 fresh
