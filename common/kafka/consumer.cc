@@ -1,6 +1,8 @@
 #include "common/kafka/consumer.h"
 
 #include <algorithm>
+#include <mutex>
+#include <unordered_map>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,6 +23,10 @@ ConsumerGauges::ConsumerGauges(metrics::Registry& registry, const std::string& p
           prefix + "_oldest_pending_age_seconds",
           "Age (since the record's Kafka timestamp) of the oldest record read and not finished; "
           "0 when none")),
+      unsettled(registry.GetGauge(
+          prefix + "_consumer_unsettled_seconds",
+          "How long the consumer has been without its group coordinator or outside a settled "
+          "assignment (joining, rebalancing); 0 while settled")),
       kafka_up(registry.GetGauge(prefix + "_kafka_up",
                                  "1 while the Kafka cluster answers the consumer")) {}
 
@@ -52,6 +58,57 @@ class KeyedConsumer::Rebalancer : public RdKafka::RebalanceCb {
   KeyedConsumer& consumer_;
 };
 
+namespace {
+
+// librdkafka names a client to its statistics callback only by its handle: every KeyedConsumer
+// with gauges is found here, for as long as its client lives.
+std::mutex statistics_mu;
+std::unordered_map<const rd_kafka_t*, KeyedConsumer*>& StatisticsReaders() {
+  static auto* readers = new std::unordered_map<const rd_kafka_t*, KeyedConsumer*>();
+  return *readers;
+}
+
+}  // namespace
+
+int KeyedConsumer::OnStatistics(rd_kafka_t* client, char* json, size_t size, void*) {
+  KeyedConsumer* consumer = nullptr;
+  {
+    std::lock_guard lock(statistics_mu);
+    auto it = StatisticsReaders().find(client);
+    if (it != StatisticsReaders().end()) consumer = it->second;
+  }
+  if (consumer != nullptr) consumer->ReadGroupState(std::string(json, size));
+  return 0;  // librdkafka frees `json`
+}
+
+void KeyedConsumer::ReadGroupState(const std::string& json) {
+  nlohmann::json stats = nlohmann::json::parse(json, nullptr, /*allow_exceptions=*/false);
+  if (!stats.is_object() || !stats.contains("cgrp")) return;
+  const nlohmann::json& group = stats["cgrp"];
+  bool settled = group.value("state", "") == "up" && group.value("join_state", "") == "steady";
+  absl::Time now = absl::Now();
+  if (settled) {
+    if (unsettled_since_ != absl::InfiniteFuture() && now - unsettled_since_ > absl::Seconds(2)) {
+      log::Info("consumer group settled",
+                {{"unsettled_ms", absl::ToInt64Milliseconds(now - unsettled_since_)}});
+    }
+    unsettled_since_ = absl::InfiniteFuture();
+  } else if (unsettled_since_ == absl::InfiniteFuture()) {
+    unsettled_since_ = now;
+  }
+  gauges_->unsettled.Set(settled ? 0.0 : absl::ToDoubleSeconds(now - unsettled_since_));
+}
+
+void KeyedConsumer::CloseClient() {
+  if (consumer_ == nullptr) return;
+  consumer_->close();
+  {
+    std::lock_guard lock(statistics_mu);
+    StatisticsReaders().erase(consumer_->c_ptr());
+  }
+  consumer_.reset();
+}
+
 absl::StatusOr<std::unique_ptr<KeyedConsumer>> KeyedConsumer::Create(
     KeyedConsumerOptions options, RecordHandler& handler, metrics::Registry& registry) {
   std::unique_ptr<KeyedConsumer> self(new KeyedConsumer(std::move(options), handler, registry));
@@ -61,8 +118,18 @@ absl::StatusOr<std::unique_ptr<KeyedConsumer>> KeyedConsumer::Create(
   if ((*conf)->set("rebalance_cb", self->rebalancer_.get(), error) != RdKafka::Conf::CONF_OK) {
     return absl::InternalError(error);
   }
+  if (self->gauges_ != nullptr) {
+    if ((*conf)->set("statistics.interval.ms", "1000", error) != RdKafka::Conf::CONF_OK) {
+      return absl::InternalError(error);
+    }
+    rd_kafka_conf_set_stats_cb((*conf)->c_ptr_global(), &KeyedConsumer::OnStatistics);
+  }
   self->consumer_.reset(RdKafka::KafkaConsumer::create(conf->get(), error));
   if (!self->consumer_) return absl::InvalidArgumentError(absl::StrCat("kafka consumer: ", error));
+  if (self->gauges_ != nullptr) {
+    std::lock_guard lock(statistics_mu);
+    StatisticsReaders()[self->consumer_->c_ptr()] = self.get();
+  }
   absl::Status subscribed = StatusFromError(self->consumer_->subscribe({self->options_.topic}),
                                             "subscribing to " + self->options_.topic);
   if (!subscribed.ok()) return subscribed;
@@ -85,7 +152,7 @@ KeyedConsumer::~KeyedConsumer() {
   if (consumer_ == nullptr) return;
   lanes_.Stop();
   lanes_.Clear();  // closing waits until every message librdkafka handed out is destroyed
-  consumer_->close();
+  CloseClient();
 }
 
 void KeyedConsumer::Assign(const std::vector<int32_t>& partitions) {
@@ -295,8 +362,7 @@ void KeyedConsumer::Run(const absl::Notification& stop, std::function<void(bool)
   lanes_.Stop();
   CommitDone(nullptr, Commit::kWait);
   lanes_.Clear();  // closing waits until every message librdkafka handed out is destroyed
-  consumer_->close();  // revokes through rebalance_cb: nothing busy, commits again (no-op)
-  consumer_.reset();
+  CloseClient();  // revokes through rebalance_cb: nothing busy, commits again (no-op)
 }
 
 }  // namespace concert::kafka

@@ -34,6 +34,7 @@
 #include <string>
 #include <vector>
 
+#include <librdkafka/rdkafka.h>
 #include <librdkafka/rdkafkacpp.h>
 #include <nlohmann/json.hpp>
 
@@ -85,8 +86,8 @@ struct KeyedConsumerOptions {
   std::string metrics_prefix;
 };
 
-// The consumer's gauges, <prefix>_in_flight, _pending, _consumer_lag, _oldest_pending_age_seconds
-// and _kafka_up. Constructing them registers them at 0: a service does so at start, so that they
+// The consumer's gauges, <prefix>_in_flight, _pending, _consumer_lag, _oldest_pending_age_seconds,
+// _consumer_unsettled_seconds and _kafka_up. Constructing them registers them at 0: a service does so at start, so that they
 // exist before Kafka is reached.
 struct ConsumerGauges {
   ConsumerGauges(metrics::Registry& registry, const std::string& prefix);
@@ -94,6 +95,9 @@ struct ConsumerGauges {
   metrics::Gauge& pending;
   metrics::Gauge& lag;
   metrics::Gauge& oldest_age;
+  // How long the member has been without its group coordinator or outside a settled assignment
+  // (joining, rebalancing): from librdkafka's statistics, every second; 0 while settled.
+  metrics::Gauge& unsettled;
   metrics::Gauge& kafka_up;
 };
 
@@ -136,6 +140,11 @@ class KeyedConsumer {
   void CheckHealth(bool force);
   void ReportHealth(bool probe = false);
   void UpdateGauges();
+  // librdkafka's statistics callback (on Run()'s thread, within a poll): the group's state.
+  static int OnStatistics(rd_kafka_t* client, char* json, size_t size, void* opaque);
+  void ReadGroupState(const std::string& json);
+  // Drops this consumer from the statistics callback's registry, then the client.
+  void CloseClient();
 
   KeyedConsumerOptions options_;
   RecordHandler& handler_;
@@ -152,6 +161,7 @@ class KeyedConsumer {
   absl::Time last_health_check_ = absl::InfinitePast();
   absl::Time last_gauges_ = absl::InfinitePast();
   absl::Time last_watermark_query_ = absl::InfinitePast();
+  absl::Time unsettled_since_ = absl::Now();  // InfiniteFuture while settled
 };
 
 }  // namespace concert::kafka

@@ -137,5 +137,39 @@ TEST(KeyedConsumerTest, KeysInOrderAndCommitsStopBelowTheUnfinished) {
   EXPECT_EQ(Committed(group, topic, 0), 30) << "committed up to the abandoned record, not past";
 }
 
+// The time without a settled group: counted from the start while the member has no coordinator
+// (a cluster that does not answer), back to 0 once it has joined and holds its assignment.
+TEST(KeyedConsumerTest, UnsettledSecondsCountUntilTheGroupSettles) {
+  std::string topic = UniqueName("settle");
+  ASSERT_TRUE(EnsureTopics(KafkaBootstrap(), {{topic, 1}}).ok());
+  RecordingHandler handler;
+  auto run_for = [&](const std::string& bootstrap, absl::Duration how_long,
+                     metrics::Registry& registry) {
+    KeyedConsumerOptions options{
+        .config = ConsumerConfig(bootstrap, UniqueName("settle-group"), "consumer-test"),
+        .topic = topic,
+        .metrics_prefix = "settle_test"};
+    auto consumer = KeyedConsumer::Create(options, handler, registry);
+    ASSERT_TRUE(consumer.ok()) << consumer.status();
+    absl::Notification stop;
+    std::thread run([&] { (*consumer)->Run(stop); });
+    metrics::Gauge& unsettled = registry.GetGauge("settle_test_consumer_unsettled_seconds", "");
+    if (how_long > absl::ZeroDuration()) {
+      absl::SleepFor(how_long);
+      EXPECT_GE(unsettled.Value(), 1.0) << "no coordinator for " << how_long;
+    } else {
+      EXPECT_TRUE(WaitUntil([&] { return handler.assignments_.load() > 0; }, absl::Seconds(30)));
+      EXPECT_TRUE(WaitUntil([&] { return unsettled.Value() == 0; }, absl::Seconds(10)))
+          << unsettled.Value();
+    }
+    stop.Notify();
+    run.join();
+  };
+  metrics::Registry unreachable, reachable;
+  // Nothing listens on port 1: no coordinator, ever.
+  run_for("127.0.0.1:1", absl::Seconds(3), unreachable);
+  run_for(KafkaBootstrap(), absl::ZeroDuration(), reachable);
+}
+
 }  // namespace
 }  // namespace concert::kafka

@@ -30,6 +30,8 @@
 //   FAILOVER_TEST_CLIENTS    paying threads (default 2, each ~3 payments/s)
 //   FAILOVER_TEST_KAFKA_PORT first of the six Kafka ports (default 19100)
 //   FAILOVER_TEST_PG_PORT    first of the two Postgres ports (default 55460)
+#include <signal.h>
+
 #include <algorithm>
 #include <iostream>
 #include <map>
@@ -45,8 +47,11 @@
 #include <librdkafka/rdkafkacpp.h>
 
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "common/kafka/cluster.h"
 #include "tests/e2e/payment_check.h"
@@ -136,6 +141,44 @@ size_t AckedCount(const PaymentLoad& load) {
   for (const PayOutcome& o : load.Outcomes()) n += o.kind == PayOutcome::Kind::kAcked;
   return n;
 }
+
+// Kafka's own Java consumer (its ConsoleConsumer, with the notifiers' session timeout and
+// heartbeat) in a group of its own, reading the payments topic through the faults: the
+// reference for how long a consumer group stalls. bash stamps each record it prints with the
+// time it arrived (EPOCHREALTIME, no fork per line); the tool flushes after every record.
+class ReferenceConsumer {
+ public:
+  ReferenceConsumer(const std::string& bootstrap, const std::string& topic)
+      : process_("/usr/bin/setsid",
+                 {"bash", "-c",
+                  absl::StrCat("trap 'kill -- -$$' TERM; ", testing::SourceRoot(),
+                               "/scripts/kafka.sh run-class "
+                               "org.apache.kafka.tools.consumer.ConsoleConsumer "
+                               "--bootstrap-server ", bootstrap, " --topic ", topic,
+                               " --group failover-java-reference "
+                               "--consumer-property session.timeout.ms=10000 "
+                               "--consumer-property heartbeat.interval.ms=1000 "
+                               "--property print.value=false --property print.offset=true "
+                               "| while IFS= read -r line; do echo \"read $EPOCHREALTIME\"; "
+                               "done & wait")},
+                 {}) {}
+
+  // Stops it; when each record arrived.
+  std::vector<absl::Time> Stop() {
+    process_.Stop(SIGTERM, absl::Seconds(20));
+    std::vector<absl::Time> reads;
+    for (absl::string_view line : absl::StrSplit(process_.ReadLog(), '\n')) {
+      double seconds = 0;
+      if (absl::ConsumePrefix(&line, "read ") && absl::SimpleAtod(line, &seconds)) {
+        reads.push_back(absl::FromUnixMicros(static_cast<int64_t>(seconds * 1e6)));
+      }
+    }
+    return reads;
+  }
+
+ private:
+  testing::ChildProcess process_;
+};
 
 class FailoverTest : public ::testing::Test {
  protected:
@@ -293,6 +336,7 @@ TEST_F(FailoverTest, OneMessagePerPaymentThroughBrokerAndPrimaryFailures) {
   }
   ASSERT_TRUE(WaitInSync(*kafka_, topics, absl::Seconds(60)));
 
+  ReferenceConsumer reference(kafka_->bootstrap(), system.topic());
   PaymentLoad load(system, clients);
   std::map<Fault, int> faults;
   std::vector<FaultSpan> spans;
@@ -403,7 +447,11 @@ TEST_F(FailoverTest, OneMessagePerPaymentThroughBrokerAndPrimaryFailures) {
   absl::Time faults_stopped = absl::Now();
 
   PromiseCheck check = CheckPromise(system, url, load.Outcomes());
-  std::vector<Stall> stalls = MeasureStalls(spans, load.Outcomes(), system, faults_stopped);
+  std::vector<absl::Time> reference_reads = reference.Stop();
+  Log(absl::StrCat("Kafka's Java consumer read ", reference_reads.size(), " records"));
+  EXPECT_FALSE(reference_reads.empty()) << "the reference consumer read nothing";
+  std::vector<Stall> stalls =
+      MeasureStalls(spans, load.Outcomes(), system, faults_stopped, &reference_reads);
 
   std::string faults_line;
   int total_faults = 0;

@@ -338,7 +338,7 @@ absl::Duration LongestGap(const std::vector<absl::Time>& times, absl::Time start
 
 std::vector<Stall> MeasureStalls(const std::vector<FaultSpan>& faults,
                                  const std::vector<PayOutcome>& outcomes, System& system,
-                                 absl::Time until) {
+                                 absl::Time until, const std::vector<absl::Time>* reference) {
   std::vector<absl::Time> acked, delivered;
   for (const PayOutcome& o : outcomes) {
     if (o.kind == PayOutcome::Kind::kAcked) acked.push_back(o.finished);
@@ -348,10 +348,15 @@ std::vector<Stall> MeasureStalls(const std::vector<FaultSpan>& faults,
   }
   std::sort(acked.begin(), acked.end());
   std::sort(delivered.begin(), delivered.end());
+  std::vector<absl::Time> read;
+  if (reference != nullptr) read = *reference;
+  std::sort(read.begin(), read.end());
   std::vector<Stall> stalls;
   for (const FaultSpan& f : faults) {
-    stalls.push_back({LongestGap(acked, f.start, f.end, until),
-                      LongestGap(delivered, f.start, f.end, until)});
+    Stall stall{LongestGap(acked, f.start, f.end, until),
+                LongestGap(delivered, f.start, f.end, until)};
+    if (reference != nullptr) stall.reference = LongestGap(read, f.start, f.end, until);
+    stalls.push_back(stall);
   }
   return stalls;
 }
@@ -359,21 +364,31 @@ std::vector<Stall> MeasureStalls(const std::vector<FaultSpan>& faults,
 std::string StallReport(const std::vector<FaultSpan>& faults, const std::vector<Stall>& stalls,
                         absl::Time origin) {
   auto seconds = [](absl::Duration d) { return absl::StrFormat("%.1f s", absl::ToDoubleSeconds(d)); };
-  std::string out = "stalls per fault (payments / notifications):\n";
+  bool with_reference = !stalls.empty() && stalls[0].reference.has_value();
+  // " / <reference>" when there is one.
+  auto reference = [&](const Stall& s) {
+    return with_reference ? absl::StrFormat(" / %8s", seconds(*s.reference)) : std::string();
+  };
+  std::string columns =
+      with_reference ? "payments / notifications / Kafka's Java consumer" : "payments / notifications";
+  std::string out = absl::StrCat("stalls per fault (", columns, "):\n");
   std::map<std::string, Stall> longest;
   for (size_t i = 0; i < faults.size(); ++i) {
-    absl::StrAppend(&out, absl::StrFormat("  +%4ds %-36s %8s / %8s\n",
+    absl::StrAppend(&out, absl::StrFormat("  +%4ds %-36s %8s / %8s%s\n",
                                           absl::ToInt64Seconds(faults[i].start - origin),
                                           faults[i].kind, seconds(stalls[i].payments),
-                                          seconds(stalls[i].notifications)));
+                                          seconds(stalls[i].notifications), reference(stalls[i])));
     Stall& l = longest[faults[i].kind];
     l.payments = std::max(l.payments, stalls[i].payments);
     l.notifications = std::max(l.notifications, stalls[i].notifications);
+    if (with_reference) {
+      l.reference = std::max(l.reference.value_or(absl::ZeroDuration()), *stalls[i].reference);
+    }
   }
-  absl::StrAppend(&out, "longest stall per kind (payments / notifications):\n");
+  absl::StrAppend(&out, "longest stall per kind (", columns, "):\n");
   for (const auto& [kind, l] : longest) {
-    absl::StrAppend(&out, absl::StrFormat("  %-43s %8s / %8s\n", kind, seconds(l.payments),
-                                          seconds(l.notifications)));
+    absl::StrAppend(&out, absl::StrFormat("  %-43s %8s / %8s%s\n", kind, seconds(l.payments),
+                                          seconds(l.notifications), reference(l)));
   }
   return out;
 }

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -100,13 +101,18 @@ struct FaultSpan {
 struct Stall {
   absl::Duration payments;       // the longest wait between acknowledged payments
   absl::Duration notifications;  // the longest wait between messages at the fake Telegram
+  // The longest wait between records a reference consumer read (Kafka's own Java consumer, in
+  // the failover test); nullopt without one.
+  std::optional<absl::Duration> reference;
 };
 
 // For each fault: the longest gap between consecutive acknowledged payments (and between
-// messages at Telegram) that overlaps the fault's span; a gap still open at `until` ends there.
+// messages at Telegram, and between `reference` reads when given) that overlaps the fault's
+// span; a gap still open at `until` ends there.
 std::vector<Stall> MeasureStalls(const std::vector<FaultSpan>& faults,
                                  const std::vector<PayOutcome>& outcomes, System& system,
-                                 absl::Time until);
+                                 absl::Time until,
+                                 const std::vector<absl::Time>* reference = nullptr);
 
 // Per fault a line (kind, when, stalls) and per kind the longest stalls.
 std::string StallReport(const std::vector<FaultSpan>& faults, const std::vector<Stall>& stalls,
