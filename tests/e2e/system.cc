@@ -257,6 +257,14 @@ void System::Kill(Service service, int index) {
   instance.process.reset();
 }
 
+void System::Stop(Service service, int index) {
+  Instance& instance = Find(service, index);
+  if (instance.process == nullptr) return;
+  instance.process->Stop(SIGTERM, absl::Seconds(15));
+  instance.old_logs.push_back(instance.process->log_path());
+  instance.process.reset();
+}
+
 void System::Restart(Service service, int index) {
   Instance& instance = Find(service, index);
   if (instance.process != nullptr) {

@@ -1,5 +1,5 @@
 // The whole system for end-to-end and fault tests: the four services as real child processes
-// (payment-server, outbox-relay, one or two notifiers, retry-worker) on free loopback ports,
+// (payment-server, outbox-relay, one or more notifiers, retry-worker) on free loopback ports,
 // wired to one Postgres database and one Kafka with topic, group and slot names of their own,
 // and the fake Telegram in-process. Plus what the tests need to drive and observe it: a paying
 // gRPC client, the admin API, and reads of Postgres and of the fake Telegram's record.
@@ -94,6 +94,10 @@ class System {
   // with the same settings and ports.
   void Kill(Service service, int index = 0);
   void Restart(Service service, int index = 0);
+  // Stops one instance as an orchestrator would (SIGTERM, SIGKILL if it is not gone in 15 s)
+  // and forgets it; Restart starts it again. A notifier stopped so leaves its consumer group at
+  // once: records published meanwhile wait in the topic for the next one, e.g. as a backlog.
+  void Stop(Service service, int index = 0);
   // Sends `signal` to one running instance without waiting (SIGSTOP and SIGCONT freeze and wake
   // it, as a suspended VM or a throttled container would).
   void Signal(Service service, int index, int signal);
