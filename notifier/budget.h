@@ -6,8 +6,9 @@
 // together: 30/s, or 1,000/s with paid broadcasts), each private chat's (1/s with a small burst)
 // and each group's or channel's (a negative chat id or "@name": 20/min). A reservation names the
 // chats whose next message is ready and asks for n slots of the bot; it answers, for each, how
-// long from now until that slot. A slot may be used later than its time, never earlier: the
-// limit holds whatever the sender does with its slots, and one it never uses is only lost.
+// long from now until that slot. A slot is used at its time, never earlier and not much later:
+// one used late and the next on time would add up to a burst the bucket never granted (the
+// Pacer reserves again when a slot passed unused). A slot never used is only lost.
 //
 // The bot's slots are leased a few at a time (the Pacer asks for as many as it can use within
 // about 100 ms), so that 1,000 messages a second are a few dozen updates of the bot's row, not a

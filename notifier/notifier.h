@@ -102,7 +102,7 @@ struct NotifierOptions {
   absl::Duration max_backoff = absl::Seconds(5);
   // A send whose Begin (or last check) is older than this, or whose partition was revoked, asks
   // Postgres that its row is still its own before a request leaves: a process frozen past its
-  // consumer session (10 s) may have lost the record to another replica meanwhile.
+  // consumer session (20 s) may have lost the record to another replica meanwhile.
   absl::Duration ownership_recheck_after = absl::Seconds(3);
 };
 

@@ -11,9 +11,10 @@ namespace {
 
 // How often waiting sends are checked for a revoke or a stop.
 constexpr absl::Duration kSweepEvery = absl::Milliseconds(50);
-// A leased slot of the bot unused this long after its time is dropped: using it now would add
-// to a burst.
+// A leased slot of the bot unused this long after its time is dropped, and a chat's slot is
+// reserved again: a slot used late followed by the next on time would add to a burst.
 constexpr absl::Duration kSlotGrace = absl::Milliseconds(200);
+constexpr absl::Duration kChatSlotGrace = absl::Milliseconds(500);
 // Chats claimed in one round at most.
 constexpr size_t kMaxClaims = 256;
 
@@ -211,6 +212,13 @@ void Pacer::GrantReady(absl::Time now) {
     bool answer = std::get<0>(*it) == static_cast<int>(Priority::kAnswer);
     if (!answer && idle_workers_ == 0) break;  // only notifications follow
     if (blocked_until_ > now) break;
+    if (now - chat.ready_at > kChatSlotGrace) {
+      // Its slot passed while the bot or the workers were busy: reserve a fresh one.
+      it = ready_.erase(it);
+      chat.stage = Stage::kToClaim;
+      Refile(chat_id, chat);
+      continue;
+    }
     if (paced) {
       if (bot_slots_.empty() || bot_slots_.front() > now) break;
       bot_slots_.pop_front();
@@ -319,8 +327,17 @@ void Pacer::Dispatch() {
     GrantReady(now);
 
     if (now >= budget_retry_at) {
+      // Chats are claimed only as their messages could go soon (a free worker and, paced, a
+      // slot of the bot within the next lease), so that a slot is used when it is due; answers
+      // always.
+      int capacity = idle_workers_;
+      if (budget_.bot_paced()) {
+        capacity = std::min(capacity, budget_.max_lease() + static_cast<int>(bot_slots_.size()));
+      }
+      int notifications = capacity - static_cast<int>(ready_.size());
       std::vector<std::string> claiming;
       for (auto it = to_claim_.begin(); it != to_claim_.end() && claiming.size() < kMaxClaims;) {
+        if (std::get<0>(*it) != static_cast<int>(Priority::kAnswer) && notifications-- <= 0) break;
         const std::string& chat_id = std::get<2>(*it);
         chats_.at(chat_id).stage = Stage::kClaiming;
         claiming.push_back(chat_id);

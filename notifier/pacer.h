@@ -17,9 +17,11 @@
 //   SendResult r = replies.Send(answer);
 //   if (r.kind == SendResult::Kind::kRateLimited) pacer.Block(r.retry_after);
 //
-// Slots come from the Budget in rounds, one call each: the chats whose next message is waiting
-// and a lease of the bot's slots sized to what can go now. While the Budget is unavailable
-// (Postgres down) nothing is sent; sends wait, and a cancelled one ends at once.
+// Slots come from the Budget in rounds, one call each: the chats whose next message could go
+// soon (a free worker and a slot of the bot within the next lease; answers always) and a lease
+// of the bot's slots sized to what can go now, so that every slot is used when it is due. While
+// the Budget is unavailable (Postgres down) nothing is sent; sends wait, and a cancelled one
+// ends at once.
 //
 // Thread-safe. Destroying the Pacer ends every waiting send with go = false.
 #ifndef CONCERT_NOTIFIER_PACER_H_

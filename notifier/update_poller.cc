@@ -1,6 +1,7 @@
 #include "notifier/update_poller.h"
 
-#include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
 
 #include <nlohmann/json.hpp>
@@ -168,12 +169,23 @@ void UpdatePoller::PollWhileLeader(pqxx::connection& conn, const absl::Notificat
       // would answer them twice.
       break;
     } else {
+      // Each update decided in turn; the batch's answers then go at once, each in its chat's
+      // queue (in order there) ahead of the notifications.
+      std::vector<Answer> answers;
+      int64_t decided_until = offset;
       for (const Update& update : *updates) {
-        if (Handle(update, stop) == Outcome::kRetry) {
+        std::optional<LinkReply> reply;
+        if (Handle(update, &reply) == Outcome::kRetry) {
           retry = true;
           break;
         }
-        offset = update.update_id + 1;
+        if (reply) answers.push_back({update.chat_id, *reply});
+        decided_until = update.update_id + 1;
+      }
+      // A stop before every answer went leaves the batch to the next poller.
+      if (!SendAnswers(answers, stop)) break;
+      if (decided_until != offset) {
+        offset = decided_until;
         pqxx::work tx(conn);
         tx.exec_params("UPDATE notification.telegram_updates SET next_update_id = $1, "
                        "updated_at = now()",
@@ -221,7 +233,7 @@ absl::StatusOr<std::vector<UpdatePoller::Update>> UpdatePoller::GetUpdates(
 }
 
 UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
-                                           const absl::Notification& stop) {
+                                           std::optional<LinkReply>* reply_to_send) {
   auto count = [&](const std::string& outcome) { UpdatesCounter(outcome).Increment(); };
   std::optional<BotCommand> command = ParseCommand(update.text);
   if (update.chat_id == 0 || !command || !ForUs(*command)) {
@@ -231,7 +243,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
   if (command->name == "start") {
     const std::string& code = command->args;
     if (code.empty()) {
-      if (!Reply(update.chat_id, LinkReply::kNoCode, stop)) return Outcome::kRetry;
+      *reply_to_send = LinkReply::kNoCode;
       count("no_code");
       return Outcome::kDone;
     }
@@ -262,7 +274,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
                                   {"chat_id", update.chat_id},
                                   {"outcome", outcome},
                                   {"user_id", user.ok() ? *user : 0}});
-    if (!Reply(update.chat_id, reply, stop)) return Outcome::kRetry;
+    *reply_to_send = reply;
     count(outcome);
     return Outcome::kDone;
   }
@@ -273,7 +285,7 @@ UpdatePoller::Outcome UpdatePoller::Handle(const Update& update,
       count("retry");
       return Outcome::kRetry;
     }
-    if (!Reply(update.chat_id, LinkReply::kUnlinked, stop)) return Outcome::kRetry;
+    *reply_to_send = LinkReply::kUnlinked;
     count("unlinked");
     return Outcome::kDone;
   }
@@ -285,18 +297,44 @@ bool UpdatePoller::ForUs(const BotCommand& command) const {
   return command.bot.empty() || absl::EqualsIgnoreCase(command.bot, username_);
 }
 
-bool UpdatePoller::Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop) {
+bool UpdatePoller::SendAnswers(const std::vector<Answer>& answers,
+                               const absl::Notification& stop) {
+  std::mutex mu;
+  std::condition_variable cv;
+  size_t ended = 0;
+  bool all_went = true;
+  for (const Answer& answer : answers) {
+    pacer_.Submit(std::to_string(answer.chat_id), Pacer::Priority::kAnswer, stop,
+                  [&, answer](bool go, const Pacer::Waits&) {
+                    bool went = go && Reply(answer, stop);
+                    std::lock_guard lock(mu);
+                    all_went = all_went && went;
+                    ++ended;
+                    cv.notify_one();
+                  });
+  }
+  std::unique_lock lock(mu);
+  cv.wait(lock, [&] { return ended == answers.size(); });
+  return all_went;
+}
+
+bool UpdatePoller::Reply(const Answer& to, const absl::Notification& stop) {
   // The decision is made and durable at payment-server. Asked again, payment-server answers a
   // retried update the same way, so an answer cut short by a stop leaves the update to the
   // next poller; one that failed otherwise is logged, and the update acknowledged.
+  int64_t chat_id = to.chat_id;
   Notification answer{.event_id = "",
                       .reservation_id = "",
                       .chat_id = std::to_string(chat_id),
-                      .text = FormatLinkReply(reply, options_.locale)};
+                      .text = FormatLinkReply(to.reply, options_.locale)};
   SendResult sent;
   for (int attempt = 1; attempt <= options_.reply_attempts; ++attempt) {
     Pacer::Waits waits;
-    if (!pacer_.Acquire(answer.chat_id, Pacer::Priority::kAnswer, stop, &waits)) return false;
+    // The first slot is the one the Pacer granted this answer.
+    if (attempt > 1 &&
+        !pacer_.Acquire(answer.chat_id, Pacer::Priority::kAnswer, stop, &waits)) {
+      return false;
+    }
     sent = replies_.Send(answer);
     if (sent.kind != SendResult::Kind::kRateLimited) break;
     // Telegram asks the whole bot to wait: the notifier's messages pause too.

@@ -23,10 +23,12 @@
 // the client's are by WithConnectDefaults) end the session, and with it the lock, within about
 // 25 s, where the kernels' defaults would take over 2 hours.
 //
-// The bot's answers go through the notifier's Pacer, like every message of the bot, ahead of
-// the payment notifications waiting there (never as paid broadcasts: `replies` is a sender
-// without them). A 429 pauses every send for its retry_after, then the answer goes again, up to
-// reply_attempts times.
+// The updates of one poll are decided in turn (payment-server's calls), then their answers go
+// at once through the notifier's Pacer, each in its chat's queue, ahead of the payment
+// notifications waiting there (never as paid broadcasts: `replies` is a sender without them).
+// So a group flooded with bare /start (20 answers a minute) holds up no other chat's "linked".
+// The batch is acknowledged once every answer went. A 429 pauses every send for its retry_after, then the answer goes
+// again, up to reply_attempts times.
 //
 // The offset (the next update_id to ask for) is a row in notification.telegram_updates,
 // written through the lock's connection after each update is handled: a restart or a takeover
@@ -117,6 +119,11 @@ class UpdatePoller {
     int64_t chat_id = 0;  // 0: not a message with text (acknowledged, ignored)
     std::string text;
   };
+  // What the bot says in a chat.
+  struct Answer {
+    int64_t chat_id = 0;
+    LinkReply reply;
+  };
 
   // Polls while this replica holds the lock; returns when stopping or the lock is gone.
   void PollWhileLeader(pqxx::connection& conn, const absl::Notification& stop);
@@ -124,10 +131,14 @@ class UpdatePoller {
   absl::StatusOr<std::vector<Update>> GetUpdates(int64_t offset, const absl::Notification& stop);
   // A command addressed to another bot (by its "@<bot>" suffix) is not ours.
   bool ForUs(const BotCommand& command) const;
-  Outcome Handle(const Update& update, const absl::Notification& stop);
+  // Decides an update (payment-server's link calls) and what to answer, if anything.
+  Outcome Handle(const Update& update, std::optional<LinkReply>* reply);
   // False when `stop` came before the answer went (the update is then not acknowledged: the
   // next poller answers it); a failure of the answer itself is logged.
-  bool Reply(int64_t chat_id, LinkReply reply, const absl::Notification& stop);
+  bool Reply(const Answer& answer, const absl::Notification& stop);
+  // Every answer at once through the Pacer (on its workers); returns when all ended, false
+  // when one did not go because `stop` came first.
+  bool SendAnswers(const std::vector<Answer>& answers, const absl::Notification& stop);
   // notifier_telegram_updates_total{outcome}.
   metrics::Counter& UpdatesCounter(const std::string& outcome);
 

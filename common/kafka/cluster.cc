@@ -234,7 +234,12 @@ Config ConsumerConfig(const Cluster& cluster, const std::string& group_id,
       {"enable.auto.offset.store", "false"},
       {"auto.offset.reset", "earliest"},
       {"partition.assignment.strategy", "range"},
-      {"session.timeout.ms", "10000"},
+      // Longer than a coordinator's failover (a dead broker is fenced after its 9 s broker
+      // session, then the group is loaded on the new one): librdkafka gives up its membership
+      // when no heartbeat answer came for this long, and a group rejoining from scratch then
+      // waits for its ghosts' sessions as well. 20 s is also how long a crashed member's
+      // partitions wait.
+      {"session.timeout.ms", "20000"},
       {"heartbeat.interval.ms", "1000"},
       {"reconnect.backoff.max.ms", "2000"},
   }, cluster);

@@ -46,7 +46,9 @@ class KeyedConsumer::Rebalancer : public RdKafka::RebalanceCb {
       log::Info("partitions assigned", {{"partitions", ids}});
       consumer_.handler_.OnAssigned(ids);
     } else {
-      consumer_.Revoke(ids);
+      // Lost (the session timed out, another member may own them already): nothing to commit,
+      // and nothing to wait for before rejoining.
+      consumer_.Revoke(ids, consumer->assignment_lost());
       consumer->unassign();
       log::Info("partitions revoked", {{"partitions", ids}});
       consumer_.handler_.OnRevoked(ids);
@@ -240,7 +242,7 @@ void KeyedConsumer::CommitDone(const std::vector<int32_t>* only_partitions, Comm
   RdKafka::TopicPartition::destroy(offsets);
 }
 
-void KeyedConsumer::Revoke(const std::vector<int32_t>& partitions) {
+void KeyedConsumer::Revoke(const std::vector<int32_t>& partitions, bool lost) {
   std::vector<std::shared_ptr<Assignment>> revoked;
   for (int32_t id : partitions) {
     auto it = partitions_.find(id);
@@ -248,11 +250,16 @@ void KeyedConsumer::Revoke(const std::vector<int32_t>& partitions) {
     it->second.assignment->Cancel();  // unstarted records are dropped
     revoked.push_back(it->second.assignment);
   }
-  // Records being handled finish here, so the next owner does not find them in flight.
-  if (!lanes_.WaitIdle(revoked, options_.revoke_timeout)) {
-    log::Warn("revoking partitions with records still being handled");
+  if (lost) {
+    log::Warn("partitions lost: the group went on without this member",
+              {{"partitions", partitions}});
+  } else {
+    // Records being handled finish here, so the next owner does not find them in flight.
+    if (!lanes_.WaitIdle(revoked, options_.revoke_timeout)) {
+      log::Warn("revoking partitions with records still being handled");
+    }
+    CommitDone(&partitions, Commit::kWait);
   }
-  CommitDone(&partitions, Commit::kWait);
   for (int32_t id : partitions) partitions_.erase(id);
 }
 

@@ -18,7 +18,8 @@
 //   goes on) until a quarter drained.
 // - Revoke (eager assignors only): the partitions' Assignments are cancelled, unstarted records
 //   dropped, records being handled waited for (at most `revoke_timeout`), what finished is
-//   committed, then the partitions go. Stop: the same for every partition, then the group is
+//   committed, then the partitions go. A lost assignment (the session expired) is let go at
+//   once, uncommitted: another member may own it already. Stop: the same for every partition, then the group is
 //   left.
 // - Lag: high watermark minus the committable offset, asked of the broker while paused (nothing
 //   is fetched then); health: the cluster answers and the handler says its dependencies do.
@@ -136,7 +137,8 @@ class KeyedConsumer {
   // wait: it would hold this thread while Kafka is away.
   void CommitDone(const std::vector<int32_t>* only_partitions, Commit how);
   void Assign(const std::vector<int32_t>& partitions);
-  void Revoke(const std::vector<int32_t>& partitions);
+  // `lost`: the session expired, the partitions may be another member's already.
+  void Revoke(const std::vector<int32_t>& partitions, bool lost = false);
   void CheckHealth(bool force);
   void ReportHealth(bool probe = false);
   void UpdateGauges();

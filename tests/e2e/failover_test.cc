@@ -156,7 +156,7 @@ class ReferenceConsumer {
                                "org.apache.kafka.tools.consumer.ConsoleConsumer "
                                "--bootstrap-server ", bootstrap, " --topic ", topic,
                                " --group failover-java-reference "
-                               "--consumer-property session.timeout.ms=10000 "
+                               "--consumer-property session.timeout.ms=20000 "
                                "--consumer-property heartbeat.interval.ms=1000 "
                                "--property print.value=false --property print.offset=true "
                                "| while IFS= read -r line; do echo \"read $EPOCHREALTIME\"; "

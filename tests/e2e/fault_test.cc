@@ -187,11 +187,11 @@ TEST(FaultTest, OneMessagePerPaymentWhateverBreaks) {
         absl::SleepFor(uniform_ms(3000, 6000));
         break;
       case Fault::kPauseNotifier: {
-        // Frozen mid-send past its consumer session (10 s): the other notifier takes its
+        // Frozen mid-send past its consumer session (20 s): the other notifier takes its
         // records over; woken, it must not send them again nor undo what the other recorded.
         int index = static_cast<int>(rng() % 2);
         system.Signal(Service::kNotifier, index, SIGSTOP);
-        absl::SleepFor(uniform_ms(12000, 20000));
+        absl::SleepFor(uniform_ms(22000, 30000));
         system.Signal(Service::kNotifier, index, SIGCONT);
         break;
       }
