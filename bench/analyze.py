@@ -335,6 +335,212 @@ def limits_stage(raw, e2e):
     return rows
 
 
+# ---------------------------------------------------------------- 7. Fleet
+FLEET_CASES = {  # name prefix: (what it is, how its goal reads)
+    "a": ("a. one busy group + private chats, 1 replica",
+          "private chats ≥ 95% of 30/s − 20/min, all delivered"),
+    "b": ("b. backlog at 30/s, {n} replica(s)", "≥ 95% of 30/s, 429s ≤ 1% of requests, all delivered"),
+    "c": ("c. 3 replicas, one killed, one added", "≥ 90% of 30/s, 0 lost, duplicates ≤ uncertain"),
+    "d": ("d. paid broadcast 1,000/s, 3 replicas", "≥ 90% of 1,000/s, all delivered"),
+    "e": ("e. bot answers while 3 replicas drain", "every /start answered within 2 s"),
+}
+
+
+def replica_metrics(raw, name):
+    """Every series of the case's replicas' /metrics, summed over the replicas."""
+    totals, prefix = {}, f"fleet-{name}-metrics-"
+    for f in sorted(os.listdir(raw)):
+        if not (f.startswith(prefix) and f.endswith(".txt")):
+            continue
+        for line in (read(raw, f, "") or "").splitlines():
+            if not line.strip() or line.startswith("#"):
+                continue
+            parts = line.rsplit(None, 1)
+            try:
+                totals[parts[0]] = totals.get(parts[0], 0.0) + float(parts[1])
+            except (IndexError, ValueError):
+                continue
+    return totals
+
+
+def metric_total(metrics, name):
+    return sum(v for k, v in metrics.items() if k == name or k.startswith(name + "{"))
+
+
+def metric_by(metrics, name, label):
+    out = {}
+    for k, v in metrics.items():
+        m = re.match(re.escape(name) + r"\{.*" + label + r'="([^"]*)"', k)
+        if m:
+            out[m.group(1)] = out.get(m.group(1), 0.0) + v
+    return out
+
+
+def fleet_messages(raw, name):
+    """Every accepted message of the case: (reservation or None, chat, accepted ms)."""
+    out = []
+    path = os.path.join(raw, f"fleet-{name}.jsonl")
+    if not os.path.exists(path):
+        return out
+    with open(path) as f:
+        for line in f:
+            try:
+                m = json.loads(line)
+            except ValueError:
+                continue
+            rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
+            out.append((int(rid.group(1)) if rid else None, str(m.get("chat_id")),
+                        int(m.get("accepted_at_ms") or m["received_at_ms"])))
+    return out
+
+
+def peak_per_second(times):
+    """The most messages accepted within any one second."""
+    best, lo = 0, 0
+    for hi in range(len(times)):
+        while times[hi] - times[lo] >= 1000:
+            lo += 1
+        best = max(best, hi - lo + 1)
+    return best
+
+
+def drain_rate(times):
+    """Messages per second from the first to the last (n - 1 intervals)."""
+    if len(times) < 2 or times[-1] <= times[0]:
+        return None
+    return round((len(times) - 1) / ((times[-1] - times[0]) / 1000.0), 2)
+
+
+def fleet_case(raw, name):
+    info = {k: v for k, v in lines(raw, f"fleet-{name}.txt")} if read(raw, f"fleet-{name}.txt") else None
+    if not info or "limit" not in info:
+        return None
+    limit, payments, phase = float(info["limit"]), int(info["payments"]), int(info["phase"])
+    start = int(info.get("start_ms", 0))
+    msgs = [x for x in fleet_messages(raw, name) if x[0] is not None and x[0] // 100000000 == phase]
+    stats = json.loads(read(raw, f"fleet-{name}-stats.json", "{}") or "{}")
+    requests = stats.get("requests")
+    r429 = (stats.get("rate_limited") or {}).get("total")
+    metrics = replica_metrics(raw, name)
+    row = {
+        "case": name, "replicas": int(info.get("replicas", 1)), "limit_per_s": limit,
+        "payments": payments, "delivered": len(msgs), "delivered_distinct": len(set(r for r, _, _ in msgs)),
+        "chats": len(set(c for _, c, _ in msgs)), "requests": requests, "rate_limited": r429,
+        "rate_limited_by": stats.get("rate_limited"),
+        "rate_limited_share": round(r429 / requests, 4) if requests and r429 is not None else None,
+        "peak_in_flight": stats.get("peak_in_flight"),
+        "pacing_wait_s": {k: round(v, 1) for k, v in
+                          metric_by(metrics, "notifier_pacing_wait_seconds_total", "scope").items()},
+        "budget_errors": int(metric_total(metrics, "notifier_budget_errors_total")),
+        "uncertain": int(metric_total(metrics, "notifier_uncertain_total")),
+        "duplicates_skipped": int(metric_total(metrics, "notifier_duplicates_total")),
+        "stale": int(metric_total(metrics, "notifier_stale_total")),
+        "dlq": int(metric_total(metrics, "notifier_dlq_total")),
+        "notifier_429s": int(metric_total(metrics, "notifier_rate_limited_total")),
+    }
+    kind = name[0]
+    if kind == "a":
+        operator = info.get("operator_chat")
+        private = sorted(t for _, c, t in msgs if c != operator)
+        row.update({
+            "private_expected": int(info.get("private", 0)), "private_delivered": len(private),
+            "group_delivered": sum(1 for _, c, _ in msgs if c == operator),
+            "rate": drain_rate(private),
+            "last_private_wait_s": round((private[-1] - start) / 1000.0, 1) if private and start else None,
+            "ideal_wait_s": round(len(private) / limit, 1) if private else None,
+            "peak_1s": peak_per_second(sorted(t for _, _, t in msgs)),
+        })
+    else:
+        times = sorted(t for _, _, t in msgs)
+        row.update({"rate": drain_rate(times), "peak_1s": peak_per_second(times),
+                    "span_s": round((times[-1] - times[0]) / 1000.0, 1) if len(times) > 1 else None,
+                    "rate_from_start": round(len(times) / ((times[-1] - start) / 1000.0), 2)
+                    if times and start and times[-1] > start else None})
+        if kind == "c" and times:
+            kill, add = int(info.get("kill_ms", 0)), int(info.get("add_ms", 0))
+            row.update({
+                "kill_at_s": round((kill - times[0]) / 1000.0, 1) if kill else None,
+                "add_at_s": round((add - times[0]) / 1000.0, 1) if add else None,
+                "lost": payments - row["delivered_distinct"],
+                "duplicates": row["delivered"] - row["delivered_distinct"],
+                "rate_before_kill": drain_rate([t for t in times if t < kill]) if kill else None,
+                "rate_kill_to_add": drain_rate([t for t in times if kill <= t < add]) if kill and add else None,
+                "rate_after_add": drain_rate([t for t in times if t >= add]) if add else None,
+            })
+        if kind == "e":
+            answers = []
+            all_msgs = fleet_messages(raw, name)
+            for chat, injected in lines(raw, "fleet-e-answers.txt"):
+                got = sorted(t for r, c, t in all_msgs if r is None and c == chat)
+                answers.append(round((got[0] - int(injected)) / 1000.0, 2) if got else None)
+            row["answers_s"] = answers
+    row["ratio"] = round(row["rate"] / limit, 3) if row.get("rate") else None
+    ratio_ = row["ratio"] or 0
+    share = row["rate_limited_share"]
+    all_in = row["delivered_distinct"] >= payments
+    if kind == "a":
+        met = ratio_ >= 0.95 and row["private_delivered"] >= row["private_expected"]
+    elif kind == "b":
+        met = ratio_ >= 0.95 and share is not None and share <= 0.01 and all_in
+    elif kind == "c":
+        met = ratio_ >= 0.90 and row.get("lost") == 0 and row.get("duplicates", 0) <= row["uncertain"]
+    elif kind == "d":
+        met = ratio_ >= 0.90 and all_in
+    else:
+        a = row.get("answers_s") or []
+        row["answer_max_s"] = max(a) if a and None not in a else None
+        met = bool(a) and None not in a and max(a) <= 2.0
+    row["goal_met"] = met
+    return row
+
+
+def fleet_stage(raw):
+    return [row for row in (fleet_case(raw, name) for (name,) in lines(raw, "fleet-cases.txt")) if row]
+
+
+def fleet_markdown(rows, partitions):
+    m = ["", "## 7. Fleet: notifier replicas sharing one Telegram budget (fake-telegram --profile=telegram, slow answers off)", "",
+         "Ours is the delivery rate at the fake Telegram, first to last message of the case's backlog "
+         "(a: the private chats' messages only), the limit the rate the fleet is held to in the same "
+         f"run; payment-completed-topic has {partitions} partitions. e: ours is the slowest answer "
+         "to a \"/start\", the limit the goal (2 s).", "",
+         "| case | replicas | ours | limit | ours/limit | 429s / requests | goal met | detail |",
+         "|---|---:|---:|---:|---:|---:|---|---|"]
+    for x in rows:
+        kind = x["case"][0]
+        what, goal = FLEET_CASES[kind]
+        what = what.format(n=x["replicas"])
+        r429 = (f"{x['rate_limited']} / {x['requests']:,} ({100.0 * (x['rate_limited_share'] or 0):.2f}%)"
+                if x.get("requests") else fmt(x.get("rate_limited")))
+        waits = ", ".join(f"{k} {v:,.0f}" for k, v in sorted(x["pacing_wait_s"].items())) or "–"
+        if kind == "a":
+            detail = (f"{x['private_delivered']:,} of {x['private_expected']:,} private messages; the last "
+                      f"after {fmt(x['last_private_wait_s'])} s (ideal {fmt(x['ideal_wait_s'])} s); "
+                      f"{x['group_delivered']} to the group meanwhile")
+        else:
+            detail = f"{x['delivered_distinct']:,} of {x['payments']:,} to {x['chats']:,} chats"
+            if kind == "c":
+                detail += (f"; lost {x.get('lost')}, duplicates {x.get('duplicates')} (uncertain "
+                           f"{x['uncertain']}); killed at {fmt(x.get('kill_at_s'))} s, added at "
+                           f"{fmt(x.get('add_at_s'))} s; msgs/s before the kill "
+                           f"{fmt(x.get('rate_before_kill'))}, until the addition "
+                           f"{fmt(x.get('rate_kill_to_add'))}, after {fmt(x.get('rate_after_add'))}")
+            if kind == "e":
+                detail += ("; answers after " + ", ".join(fmt(a) for a in x.get("answers_s") or []) +
+                           f" s; drain {fmt(x.get('rate'))} msgs/s")
+        detail += (f"; busiest second {x['peak_1s']}; pacing waits (s, summed over sends): {waits}; "
+                   f"budget errors {x['budget_errors']}; DLQ {x['dlq']}")
+        if kind == "e":
+            ours, limit, ratio_ = x.get("answer_max_s"), 2.0, None
+            if ours is not None:
+                ratio_ = round(ours / limit, 3)
+            ours_s, limit_s = f"{fmt(ours)} s", "2 s"
+        else:
+            ours_s, limit_s, ratio_ = f"{fmt(x.get('rate'))}/s", f"{fmt(x['limit_per_s'])}/s", x.get("ratio")
+        m.append(f"| {what} | {x['replicas']} | {ours_s} | {limit_s} | {fmt(ratio_)} | {r429} | "
+                 f"{'yes' if x['goal_met'] else 'no'} ({goal}) | {detail} |")
+    return m
+
 # ---------------------------------------------------------------- 6. Opening
 def opening_stage(raw):
     """Each concurrency of the race (spike-client's report, run.sh's opening_sold) and pgbench
@@ -554,6 +760,8 @@ def markdown(r):
                   f"paid twice / negative balances {p['paid_twice']} / {p['negative_balances']}, "
                   f"CPU per user: pgbench {fmt(pcpu.get('client'))}, Postgres {fmt(pcpu.get('postgres'))} ms."]
         m += opening_pay_markdown(o.get("pay") or {})
+    if r.get("fleet"):
+        m += fleet_markdown(r["fleet"], r.get("fleet_partitions"))
     return "\n".join(m) + "\n"
 
 
@@ -581,15 +789,64 @@ def opening_pay_markdown(pay):
     return m
 
 
-def plot(dists, path, title):
+def fleet_timelines(raw, rows):
+    """Per fleet case: its limit, its messages accepted in each second from the case's start (a:
+    the private chats' only), and case c's kill and addition (seconds from the start)."""
+    out = {}
+    for x in rows:
+        name = x["case"]
+        info = {k: v for k, v in lines(raw, f"fleet-{name}.txt")}
+        start, phase = int(info.get("start_ms", 0)), int(info["phase"])
+        operator = info.get("operator_chat")
+        counts = {}
+        for rid, chat, t in fleet_messages(raw, name):
+            if rid is None or rid // 100000000 != phase or chat == operator:
+                continue
+            counts[(t - start) // 1000] = counts.get((t - start) // 1000, 0) + 1
+        if not counts:
+            continue
+        marks = [(k, (int(info[k + "_ms"]) - start) / 1000.0) for k in ("kill", "add") if k + "_ms" in info]
+        out[name] = (x["limit_per_s"], [(sec, counts.get(sec, 0)) for sec in range(0, max(counts) + 1)],
+                     marks)
+    return out
+
+
+def plot_fleet(ax, timelines):
+    for name, (limit, series, marks) in timelines.items():
+        line, = ax.plot([sec for sec, _ in series], [n / limit for _, n in series],
+                        label=f"{name} (limit {limit:g}/s)", drawstyle="steps-post")
+        for what, at in marks:
+            ax.axvline(at, color=line.get_color(), linestyle=":", alpha=0.7)
+            ax.annotate(what, (at, 0.05), color=line.get_color(), fontsize=8)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("seconds from the backlog's publication")
+    ax.set_ylabel("messages accepted in the second / limit")
+    ax.set_title("Fleet: delivery per second against the limit (c: kill, add)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def plot(dists, path, title, fleet=None):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     groups = [("pay", "PayConcert latency (ghz vs pgbench)"),
               ("relay", "Relay: outbox insert -> Kafka append"),
               ("e2e", "End to end: commit -> Telegram")]
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5))
-    for ax, (g, name) in zip(axes, groups):
+    if fleet and not any(vals for _, vals in dists.values()):
+        # A run of the fleet section alone: its timeline is the figure.
+        fig, ax = plt.subplots(1, 1, figsize=(14, 6))
+        plot_fleet(ax, fleet)
+        fig.suptitle(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=90)
+        return
+    fig, axes = plt.subplots(2 if fleet else 1, 3, figsize=(18, 10 if fleet else 5), squeeze=False)
+    if fleet:
+        for ax in axes[1][1:]:
+            ax.remove()
+        plot_fleet(axes[1][0], fleet)
+    for ax, (g, name) in zip(axes[0], groups):
         for label, (gg, vals) in dists.items():
             if gg != g or not vals:
                 continue
@@ -632,12 +889,15 @@ def main():
     r["profile_notifier"] = read(a.raw, "profile-notifier.txt")
     r["profile_payment_server"] = read(a.raw, "profile-payment-server.txt")
     r["opening"] = opening_stage(a.raw)
+    r["fleet"] = fleet_stage(a.raw)
+    r["fleet_partitions"] = dict(lines(a.raw, "fleet-config.txt")).get("partitions")
     r["memory"] = memory(a.raw)
     with open(a.out + ".json", "w") as f:
         json.dump(r, f, indent=2)
     with open(a.out + ".md", "w") as f:
         f.write(markdown(r))
-    plot(dists, a.out + ".png", f"concert benchmark {r['started_at']} ({r['machine']})")
+    plot(dists, a.out + ".png", f"concert benchmark {r['started_at']} ({r['machine']})",
+         fleet_timelines(a.raw, r["fleet"]))
     sys.stdout.write(markdown(r))
 
 

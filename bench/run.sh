@@ -21,6 +21,15 @@
 #                   (bench/spike_client.cc, deadline 10 s), at each BENCH_OPENING_CONCURRENCY
 #                   vs  pgbench running the same two statements at the highest concurrency
 #                   Postgres allows
+#   7. Fleet        (section name fleet; not in the default list) N notifier replicas in one
+#                   consumer group sharing one Telegram budget, against the same fake Telegram as
+#                   section 5, each case beside the limit it is held to: a. one busy group (the
+#                   operator's chat, unlinked payers) among private chats, one replica: the
+#                   private chats vs 30/s - 20/min; b. 1, 2, 3, 6 replicas over a backlog vs
+#                   30/s, and 429s / requests; c. 3 replicas, one killed (SIGKILL) mid-backlog,
+#                   then one added: the whole drain vs 30/s, lost, duplicates vs uncertain;
+#                   d. paid broadcast with 3 replicas vs 1,000/s; e. the bot's answer to a
+#                   "/start" while a backlog drains, vs 2 s
 #
 # It starts its own Postgres and Kafka on free ports (state in .local/bench/, wiped at start),
 # the services and the fake Telegram, and stops all of them at the end, on failure and on Ctrl-C.
@@ -59,6 +68,31 @@
 #   then PayConcert alone, BENCH_OPENING_PAYMENTS held reservations (default 30000; quick 3000)
 #   paid at each BENCH_OPENING_PAY_CONCURRENCY (default "32 1000"; the first is the reference
 #   level), beside pgbench running PayConcert's one statement at that first level
+#   Section 7 (section name fleet; its payers are users of their own; the whole section takes
+#   about 7 minutes, quick about 3). Every case pays its backlog with the relay stopped, starts
+#   its replicas (ports of their own, one consumer group of the case's own that starts at the
+#   topic's end) and waits for their group to settle, then starts the relay: the drain holds no
+#   start-up rebalance, and no case meets another's records.
+#   BENCH_FLEET_PARTITIONS   payment-completed-topic is grown to this many partitions (default 6:
+#                          the most replicas of a case; a replica beyond the partition count holds
+#                          none)
+#   BENCH_FLEET_GROUP_MESSAGES / BENCH_FLEET_PRIVATE_MESSAGES  case a: payments of unlinked
+#                          payers (to the operator's group, TELEGRAM_CHAT_ID=-1001) interleaved
+#                          with payments of payers with private chats, one each (default 300 /
+#                          600; quick 60 / 150)
+#   BENCH_FLEET_REPLICAS   case b: replica counts (default "1 2 3 6"; quick "1 3"), each over a
+#                          backlog of BENCH_FLEET_BACKLOG payments (default 1200; quick 300) by
+#                          BENCH_FLEET_CHATS payers (default 1000)
+#   BENCH_FLEET_KILL_BACKLOG case c: payments (default 1800 = 60 s at 30/s; quick 450); replica 2
+#                          of 3 gets SIGKILL at 25% delivered, a fourth starts at 55%
+#   BENCH_FLEET_PAID_BACKLOG case d: payments (default 20000; quick 3000) by BENCH_FLEET_PAID_CHATS
+#                          payers (default 5000; quick 1000), 3 replicas with SEND_CONCURRENCY
+#                          BENCH_FLEET_PAID_CONCURRENCY each (default 120)
+#   BENCH_FLEET_ANSWERS    case e: "/start" messages injected (default 5; quick 3; 0 skips the
+#                          case), one every ~2 s while 3 replicas drain BENCH_FLEET_ANSWER_BACKLOG
+#                          payments (default 900; quick 300)
+#   BENCH_FLEET_LOG_LEVEL  the replicas' LOG_LEVEL (default warn; info logs every send and skip,
+#                          and the rebalances, into .local/bench/logs/notifier*.log)
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -71,9 +105,13 @@ QUICK=${BENCH_QUICK:-0}
 if [[ "$QUICK" == 1 ]]; then
   d_pay=3 d_relay=3 d_e2e=4 backlog=5000 nbacklog=1000 o_users=500 o_seats=250 o_pay=3000
   l_backlog=300 l_paid=5000 l_spike_rate=100 l_spike_s=5 l_one=15
+  f_group=60 f_private=150 f_replicas="1 3" f_backlog=300 f_kill=450 f_paid=3000 f_paid_chats=1000
+  f_answers=3 f_answer_backlog=300
 else
   d_pay=30 d_relay=60 d_e2e=60 backlog=100000 nbacklog=20000 o_users=2000 o_seats=1000 o_pay=30000
   l_backlog=1800 l_paid=60000 l_spike_rate=500 l_spike_s=60 l_one=60
+  f_group=300 f_private=600 f_replicas="1 2 3 6" f_backlog=1200 f_kill=1800 f_paid=20000
+  f_paid_chats=5000 f_answers=5 f_answer_backlog=900
 fi
 SECTIONS=" ${BENCH_SECTIONS:-pay relay e2e limits spike} "
 want() {  # SECTION...: true when any of them was asked for
@@ -110,6 +148,19 @@ OPENING_SEATS=${BENCH_OPENING_SEATS:-$o_seats}
 OPENING_LEVELS=${BENCH_OPENING_CONCURRENCY:-"256 1000"}
 OPENING_PAYMENTS=${BENCH_OPENING_PAYMENTS:-$o_pay}
 OPENING_PAY_LEVELS=${BENCH_OPENING_PAY_CONCURRENCY:-"32 1000"}
+FLEET_PARTITIONS=${BENCH_FLEET_PARTITIONS:-6}
+FLEET_GROUP_MESSAGES=${BENCH_FLEET_GROUP_MESSAGES:-$f_group}
+FLEET_PRIVATE_MESSAGES=${BENCH_FLEET_PRIVATE_MESSAGES:-$f_private}
+FLEET_REPLICAS=${BENCH_FLEET_REPLICAS:-$f_replicas}
+FLEET_BACKLOG=${BENCH_FLEET_BACKLOG:-$f_backlog}
+FLEET_CHATS=${BENCH_FLEET_CHATS:-1000}
+FLEET_KILL_BACKLOG=${BENCH_FLEET_KILL_BACKLOG:-$f_kill}
+FLEET_PAID_BACKLOG=${BENCH_FLEET_PAID_BACKLOG:-$f_paid}
+FLEET_PAID_CHATS=${BENCH_FLEET_PAID_CHATS:-$f_paid_chats}
+FLEET_PAID_CONCURRENCY=${BENCH_FLEET_PAID_CONCURRENCY:-120}
+FLEET_ANSWERS=${BENCH_FLEET_ANSWERS:-$f_answers}
+FLEET_ANSWER_BACKLOG=${BENCH_FLEET_ANSWER_BACKLOG:-$f_answer_backlog}
+FLEET_LOG_LEVEL=${BENCH_FLEET_LOG_LEVEL:-warn}
 
 GHZ="$LOCAL/bin/ghz"
 GRPCURL="$LOCAL/bin/grpcurl"
@@ -299,10 +350,10 @@ run_pgbench() {
 }
 
 PAY_ADDR="127.0.0.1:$(free_port)"
-start_payment_server() {
+start_payment_server() {  # [ARGS...]: settings beyond the common ones
   start payment-server "$BIN/payment-server" --database-url="$DB" --grpc-address="$PAY_ADDR" \
     --metrics-address="127.0.0.1:$(free_port)" --auth-token-secret="$SECRET" --log-level=warn \
-    --db-pool-size=32 --grpc-max-threads=64
+    --db-pool-size=32 --grpc-max-threads=64 "$@"
   wait_serving payment-server "$PAY_ADDR"
 }
 
@@ -470,11 +521,23 @@ start_fake() {
   wait_for_port 127.0.0.1 "$TG_PORT" 20 || die "fake-telegram did not listen"
 }
 NOTIFIER_HEALTH="127.0.0.1:$(free_port)" NOTIFIER_METRICS="127.0.0.1:$(free_port)"
+# Replica i of a fleet (section 7) is process notifier-i with ports of its own; replica 1 is
+# "notifier" on NOTIFIER_HEALTH and NOTIFIER_METRICS. All of them are in one consumer group.
+declare -A REPLICA_HEALTH=([1]="$NOTIFIER_HEALTH") REPLICA_METRICS=([1]="$NOTIFIER_METRICS")
+replica_name() { if (($1 == 1)); then echo notifier; else echo "notifier-$1"; fi; }
+# start_replica I ARGS...: starts replica I (without waiting for it); ARGS as start_notifier's.
+start_replica() {
+  local i=$1; shift
+  [[ -n "${REPLICA_HEALTH[$i]:-}" ]] || REPLICA_HEALTH[$i]="127.0.0.1:$(free_port)"
+  [[ -n "${REPLICA_METRICS[$i]:-}" ]] || REPLICA_METRICS[$i]="127.0.0.1:$(free_port)"
+  start "$(replica_name "$i")" "$BIN/notifier" --database-url="$DB" \
+    --kafka-bootstrap-servers="$BOOT" --telegram-api-base="http://127.0.0.1:$TG_PORT" \
+    --telegram-bot-token=bench --telegram-chat-id=42 --telegram-updates=off \
+    --grpc-address="${REPLICA_HEALTH[$i]}" --metrics-address="${REPLICA_METRICS[$i]}" \
+    --log-level=warn "$@"
+}
 start_notifier() {  # ARGS...: settings beyond the common ones (pacing, concurrency)
-  start notifier "$BIN/notifier" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
-    --telegram-api-base="http://127.0.0.1:$TG_PORT" --telegram-bot-token=bench \
-    --telegram-chat-id=42 --telegram-updates=off --grpc-address="$NOTIFIER_HEALTH" \
-    --metrics-address="$NOTIFIER_METRICS" --log-level=warn "$@"
+  start_replica 1 "$@"
   wait_serving notifier "$NOTIFIER_HEALTH"
 }
 delivered() { if [[ -f "$TG_RECORD" ]]; then wc -l <"$TG_RECORD"; else echo 0; fi; }
@@ -502,7 +565,7 @@ wait_relayed() {  # COUNT SECONDS: until the relay has had COUNT events acknowle
   done
 }
 
-if want e2e backlog rates limits; then
+if want e2e backlog rates limits fleet; then
 start_fake "$RAW/telegram.jsonl" --profile=instant
 RETRY_ADDR="127.0.0.1:$(free_port)"
 start retry-worker "$BIN/retry-worker" --database-url="$DB" --kafka-bootstrap-servers="$BOOT" \
@@ -604,8 +667,10 @@ PYEOF
 # spread_metadata PAYERS START COUNT OUT: ghz metadata naming, for request r, the token of the
 # owner of the run's reservation START + r (user LIMIT_FIRST + (START + r) % PAYERS). ghz parses
 # the template on every call: beyond 1,000 payers the list holds only this run's COUNT owners.
+# The tokens are section 5's payers' unless SPREAD_TOKENS names another file (of users FIRST..,
+# the reservations seeded with seed_range ... FIRST).
 spread_metadata() {
-  "$PY" - "$RAW/limit-tokens.txt" "$@" <<'PYEOF'
+  "$PY" - "${SPREAD_TOKENS:-$RAW/limit-tokens.txt}" "$@" <<'PYEOF'
 import json, sys
 tokens = open(sys.argv[1]).read().split()
 payers, start, count, out = int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
@@ -726,6 +791,271 @@ ok=$(ghz_ok "$RAW/limits-d-ghz-0.json")
 say "   d: $ok payments; draining at 30/s (ideal $((ok / 30)) s)"
 wait_delivered "$ok" $((ok / 30 * 3 / 2 + 120)) || true
 case_end d 30 "$ok" "$phase"
+fi
+
+# ---------------------------------------------------------------- 7. Fleet
+# N notifier replicas in one consumer group and one Telegram budget in Postgres (notifier/budget.h),
+# against the fake Telegram of section 5; each case beside the limit it is held to, measured at
+# the fake (first to last message of its backlog). A case pays its backlog with the relay stopped,
+# starts a fresh fake and its replicas, waits until their group has settled (every replica holding
+# partitions), and only then starts the relay, which publishes the whole backlog within about a
+# second: each replica meets its share at once, and no start-up rebalance falls inside the drain
+# (case c's kill and addition are the rebalances it measures). Each case's replicas are a
+# consumer group of its own (KAFKA_GROUP_ID=fleet-<case>), set at the topic's end before its
+# backlog is published: what an earlier case left (case a leaves most of the group's messages)
+# is never read again. Its payers are users of their own.
+FLEET_FIRST=3000001        # payers with a private chat each (chat id = user id)
+FLEET_MIXED_FIRST=3900001  # case a's payers: FLEET_GROUP_MESSAGES of them without a chat
+FLEET_ANSWER_CHAT=3990001  # case e: chats without a link whose users write "/start"
+FLEET_OPERATOR_CHAT=-1001  # TELEGRAM_CHAT_ID: the operator's group (20 messages a minute)
+FLEET_N=0   # replicas the case started (1..FLEET_N; some may be gone)
+FLEET_OK=0  # the case's payments that succeeded
+FLEET_GROUP=""     # the case's consumer group
+FLEET_ARGS=()      # the case's replicas' settings
+is_replica() { [[ "$1" == notifier || "$1" == notifier-* ]]; }
+# fleet_stop: every notifier replica (one TERM to all at once: a second one makes a notifier
+# exit without finishing), then the fake.
+fleet_stop() {
+  local name pid
+  local -a names=()
+  for name in "${!PIDS[@]}"; do
+    if is_replica "$name"; then names+=("$name"); kill -TERM "${PIDS[$name]}" 2>/dev/null || true; fi
+  done
+  for name in "${names[@]}"; do
+    pid=${PIDS[$name]}
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    unset "PIDS[$name]"
+  done
+  stop fake-telegram
+}
+# fleet_settled N: the case's group has N members, min(N, partitions) of them holding
+# partitions, and is not rebalancing.
+fleet_settled() {
+  local out members holding want=$(($1 < FLEET_PARTITIONS ? $1 : FLEET_PARTITIONS))
+  out=$(kafka_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand \
+    --bootstrap-server "$BOOT" --describe --group "$FLEET_GROUP" --members 2>&1) || return 1
+  [[ "$out" != *ebalancing* ]] || return 1
+  members=$(awk -v g="$FLEET_GROUP" '$1 == g {n++} END {print n + 0}' <<<"$out")
+  holding=$(awk -v g="$FLEET_GROUP" '$1 == g && $NF + 0 > 0 {n++} END {print n + 0}' <<<"$out")
+  ((members == $1 && holding == want))
+}
+# count_at_least COUNT SECONDS COMMAND...: waits until COMMAND prints at least COUNT.
+count_at_least() {
+  local want=$1 limit=$2 deadline=$((SECONDS + $2)); shift 2
+  until (($("$@") >= want)); do
+    ((SECONDS < deadline)) || { say "   $* reached only $("$@") of $want after $limit s"; return 1; }
+    sleep 0.5
+  done
+}
+# Reservations with at least one message at the fake (their ids have 9 digits or more), and the
+# messages to the operator's group.
+delivered_distinct() {
+  [[ -f "$TG_RECORD" ]] || { echo 0; return; }
+  { grep -ohE '#[0-9]{9,}' "$TG_RECORD" || true; } | sort -u | wc -l
+}
+group_delivered() {
+  [[ -f "$TG_RECORD" ]] || { echo 0; return; }
+  grep -c "\"chat_id\":\"$FLEET_OPERATOR_CHAT\"" "$TG_RECORD" || true
+}
+private_delivered() { echo $(($(delivered) - $(group_delivered))); }
+# fleet_backlog NAME PHASE COUNT PAYERS FIRST TOKENS: everything of the last case stopped, the
+# relay too; COUNT payments by PAYERS payers from user FIRST (their tokens in TOKENS) wait in the
+# outbox.
+fleet_backlog() {
+  local name=$1 phase=$2 count=$3 payers=$4 first=$5 tokens=$6
+  fleet_stop
+  stop outbox-relay
+  seed_range "$phase" "$count" "$payers" "$first"
+  SPREAD_TOKENS=$tokens pay_spread "$phase" "$count" "$payers" "$RAW/fleet-$name-ghz" -c 16
+  FLEET_OK=$(ghz_ok "$RAW/fleet-$name-ghz"-*.json)
+}
+# fleet_up NAME N ARGS...: the case's consumer group at the topic's end (the relay is stopped:
+# the case's backlog is not in it yet), a fresh fake Telegram and N replicas with ARGS; returns
+# once their group has settled.
+fleet_up() {
+  local name=$1 n=$2 i; shift 2
+  FLEET_GROUP="fleet-$name"
+  kafka_tool org.apache.kafka.tools.consumer.group.ConsumerGroupCommand --bootstrap-server "$BOOT" \
+    --group "$FLEET_GROUP" --reset-offsets --to-latest --topic payment-completed-topic --execute \
+    >>"$STATE/logs/fleet-groups.log" 2>&1
+  FLEET_ARGS=(--telegram-chat-id="$FLEET_OPERATOR_CHAT" --kafka-group-id="$FLEET_GROUP"
+              --log-level="$FLEET_LOG_LEVEL" "$@")
+  start_fake "$RAW/fleet-$name.jsonl" "${FAKE_TELEGRAM[@]}"
+  for ((i = 1; i <= n; i++)); do start_replica "$i" "${FLEET_ARGS[@]}"; done
+  for ((i = 1; i <= n; i++)); do wait_serving "$(replica_name "$i")" "${REPLICA_HEALTH[$i]}"; done
+  FLEET_N=$n
+  local deadline=$((SECONDS + 90))
+  until fleet_settled "$n"; do
+    ((SECONDS < deadline)) || { say "   the group of $n replicas has not settled after 90 s"; break; }
+    sleep 1
+  done
+}
+# fleet_go NAME LIMIT PHASE: the case's record, then the relay publishes the backlog.
+fleet_go() {
+  { echo "limit $2"; echo "payments $FLEET_OK"; echo "phase $3"; echo "replicas $FLEET_N"
+    echo "start_ms $(now_ms)"; } >"$RAW/fleet-$1.txt"
+  start_relay payment-completed-topic
+}
+# fleet_end NAME: what the fake and every replica counted, then all of them stopped.
+fleet_end() {
+  local name=$1 i
+  echo "end_ms $(now_ms)" >>"$RAW/fleet-$name.txt"
+  curl -s -m 5 "http://127.0.0.1:$TG_PORT/control/stats" >"$RAW/fleet-$name-stats.json" || true
+  for ((i = 1; i <= FLEET_N; i++)); do
+    [[ -n "${PIDS[$(replica_name "$i")]:-}" ]] || continue
+    curl -s -m 5 "http://${REPLICA_METRICS[$i]}/metrics" >"$RAW/fleet-$name-metrics-$i.txt" || true
+  done
+  fleet_stop
+}
+# fleet_wait COUNT LIMIT: until every reservation of the case has a message (at most twice the
+# ideal drain and two minutes more).
+fleet_wait() {
+  count_at_least "$1" $(($1 * 2 / $2 + 120)) delivered_distinct || true
+  sleep 2  # a resend still on its way after the last first message
+}
+
+if want fleet; then
+say "7. Fleet: notifier replicas sharing one budget (fake-telegram ${FAKE_TELEGRAM[*]})"
+fleet_payers=$FLEET_CHATS
+((FLEET_PAID_CHATS > fleet_payers)) && fleet_payers=$FLEET_PAID_CHATS
+fleet_mixed=$((FLEET_GROUP_MESSAGES + FLEET_PRIVATE_MESSAGES))
+# Case a's payer i has no chat when (i + 1) * G / M passes a whole number: G of the M payers,
+# spread evenly, so that the group's payments are interleaved with the private chats'.
+sql <<SQL
+INSERT INTO payment.users (id, name, mail, balance_won)
+  SELECT u, 'fleet payer ' || u, 'fleet' || u || '@example.com', 4000000000000000000
+  FROM generate_series($FLEET_FIRST, $FLEET_FIRST + $fleet_payers - 1) u
+  UNION ALL
+  SELECT u, 'fleet payer ' || u, 'fleet' || u || '@example.com', 4000000000000000000
+  FROM generate_series($FLEET_MIXED_FIRST, $FLEET_MIXED_FIRST + $fleet_mixed - 1) u;
+INSERT INTO payment.telegram_links (user_id, chat_id)
+  SELECT u, u FROM generate_series($FLEET_FIRST, $FLEET_FIRST + $fleet_payers - 1) u;
+INSERT INTO payment.telegram_links (user_id, chat_id)
+  SELECT $FLEET_MIXED_FIRST + i, $FLEET_MIXED_FIRST + i FROM generate_series(0, $fleet_mixed - 1) i
+  WHERE (i + 1) * $FLEET_GROUP_MESSAGES / $fleet_mixed = i * $FLEET_GROUP_MESSAGES / $fleet_mixed;
+SQL
+mint_tokens "$FLEET_FIRST" "$fleet_payers" "$RAW/fleet-tokens.txt"
+mint_tokens "$FLEET_MIXED_FIRST" "$fleet_mixed" "$RAW/fleet-mixed-tokens.txt"
+# Whatever earlier sections left unsent goes first (the notifier running is section 3's).
+if [[ -n "${PIDS[notifier]:-}" ]]; then
+  deadline=$((SECONDS + 300))
+  until [[ "$(metric notifier_consumer_lag)" == 0 && "$(metric notifier_pending)" == 0 ]]; do
+    ((SECONDS < deadline)) || { say "   the notifier still has a lag after 300 s"; break; }
+    sleep 0.5
+  done
+fi
+fleet_stop
+# Partitions enough for the most replicas (the relay restarts per case, so it produces to all).
+parts=$(kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" --describe \
+  --topic payment-completed-topic | awk 'match($0, /PartitionCount: *[0-9]+/) {
+    s = substr($0, RSTART, RLENGTH); sub(/[^0-9]+/, "", s); print s; exit}')
+if ((${parts:-0} < FLEET_PARTITIONS)); then
+  kafka_tool org.apache.kafka.tools.TopicCommand --bootstrap-server "$BOOT" --alter \
+    --topic payment-completed-topic --partitions "$FLEET_PARTITIONS" >/dev/null
+fi
+echo "partitions $FLEET_PARTITIONS" >"$RAW/fleet-config.txt"
+
+# a. One busy group among private chats, one replica: the group's messages wait in its queue at
+# 20/min while the private chats' go at the rest of the bot's 30/s. The case ends when every
+# private chat has its message; the group's (most of them still waiting) stay in its consumer
+# group, which no later case reads.
+say "   a: $FLEET_GROUP_MESSAGES payments to the operator's group among $FLEET_PRIVATE_MESSAGES to private chats, 1 replica"
+fleet_backlog a 100 "$fleet_mixed" "$fleet_mixed" "$FLEET_MIXED_FIRST" "$RAW/fleet-mixed-tokens.txt"
+private=$(sqlv "SELECT count(*) FROM payment.payments p JOIN payment.telegram_links l USING (user_id)
+                WHERE p.reservation_id >= 10000000000 AND p.reservation_id < 10100000000")
+fleet_up a 1
+fleet_go a 29.667 100  # 30/s less the group's 20/min
+{ echo "private $private"; echo "operator_chat $FLEET_OPERATOR_CHAT"; } >>"$RAW/fleet-a.txt"
+count_at_least "$private" $((private * 2 / 30 + 120)) private_delivered || true
+fleet_end a
+echo a >>"$RAW/fleet-cases.txt"
+
+# b. 1, 2, 3, 6 replicas over one backlog each, limit 30/s.
+phase=101
+for n in $FLEET_REPLICAS; do
+  say "   b$n: $n replica(s), backlog of $FLEET_BACKLOG payments over $FLEET_CHATS chats, limit 30/s"
+  fleet_backlog "b$n" "$phase" "$FLEET_BACKLOG" "$FLEET_CHATS" "$FLEET_FIRST" "$RAW/fleet-tokens.txt"
+  fleet_up "b$n" "$n"
+  fleet_go "b$n" 30 "$phase"
+  fleet_wait "$FLEET_OK" 30
+  fleet_end "b$n"
+  echo "b$n" >>"$RAW/fleet-cases.txt"
+  phase=$((phase + 1))
+done
+
+# c. 3 replicas; replica 2 killed (SIGKILL) at 25% delivered, a fourth started at 55%.
+say "   c: 3 replicas over $FLEET_KILL_BACKLOG payments; one killed at 25%, one added at 55%"
+fleet_backlog c 110 "$FLEET_KILL_BACKLOG" "$FLEET_CHATS" "$FLEET_FIRST" "$RAW/fleet-tokens.txt"
+fleet_up c 3
+fleet_go c 30 110
+count_at_least $((FLEET_OK / 4)) $((FLEET_OK / 30 + 120)) delivered || true
+kill -KILL "${PIDS[notifier-2]}" 2>/dev/null || true
+wait "${PIDS[notifier-2]}" 2>/dev/null || true
+unset "PIDS[notifier-2]"
+echo "kill_ms $(now_ms)" >>"$RAW/fleet-c.txt"
+count_at_least $((FLEET_OK * 55 / 100)) $((FLEET_OK / 30 + 120)) delivered || true
+start_replica 4 "${FLEET_ARGS[@]}"
+echo "add_ms $(now_ms)" >>"$RAW/fleet-c.txt"
+wait_serving notifier-4 "${REPLICA_HEALTH[4]}"
+FLEET_N=4
+fleet_wait "$FLEET_OK" 30
+fleet_end c
+echo c >>"$RAW/fleet-cases.txt"
+
+# d. Paid broadcast, 1,000/s, 3 replicas.
+say "   d: 3 replicas, paid broadcast, $FLEET_PAID_BACKLOG payments over $FLEET_PAID_CHATS chats, limit 1,000/s"
+fleet_backlog d 111 "$FLEET_PAID_BACKLOG" "$FLEET_PAID_CHATS" "$FLEET_FIRST" "$RAW/fleet-tokens.txt"
+fleet_up d 3 --telegram-paid-broadcast=true --send-concurrency="$FLEET_PAID_CONCURRENCY"
+fleet_go d 1000 111
+fleet_wait "$FLEET_OK" 1000
+fleet_end d
+echo d >>"$RAW/fleet-cases.txt"
+
+# e. The bot's answers while 3 replicas drain a backlog: users of chats without a link write
+# "/start" (the fake's /control/updates) one after another; each is timed from its injection to
+# the bot's answer accepted at the fake. The replica holding the poller's lock answers through
+# its Pacer, ahead of its notifications; payment-server runs with INTERNAL_TOKEN for it.
+if ((FLEET_ANSWERS > 0)); then
+say "   e: $FLEET_ANSWERS \"/start\" while 3 replicas drain $FLEET_ANSWER_BACKLOG payments"
+INTERNAL_TOKEN="bench-internal-token-$(date +%s%N)-0123456789"
+INTERNAL_ADDR="127.0.0.1:$(free_port)"
+stop payment-server
+start_payment_server --internal-token="$INTERNAL_TOKEN" --internal-grpc-address="$INTERNAL_ADDR"
+sql -c "UPDATE notification.telegram_updates SET next_update_id = 0"  # the fake counts from 1
+fleet_backlog e 112 "$FLEET_ANSWER_BACKLOG" "$FLEET_CHATS" "$FLEET_FIRST" "$RAW/fleet-tokens.txt"
+fleet_up e 3 --telegram-updates=poll --internal-token="$INTERNAL_TOKEN" \
+  --payment-server-address="$INTERNAL_ADDR"
+polls() {
+  curl -s -m 5 "http://127.0.0.1:$TG_PORT/control/stats" |
+    "$PY" -c 'import json,sys; print(json.load(sys.stdin).get("get_updates", 0))'
+}
+count_at_least 1 30 polls || say "   no replica polls getUpdates"
+fleet_go e 30 112
+echo "answers $FLEET_ANSWERS" >>"$RAW/fleet-e.txt"
+sleep 3  # the drain is under way
+for ((i = 0; i < FLEET_ANSWERS; i++)); do
+  chat=$((FLEET_ANSWER_CHAT + i))
+  injected=$(now_ms)
+  curl -s -m 5 -X POST -H 'Content-Type: application/json' \
+    -d "{\"chat_id\": $chat, \"text\": \"/start\"}" \
+    "http://127.0.0.1:$TG_PORT/control/updates" >/dev/null
+  echo "$chat $injected" >>"$RAW/fleet-e-answers.txt"
+  deadline=$((SECONDS + 30))
+  until [[ "$(curl -s -m 5 "http://127.0.0.1:$TG_PORT/control/messages?chat_id=$chat")" == *accepted_at_ms* ]]; do
+    ((SECONDS < deadline)) || { say "   no answer in chat $chat after 30 s"; break; }
+    sleep 0.1
+  done
+  sleep 2
+done
+echo "answers_done_ms $(now_ms)" >>"$RAW/fleet-e.txt"
+fleet_wait "$FLEET_OK" 30
+fleet_end e
+echo e >>"$RAW/fleet-cases.txt"
+fi
+# The relay runs on, as the sections after this one expect.
+[[ -n "${PIDS[outbox-relay]:-}" ]] || start_relay payment-completed-topic
 fi
 
 # ---------------------------------------------------------------- 6. Opening
