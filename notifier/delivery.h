@@ -100,6 +100,8 @@ class Deliveries {
   absl::StatusOr<Delivery> Begin(const std::string& event_id, int incoming_attempt,
                                  const absl::Notification& cancelled,
                                  const absl::Notification& stop);
+  // DeliveryStore::Final: already SENT or UNDELIVERABLE (read only).
+  absl::StatusOr<bool> Final(const std::string& event_id) { return store_.Final(event_id); }
   // Asks Postgres now (for health).
   void Probe();
   // Whether Postgres answered the last call (notifier_postgres_up).

@@ -147,7 +147,24 @@ DeliveryStore::DeliveryStore(PgPool& pool, absl::Duration send_lease)
           return absl::OkStatus();
         }, PgPool::Retry::kIdempotent));
         return recorded;
+      }),
+      finals_([this](const std::vector<std::string>& ids) -> Batcher::Answer {
+        absl::flat_hash_set<std::string> settled;
+        RETURN_IF_ERROR(pool_.Execute([&](pqxx::nontransaction& tx) -> absl::Status {
+          for (const pqxx::row& row : tx.exec_params(
+                   "SELECT event_id::text FROM notification.deliveries "
+                   "WHERE event_id = ANY($1::uuid[]) AND state IN ('SENT', 'UNDELIVERABLE')",
+                   IdArray(ids))) {
+            settled.insert(row[0].as<std::string>());
+          }
+          return absl::OkStatus();
+        }, PgPool::Retry::kIdempotent));
+        return settled;
       }) {}
+
+absl::StatusOr<bool> DeliveryStore::Final(const std::string& event_id) {
+  return finals_.Submit(absl::AsciiStrToLower(event_id));
+}
 
 absl::StatusOr<BeginResult> DeliveryStore::Begin(const std::string& event_id,
                                                  UncertainPolicy policy, int incoming_attempt) {

@@ -119,6 +119,9 @@ class DeliveryStore {
   // asked before a request goes out when the worker may have been paused or lost its partition
   // since its Begin.
   absl::StatusOr<bool> StillSending(const std::string& event_id, int send);
+  // Whether the event is SENT or UNDELIVERABLE already (a record read again after a
+  // rebalance): read only, batched across concurrent callers.
+  absl::StatusOr<bool> Final(const std::string& event_id);
   // SELECT 1, for health.
   absl::Status Ping();
 
@@ -128,6 +131,7 @@ class DeliveryStore {
   // The two writes every message makes, batched across concurrent callers.
   Batcher first_sights_;  // INSERT SENDING ... ON CONFLICT DO NOTHING: returns the inserted
   Batcher sent_;          // SENDING -> SENT, ids as "<event id>/<send>"
+  Batcher finals_;        // SELECT of the events SENT or UNDELIVERABLE
 };
 
 // True for the canonical 8-4-4-4-12 hex form.

@@ -3,6 +3,7 @@
 
 #include <pqxx/pqxx>
 
+#include "absl/strings/ascii.h"
 #include "absl/time/clock.h"
 #include "common/testing/environment.h"
 #include "gtest/gtest.h"
@@ -192,6 +193,23 @@ TEST_F(DeliveryStoreTest, ARepublishedDeadLetterDoesNotWaitForTheLease) {
   ASSERT_TRUE(retry.ok());
   EXPECT_EQ(retry->action, BeginResult::Action::kSend);
   EXPECT_EQ(retry->attempts, 2);
+}
+
+// A record read again after a rebalance is known final before it is paced: SENT and
+// UNDELIVERABLE only (a FAILED or SENDING row still goes through Begin).
+TEST_F(DeliveryStoreTest, FinalIsSentOrUndeliverableOnly) {
+  constexpr char kOther[] = "0b7f3c3e-2f5a-4c1e-9f3a-6f1d2c3b4a5e";
+  EXPECT_FALSE(*store_.Final(kId));  // never seen
+  ASSERT_TRUE(store_.Begin(kId, UncertainPolicy::kResend).ok());
+  EXPECT_FALSE(*store_.Final(kId));  // SENDING
+  ASSERT_TRUE(*store_.MarkSent(kId, 1));
+  EXPECT_TRUE(*store_.Final(kId));
+  ASSERT_TRUE(store_.Begin(kOther, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(*store_.MarkFailed(kOther, 1, "telegram: 500"));
+  EXPECT_FALSE(*store_.Final(kOther));
+  ASSERT_TRUE(store_.Begin(kOther, UncertainPolicy::kResend).ok());
+  ASSERT_TRUE(*store_.MarkUndeliverable(kOther, 2, "chat gone"));
+  EXPECT_TRUE(*store_.Final(absl::AsciiStrToUpper(kOther)));
 }
 
 // A stale failure must not undo the new owner's own failure either (its dead letter is the one

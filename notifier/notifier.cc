@@ -216,6 +216,15 @@ Notifier::Outcome Notifier::Process(Record& record, Routed* routed) {
   }
   routed->chat_id = routed->payer_chat != 0 ? std::to_string(routed->payer_chat)
                                             : options_.operator_chat_id;
+  // A record read again after a rebalance, sent already: skipped before it spends a slot of
+  // its chat and of the bot. (Unanswered, Begin decides as always.)
+  if (absl::StatusOr<bool> settled = deliveries_.Final(event_id); settled.ok() && *settled) {
+    duplicates_.Increment();
+    log::Info("duplicate skipped: already sent or undeliverable",
+              {{"event_id", event_id}, {"partition", message.partition()},
+               {"offset", message.offset()}, {"attempt", attempt}});
+    return Outcome::kDone;
+  }
   return Outcome::kPace;
 }
 

@@ -18,6 +18,8 @@
 //                      invalid event id, missing fields): DLQ at once
 //   route           -> the payer's chat (event.telegram_chat_id); none linked: the operator's
 //                      chat, or with UNLINKED_POLICY=skip UNDELIVERABLE, counted, done
+//   already final?  -> SENT or UNDELIVERABLE (a record read again after a rebalance): duplicate,
+//                      skipped and counted before it spends a slot (one batched read)
 //   pace            -> Pacer: the chat's or group's slot and the bot's, from the budget every
 //                      replica shares (notifier/budget.h), and any 429 pause
 //   Begin           -> SENT or UNDELIVERABLE already: duplicate, skipped and counted
