@@ -193,13 +193,14 @@ int Pacer::BotSlotsWanted(absl::Time now) {
   return std::min(std::max(can_go - static_cast<int>(bot_slots_.size()), 0), budget_.max_lease());
 }
 
-Pacer::Waits Pacer::WaitsOf(const Request& request, absl::Time chat_ready, absl::Time now,
+Pacer::Waits Pacer::WaitsOf(const Request& request, const Chat& chat, absl::Time now,
                             absl::Time blocked_until) {
   Waits waits;
-  absl::Time slot = std::max(request.submitted, chat_ready);
-  waits.chat = std::max(slot - request.submitted, absl::ZeroDuration());
+  absl::Time claimed = std::max(request.submitted, chat.claimed_at);
+  absl::Time slot = std::max(claimed, chat.ready_at);
+  waits.chat = slot - claimed;
   if (blocked_until > slot) waits.flood = std::min(blocked_until, now) - slot;
-  waits.bot = std::max(now - slot - waits.flood, absl::ZeroDuration());
+  waits.bot = std::max(now - request.submitted - waits.chat - waits.flood, absl::ZeroDuration());
   return waits;
 }
 
@@ -228,7 +229,7 @@ void Pacer::GrantReady(absl::Time now) {
     Request request = std::move(queue.front());
     queue.pop_front();
     --waiting_;
-    Waits waits = WaitsOf(request, chat.ready_at, now, blocked_until_);
+    Waits waits = WaitsOf(request, chat, now, blocked_until_);
     chat.stage = Stage::kToClaim;  // its next message needs a slot of its own
     Refile(chat_id, chat);
     if (request.granted) {
@@ -284,6 +285,7 @@ bool Pacer::ReserveRound(std::unique_lock<std::mutex>& lock,
   for (size_t i = 0; i < claiming.size(); ++i) {
     Chat& chat = chats_.at(claiming[i]);
     if (grant.ok()) {
+      chat.claimed_at = got;
       chat.ready_at = got + grant->chats[i];
       chat.stage = chat.ready_at <= got ? Stage::kReady : Stage::kTimed;
     } else {

@@ -100,7 +100,8 @@ class Pacer {
   struct Chat {
     std::deque<Request> answers, notifications;
     Stage stage = Stage::kToClaim;
-    absl::Time ready_at;  // kTimed, kReady: when its slot is free
+    absl::Time claimed_at;  // kTimed, kReady: when its slot was reserved
+    absl::Time ready_at;    // kTimed, kReady: when its slot is free
     std::tuple<int, uint64_t> key;  // of the head, as filed in to_claim_ or ready_
     const Request& head() const { return answers.empty() ? notifications.front() : answers.front(); }
     bool empty() const { return answers.empty() && notifications.empty(); }
@@ -125,7 +126,9 @@ class Pacer {
   // Bot slots that the ready requests could use now, beyond those leased.
   int BotSlotsWanted(absl::Time now);
   void DropStaleSlots(absl::Time now);
-  static Waits WaitsOf(const Request& request, absl::Time chat_ready, absl::Time now,
+  // A request's wait until `now`: for its chat's slot from the moment it was reserved, for the
+  // bot (and a worker) before that and after, for a 429's pause while that ran.
+  static Waits WaitsOf(const Request& request, const Chat& chat, absl::Time now,
                        absl::Time blocked_until);
 
   Budget& budget_;

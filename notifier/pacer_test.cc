@@ -18,10 +18,15 @@ namespace {
 class Log {
  public:
   Pacer::Send Record(const std::string& what) {
-    return [this, what](bool go, const Pacer::Waits&) {
+    return [this, what](bool go, const Pacer::Waits& waits) {
       std::lock_guard lock(mu_);
       (go ? granted_ : ended_).push_back(what);
+      if (go) waits_.push_back(waits);
     };
+  }
+  std::vector<Pacer::Waits> waits() {
+    std::lock_guard lock(mu_);
+    return waits_;
   }
   std::vector<std::string> granted() {
     std::lock_guard lock(mu_);
@@ -43,6 +48,7 @@ class Log {
  private:
   std::mutex mu_;
   std::vector<std::string> granted_, ended_;
+  std::vector<Pacer::Waits> waits_;
 };
 
 // Forty messages for one group (20/min) queued ahead of private chats' used to hold every
@@ -95,6 +101,36 @@ TEST(PacerTest, AnAnswerGoesBeforeWaitingNotifications) {
   // At 10/s, at most a slot or two went to notifications meanwhile.
   EXPECT_LE(log.granted().size(), 3u);
   EXPECT_GE(pacer.waiting(), 17);
+}
+
+// What held a send is counted where it was: its own chat's slot, or the bot's rate (the queue
+// of other chats' messages before its chat was even reserved).
+TEST(PacerTest, WaitsAreTheChatsOrTheBots) {
+  absl::Notification never;
+  {
+    LocalBudget budget({.bot_rate = 0, .chat_rate = 2, .chat_burst = 1});
+    Pacer pacer(budget, {.workers = 2});
+    Log log;
+    pacer.Submit("42", Pacer::Priority::kNotification, never, log.Record("a"));
+    pacer.Submit("42", Pacer::Priority::kNotification, never, log.Record("b"));
+    ASSERT_TRUE(log.WaitFor(2, absl::Seconds(5)));
+    Pacer::Waits second = log.waits()[1];
+    EXPECT_GT(second.chat, absl::Milliseconds(300));  // 500 ms after the first
+    EXPECT_LT(second.bot, absl::Milliseconds(100));
+  }
+  {
+    LocalBudget budget({.bot_rate = 5, .bot_burst = 1, .chat_rate = 0});
+    Pacer pacer(budget, {.workers = 2});
+    Log log;
+    for (int i = 0; i < 4; ++i) {
+      pacer.Submit(std::to_string(i + 1), Pacer::Priority::kNotification, never,
+                   log.Record("x"));
+    }
+    ASSERT_TRUE(log.WaitFor(4, absl::Seconds(5)));
+    Pacer::Waits last = log.waits()[3];
+    EXPECT_GT(last.bot, absl::Milliseconds(400));  // the 4th slot at 5/s: 600 ms
+    EXPECT_LT(last.chat, absl::Milliseconds(100));
+  }
 }
 
 TEST(PacerTest, ACancelledSendEndsAtOnceAndUnsent) {
