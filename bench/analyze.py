@@ -175,8 +175,8 @@ def relay_stage(raw, dists):
 
 
 # ---------------------------------------------------------------- 3. End to end
-def recorded_messages(path):
-    """(reservation id, message) for each line of a fake-telegram --record file that names one."""
+def recorded_lines(path):
+    """(reservation id or None, message) for each line of a fake-telegram --record file."""
     if not os.path.exists(path):
         return
     with open(path) as f:
@@ -186,8 +186,12 @@ def recorded_messages(path):
             except ValueError:
                 continue
             rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
-            if rid:
-                yield int(rid.group(1)), m
+            yield (int(rid.group(1)) if rid else None), m
+
+
+def recorded_messages(path):
+    """(reservation id, message) for each recorded message that names one."""
+    return ((rid, m) for rid, m in recorded_lines(path) if rid is not None)
 
 
 def telegram(raw):
@@ -378,20 +382,8 @@ def metric_by(metrics, name, label):
 
 def fleet_messages(raw, name):
     """Every accepted message of the case: (reservation or None, chat, accepted ms)."""
-    out = []
-    path = os.path.join(raw, f"fleet-{name}.jsonl")
-    if not os.path.exists(path):
-        return out
-    with open(path) as f:
-        for line in f:
-            try:
-                m = json.loads(line)
-            except ValueError:
-                continue
-            rid = re.search(r"(?:Reservation|예약 번호): #(\d+)", m.get("text", ""))
-            out.append((int(rid.group(1)) if rid else None, str(m.get("chat_id")),
-                        int(m.get("accepted_at_ms") or m["received_at_ms"])))
-    return out
+    return [(rid, str(m.get("chat_id")), int(m.get("accepted_at_ms") or m["received_at_ms"]))
+            for rid, m in recorded_lines(os.path.join(raw, f"fleet-{name}.jsonl"))]
 
 
 def peak_per_second(times):
